@@ -1,0 +1,129 @@
+"""Benchmarks. Each reports a ratio against a baseline timed in the same run, because the
+machines here are noisy; absolute numbers are secondary."""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from prox_assets.core.chunking import split_lines
+from prox_assets.core.executor import execute_chunk_program, execute_doc_program
+from prox_assets.core.programs import parse_program
+
+
+def sample_texts(files: Sequence[Path], piece_chars: int = 3000) -> list[str]:
+    """Documents of the sample corpus cut at line boundaries into pieces of ~``piece_chars``."""
+    from prox_assets.core.ingest import read_documents, shard_name
+
+    pieces: list[str] = []
+    for path in files:
+        with open(path, "rb") as f:
+            result = read_documents(f, path.name, shard_name(path.name))
+        for doc in result.documents:
+            buf: list[str] = []
+            size = 0
+            for line in split_lines(doc["text"]):
+                buf.append(line)
+                size += len(line) + 1
+                if size >= piece_chars:
+                    pieces.append("\n".join(buf))
+                    buf, size = [], 0
+            if size > piece_chars // 3:
+                pieces.append("\n".join(buf))
+    return pieces
+
+
+def realistic_program(text: str, rng: random.Random) -> str:
+    """About four calls, the way a chunk refiner writes them: a header range, a footer range,
+    a normalize of a string present in the text, and a keep."""
+    lines = split_lines(text)
+    n = len(lines)
+    calls = []
+    if n > 4:
+        head = rng.randint(0, min(3, n - 1))
+        calls.append(f"remove_lines(line_start={0:03d}, line_end={head:03d})")
+        tail = rng.randint(max(head + 1, n - 4), n - 1)
+        calls.append(f"remove_lines(line_start={tail}, line_end={n - 1})")
+    candidates = [ln for ln in lines if len(ln) > 20]
+    if candidates:
+        line = rng.choice(candidates)
+        start = rng.randint(0, len(line) - 12)
+        source = line[start : start + 12]
+        calls.append(f"normalize(source_str={source!r}, target_str=\"\")")
+    calls.append("keep_chunk()")
+    return "\n".join(calls)
+
+
+def _best_of(fn: Callable[[], None], repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def executor_benchmark(texts: Sequence[str], n_docs: int = 20000, seed: int = 0) -> dict:
+    rng = random.Random(seed)
+    docs = [texts[i % len(texts)] for i in range(n_docs)]
+    programs = [realistic_program(t, rng) for t in docs]
+    doc_programs = ["keep_doc()" if rng.random() < 0.7 else "drop_doc()" for _ in docs]
+    mb = sum(len(t.encode("utf-8")) for t in docs) / 1e6
+
+    def baseline() -> None:
+        for t in docs:
+            "\n".join(t.split("\n"))
+
+    def parse_only() -> None:
+        for p in programs:
+            parse_program(p, "chunk")
+
+    def chunk_stage() -> None:
+        for t, p in zip(docs, programs):
+            execute_chunk_program(t, p)
+
+    def both_stages() -> None:
+        for t, d, p in zip(docs, doc_programs, programs):
+            if not execute_doc_program(t, d).dropped:
+                execute_chunk_program(t, p)
+
+    t_base = _best_of(baseline)
+    t_parse = _best_of(parse_only)
+    t_chunk = _best_of(chunk_stage)
+    t_both = _best_of(both_stages)
+    calls = statistics.mean(len(parse_program(p, "chunk").calls) for p in programs[:2000])
+
+    hostile = _hostile_parse_timings()
+    return {
+        "documents": n_docs,
+        "mean_doc_bytes": round(mb * 1e6 / n_docs),
+        "mean_calls_per_program": round(calls, 2),
+        "baseline_split_join_docs_per_s": round(n_docs / t_base),
+        "parse_only_programs_per_s": round(n_docs / t_parse),
+        "chunk_execute_docs_per_s": round(n_docs / t_chunk),
+        "chunk_execute_MB_per_s": round(mb / t_chunk, 1),
+        "doc_plus_chunk_docs_per_s": round(n_docs / t_both),
+        "chunk_execute_vs_baseline_time_ratio": round(t_chunk / t_base, 1),
+        **hostile,
+    }
+
+
+def _hostile_parse_timings() -> dict:
+    """Worst inputs we know for a regex parser, at two sizes: the time ratio shows linearity."""
+    cases = {
+        "unbalanced_args": lambda n: "remove_lines(" + "1, " * (n // 3),
+        "unterminated_string": lambda n: 'normalize("' + "a\\\"" * (n // 3),
+        "nested_parens": lambda n: "keep_chunk" + "(" * n,
+        "many_statements": lambda n: "keep_chunk()\n" * (n // 13),
+    }
+    out = {}
+    for name, make in cases.items():
+        small, large = make(16_000), make(64_000)
+        t_small = _best_of(lambda: parse_program(small, "chunk"), 5)
+        t_large = _best_of(lambda: parse_program(large, "chunk"), 5)
+        out[f"hostile_{name}_64KB_ms"] = round(t_large * 1e3, 2)
+        out[f"hostile_{name}_4x_size_time_ratio"] = round(t_large / max(t_small, 1e-9), 1)
+    return out

@@ -1,0 +1,252 @@
+"""The ``prox`` command line: demo, ingest, programs, benchmarks, catalog, web UI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from prox_resources.settings import REPO_ROOT, configure_environment, prox_home
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """ProX refinement and Influence Distillation selection, orchestrated by Dagster."""
+    configure_environment()
+
+
+# --- ingestion -------------------------------------------------------------------------------
+def _instance():
+    import dagster as dg
+
+    return dg.DagsterInstance.get()
+
+
+def ingest_paths(paths: list[Path], run: bool = True, echo=click.echo) -> dict[str, str]:
+    """Upload files to incoming/, add their shard partitions, and (optionally) ingest them.
+
+    Returns shard -> "ok" | "failed: <message>" | "registered".
+    """
+    from prox_assets.core.ingest import format_of, shard_name
+    from prox_assets.definitions import build_resources
+    from prox_assets.ingest import INCOMING, incoming_files
+    from prox_assets.partitions import shard_partitions
+
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            files += sorted(q for q in p.rglob("*") if q.is_file() and format_of(q.name))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise click.ClickException(f"{p}: no such file or directory")
+    store = build_resources()["store"]
+    existing = incoming_files(store)
+    shards: list[str] = []
+    for f in files:
+        if format_of(f.name) is None:
+            raise click.ClickException(f"{f}: unsupported format")
+        shard = shard_name(f.name)
+        key = INCOMING + f.name
+        if existing.get(shard, key) != key or shard in shards:
+            raise click.ClickException(f"{f}: shard {shard!r} already comes from {existing.get(shard)}")
+        store.put_file(str(f), key)
+        shards.append(shard)
+    instance = _instance()
+    instance.add_dynamic_partitions(shard_partitions.name, shards)
+    echo(f"registered {len(shards)} shard(s) under {store.uri(INCOMING)}")
+    if not run:
+        return {s: "registered" for s in shards}
+    return materialize_partitions("raw_corpus", shards, echo=echo)
+
+
+def materialize_partitions(asset: str, partition_keys: list[str], echo=click.echo) -> dict[str, str]:
+    """Materialize partitions of one asset in-process, one run each, with progress lines."""
+    import dagster as dg
+
+    from prox_assets.definitions import ASSETS, build_resources
+
+    instance = _instance()
+    resources = build_resources()
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    outcome: dict[str, str] = {}
+    for i, key in enumerate(partition_keys, 1):
+        started = time.monotonic()
+        result = dg.materialize(
+            ASSETS, selection=[asset], partition_key=key, instance=instance, resources=resources,
+            run_config=quiet, raise_on_error=False, tags={"prox/launched_by": "cli"},
+        )
+        took = time.monotonic() - started
+        if result.success:
+            outcome[key] = "ok"
+            meta = _materialization_metadata(result, asset)
+            detail = ", ".join(f"{k}={meta[k]}" for k in ("n_read", "n_ingested", "n_quarantined") if k in meta)
+            echo(f"[{i}/{len(partition_keys)}] {asset}[{key}] ok in {took:.1f}s  {detail}")
+        else:
+            failure = next((e for e in result.all_events if e.is_step_failure), None)
+            msg = failure.step_failure_data.error.message.strip() if failure else "run failed"
+            outcome[key] = f"failed: {msg}"
+            echo(f"[{i}/{len(partition_keys)}] {asset}[{key}] FAILED: {msg}")
+    return outcome
+
+
+def _materialization_metadata(result, asset: str) -> dict:
+    for mat in result.asset_materializations_for_node(asset):
+        return {k: v.value for k, v in mat.metadata.items()}
+    return {}
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--no-run", is_flag=True, help="Only upload and register partitions.")
+def ingest(paths: tuple[Path, ...], no_run: bool) -> None:
+    """Add files (or folders of files) as raw_corpus shard partitions and ingest them."""
+    outcome = ingest_paths(list(paths), run=not no_run)
+    failed = {k: v for k, v in outcome.items() if v.startswith("failed")}
+    _print_ingest_summary()
+    if failed:
+        raise click.ClickException(f"{len(failed)} shard(s) failed: {', '.join(failed)}")
+
+
+def _print_ingest_summary() -> None:
+    from prox_resources.catalog import Catalog
+
+    catalog = Catalog(path=os.environ.get("PROX_CATALOG"))
+    counts = catalog.query(
+        "SELECT count(*) AS shards, sum(n_read) AS n_read, sum(n_ingested) AS n_ingested, "
+        "sum(n_quarantined) AS n_quarantined FROM ingestions"
+    ).row(0, named=True)
+    reasons = catalog.query("SELECT reason, count(*) AS n FROM quarantine GROUP BY 1 ORDER BY 2 DESC")
+    click.echo(
+        f"catalog: {counts['shards']} shards, read {counts['n_read']} = ingested {counts['n_ingested']}"
+        f" + quarantined {counts['n_quarantined']}"
+    )
+    for reason, n in reasons.rows():
+        click.echo(f"  quarantined {n:>5}  {reason}")
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Default: $PROX_HOME/samples")
+def samples(out: Path | None) -> None:
+    """Assemble the real sample corpus from the installed data packages."""
+    for p in _build_samples(out):
+        click.echo(p)
+
+
+def _build_samples(out: Path | None = None) -> list[Path]:
+    from prox_assets.core.samples import MissingSampleSource, build_sample_corpus
+
+    try:
+        return build_sample_corpus(out or prox_home() / "samples", prox_home() / "downloads")
+    except MissingSampleSource as exc:
+        raise click.ClickException(f"{exc} (run deploy/setup.sh)") from exc
+
+
+@main.command()
+def demo() -> None:
+    """Build the sample corpus and materialize every asset of the graph on it."""
+    started = time.monotonic()
+    click.echo(f"PROX_HOME={prox_home()}")
+    click.echo("== sample corpus")
+    files = _build_samples()
+    click.echo(f"{len(files)} files in {prox_home() / 'samples'}")
+    click.echo("== raw_corpus")
+    outcome = ingest_paths(files)
+    click.echo("== summary")
+    _print_ingest_summary()
+    click.echo(f"demo finished in {time.monotonic() - started:.0f}s; browse it with `prox ui`")
+    if any(v.startswith("failed") for v in outcome.values()):
+        raise click.ClickException("some partitions failed")
+
+
+# --- programs --------------------------------------------------------------------------------
+@main.group()
+def program() -> None:
+    """Parse and execute ProX programs."""
+
+
+@program.command("run")
+@click.option("--stage", type=click.Choice(["doc", "chunk"]), required=True)
+@click.option("--text-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
+@click.option("--program-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
+@click.option("--normalize-scope", type=click.Choice(["window", "document"]), default="window")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def program_run(stage: str, text_file: Path, program_file: Path, normalize_scope: str, as_json: bool) -> None:
+    """Run one program against one document and print text, dropped, reason, edits, errors."""
+    from prox_assets.core.executor import ExecutorConfig, execute_chunk_program, execute_doc_program
+
+    text = text_file.read_text(encoding="utf-8", errors="surrogateescape")
+    prog = program_file.read_text(encoding="utf-8", errors="replace")
+    config = ExecutorConfig(normalize_scope=normalize_scope)
+    run = execute_doc_program if stage == "doc" else execute_chunk_program
+    result = run(text, prog, config)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
+        return
+    click.echo(f"dropped: {result.dropped}" + (f" ({result.reason})" if result.reason else ""))
+    click.echo(f"ignored: {result.ignored}  calls: {result.n_calls}")
+    for e in result.edits:
+        if e.kind == "remove_lines":
+            click.echo(f"edit: remove_lines {e.line_start}..{e.line_end}")
+        else:
+            click.echo(f"edit: normalize {e.source!r} -> {e.target!r} x{e.count}")
+    for issue in result.errors:
+        click.echo(f"error: [{issue.kind}] line {issue.line}: {issue.message}")
+    for issue in result.warnings:
+        click.echo(f"warning: [{issue.kind}] {issue.message}")
+    click.echo("--- text")
+    click.echo(result.text)
+
+
+# --- benchmarks ------------------------------------------------------------------------------
+@main.group()
+def bench() -> None:
+    """Benchmarks, each reported against a baseline measured in the same run."""
+
+
+@bench.command("executor")
+@click.option("--docs", default=20000, show_default=True, help="Documents per timed pass.")
+@click.option("--json", "as_json", is_flag=True)
+def bench_executor(docs: int, as_json: bool) -> None:
+    """Parse + execute throughput of realistic programs on the sample corpus."""
+    from prox_assets.benchmarks import executor_benchmark, sample_texts
+
+    report = executor_benchmark(sample_texts(_build_samples()), n_docs=docs)
+    click.echo(json.dumps(report, indent=2) if as_json else _format_report(report))
+
+
+def _format_report(report: dict) -> str:
+    return "\n".join(f"{k:>36}: {v}" for k, v in report.items())
+
+
+# --- catalog and UI --------------------------------------------------------------------------
+@main.command()
+@click.argument("sql")
+def catalog(sql: str) -> None:
+    """Run a read-only SQL query against the DuckDB catalog."""
+    import polars as pl
+
+    from prox_resources.catalog import Catalog
+
+    with pl.Config(tbl_rows=50, tbl_cols=20, fmt_str_lengths=60):
+        click.echo(Catalog(path=os.environ.get("PROX_CATALOG")).query(sql))
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=3000, show_default=True)
+def ui(host: str, port: int) -> None:
+    """Start the Dagster web UI and daemon (dagster dev) on this project."""
+    cmd = [sys.executable, "-m", "dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml"),
+           "-h", host, "-p", str(port)]
+    click.echo(f"DAGSTER_HOME={os.environ.get('DAGSTER_HOME')}  ->  http://{host}:{port}")
+    raise SystemExit(subprocess.call(cmd, cwd=REPO_ROOT))
+
+
+if __name__ == "__main__":
+    main()

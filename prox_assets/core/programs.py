@@ -1,0 +1,258 @@
+"""The ProX program language: a parser for the tiny programs a refiner model writes.
+
+A program is a sequence of calls, one statement per line (or separated by ``;``)::
+
+    remove_lines(line_start=0, line_end=3)
+    normalize(source_str="Click here to subscribe", target_str="")
+    keep_chunk()
+
+The model's output is untrusted input. This module never evaluates it: a hand-written grammar
+accepts only whitelisted call names with literal integer or string arguments, and everything is
+bounded (program length, number of calls, string length, digits). Each regex below is linear on
+its input (alternatives start with distinct characters, so there is no catastrophic
+backtracking); one bad statement costs one error and parsing resumes on the next line.
+
+Compared with the reference splitter, this grammar handles ``=``, ``)``, ``,`` and quotes inside
+strings, both quote styles, escapes, positional arguments, leading zeros (``001``, which the model
+copies from the ``[001]`` line prefixes and which Python's own parser rejects), comments and code
+fences.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Literal
+
+Stage = Literal["doc", "chunk"]
+Value = int | str
+
+# name -> ((parameter, type), ...). Aliases map to a canonical name per stage.
+_SIGNATURES: dict[str, tuple[tuple[str, type], ...]] = {
+    "keep_doc": (),
+    "drop_doc": (),
+    "keep_chunk": (),
+    "remove_lines": (("line_start", int), ("line_end", int)),
+    "normalize": (("source_str", str), ("target_str", str)),
+}
+_STAGE_NAMES: dict[Stage, dict[str, str]] = {
+    "doc": {"keep_doc": "keep_doc", "drop_doc": "drop_doc", "untouch_doc": "keep_doc"},
+    "chunk": {
+        "remove_lines": "remove_lines",
+        "normalize": "normalize",
+        "keep_chunk": "keep_chunk",
+        "skip_chunk": "keep_chunk",
+        "untouch_doc": "keep_chunk",
+    },
+}
+_ALL_NAMES = {name for names in _STAGE_NAMES.values() for name in names}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what the parser accepts; anything beyond is an error, never work."""
+
+    max_program_chars: int = 65_536
+    max_calls: int = 512
+    max_string_chars: int = 16_384
+    max_int_digits: int = 9
+
+
+@dataclass(frozen=True)
+class Call:
+    """One parsed, type-checked call with its canonical name and bound arguments."""
+
+    name: str
+    args: tuple[tuple[str, Value], ...] = ()
+    line: int = 0  # 0-based line of the program where the call starts
+
+    def arg(self, name: str) -> Value:
+        return dict(self.args)[name]
+
+    def render(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in self.args)
+        return f"{self.name}({inner})"
+
+
+@dataclass(frozen=True)
+class ProgramIssue:
+    """Something wrong with a program: what kind, a human message, and where."""
+
+    kind: str
+    message: str
+    line: int = -1
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "message": self.message, "line": self.line}
+
+
+@dataclass
+class ParsedProgram:
+    calls: list[Call] = field(default_factory=list)
+    errors: list[ProgramIssue] = field(default_factory=list)
+    # A fatal error means the whole program is unusable (too long, too many calls).
+    fatal: bool = False
+
+
+# --- lexical grammar -----------------------------------------------------------------------
+_STR = (
+    r"(?:[rRuU]?(?:'''(?:[^'\\]|\\.|'(?!''))*'''"
+    r'|"""(?:[^"\\]|\\.|"(?!""))*"""'
+    r"|'(?:[^'\\\n]|\\.)*'"
+    r'|"(?:[^"\\\n]|\\.)*"))'
+)
+_INT = r"[+-]?[0-9]+"
+_ARG = rf"(?:[A-Za-z_]\w*\s*=\s*)?(?:{_STR}|{_INT})"
+_CALL_RE = re.compile(
+    rf"([A-Za-z_][\w.]*)[ \t]*\(\s*((?:{_ARG}\s*,\s*)*(?:{_ARG}\s*)?)\)", re.DOTALL
+)
+_ARG_RE = re.compile(rf"\s*(?:([A-Za-z_]\w*)\s*=\s*)?({_STR}|{_INT})\s*,?", re.DOTALL)
+# After a call: optional spaces, optional comment, then end of statement.
+_STMT_END_RE = re.compile(r"[ \t]*(?:#[^\n]*)?(?:\n|;|$)")
+_SKIP_RE = re.compile(r"(?:[ \t\r\n;]+|#[^\n]*)+")
+_FENCE_RE = re.compile(r"^[ \t]*```[^\n]*$", re.MULTILINE)
+_ESCAPE_RE = re.compile(
+    r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|N\{[^}\n]{1,100}\}|[0-7]{1,3}|\n|.)",
+    re.DOTALL,
+)
+_SIMPLE_ESCAPES = {
+    "n": "\n", "t": "\t", "r": "\r", "\\": "\\", "'": "'", '"': '"',
+    "a": "\a", "b": "\b", "f": "\f", "v": "\v", "\n": "",
+}
+
+
+def _unescape_one(m: re.Match) -> str:
+    body = m.group(1)
+    if body in _SIMPLE_ESCAPES:
+        return _SIMPLE_ESCAPES[body]
+    head = body[0]
+    if head in "xuU":
+        code = int(body[1:], 16)
+        return chr(code) if code <= 0x10FFFF else m.group(0)
+    if head == "N":
+        try:
+            return unicodedata.lookup(body[2:-1])
+        except KeyError:
+            return m.group(0)
+    if head in "01234567":
+        return chr(int(body, 8))
+    return m.group(0)  # unknown escapes stay literal, as in Python
+
+
+def _decode_string(token: str) -> str:
+    raw = token[0] in "rR"
+    if token[0] in "rRuU":
+        token = token[1:]
+    quote = 3 if token[:3] in ("'''", '"""') else 1
+    body = token[quote:-quote]
+    if raw or "\\" not in body:
+        return body
+    return _ESCAPE_RE.sub(_unescape_one, body)
+
+
+def strip_fences(program: str) -> str:
+    """Blank out Markdown code-fence lines, keeping line numbers stable."""
+    return _FENCE_RE.sub("", program)
+
+
+def parse_program(program: str, stage: Stage, limits: Limits = Limits()) -> ParsedProgram:
+    """Parse ``program`` for ``stage``. Never raises on any string; never runs any code."""
+    out = ParsedProgram()
+    if not isinstance(program, str):
+        out.errors.append(ProgramIssue("not_text", f"program is {type(program).__name__}"))
+        out.fatal = True
+        return out
+    if len(program) > limits.max_program_chars:
+        out.errors.append(
+            ProgramIssue(
+                "program_too_long", f"{len(program)} chars > limit {limits.max_program_chars}"
+            )
+        )
+        out.fatal = True
+        return out
+    text = strip_fences(program)
+    names = _STAGE_NAMES[stage]
+    pos, n = 0, len(text)
+    line, counted_to = 0, 0  # program line of `pos`, counted incrementally (linear overall)
+    while pos < n:
+        skip = _SKIP_RE.match(text, pos)
+        if skip:
+            pos = skip.end()
+            if pos >= n:
+                break
+        line += text.count("\n", counted_to, pos)
+        counted_to = pos
+        m = _CALL_RE.match(text, pos)
+        end = _STMT_END_RE.match(text, m.end()) if m else None
+        if m is None or end is None:
+            eol = text.find("\n", pos)
+            stmt = text[pos : n if eol < 0 else eol]
+            out.errors.append(ProgramIssue("syntax", f"not a call: {stmt[:80]!r}", line))
+            pos = n if eol < 0 else eol + 1
+            continue
+        pos = end.end()
+        if len(out.calls) + len(out.errors) >= limits.max_calls:
+            out.errors.append(ProgramIssue("too_many_calls", f"> {limits.max_calls} statements"))
+            out.fatal = True
+            return out
+        call, issue = _bind(m.group(1), m.group(2), names, stage, limits, line)
+        if issue is not None:
+            out.errors.append(issue)
+        else:
+            out.calls.append(call)
+    return out
+
+
+def _bind(
+    raw_name: str, raw_args: str, names: dict[str, str], stage: Stage, limits: Limits, line: int
+) -> tuple[Call | None, ProgramIssue | None]:
+    if raw_name not in _ALL_NAMES:
+        return None, ProgramIssue("unknown_call", f"{raw_name[:60]}() is not a permitted call", line)
+    if raw_name not in names:
+        return None, ProgramIssue("wrong_stage", f"{raw_name}() is not a {stage}-stage call", line)
+    name = names[raw_name]
+    params = _SIGNATURES[name]
+    positional: list[Value] = []
+    keyword: dict[str, Value] = {}
+    for am in _ARG_RE.finditer(raw_args):
+        key, token = am.group(1), am.group(2)
+        if token[-1] in "'\"":
+            value: Value = _decode_string(token)
+            if len(value) > limits.max_string_chars:
+                return None, ProgramIssue(
+                    "string_too_long", f"{len(value)} chars > {limits.max_string_chars}", line
+                )
+        else:
+            if len(token.lstrip("+-")) > limits.max_int_digits:
+                return None, ProgramIssue("int_too_large", f"{token[:20]}… has too many digits", line)
+            value = int(token)
+        if key is None:
+            if keyword:
+                return None, ProgramIssue("syntax", "positional argument after keyword", line)
+            positional.append(value)
+        elif key in keyword:
+            return None, ProgramIssue("duplicate_argument", f"{key} given twice", line)
+        else:
+            keyword[key] = value
+    if len(positional) > len(params):
+        return None, ProgramIssue(
+            "too_many_arguments", f"{name}() takes {len(params)} arguments", line
+        )
+    bound: dict[str, Value] = {}
+    for (pname, _), value in zip(params, positional):
+        bound[pname] = value
+    for key, value in keyword.items():
+        if key not in {p for p, _ in params}:
+            return None, ProgramIssue("unknown_argument", f"{name}() has no argument {key!r}", line)
+        if key in bound:
+            return None, ProgramIssue("duplicate_argument", f"{key} given twice", line)
+        bound[key] = value
+    for pname, ptype in params:
+        if pname not in bound:
+            return None, ProgramIssue("missing_argument", f"{name}() needs {pname}", line)
+        if type(bound[pname]) is not ptype:
+            return None, ProgramIssue(
+                "wrong_type", f"{name}({pname}=…) must be {ptype.__name__}", line
+            )
+    return Call(name, tuple((p, bound[p]) for p, _ in params), line), None

@@ -1,0 +1,36 @@
+"""Accelerator settings: which device and dtype model work uses.
+
+``auto`` picks CUDA when a GPU is visible and the CPU otherwise. Steps that use a GPU declare
+``pool="gpu"``; dagster.yaml limits that pool to one step at a time, so GPU steps never share one.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import dagster as dg
+
+GPU_POOL = "gpu"
+
+
+class DeviceSettings(dg.ConfigurableResource):
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+    def resolve_device(self) -> str:
+        import torch
+
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"device={self.device!r} requested but no CUDA device is visible")
+        return self.device
+
+    def resolve_dtype(self):
+        import torch
+
+        if self.dtype != "auto":
+            return getattr(torch, self.dtype)
+        if self.resolve_device().startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32  # CPU matmuls in half precision are slower, not faster

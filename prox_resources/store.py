@@ -1,0 +1,154 @@
+"""The object store: one root (a local folder or s3://bucket/prefix) reached through fsspec.
+
+Every write is atomic. Bytes go to a local temporary file first; a local store then renames it
+into place (``os.replace``), and S3 receives it with one PUT or a multipart upload, both of which
+make the object visible only once complete. A killed writer therefore leaves at most a stray
+``.tmp-*`` file, never a half-written object under its real name.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO
+
+import dagster as dg
+import fsspec
+import polars as pl
+from pydantic import PrivateAttr
+
+from prox_resources.settings import store_url
+
+TMP_PREFIX = ".tmp-"
+
+
+class ObjectStore(dg.ConfigurableResource):
+    """Bulk data (Parquet, checkpoints) under one root URL, local or S3."""
+
+    url: str | None = None  # default: $PROX_STORE or $PROX_HOME/store
+    endpoint_url: str | None = None  # S3-compatible endpoint; default: AWS_ENDPOINT_URL
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+
+    _fs_cache: dict = PrivateAttr(default_factory=dict)
+
+    @property
+    def root(self) -> str:
+        return (self.url or store_url()).rstrip("/")
+
+    @property
+    def is_local(self) -> bool:
+        return "://" not in self.root or self.root.startswith("file://")
+
+    @property
+    def _fs_and_root(self) -> tuple[fsspec.AbstractFileSystem, str]:
+        if "fs" not in self._fs_cache:
+            self._fs_cache["fs"] = self._connect()
+        return self._fs_cache["fs"]
+
+    def _connect(self) -> tuple[fsspec.AbstractFileSystem, str]:
+        if self.is_local:
+            path = self.root.removeprefix("file://")
+            os.makedirs(path, exist_ok=True)
+            return fsspec.filesystem("file"), os.path.abspath(path)
+        protocol, _, rest = self.root.partition("://")
+        options: dict = {}
+        if protocol == "s3":
+            endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+            if endpoint:
+                options["endpoint_url"] = endpoint
+            if self.access_key_id:
+                options["key"] = self.access_key_id
+            if self.secret_access_key:
+                options["secret"] = self.secret_access_key
+            options["use_listings_cache"] = False
+        return fsspec.filesystem(protocol, **options), rest
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        return self._fs_and_root[0]
+
+    def path(self, key: str) -> str:
+        """The filesystem path of ``key`` (no protocol), for fsspec calls."""
+        return f"{self._fs_and_root[1]}/{key.lstrip('/')}"
+
+    def uri(self, key: str) -> str:
+        """A full URI for ``key``, for people and metadata."""
+        return f"{self.root}/{key.lstrip('/')}"
+
+    # --- reading -------------------------------------------------------------------------
+    def exists(self, key: str) -> bool:
+        return self.fs.exists(self.path(key))
+
+    def list(self, prefix: str) -> list[str]:
+        """Keys of finished objects under ``prefix`` (temporary files excluded), sorted."""
+        base = self.path(prefix).rstrip("/")
+        if not self.fs.exists(base):
+            return []
+        root = self._fs_and_root[1]
+        keys = []
+        for p in self.fs.find(base):
+            name = p.rsplit("/", 1)[-1]
+            if not name.startswith(TMP_PREFIX):
+                keys.append(p[len(root) + 1 :] if p.startswith(root) else p)
+        return sorted(keys)
+
+    def open_read(self, key: str) -> IO[bytes]:
+        return self.fs.open(self.path(key), "rb")
+
+    def read_bytes(self, key: str) -> bytes:
+        return self.fs.cat_file(self.path(key))
+
+    def read_parquet(self, key: str) -> pl.DataFrame:
+        with self.open_read(key) as f:
+            return pl.read_parquet(f)
+
+    def size(self, key: str) -> int:
+        return int(self.fs.size(self.path(key)))
+
+    # --- writing (atomic) ----------------------------------------------------------------
+    @contextmanager
+    def open_write(self, key: str) -> Iterator[IO[bytes]]:
+        """Write ``key`` atomically: readers see the old object or the whole new one."""
+        target = self.path(key)
+        if self.is_local:
+            directory = os.path.dirname(target)
+            os.makedirs(directory, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)
+        else:
+            fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            if self.is_local:
+                os.replace(tmp, target)
+            else:
+                self.fs.put_file(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def write_bytes(self, key: str, data: bytes) -> str:
+        with self.open_write(key) as f:
+            f.write(data)
+        return self.uri(key)
+
+    def write_parquet(self, key: str, df: pl.DataFrame) -> str:
+        buf = io.BytesIO()
+        df.write_parquet(buf, compression="zstd", statistics=True)
+        return self.write_bytes(key, buf.getvalue())
+
+    def put_file(self, local_path: str, key: str) -> str:
+        with open(local_path, "rb") as src, self.open_write(key) as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+        return self.uri(key)
+
+    def delete(self, key: str) -> None:
+        if self.exists(key):
+            self.fs.rm(self.path(key))

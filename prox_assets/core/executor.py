@@ -100,8 +100,8 @@ def execute_chunk_program(
     text: str, program: str, config: ExecutorConfig = DEFAULT_CONFIG
 ) -> ExecutionResult:
     """Run one chunk-stage program against the whole document (a single window)."""
-    n = len(split_lines(text))
-    return execute_chunk_programs(text, [(0, n - 1, program)], config)
+    n_lines = text.count("\n") + 1  # == len(split_lines(text)), without building the list
+    return execute_chunk_programs(text, [(0, n_lines - 1, program)], config)
 
 
 def execute_chunk_programs(
@@ -156,35 +156,35 @@ def execute_chunk_programs(
                     continue
                 key = w if scope == "window" else -1
                 bucket = normalizes.setdefault(key, [])
-                if call not in bucket:  # duplicate calls are applied once
+                if all(c.args != call.args for c in bucket):  # duplicate calls are applied once
                     bucket.append(call)
 
     if fatal or len(errors) >= config.max_errors:
         result.ignored = True
         return result
 
-    removed = [False] * n_lines
-    for start, end in _merge_ranges(ranges):
-        for i in range(start, end + 1):
-            removed[i] = True
-        result.edits.append(Edit("remove_lines", line_start=start, line_end=end))
+    merged = _merge_ranges(ranges)
+    result.edits.extend(Edit("remove_lines", line_start=s, line_end=e) for s, e in merged)
+    kept = _kept_spans(merged, n_lines)
 
-    if scope == "window":
+    if not merged and not normalizes:
+        refined = text  # nothing to do: the common keep_chunk() case
+    elif scope == "window":
         segments = []
         covered = 0
         for w, (start, end) in sorted(enumerate(windows), key=lambda x: x[1]):
             if start > covered:  # lines no window covered pass through untouched
-                segments.append(_surviving(lines, removed, covered, start - 1))
-            segment = _surviving(lines, removed, start, end)
+                segments.append(_surviving(lines, kept, covered, start - 1))
+            segment = _surviving(lines, kept, start, end)
             if segment is not None:
                 segment = _apply_normalizes(segment, normalizes.get(w, ()), w, result, config)
             segments.append(segment)
             covered = end + 1
         if covered < n_lines:
-            segments.append(_surviving(lines, removed, covered, n_lines - 1))
+            segments.append(_surviving(lines, kept, covered, n_lines - 1))
         refined = "\n".join(s for s in segments if s is not None)
     else:
-        refined = _surviving(lines, removed, 0, n_lines - 1) or ""
+        refined = _surviving(lines, kept, 0, n_lines - 1) or ""
         refined = _apply_normalizes(refined, normalizes.get(-1, ()), -1, result, config)
 
     if len(errors) >= config.max_errors:  # normalize errors found while applying
@@ -193,13 +193,27 @@ def execute_chunk_programs(
 
     result.text = refined
     if refined != text:
-        words_before = len(text.split())
-        words_after = len(refined.split())
-        if words_after <= config.min_words_kept:
-            result.dropped, result.reason = True, "too_few_words_after_edits"
-        elif words_after <= config.min_word_fraction * words_before:
-            result.dropped, result.reason = True, "too_little_text_after_edits"
+        result.dropped, result.reason = _drop_rule(text, refined, config)
     return result
+
+
+def _has_at_most_words(text: str, k: int) -> bool:
+    # split(None, k) stops after k words, so this costs a scan of the first k words only.
+    return len(text.split(None, k)) <= k
+
+
+def _drop_rule(original: str, refined: str, config: ExecutorConfig) -> tuple[bool, str | None]:
+    """Drop when at most ``min_words_kept`` words, or at most ``min_word_fraction`` of the
+    original's words, remain. Exact, but counts whole texts only in the rare undecided case."""
+    if _has_at_most_words(refined, config.min_words_kept):
+        return True, "too_few_words_after_edits"
+    # The original has at most (len + 1) // 2 words, so a refined text with more words than
+    # this bound's fraction is certainly kept.
+    bound = int(config.min_word_fraction * ((len(original) + 1) // 2))
+    if _has_at_most_words(refined, bound):
+        if len(refined.split()) <= config.min_word_fraction * len(original.split()):
+            return True, "too_little_text_after_edits"
+    return False, None
 
 
 def _windows_valid(windows: Sequence[tuple[int, int]], n_lines: int) -> bool:
@@ -222,10 +236,26 @@ def _merge_ranges(ranges: set[tuple[int, int]]) -> list[tuple[int, int]]:
     return [(s, e) for s, e in merged]
 
 
-def _surviving(lines: list[str], removed: list[bool], start: int, end: int) -> str | None:
+def _kept_spans(merged: list[tuple[int, int]], n_lines: int) -> list[tuple[int, int]]:
+    """The inclusive line spans between the merged removed ranges."""
+    spans, nxt = [], 0
+    for start, end in merged:
+        if start > nxt:
+            spans.append((nxt, start - 1))
+        nxt = end + 1
+    if nxt < n_lines:
+        spans.append((nxt, n_lines - 1))
+    return spans
+
+
+def _surviving(lines: list[str], kept: list[tuple[int, int]], start: int, end: int) -> str | None:
     """The lines start..end that survive removal, joined; None when none survive."""
-    kept = [lines[i] for i in range(start, end + 1) if not removed[i]]
-    return "\n".join(kept) if kept else None
+    parts: list[str] = []
+    for s, e in kept:
+        lo, hi = max(s, start), min(e, end)
+        if lo <= hi:
+            parts.extend(lines[lo : hi + 1])
+    return "\n".join(parts) if parts else None
 
 
 def _apply_normalizes(

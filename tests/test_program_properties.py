@@ -1,0 +1,126 @@
+"""Properties of the parser and executor over arbitrary text and programs (hypothesis)."""
+
+import string
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from prox_assets.core.chunking import chunk_document, whitespace_token_counter
+from prox_assets.core.executor import (
+    ExecutorConfig,
+    execute_chunk_program,
+    execute_chunk_programs,
+    execute_doc_program,
+)
+from prox_assets.core.programs import parse_program
+
+NAMES = ["remove_lines", "normalize", "keep_chunk", "skip_chunk", "keep_doc", "drop_doc",
+         "untouch_doc", "__import__", "os.system", "eval"]
+lines_st = st.lists(st.text(alphabet=string.printable.replace("\n", "") + "éü€—", max_size=40), min_size=1, max_size=30)
+texts = st.one_of(st.text(max_size=400), lines_st.map("\n".join))
+
+
+@st.composite
+def programs(draw):
+    """Program-like strings: real calls with good and bad arguments, mixed with junk."""
+    stmts = []
+    for _ in range(draw(st.integers(0, 8))):
+        name = draw(st.sampled_from(NAMES))
+        args = draw(st.lists(st.one_of(
+            st.integers(-5, 60).map(str),
+            st.text(max_size=12).map(repr),
+            st.text(alphabet="()=,'\"\\#;\n x", max_size=6),
+        ), max_size=3))
+        kw = draw(st.booleans())
+        keys = ["line_start", "line_end"] if name == "remove_lines" else ["source_str", "target_str"]
+        rendered = [f"{keys[i]}={a}" if kw and i < 2 else a for i, a in enumerate(args)]
+        stmts.append(f"{name}({', '.join(rendered)})")
+    if draw(st.booleans()):
+        stmts.insert(draw(st.integers(0, len(stmts))), draw(st.text(max_size=30)))
+    sep = draw(st.sampled_from(["\n", "; ", "\n\n# c\n"]))
+    fence = draw(st.booleans())
+    body = sep.join(stmts)
+    return f"```python\n{body}\n```" if fence else body
+
+
+FAST = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@FAST
+@given(texts, st.one_of(programs(), st.text(max_size=200)))
+def test_executor_never_raises(text, program):
+    for stage_result in (execute_doc_program(text, program), execute_chunk_program(text, program)):
+        assert isinstance(stage_result.text, str)
+    parse_program(program, "chunk")
+    parse_program(program, "doc")
+
+
+@FAST
+@given(texts, programs())
+def test_surviving_lines_are_a_subsequence_without_normalize(text, program):
+    program = "\n".join(ln for ln in program.split("\n") if "normalize" not in ln)
+    r = execute_chunk_program(text, program, ExecutorConfig(min_words_kept=0, min_word_fraction=0))
+    if any(c.name == "normalize" for c in parse_program(program, "chunk").calls):
+        return  # a normalize hidden in a `;`-joined line
+    original = text.split("\n")
+    it = iter(original)
+    assert all(line in it for line in r.text.split("\n")) or r.text == ""
+    if r.ignored:
+        assert r.text == text
+
+
+@FAST
+@given(texts, programs())
+def test_changed_lines_are_named_by_a_normalize(text, program):
+    r = execute_chunk_program(text, program, ExecutorConfig(min_words_kept=0, min_word_fraction=0))
+    original = set(text.split("\n"))
+    changed = [ln for ln in r.text.split("\n") if ln not in original]
+    applied = [e for e in r.edits if e.kind == "normalize" and e.count > 0]
+    if changed and r.text != "":
+        assert applied, (changed, r.edits)
+    if not applied and not r.ignored:  # without a normalize, the text is the surviving lines
+        removed = {i for e in r.edits for i in range(e.line_start, e.line_end + 1)}
+        kept = [ln for i, ln in enumerate(text.split("\n")) if i not in removed]
+        assert r.text == "\n".join(kept)
+
+
+@FAST
+@given(texts, st.sampled_from(["keep_chunk()", "skip_chunk()", "untouch_doc()", "", "# nothing"]))
+def test_keep_only_program_is_identity(text, program):
+    r = execute_chunk_program(text, program)
+    assert r.text == text and not r.dropped and r.edits == []
+
+
+@FAST
+@given(lines_st.map("\n".join), st.integers(16, 200))
+def test_windows_cover_every_line_once_in_order(text, max_tokens):
+    windows = chunk_document(text, whitespace_token_counter, max_tokens=max_tokens)
+    n = len(text.split("\n"))
+    covered = [i for w in windows for i in range(w.line_start, w.line_end + 1)]
+    assert covered == list(range(n))
+    for w in windows:
+        assert w.n_tokens <= max_tokens or w.truncated_lines
+        assert w.text.startswith("[doc]\n") and w.text.endswith("\n[/doc]")
+    # executing keep programs over the windows is the identity
+    r = execute_chunk_programs(text, [(w.line_start, w.line_end, "keep_chunk()") for w in windows])
+    assert r.text == text
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(max_size=300))
+def test_fuzz_arbitrary_program_strings(program):
+    """A fuzzing run over unstructured strings: parse and execute never raise."""
+    execute_chunk_program("one two three\nfour five six\nseven", program)
+    execute_doc_program("x", program)
+
+
+@FAST
+@given(st.text(alphabet=" \n\tab", max_size=300), st.text(alphabet=" \n\tab", max_size=300),
+       st.integers(0, 12), st.floats(0, 0.5))
+def test_drop_rule_equals_the_naive_word_count(original, refined, min_words, fraction):
+    from prox_assets.core.executor import _drop_rule
+
+    config = ExecutorConfig(min_words_kept=min_words, min_word_fraction=fraction)
+    after, before = len(refined.split()), len(original.split())
+    naive = after <= min_words or after <= fraction * before
+    assert _drop_rule(original, refined, config)[0] == naive

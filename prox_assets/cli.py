@@ -33,9 +33,9 @@ def ingest_paths(paths: list[Path], run: bool = True, echo=click.echo) -> dict[s
     Returns shard -> "ok" | "failed: <message>" | "registered".
     """
     from prox_assets.core.ingest import format_of, shard_name
-    from prox_assets.definitions import build_resources
     from prox_assets.ingest import INCOMING, incoming_files
     from prox_assets.partitions import shard_partitions
+    from prox_resources.store import ObjectStore
 
     files: list[Path] = []
     for p in paths:
@@ -45,7 +45,7 @@ def ingest_paths(paths: list[Path], run: bool = True, echo=click.echo) -> dict[s
             files.append(p)
         else:
             raise click.ClickException(f"{p}: no such file or directory")
-    store = build_resources()["store"]
+    store = ObjectStore()
     existing = incoming_files(store)
     shards: list[str] = []
     for f in files:
@@ -116,7 +116,7 @@ def ingest(paths: tuple[Path, ...], no_run: bool) -> None:
 def _print_ingest_summary() -> None:
     from prox_resources.catalog import Catalog
 
-    catalog = Catalog(path=os.environ.get("PROX_CATALOG"))
+    catalog = Catalog()
     counts = catalog.query(
         "SELECT count(*) AS shards, sum(n_read) AS n_read, sum(n_ingested) AS n_ingested, "
         "sum(n_quarantined) AS n_quarantined FROM ingestions"
@@ -225,16 +225,30 @@ def _format_report(report: dict) -> str:
 
 
 # --- catalog and UI --------------------------------------------------------------------------
+def _json_value(value):
+    """DuckDB sums are HUGEINT/DECIMAL: emit numbers as numbers, anything else as text."""
+    import decimal
+
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return str(value)
+
+
 @main.command()
 @click.argument("sql")
-def catalog(sql: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print rows as a JSON list of objects.")
+def catalog(sql: str, as_json: bool) -> None:
     """Run a read-only SQL query against the DuckDB catalog."""
     import polars as pl
 
     from prox_resources.catalog import Catalog
 
+    frame = Catalog().query(sql)
+    if as_json:
+        click.echo(json.dumps(frame.to_dicts(), default=_json_value, ensure_ascii=False))
+        return
     with pl.Config(tbl_rows=50, tbl_cols=20, fmt_str_lengths=60):
-        click.echo(Catalog(path=os.environ.get("PROX_CATALOG")).query(sql))
+        click.echo(frame)
 
 
 @main.command()

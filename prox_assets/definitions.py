@@ -7,12 +7,19 @@ import os
 import dagster as dg
 
 from prox_assets.ingest import incoming_files_sensor, raw_corpus
+from prox_assets.partitions import shard_partitions
 from prox_resources.catalog import Catalog
 from prox_resources.device import DeviceSettings
 from prox_resources.store import ObjectStore
 
 ASSETS = [raw_corpus]
 SENSORS = [incoming_files_sensor]
+JOBS = [
+    dg.define_asset_job(
+        "ingest_job", selection=[raw_corpus], partitions_def=shard_partitions,
+        description="Ingest one shard: raw input file -> raw_corpus partition.",
+    )
+]
 
 
 def _env(name: str) -> dg.EnvVar | None:
@@ -21,6 +28,9 @@ def _env(name: str) -> dg.EnvVar | None:
 
 
 def build_resources() -> dict:
+    """Resources for Dagster runs. EnvVar fields resolve inside Dagster only; code outside a
+    run (CLI, tests) builds ``ObjectStore()`` / ``Catalog()``, whose unset fields read the same
+    environment variables."""
     return {
         "store": ObjectStore(
             url=_env("PROX_STORE"),
@@ -33,4 +43,9 @@ def build_resources() -> dict:
     }
 
 
-defs = dg.Definitions(assets=ASSETS, sensors=SENSORS, resources=build_resources())
+defs = dg.Definitions(assets=ASSETS, sensors=SENSORS, jobs=JOBS, resources=build_resources())
+
+
+def resolved_job(name: str) -> dg.JobDefinition:
+    """A job by name, for ``dg.build_reconstructable_job`` (out-of-process execution)."""
+    return defs.resolve_job_def(name)

@@ -195,6 +195,8 @@ def _read_warc(f: IO[bytes], filename: str, max_bytes: int) -> Iterator[Raw | Qu
     n = 0
     try:
         for record in ArchiveIterator(f):
+            if record.format != "warc":  # warcio reads almost anything as an old ARC record
+                raise ArchiveLoadFailed(f"record in {record.format!r} format, not WARC")
             if record.rec_type not in ("response", "conversion", "resource"):
                 continue
             n += 1

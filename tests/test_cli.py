@@ -1,0 +1,109 @@
+"""The `prox` command line and the code location, as a user runs them."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from prox_resources.settings import REPO_ROOT
+
+BIN = Path(sys.executable).parent
+
+
+def run(args, env_home: Path, check=True, **kw) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROX_", "DAGSTER_", "AWS_"))}
+    env["PROX_HOME"] = str(env_home)
+    proc = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def test_help_lists_subcommands(tmp_path):
+    out = run([BIN / "prox", "--help"], tmp_path).stdout
+    for sub in ("demo", "ingest", "program", "bench", "catalog", "samples", "ui"):
+        assert f"  {sub}" in out
+
+
+def test_definitions_validate(tmp_path):
+    env_home = tmp_path / "p"
+    (env_home / "dagster").mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROX_", "DAGSTER_"))}
+    env.update(PROX_HOME=str(env_home), DAGSTER_HOME=str(REPO_ROOT), PROX_DAGSTER_DIR=str(env_home / "dagster"))
+    proc = subprocess.run([BIN / "dagster", "definitions", "validate", "-w", "workspace.yaml"], cwd=REPO_ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Validation successful" in proc.stdout + proc.stderr
+
+
+CASES = [
+    ("url_with_equals", 'normalize(source_str="http://x.org/a?b=1&c=2", target_str="")',
+     "Read http://x.org/a?b=1&c=2 now", "Read  now"),
+    ("paren_in_string", "normalize(source_str='(ad)', target_str='')", "Buy (ad) bread", "Buy  bread"),
+    ("comma_in_string", 'normalize("one, two", "1 2")', "count one, two", "count 1 2"),
+    ("escaped_newline", r'normalize("a\nb", "a b")', "a\nb", "a b"),
+    ("positional_remove", "remove_lines(0, 0)", "drop me\nkeep me", "keep me"),
+]
+
+
+@pytest.mark.parametrize("name, program, text, expected", CASES, ids=[c[0] for c in CASES])
+def test_program_run_reference_defects(tmp_path, name, program, text, expected):
+    (tmp_path / "t.txt").write_text(text + "\n" + " ".join(["filler"] * 20))
+    (tmp_path / "p.txt").write_text(program)
+    out = run([BIN / "prox", "program", "run", "--stage", "chunk", "--text-file", tmp_path / "t.txt",
+               "--program-file", tmp_path / "p.txt", "--json"], tmp_path).stdout
+    result = json.loads(out)
+    assert result["errors"] == [] and result["text"].split("\n" + "filler")[0] == expected
+
+
+@pytest.mark.parametrize("program", [
+    "__import__('os').system('touch PWNED')",
+    "open('PWNED', 'w')",
+    "remove_lines(0, 0).__class__.__bases__",
+    "normalize('" + "A" * 100 + "', 'B')" + "\n" * 3 + "keep_chunk(" * 300,
+    "normalize(\"unbalanced, 'x')\nnormalize('x', \"also unbalanced)",
+])
+def test_program_run_hostile_programs_are_errors(tmp_path, program):
+    (tmp_path / "t.txt").write_text("line one\nline two")
+    (tmp_path / "p.txt").write_text(program)
+    out = run([BIN / "prox", "program", "run", "--stage", "chunk", "--text-file", tmp_path / "t.txt",
+               "--program-file", tmp_path / "p.txt", "--json"], tmp_path).stdout
+    result = json.loads(out)
+    assert result["errors"] and result["text"] == "line one\nline two"
+    assert not (REPO_ROOT / "PWNED").exists() and not (tmp_path / "PWNED").exists()
+
+
+def test_program_run_doc_stage_text_output(tmp_path):
+    (tmp_path / "t.txt").write_text("spam spam")
+    (tmp_path / "p.txt").write_text("```python\ndrop_doc()\n```")
+    out = run([BIN / "prox", "program", "run", "--stage", "doc", "--text-file", tmp_path / "t.txt",
+               "--program-file", tmp_path / "p.txt"], tmp_path).stdout
+    assert out.startswith("dropped: True (drop_doc)")
+
+
+@pytest.mark.slow
+def test_ingest_sample_corpus_plus_malformed_files(tmp_path, sample_files):
+    bad = tmp_path / "incoming-mess.jsonl"
+    bad.write_bytes(b'{"text": "a fine document with several words in it"}\n{"text": oops}\n\xff\xfe\n{"text": ""}\n')
+    proc = run([BIN / "prox", "ingest", *sample_files, bad], tmp_path)
+    assert "ok" in proc.stdout
+    def query(sql):
+        return json.loads(run([BIN / "prox", "catalog", "--json", sql], tmp_path).stdout)
+
+    rows = query("SELECT locator, reason FROM quarantine WHERE shard = 'incoming-mess' ORDER BY locator")
+    assert rows == [{"locator": "line:2", "reason": "malformed_json"},
+                    {"locator": "line:3", "reason": "undecodable_bytes"},
+                    {"locator": "line:4", "reason": "empty_document"}]
+    totals = query("SELECT sum(n_read) - sum(n_ingested) - sum(n_quarantined) AS lost, count(*) AS shards, "
+                   "sum(n_ingested) AS ingested FROM ingestions")[0]
+    assert totals["lost"] == 0 and totals["shards"] == len(sample_files) + 1
+    assert query("SELECT count(*) AS n FROM documents")[0]["n"] == totals["ingested"] > 2000
+
+    unreadable = tmp_path / "truncated.parquet"
+    unreadable.write_bytes(b"PAR1\x00\x00 not really")
+    proc = run([BIN / "prox", "ingest", unreadable], tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "truncated.parquet" in proc.stdout + proc.stderr

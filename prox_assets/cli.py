@@ -65,7 +65,16 @@ def ingest_paths(paths: list[Path], run: bool = True, echo=click.echo) -> dict[s
     return materialize_partitions("raw_corpus", shards, echo=echo)
 
 
-def materialize_partitions(asset: str, partition_keys: list[str], echo=click.echo) -> dict[str, str]:
+# What each asset's progress line shows from its materialization metadata.
+SUMMARY_KEYS = {
+    "raw_corpus": ("n_read", "n_ingested", "n_quarantined"),
+    "seed_scores": ("dagster/row_count", "keep_ratio", "mean_edu_expected", "documents_per_second"),
+    "sft_programs": ("sft_version", "n_train", "n_val", "n_rejected"),
+}
+
+
+def materialize_partitions(asset: str, partition_keys: list[str], config: dict | None = None,
+                           echo=click.echo) -> dict[str, str]:
     """Materialize partitions of one asset in-process, one run each, with progress lines."""
     import dagster as dg
 
@@ -73,19 +82,21 @@ def materialize_partitions(asset: str, partition_keys: list[str], echo=click.ech
 
     instance = _instance()
     resources = build_resources()
-    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    run_config = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    if config:
+        run_config["ops"] = {asset: {"config": config}}
     outcome: dict[str, str] = {}
     for i, key in enumerate(partition_keys, 1):
         started = time.monotonic()
         result = dg.materialize(
             ASSETS, selection=[asset], partition_key=key, instance=instance, resources=resources,
-            run_config=quiet, raise_on_error=False, tags={"prox/launched_by": "cli"},
+            run_config=run_config, raise_on_error=False, tags={"prox/launched_by": "cli"},
         )
         took = time.monotonic() - started
         if result.success:
             outcome[key] = "ok"
             meta = _materialization_metadata(result, asset)
-            detail = ", ".join(f"{k}={meta[k]}" for k in ("n_read", "n_ingested", "n_quarantined") if k in meta)
+            detail = ", ".join(f"{k.split('/')[-1]}={meta[k]}" for k in SUMMARY_KEYS.get(asset, ()) if k in meta)
             echo(f"[{i}/{len(partition_keys)}] {asset}[{key}] ok in {took:.1f}s  {detail}")
         else:
             failure = next((e for e in result.all_events if e.is_step_failure), None)
@@ -148,8 +159,14 @@ def _build_samples(out: Path | None = None) -> list[Path]:
 
 
 @main.command()
-def demo() -> None:
+@click.option("--seeds-per-shard", default=6, show_default=True, help="Seed documents scored per shard.")
+@click.option("--chunk-docs-per-shard", default=12, show_default=True, help="Documents per shard for chunk SFT.")
+@click.option("--annotator", type=click.Choice(["rules", "llm", "both"]), default="rules", show_default=True)
+def demo(seeds_per_shard: int, chunk_docs_per_shard: int, annotator: str) -> None:
     """Build the sample corpus and materialize every asset of the graph on it."""
+    from prox_assets.ingest import incoming_files
+    from prox_resources.store import ObjectStore
+
     started = time.monotonic()
     click.echo(f"PROX_HOME={prox_home()}")
     click.echo("== sample corpus")
@@ -157,11 +174,49 @@ def demo() -> None:
     click.echo(f"{len(files)} files in {prox_home() / 'samples'}")
     click.echo("== raw_corpus")
     outcome = ingest_paths(files)
+    shards = sorted(incoming_files(ObjectStore()))
+    click.echo(f"== seed_scores ({seeds_per_shard} seeds per shard through the model)")
+    outcome |= _prefixed("seed_scores", materialize_partitions(
+        "seed_scores", shards, {"seeds_per_shard": seeds_per_shard}))
+    click.echo("== sft_programs")
+    outcome |= _prefixed("sft_programs", materialize_partitions(
+        "sft_programs", ["doc", "chunk"],
+        {"chunk_docs_per_shard": chunk_docs_per_shard, "annotator": annotator}))
     click.echo("== summary")
     _print_ingest_summary()
+    _print_synthesis_summary()
     click.echo(f"demo finished in {time.monotonic() - started:.0f}s; browse it with `prox ui`")
-    if any(v.startswith("failed") for v in outcome.values()):
-        raise click.ClickException("some partitions failed")
+    failed = [k for k, v in outcome.items() if v.startswith("failed")]
+    if failed:
+        raise click.ClickException(f"failed: {', '.join(failed)}")
+
+
+def _prefixed(asset: str, outcome: dict[str, str]) -> dict[str, str]:
+    return {f"{asset}[{k}]": v for k, v in outcome.items()}
+
+
+def _print_synthesis_summary() -> None:
+    from prox_resources.catalog import Catalog
+
+    catalog = Catalog()
+    scores = catalog.query(
+        "SELECT count(*) AS n, count(DISTINCT shard) AS shards, avg(edu_expected) AS edu, "
+        "avg(format_expected) AS fmt, avg(keep::INT) AS keep FROM seed_scores"
+    ).row(0, named=True)
+    click.echo(f"seed_scores: {scores['n']} documents in {scores['shards']} shards, mean expected edu "
+               f"{scores['edu'] or 0:.2f}, format {scores['fmt'] or 0:.2f}, keep ratio {scores['keep'] or 0:.2f}")
+    sets = catalog.query(
+        "SELECT level, sft_version, n_train, n_val, n_rejected FROM sft_sets "
+        "QUALIFY row_number() OVER (PARTITION BY level ORDER BY written_at DESC) = 1 ORDER BY level"
+    )
+    labels = dict(
+        ((lvl, lab), n) for lvl, lab, n in catalog.query(
+            "SELECT e.level, e.label, count(*) FROM sft_examples e JOIN sft_sets s USING (level, sft_version) "
+            "WHERE e.status = 'accepted' GROUP BY 1, 2").rows()
+    )
+    for level, version, n_train, n_val, n_rejected in sets.rows():
+        mix = ", ".join(f"{lab}={n}" for (lvl, lab), n in sorted(labels.items()) if lvl == level)
+        click.echo(f"sft_programs[{level}] {version}: train {n_train}, val {n_val}, rejected {n_rejected}; {mix}")
 
 
 # --- programs --------------------------------------------------------------------------------

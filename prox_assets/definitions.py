@@ -8,11 +8,16 @@ import dagster as dg
 
 from prox_assets.ingest import incoming_files_sensor, raw_corpus
 from prox_assets.partitions import shard_partitions
+from prox_assets.scoring import seed_scores
+from prox_assets.synthesis import sft_programs
 from prox_resources.catalog import Catalog
 from prox_resources.device import DeviceSettings
+from prox_resources.engine import ModelEngine
+from prox_resources.models import DEFAULT_MODEL
 from prox_resources.store import ObjectStore
 
-ASSETS = [raw_corpus]
+# In data-flow order.
+ASSETS = [raw_corpus, seed_scores, sft_programs]
 SENSORS = [incoming_files_sensor]
 JOBS = [
     dg.define_asset_job(
@@ -39,7 +44,14 @@ def build_resources() -> dict:
             secret_access_key=_env("AWS_SECRET_ACCESS_KEY"),
         ),
         "catalog": Catalog(path=_env("PROX_CATALOG")),
-        "device": DeviceSettings(),
+        "device": DeviceSettings(device=os.environ.get("PROX_DEVICE", "auto")),
+        # PROX_ENGINE_BACKEND = transformers | vllm | openai; PROX_MODEL = alias or folder
+        "engine": ModelEngine(
+            backend=os.environ.get("PROX_ENGINE_BACKEND", "transformers"),
+            model=os.environ.get("PROX_MODEL", DEFAULT_MODEL),
+            base_url=_env("PROX_OPENAI_BASE_URL"),
+            api_key=_env("OPENAI_API_KEY"),
+        ),
     }
 
 

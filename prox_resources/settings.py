@@ -28,14 +28,22 @@ def catalog_path() -> Path:
 
 
 def configure_environment() -> None:
-    """Pin PROX_HOME to an absolute path and point Dagster at this project's instance config.
+    """Pin PROX_HOME to an absolute path and give Dagster an instance under it.
 
-    DAGSTER_HOME is the folder holding this repository's dagster.yaml; that file reads its
-    storage folder from PROX_DAGSTER_DIR, so run history lives under PROX_HOME.
+    Unless DAGSTER_HOME is set, it becomes $PROX_HOME/dagster, holding a copy of this
+    repository's dagster.yaml (refreshed when the original changes), so run history lives next
+    to the data it describes.
     """
     home = prox_home()
     os.environ["PROX_HOME"] = str(home)
-    os.environ.setdefault("PROX_DAGSTER_DIR", str(home / "dagster"))
-    if "DAGSTER_HOME" not in os.environ and (REPO_ROOT / "dagster.yaml").exists():
-        os.environ["DAGSTER_HOME"] = str(REPO_ROOT)
-    Path(os.environ["PROX_DAGSTER_DIR"]).mkdir(parents=True, exist_ok=True)
+    if "DAGSTER_HOME" in os.environ:
+        return
+    instance_dir = home / "dagster"
+    instance_dir.mkdir(parents=True, exist_ok=True)
+    source = REPO_ROOT / "dagster.yaml"
+    target = instance_dir / "dagster.yaml"
+    if source.exists() and (not target.exists() or target.read_bytes() != source.read_bytes()):
+        tmp = target.with_suffix(".tmp")
+        tmp.write_bytes(source.read_bytes())
+        tmp.replace(target)
+    os.environ["DAGSTER_HOME"] = str(instance_dir)

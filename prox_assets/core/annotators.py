@@ -1,0 +1,167 @@
+"""Chunk-level annotators: who writes the target program of a line-numbered window.
+
+- ``RuleAnnotator``: boilerplate line rules in the spirit of the C4, Gopher and FineWeb line
+  filters (cookie and legal notices, share/sign-in/read-more links, menus of short bullets or
+  pipe-separated items, bare URLs), plus lines repeated across many documents of the same shard
+  (site navigation and footers), plus a few noisy strings to ``normalize`` (Sphinx pilcrows,
+  "[edit]" markers, non-breaking spaces). Cheap and deterministic: the CPU default.
+- ``llm_annotate``: a model with one few-shot prompt per noise type (navigation; links and
+  buttons; footers and references); the programs of the three prompts are merged per window.
+
+Every program is validated with the program language before it may become a training target.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from prox_assets.core.chunking import Window, split_lines
+from prox_assets.core.programs import Call, parse_program
+
+KEEP = "keep_chunk()"
+
+_PHRASES = re.compile(
+    r"cookie|javascript|privacy policy|terms of (use|service)|all rights reserved|copyright|©|"
+    r"\bsign (in|up)\b|\blog ?in\b|subscribe|newsletter|share (on|this)|follow us|read more|"
+    r"click here|advertisement|skip to (main )?content|back to top|previous topic|next topic|"
+    r"report a bug|show source|found a bug|last updated|created using sphinx|"
+    r"related articles|most popular|trending now|feedback",
+    re.IGNORECASE,
+)
+_BULLET = re.compile(r"^\s*(?:[•·▪◦*\-–»›]|\d+\.)\s+")
+_URL_ONLY = re.compile(r"^\s*(?:https?://|www\.)\S+\s*$", re.IGNORECASE)
+_END_PUNCT = re.compile(r"[.!?:;\"')\]]\s*$")
+NORMALIZE_STRINGS = {"¶": "", "[edit]": "", "\u00a0": " ", "\u200b": ""}
+
+
+def _key(line: str) -> str:
+    return re.sub(r"\s+", " ", line.strip().lower())
+
+
+@dataclass
+class RuleAnnotator:
+    """Flags boilerplate lines of a shard's documents; see the module docstring."""
+
+    repeated_lines: frozenset[str] = frozenset()
+    max_words_phrase_line: int = 25
+    max_words_menu_item: int = 6
+
+    @classmethod
+    def for_shard(cls, texts: Iterable[str], min_docs: int = 3, min_fraction: float = 0.02) -> "RuleAnnotator":
+        """Lines (case- and space-normalised) that occur in many documents of the shard."""
+        counts: Counter[str] = Counter()
+        n_docs = 0
+        for text in texts:
+            n_docs += 1
+            counts.update({_key(ln) for ln in split_lines(text) if ln.strip()})
+        threshold = max(min_docs, int(min_fraction * n_docs))
+        return cls(frozenset(k for k, c in counts.items() if c >= threshold))
+
+    def line_reason(self, line: str) -> str | None:
+        stripped = line.strip()
+        if not stripped:
+            return None
+        words = stripped.split()
+        if _key(line) in self.repeated_lines and len(words) < 40:
+            return "repeated_in_shard"
+        if _URL_ONLY.match(line):
+            return "url"
+        if len(words) <= self.max_words_phrase_line and _PHRASES.search(line):
+            return "boilerplate_phrase"
+        if stripped.count("|") >= 2 and len(words) <= 4 * (stripped.count("|") + 1):
+            return "menu_bar"
+        if _BULLET.match(line) and len(words) <= self.max_words_menu_item and not _END_PUNCT.search(line):
+            return "menu_item"
+        return None
+
+    def annotate(self, text: str, window: Window) -> str:
+        """The program for one window (global line numbers), or keep_chunk()."""
+        lines = split_lines(text)
+        flagged = [self.line_reason(lines[i]) is not None for i in range(window.line_start, window.line_end + 1)]
+        calls = [
+            f"remove_lines(line_start={s}, line_end={e})"
+            for s, e in _ranges(flagged, window.line_start, lines)
+        ]
+        kept_text = "\n".join(
+            lines[i] for i, f in zip(range(window.line_start, window.line_end + 1), flagged) if not f
+        )
+        for source, target in NORMALIZE_STRINGS.items():
+            if source in kept_text:
+                calls.append(Call("normalize", (("source_str", source), ("target_str", target))).render())
+        return "\n".join(calls) if calls else KEEP
+
+
+def _ranges(flagged: Sequence[bool], offset: int, lines: Sequence[str]) -> list[tuple[int, int]]:
+    """Runs of flagged lines; blank lines between two flagged lines join their runs."""
+    out: list[list[int]] = []
+    pending_blank: list[int] = []
+    for j, f in enumerate(flagged):
+        i = offset + j
+        if f:
+            if out and pending_blank and pending_blank[0] == out[-1][1] + 1:
+                out[-1][1] = i
+            elif out and out[-1][1] == i - 1:
+                out[-1][1] = i
+            else:
+                out.append([i, i])
+            pending_blank = []
+        elif not lines[i].strip() and out and (out[-1][1] == i - 1 or pending_blank):
+            pending_blank.append(i)
+        else:
+            pending_blank = []
+    return [(s, e) for s, e in out]
+
+
+def merge_programs(programs: Iterable[str]) -> str:
+    """One program from several (the LLM annotator's per-noise-type answers): the union of
+    their removals and normalizations, parse errors dropped, keep_chunk() if nothing is left."""
+    ranges: set[tuple[int, int]] = set()
+    normalizes: list[Call] = []
+    for program in programs:
+        for call in parse_program(program, "chunk").calls:
+            if call.name == "remove_lines":
+                ranges.add((call.arg("line_start"), call.arg("line_end")))
+            elif call.name == "normalize" and all(c.args != call.args for c in normalizes):
+                normalizes.append(call)
+    calls = [f"remove_lines(line_start={s}, line_end={e})" for s, e in sorted(ranges)]
+    calls += [c.render() for c in normalizes]
+    return "\n".join(calls) if calls else KEEP
+
+
+def validate_chunk_program(program: str, text: str, window: Window, max_removal_ratio: float) -> str | None:
+    """None when ``program`` may be a training target for ``window``, else the reason it may not."""
+    parsed = parse_program(program, "chunk")
+    if parsed.errors:
+        return f"parse_error:{parsed.errors[0].kind}"
+    if not parsed.calls:
+        return "empty_program"
+    all_lines = split_lines(text)
+    lines = all_lines[window.line_start : window.line_end + 1]
+    window_text = "\n".join(lines)
+    removed: set[int] = set()
+    for call in parsed.calls:
+        if call.name == "remove_lines":
+            s, e = call.arg("line_start"), call.arg("line_end")
+            if not (window.line_start <= s <= e <= window.line_end):
+                return "lines_outside_window"
+            removed.update(range(s, e + 1))
+        elif call.name == "normalize" and call.arg("source_str") not in window_text:
+            return "normalize_source_not_in_window"
+    non_blank = sum(1 for ln in lines if ln.strip()) or 1
+    ratio = sum(1 for i in removed if all_lines[i].strip()) / non_blank
+    if ratio > max_removal_ratio:
+        return "removal_ratio_above_cap"
+    return None
+
+
+def llm_annotate(backend, windows: Sequence[str], max_new_tokens: int = 96) -> list[str]:
+    """One merged program per window from the three few-shot noise-type prompts."""
+    from prox_assets.core.prompts import NOISE_TYPES, annotator_chat
+
+    chats = [annotator_chat(kind, w) for w in windows for kind in NOISE_TYPES]
+    answers = backend.generate(chats, max_new_tokens=max_new_tokens)
+    k = len(NOISE_TYPES)
+    return [merge_programs(answers[i * k : (i + 1) * k]) for i in range(len(windows))]

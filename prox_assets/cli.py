@@ -70,6 +70,10 @@ SUMMARY_KEYS = {
     "raw_corpus": ("n_read", "n_ingested", "n_quarantined"),
     "seed_scores": ("dagster/row_count", "keep_ratio", "mean_edu_expected", "documents_per_second"),
     "sft_programs": ("sft_version", "n_train", "n_val", "n_rejected"),
+    "refined_corpus": ("documents_in", "kept", "dropped", "tokens_kept_ratio", "lines_removed",
+                       "executor_errors", "documents_per_second"),
+    "refiner": ("refiner_version", "train_seconds", "loss_first_last", "refiner_macro_f1", "base_macro_f1",
+                "refiner_line_f1", "base_line_f1", "refiner_pair"),
 }
 
 
@@ -162,7 +166,10 @@ def _build_samples(out: Path | None = None) -> list[Path]:
 @click.option("--seeds-per-shard", default=6, show_default=True, help="Seed documents scored per shard.")
 @click.option("--chunk-docs-per-shard", default=12, show_default=True, help="Documents per shard for chunk SFT.")
 @click.option("--annotator", type=click.Choice(["rules", "llm", "both"]), default="rules", show_default=True)
-def demo(seeds_per_shard: int, chunk_docs_per_shard: int, annotator: str) -> None:
+@click.option("--refiner-steps", default=24, show_default=True, help="Fine-tuning steps per refiner level.")
+@click.option("--refine-docs", default=8, show_default=True, help="Documents refined per shard (0 = all).")
+def demo(seeds_per_shard: int, chunk_docs_per_shard: int, annotator: str, refiner_steps: int,
+         refine_docs: int) -> None:
     """Build the sample corpus and materialize every asset of the graph on it."""
     from prox_assets.ingest import incoming_files
     from prox_resources.store import ObjectStore
@@ -182,13 +189,57 @@ def demo(seeds_per_shard: int, chunk_docs_per_shard: int, annotator: str) -> Non
     outcome |= _prefixed("sft_programs", materialize_partitions(
         "sft_programs", ["doc", "chunk"],
         {"chunk_docs_per_shard": chunk_docs_per_shard, "annotator": annotator}))
+    click.echo(f"== refiner (LoRA, {refiner_steps} steps per level on this machine)")
+    outcome |= _prefixed("refiner", materialize_partitions(
+        "refiner", ["doc", "chunk"], {"max_steps": refiner_steps}))
+    version = _latest_refiner_version()
+    if version:
+        click.echo(f"== refined_corpus (refiner {version}, {refine_docs} documents per shard)")
+        keys = [f"{version}|{shard}" for shard in shards]
+        outcome |= _prefixed("refined_corpus", materialize_partitions(
+            "refined_corpus", keys, {"max_docs": refine_docs}))
     click.echo("== summary")
     _print_ingest_summary()
     _print_synthesis_summary()
+    _print_refiner_summary()
+    _print_refined_summary()
     click.echo(f"demo finished in {time.monotonic() - started:.0f}s; browse it with `prox ui`")
     failed = [k for k, v in outcome.items() if v.startswith("failed")]
     if failed:
         raise click.ClickException(f"failed: {', '.join(failed)}")
+
+
+def _print_refiner_summary() -> None:
+    from prox_resources.catalog import Catalog
+
+    rows = Catalog().query(
+        "SELECT e.level, e.version, e.model, e.dataset, e.metric, e.value FROM refiner_evals e "
+        "JOIN (SELECT level, version FROM refiner_versions QUALIFY row_number() OVER "
+        "(PARTITION BY level ORDER BY written_at DESC) = 1) v USING (level, version) "
+        "WHERE e.metric IN ('macro_f1', 'line_f1', 'parse_rate', 'removed_line_precision', "
+        "'removed_line_recall', 'gold_text_kept') ORDER BY 1, 4, 3, 5"
+    ).rows()
+    for level, version, model, dataset, metric, value in rows:
+        click.echo(f"refiner[{level}] {version} {dataset:>10} {model:>14} {metric:>24} = {value:.3f}")
+
+
+def _latest_refiner_version() -> str | None:
+    from prox_resources.catalog import Catalog
+
+    rows = Catalog().query("SELECT refiner_version FROM refiner_pairs ORDER BY written_at DESC LIMIT 1").rows()
+    return rows[0][0] if rows else None
+
+
+def _print_refined_summary() -> None:
+    from prox_resources.catalog import Catalog
+
+    rows = Catalog().query(
+        "SELECT refiner_version, count(*) AS n, sum(kept::INT) AS kept, sum((NOT kept)::INT) AS dropped, "
+        "sum(n_chars_after) / sum(n_chars_before) AS chars_kept FROM program_runs GROUP BY 1 ORDER BY 1"
+    ).rows()
+    for version, n, kept, dropped, chars in rows:
+        click.echo(f"refined_corpus[{version}]: {n} documents = kept {kept} + dropped {dropped}; "
+                   f"{chars or 0:.1%} of characters kept")
 
 
 def _prefixed(asset: str, outcome: dict[str, str]) -> dict[str, str]:
@@ -217,6 +268,49 @@ def _print_synthesis_summary() -> None:
     for level, version, n_train, n_val, n_rejected in sets.rows():
         mix = ", ".join(f"{lab}={n}" for (lvl, lab), n in sorted(labels.items()) if lvl == level)
         click.echo(f"sft_programs[{level}] {version}: train {n_train}, val {n_val}, rejected {n_rejected}; {mix}")
+
+
+# --- refinement: backfills and audits -----------------------------------------------------------
+@main.command()
+@click.option("--refiner-version", required=True, help="The refiner_version partition key (d…-c…).")
+@click.option("--url", default="http://127.0.0.1:3000", show_default=True, help="The Dagster webserver.")
+@click.option("--shard", "shards", multiple=True, help="Only these shards (default: every shard).")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the backfill until it ends.")
+def backfill(refiner_version: str, url: str, shards: tuple[str, ...], wait: bool) -> None:
+    """Refine every shard with a refiner version: a partition backfill run by the daemon."""
+    from prox_assets.backfill import BackfillError, launch_backfill, wait_for_backfill
+    from prox_assets.partitions import refiner_version_partitions, shard_partitions
+
+    instance = _instance()
+    if not instance.has_dynamic_partition(refiner_version_partitions.name, refiner_version):
+        known = instance.get_dynamic_partitions(refiner_version_partitions.name)
+        raise click.ClickException(f"unknown refiner version {refiner_version!r}; known: {known}")
+    targets = list(shards) or instance.get_dynamic_partitions(shard_partitions.name)
+    names = [f"{refiner_version}|{s}" for s in targets]
+    try:
+        backfill_id = launch_backfill(url, ["refined_corpus"], names, title=f"refine with {refiner_version}",
+                                      tags={"prox/launched_by": "prox backfill"})
+        click.echo(f"backfill {backfill_id}: {len(names)} partitions of refined_corpus -> {url}/overview/backfills/{backfill_id}")
+        if wait:
+            final = wait_for_backfill(url, backfill_id, on_status=lambda s: click.echo(f"  {s['status']}"))
+            if final["status"] not in ("COMPLETED", "COMPLETED_SUCCESS"):
+                raise click.ClickException(f"backfill {backfill_id} ended {final['status']}")
+    except (BackfillError, OSError) as exc:
+        raise click.ClickException(f"backfill through {url} failed: {exc}") from exc
+
+
+@main.command()
+@click.argument("doc_id")
+@click.option("--json", "as_json", is_flag=True)
+def audit(doc_id: str, as_json: bool) -> None:
+    """A document's whole lineage: ingestion, seed scores, SFT use, every refiner version's programs."""
+    from prox_assets.audit import audit_document, format_audit
+    from prox_resources.catalog import Catalog
+
+    result = audit_document(Catalog(), doc_id)
+    click.echo(json.dumps(result, default=str, indent=2) if as_json else format_audit(result))
+    if not result.get("ingested"):
+        raise SystemExit(1)
 
 
 # --- programs --------------------------------------------------------------------------------
@@ -272,6 +366,41 @@ def bench_executor(docs: int, as_json: bool) -> None:
     from prox_assets.benchmarks import executor_benchmark, sample_texts
 
     report = executor_benchmark(sample_texts(_build_samples()), n_docs=docs)
+    click.echo(json.dumps(report, indent=2) if as_json else _format_report(report))
+
+
+@bench.command("refine")
+@click.option("--docs", default=16, show_default=True, help="Documents refined (both stages).")
+@click.option("--refiner-version", default=None, help="Default: the newest; the base model if none.")
+@click.option("--json", "as_json", is_flag=True)
+def bench_refine(docs: int, refiner_version: str | None, as_json: bool) -> None:
+    """Refinement throughput with the real model on this machine, against its matmul peak."""
+    import polars as pl
+
+    from prox_assets.benchmarks import refine_benchmark
+    from prox_assets.refine import refiner_pair
+    from prox_assets.refiner import refiner_prefix
+    from prox_resources.catalog import Catalog
+    from prox_resources.device import DeviceSettings
+    from prox_resources.engine import ModelEngine
+    from prox_resources.models import DEFAULT_MODEL, fetch_model
+    from prox_resources.store import ObjectStore
+
+    store, device = ObjectStore(), DeviceSettings(device=os.environ.get("PROX_DEVICE", "auto"))
+    engine = ModelEngine(backend="vllm" if os.environ.get("PROX_ENGINE_BACKEND") == "vllm" else "transformers")
+    version = refiner_version or _latest_refiner_version()
+    if version:
+        pair = refiner_pair(Catalog(), version)
+        doc_model = str(fetch_model(store, refiner_prefix("doc", pair["doc"])))
+        chunk_model = str(fetch_model(store, refiner_prefix("chunk", pair["chunk"])))
+        sizes = (pair["doc_max_tokens"], pair["window_tokens"])
+    else:
+        doc_model = chunk_model = DEFAULT_MODEL
+        sizes = (384, 384)
+    texts = pl.concat([store.read_parquet(k).select("text") for k in store.list("raw/")])
+    texts = texts.sample(n=min(docs, texts.height), seed=0)["text"].to_list()
+    report = refine_benchmark(texts, engine.load(device, model=doc_model), engine.load(device, model=chunk_model), *sizes)
+    report = {"refiner_version": version or f"base model {DEFAULT_MODEL}", "device": device.resolve_device(), **report}
     click.echo(json.dumps(report, indent=2) if as_json else _format_report(report))
 
 

@@ -7,3 +7,17 @@ shard_partitions = dg.DynamicPartitionsDefinition(name="shard")
 
 # One refiner per ProX stage.
 level_partitions = dg.StaticPartitionsDefinition(["doc", "chunk"])
+
+# A refiner version as the refined corpus sees it: d<doc version>-c<chunk version>, registered
+# by the refiner asset whenever a new pair of document and chunk refiners exists.
+refiner_version_partitions = dg.DynamicPartitionsDefinition(name="refiner_version")
+
+
+def refiner_pair_key(doc_version: str, chunk_version: str) -> str:
+    return f"d{doc_version[:8]}-c{chunk_version[:8]}"
+
+# The refined corpus: every shard under every refiner version. Keys join the dimensions in
+# alphabetical order of their names: "<refiner_version>|<shard>".
+refined_partitions = dg.MultiPartitionsDefinition(
+    {"shard": shard_partitions, "refiner_version": refiner_version_partitions}
+)

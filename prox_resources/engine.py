@@ -85,6 +85,8 @@ class TransformersBackend(EngineBackend):
         return self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) + prefix
 
     def _encode(self, texts: Sequence[str], reserve: int = 0) -> list[list[int]]:
+        if not texts:
+            return []
         ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
         limit = self.max_len - reserve
         return [x[-limit:] for x in ids]  # keep the end: the instruction and generation prompt
@@ -163,6 +165,8 @@ class TransformersBackend(EngineBackend):
 
     def loglikelihood(self, contexts, continuations):
         torch = self.torch
+        if not contexts:
+            return []
         ctx = self.tokenizer(list(contexts), add_special_tokens=False)["input_ids"]
         cont = self.tokenizer(list(continuations), add_special_tokens=False)["input_ids"]
         seqs = [(c + k)[-self.max_len:] for c, k in zip(ctx, cont)]
@@ -314,6 +318,14 @@ class ModelEngine(dg.ConfigurableResource):
     gpu_memory_utilization: float = 0.85
 
     _cache: dict = PrivateAttr(default_factory=dict)
+
+    def local(self) -> "ModelEngine":
+        """An engine that runs models in this process: a freshly trained checkpoint cannot be
+        reached over HTTP, so the openai backend falls back to transformers for it."""
+        if self.backend != "openai":
+            return self
+        return ModelEngine(backend="transformers", max_batch_size=self.max_batch_size,
+                           max_batch_tokens=self.max_batch_tokens)
 
     def load(self, device: DeviceSettings | None = None, model: str | None = None) -> EngineBackend:
         """The backend for ``model`` (default: this engine's model), loaded once per process."""

@@ -59,3 +59,22 @@ def _convert_gguf(package: str, filename: str, target: Path) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def fetch_model(store, prefix: str) -> Path:
+    """A local copy of a model saved under ``prefix`` in the object store (cached by path)."""
+    if store.is_local:
+        return Path(store.path(prefix))
+    target = prox_home() / "models" / "cache" / prefix
+    if not (target / "config.json").exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+        for key in store.list(prefix + "/"):
+            dest = tmp / key[len(prefix) + 1 :]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(store.read_bytes(key))
+        try:
+            tmp.rename(target)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target

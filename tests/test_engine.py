@@ -112,3 +112,8 @@ def test_real_smollm2_scores_and_generates(smollm2_dir):
     # a real instruct model puts most of its next-token mass on a digit after "Score: "
     assert min(s.mass for s in scores) > 0.5
     assert scores[0].expected > scores[1].expected
+
+
+def test_empty_batches(backend):
+    assert backend.generate([], 4) == [] and backend.next_token_probs([], ["0"]) == []
+    assert backend.loglikelihood([], []) == []

@@ -1,0 +1,167 @@
+"""Supervised fine-tuning of a refiner: the loss falls on the program tokens only.
+
+Each example is a chat (system + document or window) and its target program. The prompt is the
+chat rendered with the model's own template and the generation prompt; the answer is whatever the
+template adds for the assistant turn (the program and the end-of-turn token). Labels are -100 on
+the prompt, so the model learns to write programs, not to reproduce documents.
+
+LoRA (peft) by default; ``lora_layers`` puts adapters only on the top N blocks, which on a CPU
+also stops back-propagation early (the dominant cost), at some cost in quality. Full fine-tuning
+is one flag away for a GPU. The schedule is linear warm-up then cosine decay to ``min_lr``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+Chat = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    method: Literal["lora", "full"] = "lora"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_layers: int | None = 10  # adapters on the top N blocks only; None = every block
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    epochs: float = 1.0
+    max_steps: int | None = None
+    batch_size: int = 8
+    lr: float = 3e-4
+    min_lr: float = 3e-5
+    warmup_steps: int = 3
+    weight_decay: float = 0.0
+    max_seq_len: int = 512
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainReport:
+    steps: int = 0
+    examples_seen: int = 0
+    tokens_seen: int = 0
+    skipped_too_long: int = 0
+    seconds: float = 0.0
+    losses: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def version_id(base_model: str, sft_version: str, config: TrainConfig) -> str:
+    """A refiner version: base model, SFT data version and hyperparameters, hashed."""
+    payload = json.dumps({"base": base_model, "sft": sft_version, "train": config.to_dict()}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def encode_example(tokenizer, chat: Chat, target: str, max_len: int) -> tuple[list[int], list[int]] | None:
+    """(input_ids, labels) with labels -100 on the prompt; None when longer than ``max_len``."""
+    prompt = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(chat + [{"role": "assistant", "content": target}], tokenize=False)
+    if not full.startswith(prompt):  # a template that rewrites earlier turns: fall back to EOS
+        full = prompt + target + (tokenizer.eos_token or "")
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+    if len(prompt_ids) + len(answer_ids) > max_len:
+        return None
+    return prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids
+
+
+def lr_at(step: int, total: int, config: TrainConfig) -> float:
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps - 1)  # last step: min_lr
+    return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train_refiner(
+    model_dir: str | Path, examples: Sequence[tuple[Chat, str]], config: TrainConfig, out_dir: str | Path,
+    device: str = "cpu", progress: Callable[[int, int, float], None] | None = None,
+) -> TrainReport:
+    """Fine-tune the model in ``model_dir`` on ``examples`` and save it, merged, to ``out_dir``
+    in ``save_pretrained`` layout (safetensors, tokenizer, chat template)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.monotonic()
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
+
+    report = TrainReport()
+    encoded = []
+    for chat, target in examples:
+        item = encode_example(tokenizer, chat, target, config.max_seq_len)
+        if item is None:
+            report.skipped_too_long += 1
+        else:
+            encoded.append(item)
+    if not encoded:
+        raise ValueError(f"no training example fits max_seq_len={config.max_seq_len}")
+
+    if config.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        n_layers = model.config.num_hidden_layers
+        layers = None if config.lora_layers is None else list(range(max(0, n_layers - config.lora_layers), n_layers))
+        model = get_peft_model(model, LoraConfig(
+            r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
+            target_modules=list(config.target_modules), layers_to_transform=layers, task_type="CAUSAL_LM",
+        ))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+    steps_per_epoch = math.ceil(len(encoded) / config.batch_size)
+    total = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    order: list[int] = []
+    model.train()
+    for step in range(total):
+        if len(order) < config.batch_size:
+            fresh = list(range(len(encoded)))
+            random.shuffle(fresh)
+            order += fresh
+        batch = [encoded[i] for i in order[: config.batch_size]]
+        del order[: config.batch_size]
+        width = max(len(ids) for ids, _ in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, (x, y) in enumerate(batch):  # right padding: positions need no correction
+            ids[row, : len(x)] = torch.tensor(x)
+            labels[row, : len(y)] = torch.tensor(y)
+            mask[row, : len(x)] = 1
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, total, config)
+        loss = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        report.steps += 1
+        report.examples_seen += len(batch)
+        report.tokens_seen += int(mask.sum())
+        report.losses.append(round(loss.item(), 4))
+        if progress:
+            progress(step + 1, total, report.losses[-1])
+
+    if config.method == "lora":
+        model = model.merge_and_unload()
+    model.eval()
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    report.seconds = round(time.monotonic() - started, 1)
+    return report

@@ -1,0 +1,211 @@
+"""Stage 5, refinement: ``raw_corpus[shard]`` x refiners -> ``refined_corpus[shard x refiner_version]``.
+
+The document refiner keeps or drops each document; kept documents are windowed and the chunk
+refiner writes one program per window; the executor runs them. Each refiner version writes under
+its own path (``refined/<refiner_version>/<shard>.parquet``), so older versions' outputs stay
+untouched and an audit can show a document under every version.
+
+Resumable: documents are processed in batches, each written atomically as a part file; a killed
+run restarts and skips the batches whose parts exist. The final file and the catalog rows are
+written once all parts are done.
+"""
+
+import json
+import time
+
+import dagster as dg
+import polars as pl
+
+from prox_assets.core.chunking import hf_token_counter
+from prox_assets.core.refine import run_chunk_refiner, run_doc_refiner
+from prox_assets.core.scoring import seed_sample
+from prox_assets.ingest import raw_corpus, raw_key
+from prox_assets.metadata import histogram, md_table
+from prox_assets.partitions import refined_partitions, shard_partitions
+from prox_assets.refiner import refiner, refiner_prefix
+from prox_resources.catalog import Catalog
+from prox_resources.device import GPU_POOL, DeviceSettings
+from prox_resources.engine import ModelEngine
+from prox_resources.models import fetch_model
+from prox_resources.store import ObjectStore
+
+
+class RefineConfig(dg.Config):
+    max_docs: int = 0  # 0 = every document of the shard; the CPU demo refines a seeded sample
+    seed: int = 0
+    batch_docs: int = 16  # the unit of resumption
+    doc_max_new_tokens: int = 8
+    chunk_max_new_tokens: int = 96
+
+
+def refined_key(version: str, shard: str) -> str:
+    return f"refined/{version}/{shard}.parquet"
+
+
+def _parts_prefix(version: str, shard: str) -> str:
+    return f"refined/{version}/.parts/{shard}"
+
+
+def refiner_pair(catalog: Catalog, version: str) -> dict:
+    """The doc and chunk refiner versions of a pair key, and the input sizes each was trained on."""
+    rows = catalog.query(
+        "SELECT p.doc_version, p.chunk_version, sd.config AS doc_sft, sc.config AS chunk_sft "
+        "FROM refiner_pairs p "
+        "JOIN refiner_versions vd ON vd.level = 'doc' AND vd.version = p.doc_version "
+        "JOIN refiner_versions vc ON vc.level = 'chunk' AND vc.version = p.chunk_version "
+        "JOIN sft_sets sd ON sd.level = 'doc' AND sd.sft_version = vd.sft_version "
+        "JOIN sft_sets sc ON sc.level = 'chunk' AND sc.sft_version = vc.sft_version "
+        "WHERE p.refiner_version = ? LIMIT 1", [version],
+    ).rows(named=True)
+    if not rows:
+        raise dg.Failure(f"unknown refiner_version {version!r}: materialize refiner[doc] and refiner[chunk]")
+    row = rows[0]
+    return {
+        "doc": row["doc_version"], "chunk": row["chunk_version"],
+        "doc_max_tokens": json.loads(row["doc_sft"])["doc_max_tokens"],
+        "window_tokens": json.loads(row["chunk_sft"])["window_tokens"],
+    }
+
+
+def refine_batch(doc_backend, chunk_backend, batch: pl.DataFrame, shard: str, version: str, pair: dict,
+                 config: RefineConfig) -> pl.DataFrame:
+    texts = batch["text"].to_list()
+    shown = [doc_backend.truncate(t, pair["doc_max_tokens"]) for t in texts]
+    doc_runs = run_doc_refiner(doc_backend, shown, config.doc_max_new_tokens)
+    kept_idx = [i for i, (_, r) in enumerate(doc_runs) if not r.dropped]
+    chunk_runs = dict(zip(kept_idx, run_chunk_refiner(
+        chunk_backend, [texts[i] for i in kept_idx], hf_token_counter(chunk_backend.tokenizer),
+        pair["window_tokens"], config.chunk_max_new_tokens,
+    )))
+    count = hf_token_counter(chunk_backend.tokenizer)
+    rows = []
+    for i, (doc_id, text) in enumerate(zip(batch["doc_id"], texts)):
+        doc_program, doc_result = doc_runs[i]
+        run = chunk_runs.get(i)
+        refined = run.result.text if run else text
+        dropped = doc_result.dropped or (run is not None and run.result.dropped)
+        reason = doc_result.reason if doc_result.dropped else (run.result.reason if run else None)
+        tokens_before, tokens_after = count([text, refined])
+        rows.append({
+            "doc_id": doc_id, "shard": shard, "refiner_version": version,
+            "text": refined, "kept": not dropped, "reason": reason,
+            "doc_program": doc_program,
+            "chunk_programs": json.dumps(run.programs if run else []),
+            "windows": json.dumps([[w.line_start, w.line_end] for w in run.windows] if run else []),
+            "edits": json.dumps([e.to_dict() for e in run.result.edits] if run else []),
+            "errors": json.dumps([e.to_dict() for e in (doc_result.errors + (run.result.errors if run else []))]),
+            "program_ignored": bool(run and run.result.ignored),
+            "lines_removed": sum(e.line_end - e.line_start + 1 for e in run.result.edits if e.kind == "remove_lines") if run else 0,
+            "n_chars_before": len(text), "n_chars_after": len(refined) if not dropped else 0,
+            "n_tokens_before": tokens_before, "n_tokens_after": tokens_after if not dropped else 0,
+        })
+    return pl.DataFrame(rows)
+
+
+@dg.asset(
+    partitions_def=refined_partitions,
+    deps=[
+        dg.AssetDep(raw_corpus, partition_mapping=dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="shard")),
+        dg.AssetDep(refiner, partition_mapping=dg.AllPartitionMapping()),
+    ],
+    group_name="refine",
+    kinds={"pytorch", "parquet"},
+    owners=["team:data-platform"],
+    pool=GPU_POOL,
+    code_version="refine-v1",
+    description=(
+        "A raw shard refined by one refiner version (a document refiner and a chunk refiner): "
+        "doc_id, refined text, kept, reason, both programs, edits and errors, under "
+        "refined/<refiner_version>/<shard>.parquet. Every program run goes into the catalog."
+    ),
+)
+def refined_corpus(
+    context: dg.AssetExecutionContext, config: RefineConfig, store: ObjectStore, catalog: Catalog,
+    engine: ModelEngine, device: DeviceSettings,
+) -> dg.MaterializeResult:
+    keys = context.partition_key.keys_by_dimension
+    shard, version = keys["shard"], keys["refiner_version"]
+    pair = refiner_pair(catalog, version)
+    local = engine.local()
+    doc_backend = local.load(device, model=str(fetch_model(store, refiner_prefix("doc", pair["doc"]))))
+    chunk_backend = local.load(device, model=str(fetch_model(store, refiner_prefix("chunk", pair["chunk"]))))
+
+    raw = store.read_parquet(raw_key(shard)).select("doc_id", "text")
+    if config.max_docs:
+        chosen = set(seed_sample(raw["doc_id"].to_list(), config.max_docs, config.seed))
+        raw = raw.filter(pl.col("doc_id").is_in(chosen))
+    raw = raw.sort("doc_id")  # a fixed order makes batch k the same documents on every attempt
+    n_batches = (raw.height + config.batch_docs - 1) // config.batch_docs
+    parts = _parts_prefix(version, shard)
+    started, done_now = time.monotonic(), 0
+    for b in range(n_batches):
+        part = f"{parts}/part-{b:05d}-of-{n_batches:05d}.parquet"
+        if store.exists(part):
+            context.log.info(f"batch {b + 1}/{n_batches}: done by an earlier attempt, skipped")
+            continue
+        batch = raw.slice(b * config.batch_docs, config.batch_docs)
+        store.write_parquet(part, refine_batch(doc_backend, chunk_backend, batch, shard, version, pair, config))
+        done_now += batch.height
+        context.log.info(f"batch {b + 1}/{n_batches}: {batch.height} documents "
+                         f"({done_now / (time.monotonic() - started):.2f} docs/s)")
+    took = time.monotonic() - started
+
+    frame = pl.concat([store.read_parquet(f"{parts}/part-{b:05d}-of-{n_batches:05d}.parquet") for b in range(n_batches)]) \
+        if n_batches else pl.DataFrame()
+    uri = store.write_parquet(refined_key(version, shard), frame)
+    tags = {"run_id": context.run.run_id, "partition_key": str(context.partition_key)}
+    catalog.replace_rows(
+        "program_runs", {"shard": shard, "refiner_version": version},
+        frame.drop("text", "program_ignored", "lines_removed", "n_tokens_before", "n_tokens_after")
+        .with_columns(refined_path=pl.lit(refined_key(version, shard)), **{k: pl.lit(v) for k, v in tags.items()}),
+    )
+    for key in store.list(parts + "/"):
+        store.delete(key)
+
+    n_in, kept = frame.height, int(frame["kept"].sum())
+    dropped = int((~frame["kept"]).sum())
+    reasons = frame.filter(~pl.col("kept"))["reason"].value_counts().rows() if dropped else []
+    examples = frame.filter(pl.col("kept") & (pl.col("lines_removed") > 0)).head(3)
+    before = dict(raw.iter_rows())
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": n_in,
+        "path": dg.MetadataValue.path(uri),
+        "refiner_version": version,
+        "doc_refiner": pair["doc"], "chunk_refiner": pair["chunk"],
+        "documents_in": n_in, "kept": kept, "dropped": dropped, "failed": n_in - kept - dropped,
+        "kept_ratio": round(kept / max(n_in, 1), 3),
+        "tokens_kept_ratio": round(int(frame["n_tokens_after"].sum()) / max(int(frame["n_tokens_before"].sum()), 1), 3),
+        "lines_removed": int(frame["lines_removed"].sum()),
+        "executor_errors": int(frame["errors"].map_elements(lambda e: len(json.loads(e)), return_dtype=pl.Int64).sum()),
+        "programs_ignored": int(frame["program_ignored"].sum()),
+        "drop_reasons": md_table(["reason", "count"], reasons),
+        "chars_kept_per_document": histogram(frame["n_chars_after"].to_list(), log=False),
+        "before_after": md_table(
+            ["doc_id", "before", "after"],
+            [(r["doc_id"], before[r["doc_id"]][:300], r["text"][:300]) for r in examples.iter_rows(named=True)],
+        ),
+        "documents_per_second": round(done_now / took, 3) if done_now else 0.0,
+        "tokens_per_second": round(int(frame["n_tokens_before"].sum()) / took, 1) if done_now else 0.0,
+    })
+
+
+@dg.sensor(
+    target=[refined_corpus],
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="When enabled: refines every ingested shard that the newest refiner version has not refined yet.",
+)
+def refine_new_shards_sensor(context: dg.SensorEvaluationContext, catalog: Catalog) -> dg.SensorResult:
+    versions = catalog.query("SELECT refiner_version FROM refiner_pairs ORDER BY written_at DESC LIMIT 1").rows()
+    if not versions:
+        return dg.SensorResult(skip_reason="no refiner version yet")
+    version = versions[0][0]
+    shards = set(context.instance.get_dynamic_partitions(shard_partitions.name))
+    done = set(catalog.query("SELECT DISTINCT shard FROM program_runs WHERE refiner_version = ?", [version])["shard"])
+    todo = sorted(shards - done)
+    if not todo:
+        return dg.SensorResult(skip_reason=f"every shard refined by {version}")
+    return dg.SensorResult(run_requests=[
+        dg.RunRequest(partition_key=dg.MultiPartitionKey({"shard": s, "refiner_version": version}),
+                      run_key=f"refine:{version}:{s}") for s in todo
+    ])

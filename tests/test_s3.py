@@ -37,7 +37,8 @@ def test_ingest_to_s3_and_read_back(s3_store_env, sample_files):
     store.put_file(str(news), f"incoming/{news.name}")
     with dg.DagsterInstance.get() as instance:
         instance.add_dynamic_partitions(shard_partitions.name, ["news-00"])
-        result = dg.materialize(ASSETS, partition_key="news-00", instance=instance, resources=build_resources())
+        result = dg.materialize(ASSETS, selection=["raw_corpus"], partition_key="news-00", instance=instance,
+                                resources=build_resources())
     assert result.success
     meta = result.asset_materializations_for_node("raw_corpus")[0].metadata
     assert meta["path"].value == f"s3://{s3_store_env}/prox/raw/news-00.parquet"

@@ -72,6 +72,8 @@ SUMMARY_KEYS = {
     "sft_programs": ("sft_version", "n_train", "n_val", "n_rejected"),
     "refined_corpus": ("documents_in", "kept", "dropped", "tokens_kept_ratio", "lines_removed",
                        "executor_errors", "documents_per_second"),
+    "landmark_influence": ("dagster/row_count", "landmarks", "wall_clock_vs_exact", "flops_vs_rds_model"),
+    "selected_subset": ("budget", "pool_size", "selected_score_mean", "pool_score_mean"),
     "refiner": ("refiner_version", "train_seconds", "loss_first_last", "refiner_macro_f1", "base_macro_f1",
                 "refiner_line_f1", "base_line_f1", "refiner_pair"),
 }
@@ -198,6 +200,14 @@ def demo(seeds_per_shard: int, chunk_docs_per_shard: int, annotator: str, refine
         keys = [f"{version}|{shard}" for shard in shards]
         outcome |= _prefixed("refined_corpus", materialize_partitions(
             "refined_corpus", keys, {"max_docs": refine_docs}))
+        click.echo("== targets, landmark_influence, selected_subset (pool: the refined corpus)")
+        for name, task in (("gsm8k", "gsm8k"), ("arc-challenge", "arc_challenge")):
+            add_target(name, task, n_target=8, n_heldout=100, seed=0)
+        influence = {"landmarks": 8, "exact_holdout": 8, "max_len": 96, "warmup_steps": 2}
+        outcome |= _prefixed("landmark_influence", materialize_partitions(
+            "landmark_influence", ["gsm8k", "arc-challenge"], influence))
+        outcome |= _prefixed("selected_subset", materialize_partitions(
+            "selected_subset", ["gsm8k", "arc-challenge"], {"budget_fraction": 0.25}))
     click.echo("== summary")
     _print_ingest_summary()
     _print_synthesis_summary()
@@ -268,6 +278,49 @@ def _print_synthesis_summary() -> None:
     for level, version, n_train, n_val, n_rejected in sets.rows():
         mix = ", ".join(f"{lab}={n}" for (lvl, lab), n in sorted(labels.items()) if lvl == level)
         click.echo(f"sft_programs[{level}] {version}: train {n_train}, val {n_val}, rejected {n_rejected}; {mix}")
+
+
+# --- targets ----------------------------------------------------------------------------------
+def add_target(name: str, task: str, n_target: int, n_heldout: int, seed: int) -> str:
+    """Write a target's example sets to the store and register its partition."""
+    import polars as pl
+
+    from prox_assets.core.targets import load_task, split_target
+    from prox_assets.partitions import target_partitions
+    from prox_assets.selection import target_prefix
+    from prox_resources.catalog import Catalog
+    from prox_resources.store import ObjectStore
+
+    store = ObjectStore()
+    target, heldout = split_target(load_task(task), n_target, n_heldout, seed)
+    prefix = target_prefix(name)
+    store.write_parquet(f"{prefix}/target.parquet", pl.DataFrame([e.to_dict() for e in target]))
+    store.write_parquet(f"{prefix}/heldout.parquet", pl.DataFrame([e.to_dict() for e in heldout]))
+    Catalog().replace_rows("targets", {"target": name}, pl.DataFrame([{
+        "target": name, "task": task, "n_target": n_target, "n_heldout": n_heldout, "seed": seed,
+        "path": store.uri(prefix)}]))
+    _instance().add_dynamic_partitions(target_partitions.name, [name])
+    return store.uri(prefix)
+
+
+@main.group()
+def target() -> None:
+    """Target tasks for data selection."""
+
+
+@target.command("add")
+@click.argument("name")
+@click.option("--task", required=True, help="gsm8k | squad | arc_challenge | arc_easy | sciq")
+@click.option("--n-target", default=8, show_default=True, help="Examples that selection optimises for.")
+@click.option("--n-heldout", default=200, show_default=True, help="Disjoint examples for evaluation.")
+@click.option("--seed", default=0, show_default=True)
+def target_add(name: str, task: str, n_target: int, n_heldout: int, seed: int) -> None:
+    """Register a target: a small set of task examples plus a disjoint held-out set."""
+    try:
+        uri = add_target(name, task, n_target, n_heldout, seed)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"target {name}: {n_target} target + {n_heldout} held-out {task} examples -> {uri}")
 
 
 # --- refinement: backfills and audits -----------------------------------------------------------
@@ -402,6 +455,35 @@ def bench_refine(docs: int, refiner_version: str | None, as_json: bool) -> None:
     report = refine_benchmark(texts, engine.load(device, model=doc_model), engine.load(device, model=chunk_model), *sizes)
     report = {"refiner_version": version or f"base model {DEFAULT_MODEL}", "device": device.resolve_device(), **report}
     click.echo(json.dumps(report, indent=2) if as_json else _format_report(report))
+
+
+@bench.command("influence")
+@click.option("--pool", "pool_size", default=256, show_default=True, help="Pool samples (all get exact scores).")
+@click.option("--landmarks", default="16,32,64", show_default=True, help="Landmark counts to compare.")
+@click.option("--task", default="gsm8k", show_default=True)
+@click.option("--max-len", default=64, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def bench_influence(pool_size: int, landmarks: str, task: str, max_len: int, as_json: bool) -> None:
+    """Landmark estimates against exact influence, and their cost, on this machine."""
+    import polars as pl
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from prox_assets.benchmarks import influence_benchmark
+    from prox_assets.core.targets import load_task, split_target
+    from prox_resources.models import DEFAULT_MODEL, resolve_model
+    from prox_resources.store import ObjectStore
+
+    store = ObjectStore()
+    texts = pl.concat([store.read_parquet(k).select("text") for k in store.list("raw/")])
+    if not texts.height:
+        raise click.ClickException("no raw corpus: run `prox demo` or `prox ingest` first")
+    texts = texts.sample(n=min(pool_size, texts.height), seed=0)["text"].to_list()
+    targets, _ = split_target(load_task(task), 8, 0)
+    path = resolve_model(DEFAULT_MODEL)
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+    report = influence_benchmark(model, AutoTokenizer.from_pretrained(path), texts, targets,
+                                 [int(x) for x in landmarks.split(",")], max_len)
+    click.echo(json.dumps(report, indent=2) if as_json else json.dumps(report, indent=1))
 
 
 def _format_report(report: dict) -> str:

@@ -11,6 +11,7 @@ from prox_assets.partitions import shard_partitions
 from prox_assets.refine import refine_new_shards_sensor, refined_corpus
 from prox_assets.refiner import refiner
 from prox_assets.scoring import seed_scores
+from prox_assets.selection import landmark_influence, selected_subset
 from prox_assets.synthesis import sft_programs
 from prox_resources.catalog import Catalog
 from prox_resources.device import DeviceSettings
@@ -19,7 +20,7 @@ from prox_resources.models import DEFAULT_MODEL
 from prox_resources.store import ObjectStore
 
 # In data-flow order.
-ASSETS = [raw_corpus, seed_scores, sft_programs, refiner, refined_corpus]
+ASSETS = [raw_corpus, seed_scores, sft_programs, refiner, refined_corpus, landmark_influence, selected_subset]
 SENSORS = [incoming_files_sensor, refine_new_shards_sensor]
 JOBS = [
     dg.define_asset_job(

@@ -21,3 +21,7 @@ def refiner_pair_key(doc_version: str, chunk_version: str) -> str:
 refined_partitions = dg.MultiPartitionsDefinition(
     {"shard": shard_partitions, "refiner_version": refiner_version_partitions}
 )
+
+# One partition per target task (a small set of task examples plus a disjoint held-out set),
+# registered by `prox target add`.
+target_partitions = dg.DynamicPartitionsDefinition(name="target")

@@ -321,3 +321,120 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def topk_recall(estimate: torch.Tensor, exact: torch.Tensor, k: int) -> float:
     return len(set(top_k(estimate, k)) & set(top_k(exact, k))) / max(min(k, len(exact)), 1)
+
+
+# --- one influence computation, end to end -------------------------------------------------------
+@dataclass(frozen=True)
+class InfluenceConfig:
+    param_filter: str = DEFAULT_PARAMS
+    proj_dim: int = 8192
+    jvp_blocks: int = 4
+    jvp_directions: int = 2
+    embed_dim: int = 4096
+    landmarks: int = 32
+    landmark_method: str = "uniform"  # or "kmeans++"
+    ridge: float = 0.01
+    max_len: int = 128
+    batch_size: int = 8
+    warmup_steps: int = 4
+    warmup_lr: float = 1e-5
+    exact_holdout: int = 16  # non-landmarks given exact scores too, to measure the approximation
+    seed: int = 0
+
+
+def warm_up(model, tokenizer, texts: Sequence[str], config: InfluenceConfig) -> tuple[dict[str, torch.Tensor], int]:
+    """A short AdamW run on random pool samples; returns the second moments of the selected
+    weights and the step count, for the frozen-v Adam preconditioner. The model is restored."""
+    import copy
+
+    work = copy.deepcopy(model).train()
+    opt = torch.optim.AdamW(work.parameters(), lr=config.warmup_lr)
+    g = torch.Generator().manual_seed(config.seed)
+    for _ in range(config.warmup_steps):
+        idx = torch.randint(0, len(texts), (config.batch_size,), generator=g).tolist()
+        loss = per_example_loss(work, make_batch(tokenizer, [texts[i] for i in idx], None, config.max_len)).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    layers = selected_linears(work, config.param_filter)
+    second = {name: opt.state[m.weight]["exp_avg_sq"].clone() if m.weight in opt.state else torch.ones_like(m.weight)
+              for name, m in layers.items()}
+    return second, config.warmup_steps
+
+
+def _batched(fn, items: Sequence, size: int) -> list:
+    out = []
+    for i in range(0, len(items), size):
+        out.append(fn(items[i : i + size]))
+    return out
+
+
+def compute_influence(model, tokenizer, pool_texts: Sequence[str], target_prompts: Sequence[str],
+                      target_answers: Sequence[str], config: InfluenceConfig,
+                      warmup: tuple[dict[str, torch.Tensor], int] | None = None, log=print) -> dict:
+    """Landmark-based influence of every pool sample on every target example.
+
+    Returns scores (n, m), the landmark indices, exact scores for landmarks and a held-out set
+    of non-landmarks, accuracy on that held-out set, and timings of each phase."""
+    import time
+
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    second, step = warmup or warm_up(model, tokenizer, pool_texts, config)
+    timings["warmup_s"] = time.perf_counter() - t
+    precond = {n: adam_factor(v, step) for n, v in second.items()}
+    layers = selected_linears(model, config.param_filter)
+    sketch = CountSketch({n: tuple(m.weight.shape) for n, m in layers.items()}, config.proj_dim, config.seed)
+
+    def grads(texts, answers=None, pre=None):
+        b = make_batch(tokenizer, texts, answers, config.max_len)
+        return projected_grads(model, b, sketch, config.param_filter, pre)
+
+    t = time.perf_counter()
+    targets = torch.cat(_batched(lambda i: grads([target_prompts[j] for j in i], [target_answers[j] for j in i]),
+                                 list(range(len(target_prompts))), config.batch_size))
+    timings["target_grads_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    emb = torch.cat(_batched(lambda chunk: jvp_embeddings(
+        model, make_batch(tokenizer, chunk, None, config.max_len), config.jvp_blocks, config.jvp_directions,
+        config.embed_dim, config.seed), list(pool_texts), config.batch_size))
+    timings["embeddings_s"] = time.perf_counter() - t
+    log(f"embedded {len(pool_texts)} pool samples in {timings['embeddings_s']:.1f}s")
+
+    n = len(pool_texts)
+    landmarks = choose_landmarks(n, config.landmarks, config.seed, emb, config.landmark_method)
+    t = time.perf_counter()
+    g_l = torch.cat(_batched(lambda idx: grads([pool_texts[i] for i in idx], pre=precond), landmarks, config.batch_size))
+    timings["landmark_grads_s"] = time.perf_counter() - t
+    per_sample_s = timings["landmark_grads_s"] / max(len(landmarks), 1)
+    p_l = g_l @ targets.T
+    log(f"exact gradients of {len(landmarks)} landmarks in {timings['landmark_grads_s']:.1f}s")
+
+    t = time.perf_counter()
+    scores = krr_propagate(emb, landmarks, p_l, config.ridge)
+    scores[landmarks] = p_l  # landmarks keep their exact values
+    timings["krr_s"] = time.perf_counter() - t
+
+    rest = [i for i in range(n) if i not in set(landmarks)]
+    g = torch.Generator().manual_seed(config.seed + 1)
+    holdout = sorted(rest[i] for i in torch.randperm(len(rest), generator=g)[: config.exact_holdout].tolist())
+    accuracy: dict[str, float] = {}
+    exact_holdout = torch.zeros(0, len(target_prompts))
+    if len(holdout) >= 3:
+        exact_holdout = torch.cat(_batched(lambda idx: grads([pool_texts[i] for i in idx], pre=precond),
+                                           holdout, config.batch_size)) @ targets.T
+        est, ex = scores[holdout].mean(1), exact_holdout.mean(1)
+        k = max(1, len(holdout) // 10)
+        accuracy = {"spearman": spearman(est, ex), "pearson": pearson(est, ex), f"top{k}_recall": topk_recall(est, ex, k),
+                    "n_holdout": len(holdout)}
+    timings["landmark_method_s"] = timings["embeddings_s"] + timings["landmark_grads_s"] + timings["krr_s"]
+    timings["exact_method_estimate_s"] = per_sample_s * n
+    return {"scores": scores, "landmarks": landmarks, "exact_landmarks": p_l, "holdout": holdout,
+            "exact_holdout": exact_holdout, "accuracy": accuracy, "timings": timings}
+
+
+def flops_ratio(n_layers: int, blocks: int, directions: int, landmarks: int, pool: int) -> float:
+    """METHODS.md's cost model, relative to one forward pass per pool sample (RDS+):
+    ID / RDS+ ~= R B / n_layers + 3 |L| / |S|."""
+    return directions * blocks / n_layers + 3 * landmarks / pool

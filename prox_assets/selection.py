@@ -1,0 +1,243 @@
+"""Stage 6, data selection: a pool x a target -> ``landmark_influence[target]`` -> ``selected_subset[target]``.
+
+The pool is the refined corpus of one refiner version (default: the newest; kept documents only)
+or the raw corpus. Influence is computed exactly on landmark samples and propagated to the pool
+through JVP embeddings (``core/influence.py``); the subset is chosen from the estimates.
+"""
+
+import hashlib
+import io
+import json
+import time
+from typing import Literal
+
+import dagster as dg
+import polars as pl
+import torch
+
+from prox_assets.core.influence import (
+    InfluenceConfig,
+    compute_influence,
+    flops_ratio,
+    lambda_for_k,
+    round_robin,
+    simplex_weights,
+    top_k,
+    warm_up,
+)
+from prox_assets.core.scoring import seed_sample
+from prox_assets.ingest import raw_corpus
+from prox_assets.metadata import histogram, md_table
+from prox_assets.partitions import target_partitions
+from prox_assets.refine import refined_corpus
+from prox_resources.catalog import Catalog
+from prox_resources.device import GPU_POOL
+from prox_resources.models import DEFAULT_MODEL, resolve_model
+from prox_resources.store import ObjectStore
+
+
+def target_prefix(target: str) -> str:
+    return f"targets/{target}"
+
+
+class InfluenceAssetConfig(dg.Config):
+    pool: Literal["refined", "raw"] = "refined"
+    refiner_version: str = ""  # refined pool: "" = the newest refiner version
+    pool_size: int = 0  # 0 = the whole pool; otherwise a seeded sample
+    model: str = DEFAULT_MODEL  # the selection model
+    param_filter: str = "mlp.down_proj"
+    proj_dim: int = 8192
+    jvp_blocks: int = 4
+    jvp_directions: int = 2
+    embed_dim: int = 4096
+    landmarks: int = 32
+    landmark_method: Literal["uniform", "kmeans++"] = "uniform"
+    ridge: float = 0.01
+    max_len: int = 128
+    batch_size: int = 8
+    warmup_steps: int = 4
+    exact_holdout: int = 16
+    seed: int = 0
+
+    def influence(self) -> InfluenceConfig:
+        fields = InfluenceConfig.__dataclass_fields__
+        return InfluenceConfig(**{k: v for k, v in self.model_dump().items() if k in fields})
+
+
+def load_pool(store: ObjectStore, catalog: Catalog, config: InfluenceAssetConfig) -> tuple[pl.DataFrame, str]:
+    if config.pool == "refined":
+        version = config.refiner_version or next(iter(catalog.query(
+            "SELECT refiner_version FROM refiner_pairs ORDER BY written_at DESC LIMIT 1")["refiner_version"]), None)
+        keys = [k for k in store.list(f"refined/{version}/") if "/.parts/" not in k] if version else []
+        if not keys:
+            raise dg.Failure("no refined corpus yet: materialize refined_corpus, or set pool: raw")
+        frame = pl.concat([store.read_parquet(k).filter(pl.col("kept")).select("doc_id", "text") for k in keys])
+        spec = f"refined:{version}"
+    else:
+        frame = pl.concat([store.read_parquet(k).select("doc_id", "text") for k in store.list("raw/")])
+        spec = "raw"
+    frame = frame.unique("doc_id", keep="first").sort("doc_id")
+    if config.pool_size and config.pool_size < frame.height:
+        chosen = set(seed_sample(frame["doc_id"].to_list(), config.pool_size, config.seed))
+        frame = frame.filter(pl.col("doc_id").is_in(chosen))
+    return frame, spec
+
+
+def _cached_warmup(store: ObjectStore, model, tokenizer, texts, doc_ids, config: InfluenceConfig, log):
+    """The warm-up depends on the pool and the model, not the target: compute it once, reuse it."""
+    key = hashlib.sha256(json.dumps([str(model.name_or_path), sorted(doc_ids), config.warmup_steps,
+                                     config.warmup_lr, config.batch_size, config.max_len, config.seed,
+                                     config.param_filter]).encode()).hexdigest()[:16]
+    path = f"influence/warmup/{key}.pt"
+    if store.exists(path):
+        log(f"reusing warm-up state {path}")
+        blob = torch.load(io.BytesIO(store.read_bytes(path)), weights_only=True)
+        return blob["second"], int(blob["step"])
+    started = time.monotonic()
+    second, step = warm_up(model, tokenizer, texts, config)
+    buf = io.BytesIO()
+    torch.save({"second": second, "step": step}, buf)
+    store.write_bytes(path, buf.getvalue())
+    log(f"warm-up ({config.warmup_steps} AdamW steps) in {time.monotonic() - started:.0f}s -> {path}")
+    return second, step
+
+
+@dg.asset(
+    partitions_def=target_partitions,
+    deps=[dg.AssetDep(refined_corpus, partition_mapping=dg.AllPartitionMapping()),
+          dg.AssetDep(raw_corpus, partition_mapping=dg.AllPartitionMapping())],
+    group_name="selection",
+    kinds={"pytorch", "parquet"},
+    owners=["team:data-platform"],
+    pool=GPU_POOL,
+    code_version="influence-v1",
+    description=(
+        "Influence of every pool document on the target's examples (Influence Distillation): "
+        "exact Adam-preconditioned projected gradients on landmark samples, propagated to the "
+        "pool by kernel ridge regression on JVP embeddings. doc_id, estimated score (mean and per "
+        "target example), landmark flag, exact score where computed."
+    ),
+)
+def landmark_influence(context: dg.AssetExecutionContext, config: InfluenceAssetConfig, store: ObjectStore,
+                       catalog: Catalog) -> dg.MaterializeResult:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = context.partition_key
+    examples = store.read_parquet(f"{target_prefix(target)}/target.parquet")
+    pool, spec = load_pool(store, catalog, config)
+    icfg = config.influence()
+    path = resolve_model(config.model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+    context.log.info(f"{target}: pool {spec} with {pool.height} documents, {examples.height} target examples")
+    texts, doc_ids = pool["text"].to_list(), pool["doc_id"].to_list()
+    warm = _cached_warmup(store, model, tokenizer, texts, doc_ids, icfg, context.log.info)
+    result = compute_influence(model, tokenizer, texts, examples["prompt"].to_list(), examples["answer"].to_list(),
+                               icfg, warmup=warm, log=context.log.info)
+
+    scores = result["scores"]
+    exact = {i: float(v) for i, v in zip(result["landmarks"], result["exact_landmarks"].mean(1))}
+    exact |= {i: float(v) for i, v in zip(result["holdout"], result["exact_holdout"].mean(1))}
+    landmarks = set(result["landmarks"])
+    frame = pl.DataFrame({
+        "doc_id": doc_ids,
+        "score": scores.mean(1).tolist(),
+        "scores_per_example": scores.tolist(),
+        "is_landmark": [i in landmarks for i in range(len(doc_ids))],
+        "exact_score": [exact.get(i) for i in range(len(doc_ids))],
+    }, schema_overrides={"exact_score": pl.Float64})
+    version = hashlib.sha256(json.dumps([target, spec, sorted(doc_ids), config.model_dump()], sort_keys=True)
+                             .encode()).hexdigest()[:12]
+    prefix = f"influence/{target}/{version}"
+    uri = store.write_parquet(f"{prefix}/scores.parquet", frame)
+    store.write_parquet(f"{prefix}/landmarks.parquet", frame.filter(pl.col("is_landmark")))
+    tags = {"run_id": context.run.run_id, "partition_key": target}
+    catalog.replace_rows("influence_scores", {"target": target, "version": version}, frame.select(
+        "doc_id", "score", "is_landmark", "exact_score").with_columns(
+        target=pl.lit(target), version=pl.lit(version), pool=pl.lit(spec), **{k: pl.lit(v) for k, v in tags.items()}))
+
+    timings = result["timings"]
+    n_layers = model.config.num_hidden_layers
+    return dg.MaterializeResult(metadata={
+        "influence_version": version,
+        "path": dg.MetadataValue.path(uri),
+        "pool": spec,
+        "dagster/row_count": frame.height,
+        "landmarks": len(landmarks),
+        "target_examples": examples.height,
+        "score_histogram": histogram(frame["score"].to_list(), log=False),
+        "approximation_on_held_out_non_landmarks": md_table(
+            ["metric", "value"], [(k, round(v, 3)) for k, v in result["accuracy"].items()]),
+        "timings_s": md_table(["phase", "seconds"], [(k, round(v, 1)) for k, v in timings.items()]),
+        "wall_clock_vs_exact": round(timings["exact_method_estimate_s"] / max(timings["landmark_method_s"], 1e-9), 2),
+        "flops_vs_rds_model": round(flops_ratio(n_layers, icfg.jvp_blocks, icfg.jvp_directions, len(landmarks),
+                                                frame.height), 3),
+    })
+
+
+class SelectionConfig(dg.Config):
+    budget_fraction: float = 0.25
+    budget: int = 0  # when > 0, overrides budget_fraction
+    method: Literal["round_robin", "top_k", "simplex"] = "round_robin"
+
+
+@dg.asset(
+    partitions_def=target_partitions,
+    deps=[landmark_influence],
+    group_name="selection",
+    kinds={"parquet"},
+    owners=["team:data-platform"],
+    code_version="selection-v1",
+    description=(
+        "The training subset chosen for a target from its influence estimates: round-robin over "
+        "the target's examples (the reference's default), top-k of the mean, or the first-order "
+        "simplex weights. doc_id, weight, rank, budget k."
+    ),
+)
+def selected_subset(context: dg.AssetExecutionContext, config: SelectionConfig, store: ObjectStore,
+                    catalog: Catalog) -> dg.MaterializeResult:
+    target = context.partition_key
+    rows = catalog.query("SELECT version FROM influence_scores WHERE target = ? ORDER BY written_at DESC LIMIT 1",
+                         [target]).rows()
+    if not rows:
+        raise dg.Failure(f"no influence scores for {target}: materialize landmark_influence[{target}]")
+    version = rows[0][0]
+    scores = store.read_parquet(f"influence/{target}/{version}/scores.parquet")
+    n = scores.height
+    k = min(config.budget or max(1, round(config.budget_fraction * n)), n)
+    mean = torch.tensor(scores["score"].to_list())
+    if config.method == "round_robin":
+        chosen = round_robin(torch.tensor(scores["scores_per_example"].to_list()), k)
+        weights = {i: n / k for i in chosen}  # uniform over the support, summing to |S|
+    else:
+        chosen = top_k(mean, k)
+        if config.method == "simplex" and k < n:
+            w = simplex_weights(mean, lambda_for_k(mean, k, float(n)), float(n))
+            weights = {i: float(w[i]) for i in chosen}
+        else:
+            weights = {i: n / k for i in chosen}
+    frame = pl.DataFrame({
+        "doc_id": [scores["doc_id"][i] for i in chosen],
+        "weight": [weights[i] for i in chosen],
+        "rank": list(range(1, len(chosen) + 1)),
+        "budget": [k] * len(chosen),
+        "score": [float(mean[i]) for i in chosen],
+    })
+    uri = store.write_parquet(f"selections/{target}/{version}.parquet", frame)
+    tags = {"run_id": context.run.run_id, "partition_key": target}
+    catalog.replace_rows("selections", {"target": target, "version": version}, frame.drop("score").with_columns(
+        target=pl.lit(target), version=pl.lit(version), method=pl.lit(config.method),
+        **{k_: pl.lit(v) for k_, v in tags.items()}))
+    return dg.MaterializeResult(metadata={
+        "influence_version": version,
+        "path": dg.MetadataValue.path(uri),
+        "dagster/row_count": frame.height,
+        "budget": k,
+        "pool_size": n,
+        "method": config.method,
+        "selected_score_mean": round(float(frame["score"].mean()), 6),
+        "pool_score_mean": round(float(mean.mean()), 6),
+        "top": md_table(["rank", "doc_id", "weight", "score"],
+                        [(r, d, round(w, 3), round(s, 6)) for r, d, w, s in frame.head(8).select(
+                            "rank", "doc_id", "weight", "score").iter_rows()]),
+    })

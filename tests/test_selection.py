@@ -1,0 +1,63 @@
+"""Targets, landmark_influence and selected_subset on a tiny model."""
+
+import json
+
+import polars as pl
+import pytest
+
+from prox_assets.audit import audit_document
+from prox_assets.core.targets import load_task, split_target
+from prox_resources.catalog import Catalog
+from tests.test_synthesis_assets import _run, pipeline  # noqa: F401  (the fixture)
+
+
+def test_targets_are_deduplicated_and_disjoint():
+    arc = load_task("arc_challenge")
+    assert len(arc) == len({e.example_id for e in arc}) == 598  # 2,388 request rows, one per choice
+    assert all(e.answer == e.choices[e.gold] for e in arc[:50])
+    target, heldout = split_target(load_task("gsm8k"), 8, 200, seed=1)
+    assert len(target) == 8 and len(heldout) == 200
+    assert not {e.example_id for e in target} & {e.example_id for e in heldout}
+    with pytest.raises(ValueError):
+        split_target(arc, 500, 500)
+
+
+@pytest.mark.slow
+def test_influence_then_selection(pipeline):  # noqa: F811
+    from prox_assets.cli import add_target
+
+    instance, store, model = pipeline
+    add_target("gsm8k-t", "gsm8k", 4, 20, 0)
+    add_target("arc-t", "arc_challenge", 3, 20, 0)
+    cfg = {"pool": "raw", "model": model, "landmarks": 6, "exact_holdout": 6, "max_len": 32, "proj_dim": 512,
+           "embed_dim": 64, "warmup_steps": 2, "batch_size": 4}
+    first = _run(instance, "landmark_influence", "gsm8k-t", cfg)
+    meta = first.asset_materializations_for_node("landmark_influence")[0].metadata
+    version = meta["influence_version"].value
+    scores = store.read_parquet(f"influence/gsm8k-t/{version}/scores.parquet")
+    assert scores.height == 20 and scores["is_landmark"].sum() == 6
+    marks = scores.filter(pl.col("is_landmark"))
+    assert (marks["score"] - marks["exact_score"]).abs().max() < 1e-6  # landmarks keep exact values
+    assert scores.filter(~pl.col("is_landmark"))["exact_score"].drop_nulls().len() == 6  # the held-out check
+    assert len(scores["scores_per_example"][0]) == 4
+    for key in ("approximation_on_held_out_non_landmarks", "timings_s", "score_histogram", "flops_vs_rds_model"):
+        assert key in meta
+
+    second = _run(instance, "landmark_influence", "arc-t", cfg)  # same pool and model: warm-up reused
+    logs = [e.message for e in instance.all_logs(second.run_id) if e.message]
+    assert any("reusing warm-up state" in m for m in logs)
+
+    sel = _run(instance, "selected_subset", "gsm8k-t", {"budget": 5})
+    chosen = store.read_parquet(f"selections/gsm8k-t/{version}.parquet")
+    assert chosen["rank"].to_list() == [1, 2, 3, 4, 5] and chosen["budget"].unique().to_list() == [5]
+    assert chosen["weight"].sum() == pytest.approx(20.0)
+    assert sel.asset_materializations_for_node("selected_subset")[0].metadata["budget"].value == 5
+    simplex = _run(instance, "selected_subset", "gsm8k-t", {"budget": 5, "method": "simplex"})
+    assert simplex.success
+    weights = store.read_parquet(f"selections/gsm8k-t/{version}.parquet")["weight"]
+    assert weights.sum() == pytest.approx(20.0, rel=1e-4) and (weights > 0).all()
+
+    audit = audit_document(Catalog(), chosen["doc_id"][0])
+    assert {r["target"] for r in audit["influence"]} == {"gsm8k-t", "arc-t"}
+    assert [r["target"] for r in audit["selections"]] == ["gsm8k-t"]
+    assert json.dumps(audit, default=str)

@@ -21,7 +21,7 @@ from prox_assets.core.ingest import (
     read_documents,
     shard_name,
 )
-from prox_assets.metadata import counts_table, histogram, md_table
+from prox_assets.metadata import counts_table, histogram, lineage, md_table
 from prox_assets.partitions import shard_partitions
 from prox_resources.catalog import Catalog
 from prox_resources.store import ObjectStore
@@ -73,7 +73,7 @@ def _quarantine_frame(items: list[Quarantined], shard: str, source_file: str, ta
 )
 def raw_corpus(context: dg.AssetExecutionContext, store: ObjectStore, catalog: Catalog) -> dg.MaterializeResult:
     shard = context.partition_key
-    tags = {"run_id": context.run.run_id, "partition_key": shard}
+    tags = lineage(context)
     source_file = incoming_files(store).get(shard)
     if source_file is None:
         raise dg.Failure(f"no file for shard {shard!r} under {store.uri(INCOMING)}")

@@ -7,6 +7,17 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import dagster as dg
+import polars as pl
+
+
+def lineage(context: dg.AssetExecutionContext) -> dict[str, str]:
+    """The run and partition that wrote a catalog row: every row carries them."""
+    return {"run_id": context.run.run_id, "partition_key": str(context.partition_key)}
+
+
+def with_lineage(frame: pl.DataFrame, context: dg.AssetExecutionContext, **columns) -> pl.DataFrame:
+    """``frame`` plus constant ``columns`` and the lineage columns."""
+    return frame.with_columns(**{k: pl.lit(v) for k, v in {**columns, **lineage(context)}.items()})
 
 
 def _cell(value: object, width: int = 80) -> str:

@@ -20,7 +20,7 @@ from prox_assets.core.chunking import hf_token_counter
 from prox_assets.core.refine import run_chunk_refiner, run_doc_refiner
 from prox_assets.core.scoring import seed_sample
 from prox_assets.ingest import raw_corpus, raw_key
-from prox_assets.metadata import histogram, md_table
+from prox_assets.metadata import histogram, md_table, with_lineage
 from prox_assets.partitions import refined_partitions, shard_partitions
 from prox_assets.refiner import refiner, refiner_prefix
 from prox_resources.catalog import Catalog
@@ -153,11 +153,10 @@ def refined_corpus(
     frame = pl.concat([store.read_parquet(f"{parts}/part-{b:05d}-of-{n_batches:05d}.parquet") for b in range(n_batches)]) \
         if n_batches else pl.DataFrame()
     uri = store.write_parquet(refined_key(version, shard), frame)
-    tags = {"run_id": context.run.run_id, "partition_key": str(context.partition_key)}
     catalog.replace_rows(
         "program_runs", {"shard": shard, "refiner_version": version},
-        frame.drop("text", "program_ignored", "lines_removed", "n_tokens_before", "n_tokens_after")
-        .with_columns(refined_path=pl.lit(refined_key(version, shard)), **{k: pl.lit(v) for k, v in tags.items()}),
+        with_lineage(frame.drop("text", "program_ignored", "lines_removed", "n_tokens_before", "n_tokens_after"),
+                     context, refined_path=refined_key(version, shard)),
     )
     for key in store.list(parts + "/"):
         store.delete(key)

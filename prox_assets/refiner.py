@@ -22,7 +22,7 @@ from prox_assets.core.real_pairs import news_pairs, pydocs_pairs, removal_metric
 from prox_assets.core.refine import run_chunk_refiner
 from prox_assets.core.refiner_eval import chunk_metrics, doc_metrics, load_chat, with_shots
 from prox_assets.core.refiner_training import TrainConfig, train_refiner, version_id
-from prox_assets.metadata import md_table
+from prox_assets.metadata import lineage, md_table
 from prox_assets.partitions import level_partitions, refiner_pair_key, refiner_version_partitions
 from prox_assets.synthesis import sft_prefix, sft_programs
 from prox_resources.catalog import Catalog
@@ -154,7 +154,7 @@ def refiner(
     train_config = _train_config(config)
     version = version_id(config.base_model, sft_version, train_config)
     prefix = refiner_prefix(level, version)
-    tags = {"run_id": context.run.run_id, "partition_key": level}
+    tags = lineage(context)
     base_path = resolve_model(config.base_model)
 
     if store.exists(f"{prefix}/manifest.json"):

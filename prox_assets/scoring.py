@@ -13,7 +13,7 @@ import polars as pl
 from prox_assets.core.prompts import SCORE_PROMPT_VERSION
 from prox_assets.core.scoring import prox_keep, score_documents, seed_sample
 from prox_assets.ingest import raw_corpus, raw_key
-from prox_assets.metadata import md_table
+from prox_assets.metadata import md_table, with_lineage
 from prox_assets.partitions import shard_partitions
 from prox_resources.catalog import Catalog
 from prox_resources.device import GPU_POOL, DeviceSettings
@@ -89,11 +89,9 @@ def seed_scores(
         })
     frame = pl.DataFrame(rows, schema_overrides={"edu_critique": pl.String, "format_critique": pl.String})
     uri = store.write_parquet(scores_key(shard), frame)
-    tags = {"run_id": context.run.run_id, "partition_key": shard}
     catalog.replace_rows(
         "seed_scores", {"shard": shard},
-        frame.drop("edu_probs", "format_probs", "edu_mass", "format_mass").with_columns(
-            **{k: pl.lit(v) for k, v in tags.items()}),
+        with_lineage(frame.drop("edu_probs", "format_probs", "edu_mass", "format_mass"), context),
     )
     methods = Counter(frame["edu_method"].to_list() + frame["format_method"].to_list())
     return dg.MaterializeResult(metadata={

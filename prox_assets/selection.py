@@ -27,7 +27,7 @@ from prox_assets.core.influence import (
 )
 from prox_assets.core.scoring import seed_sample
 from prox_assets.ingest import raw_corpus
-from prox_assets.metadata import histogram, md_table
+from prox_assets.metadata import histogram, md_table, with_lineage
 from prox_assets.partitions import target_partitions
 from prox_assets.refine import refined_corpus
 from prox_resources.catalog import Catalog
@@ -151,10 +151,9 @@ def landmark_influence(context: dg.AssetExecutionContext, config: InfluenceAsset
     prefix = f"influence/{target}/{version}"
     uri = store.write_parquet(f"{prefix}/scores.parquet", frame)
     store.write_parquet(f"{prefix}/landmarks.parquet", frame.filter(pl.col("is_landmark")))
-    tags = {"run_id": context.run.run_id, "partition_key": target}
-    catalog.replace_rows("influence_scores", {"target": target, "version": version}, frame.select(
-        "doc_id", "score", "is_landmark", "exact_score").with_columns(
-        target=pl.lit(target), version=pl.lit(version), pool=pl.lit(spec), **{k: pl.lit(v) for k, v in tags.items()}))
+    catalog.replace_rows("influence_scores", {"target": target, "version": version}, with_lineage(
+        frame.select("doc_id", "score", "is_landmark", "exact_score"), context, target=target, version=version,
+        pool=spec))
 
     timings = result["timings"]
     n_layers = model.config.num_hidden_layers
@@ -224,10 +223,8 @@ def selected_subset(context: dg.AssetExecutionContext, config: SelectionConfig, 
         "score": [float(mean[i]) for i in chosen],
     })
     uri = store.write_parquet(f"selections/{target}/{version}.parquet", frame)
-    tags = {"run_id": context.run.run_id, "partition_key": target}
-    catalog.replace_rows("selections", {"target": target, "version": version}, frame.drop("score").with_columns(
-        target=pl.lit(target), version=pl.lit(version), method=pl.lit(config.method),
-        **{k_: pl.lit(v) for k_, v in tags.items()}))
+    catalog.replace_rows("selections", {"target": target, "version": version}, with_lineage(
+        frame.drop("score"), context, target=target, version=version, method=config.method))
     return dg.MaterializeResult(metadata={
         "influence_version": version,
         "path": dg.MetadataValue.path(uri),

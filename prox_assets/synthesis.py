@@ -27,7 +27,7 @@ from prox_assets.core.sft import (
     unparsable_targets,
 )
 from prox_assets.ingest import raw_corpus, raw_key
-from prox_assets.metadata import counts_table, md_table
+from prox_assets.metadata import counts_table, lineage, md_table, with_lineage
 from prox_assets.partitions import level_partitions
 from prox_assets.scoring import scores_key, seed_scores
 from prox_resources.catalog import Catalog
@@ -142,13 +142,13 @@ def sft_programs(
         store.write_parquet(f"{prefix}/{split}.parquet", accepted.filter(pl.col("split") == split))
     store.write_parquet(f"{prefix}/rejected.parquet", frame.filter(pl.col("status") == "rejected"))
 
-    tags = {"run_id": context.run.run_id, "partition_key": level}
+    tags = lineage(context)
     n_train = int((accepted["split"] == "train").sum())
     n_val = accepted.height - n_train
     n_rejected = frame.height - accepted.height
     catalog.replace_many([
         ("sft_examples", {"level": level, "sft_version": version},
-         frame.drop("messages").with_columns(sft_version=pl.lit(version), **{k: pl.lit(v) for k, v in tags.items()})),
+         with_lineage(frame.drop("messages"), context, sft_version=version)),
         ("sft_sets", {"level": level, "sft_version": version}, pl.DataFrame([{
             "level": level, "sft_version": version, "path": store.uri(prefix), "n_train": n_train,
             "n_val": n_val, "n_rejected": n_rejected, "config": json.dumps(config.model_dump()), **tags,

@@ -169,9 +169,11 @@ def _build_samples(out: Path | None = None) -> list[Path]:
 @click.option("--chunk-docs-per-shard", default=12, show_default=True, help="Documents per shard for chunk SFT.")
 @click.option("--annotator", type=click.Choice(["rules", "llm", "both"]), default="rules", show_default=True)
 @click.option("--refiner-steps", default=24, show_default=True, help="Fine-tuning steps per refiner level.")
-@click.option("--refine-docs", default=8, show_default=True, help="Documents refined per shard (0 = all).")
+@click.option("--refine-docs", default=6, show_default=True, help="Documents refined per shard (0 = all).")
+@click.option("--refine-max-chars", default=6000, show_default=True,
+              help="Sample refined documents among those this short (0 = any length).")
 def demo(seeds_per_shard: int, chunk_docs_per_shard: int, annotator: str, refiner_steps: int,
-         refine_docs: int) -> None:
+         refine_docs: int, refine_max_chars: int) -> None:
     """Build the sample corpus and materialize every asset of the graph on it."""
     from prox_assets.ingest import incoming_files
     from prox_resources.store import ObjectStore
@@ -199,7 +201,7 @@ def demo(seeds_per_shard: int, chunk_docs_per_shard: int, annotator: str, refine
         click.echo(f"== refined_corpus (refiner {version}, {refine_docs} documents per shard)")
         keys = [f"{version}|{shard}" for shard in shards]
         outcome |= _prefixed("refined_corpus", materialize_partitions(
-            "refined_corpus", keys, {"max_docs": refine_docs}))
+            "refined_corpus", keys, {"max_docs": refine_docs, "sample_max_chars": refine_max_chars}))
         click.echo("== targets, landmark_influence, selected_subset (pool: the refined corpus)")
         for name, task in (("gsm8k", "gsm8k"), ("arc-challenge", "arc_challenge")):
             add_target(name, task, n_target=8, n_heldout=100, seed=0)

@@ -32,6 +32,7 @@ from prox_resources.store import ObjectStore
 
 class RefineConfig(dg.Config):
     max_docs: int = 0  # 0 = every document of the shard; the CPU demo refines a seeded sample
+    sample_max_chars: int = 0  # with max_docs: sample among documents this short (a CPU budget)
     seed: int = 0
     batch_docs: int = 16  # the unit of resumption
     doc_max_new_tokens: int = 8
@@ -132,7 +133,8 @@ def refined_corpus(
 
     raw = store.read_parquet(raw_key(shard)).select("doc_id", "text")
     if config.max_docs:
-        chosen = set(seed_sample(raw["doc_id"].to_list(), config.max_docs, config.seed))
+        eligible = raw.filter(pl.col("text").str.len_chars() <= config.sample_max_chars) if config.sample_max_chars else raw
+        chosen = set(seed_sample(eligible["doc_id"].to_list(), config.max_docs, config.seed))
         raw = raw.filter(pl.col("doc_id").is_in(chosen))
     raw = raw.sort("doc_id")  # a fixed order makes batch k the same documents on every attempt
     n_batches = (raw.height + config.batch_docs - 1) // config.batch_docs

@@ -221,7 +221,7 @@ def influence_benchmark(model, tokenizer, texts: Sequence[str], targets, landmar
     n = len(texts)
     t0 = time.perf_counter()
     grads = torch.cat([projected_grads(model, make_batch(tokenizer, list(texts[i:i + 8]), None, max_len), sketch,
-                                       pre=pre) for i in range(0, n, 8)])
+                                       precondition=pre) for i in range(0, n, 8)])
     exact_s = time.perf_counter() - t0
     exact = grads @ tgt.T
     exact_mean = exact.mean(1)

@@ -61,3 +61,17 @@ def test_influence_then_selection(pipeline):  # noqa: F811
     assert {r["target"] for r in audit["influence"]} == {"gsm8k-t", "arc-t"}
     assert [r["target"] for r in audit["selections"]] == ["gsm8k-t"]
     assert json.dumps(audit, default=str)
+
+
+def test_influence_benchmark_runs_on_a_tiny_model(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from prox_assets.benchmarks import influence_benchmark
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation="eager").eval()
+    texts = [f"Document {i} about water, heat and metal cups, measured twice." * 2 for i in range(24)]
+    targets, _ = split_target(load_task("gsm8k"), 3, 0)
+    report = influence_benchmark(model, AutoTokenizer.from_pretrained(tiny_llama_dir), texts, targets, [4, 8], 24)
+    assert [r["landmarks"] for r in report["landmark_runs"]] == [4, 8]
+    assert {"spearman", "pearson", "speedup_vs_exact_wall_clock"} <= set(report["landmark_runs"][0])
+    assert -1 <= report["embedding_baseline"]["spearman_vs_exact"] <= 1

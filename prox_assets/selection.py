@@ -77,6 +77,8 @@ def load_pool(store: ObjectStore, catalog: Catalog, config: InfluenceAssetConfig
         frame = pl.concat([store.read_parquet(k).select("doc_id", "text") for k in store.list("raw/")])
         spec = "raw"
     frame = frame.unique("doc_id", keep="first").sort("doc_id")
+    if frame.height < 2:
+        raise dg.Failure(f"the {spec} pool holds {frame.height} document(s): refine more shards or set pool: raw")
     if config.pool_size and config.pool_size < frame.height:
         chosen = set(seed_sample(frame["doc_id"].to_list(), config.pool_size, config.seed))
         frame = frame.filter(pl.col("doc_id").is_in(chosen))

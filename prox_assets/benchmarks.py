@@ -246,7 +246,7 @@ def influence_benchmark(model, tokenizer, texts: Sequence[str], targets, landmar
         k = max(1, len(rest) // 10)
         rows.append({
             "landmarks": count, "spearman": round(spearman(e, x), 3), "pearson": round(pearson(e, x), 3),
-            f"top10pct_recall": round(topk_recall(e, x, k), 3),
+            "top10pct_recall": round(topk_recall(e, x, k), 3),
             "wall_clock_s": round(landmark_s, 1), "speedup_vs_exact_wall_clock": round(exact_s / landmark_s, 2),
             "flops_vs_rds_model": round(flops_ratio(model.config.num_hidden_layers, 4, 2, count, n), 3),
         })

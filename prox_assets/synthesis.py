@@ -29,7 +29,7 @@ from prox_assets.core.sft import (
 from prox_assets.ingest import raw_corpus, raw_key
 from prox_assets.metadata import counts_table, lineage, md_table, with_lineage
 from prox_assets.partitions import level_partitions
-from prox_assets.scoring import scores_key, seed_scores
+from prox_assets.scoring import seed_scores
 from prox_resources.catalog import Catalog
 from prox_resources.device import GPU_POOL, DeviceSettings
 from prox_resources.engine import ModelEngine

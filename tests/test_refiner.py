@@ -2,15 +2,12 @@
 
 import json
 
-import dagster as dg
 import pytest
 
 from prox_assets.core.refiner_eval import chunk_metrics, doc_metrics, with_shots
 from prox_assets.core.refiner_training import TrainConfig, encode_example, lr_at, version_id
-from prox_assets.definitions import ASSETS, build_resources
 from prox_assets.partitions import refiner_version_partitions
 from prox_resources.catalog import Catalog
-from prox_resources.store import ObjectStore
 from tests.test_synthesis_assets import _run, pipeline  # noqa: F401  (the fixture)
 
 

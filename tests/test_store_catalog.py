@@ -3,6 +3,7 @@
 import multiprocessing as mp
 import os
 
+import duckdb
 import polars as pl
 import pytest
 
@@ -54,7 +55,7 @@ def test_replace_rows_is_idempotent_and_transactional(tmp_path):
     catalog.replace_rows("quarantine", {"shard": "s1"}, rows)
     catalog.replace_rows("quarantine", {"shard": "s1"}, rows)
     assert catalog.query("SELECT count(*) n FROM quarantine")["n"][0] == 2
-    with pytest.raises(Exception):
+    with pytest.raises(duckdb.CatalogException, match="no_such_table"):
         catalog.replace_many([
             ("quarantine", {"shard": "s1"}, None),
             ("no_such_table", {}, rows),

@@ -156,10 +156,10 @@ class Catalog(dg.ConfigurableResource):
             con.execute(f"DELETE FROM {table} WHERE {clause}", list(where.values()))
         if rows is not None and rows.height:
             con.register("_rows", rows.to_arrow())
-            try:
-                con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _rows")
-            finally:
-                con.unregister("_rows")
+            # no finally: after a failed INSERT the transaction is aborted, and unregistering would
+            # raise over the real error; the rollback and close drop the registration anyway
+            con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _rows")
+            con.unregister("_rows")
 
     def replace_many(self, writes: list[tuple[str, Mapping[str, object], pl.DataFrame | None]]) -> None:
         """Several ``replace_rows`` in one transaction: all land or none."""

@@ -14,6 +14,20 @@ from prox_assets.core.executor import execute_chunk_program, execute_doc_program
 from prox_assets.core.programs import parse_program
 
 
+def line_pieces(text: str, piece_chars: int) -> list[str]:
+    """``text`` cut at line boundaries into pieces of about ``piece_chars`` (short tails dropped)."""
+    pieces, buf, size = [], [], 0
+    for line in split_lines(text):
+        buf.append(line)
+        size += len(line) + 1
+        if size >= piece_chars:
+            pieces.append("\n".join(buf))
+            buf, size = [], 0
+    if size > piece_chars // 3:
+        pieces.append("\n".join(buf))
+    return pieces
+
+
 def sample_texts(files: Sequence[Path], piece_chars: int = 3000) -> list[str]:
     """Documents of the sample corpus cut at line boundaries into pieces of ~``piece_chars``."""
     from prox_assets.core.ingest import read_documents, shard_name
@@ -23,16 +37,7 @@ def sample_texts(files: Sequence[Path], piece_chars: int = 3000) -> list[str]:
         with open(path, "rb") as f:
             result = read_documents(f, path.name, shard_name(path.name))
         for doc in result.documents:
-            buf: list[str] = []
-            size = 0
-            for line in split_lines(doc["text"]):
-                buf.append(line)
-                size += len(line) + 1
-                if size >= piece_chars:
-                    pieces.append("\n".join(buf))
-                    buf, size = [], 0
-            if size > piece_chars // 3:
-                pieces.append("\n".join(buf))
+            pieces += line_pieces(doc["text"], piece_chars)
     return pieces
 
 

@@ -464,8 +464,10 @@ def bench_refine(docs: int, refiner_version: str | None, as_json: bool) -> None:
 @click.option("--landmarks", default="16,32,64", show_default=True, help="Landmark counts to compare.")
 @click.option("--task", default="gsm8k", show_default=True)
 @click.option("--max-len", default=64, show_default=True)
+@click.option("--piece-chars", default=0, show_default=True,
+              help="Cut documents into line-aligned pieces of about this many characters (0 = whole documents).")
 @click.option("--json", "as_json", is_flag=True)
-def bench_influence(pool_size: int, landmarks: str, task: str, max_len: int, as_json: bool) -> None:
+def bench_influence(pool_size: int, landmarks: str, task: str, max_len: int, piece_chars: int, as_json: bool) -> None:
     """Landmark estimates against exact influence, and their cost, on this machine."""
     import polars as pl
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -479,7 +481,14 @@ def bench_influence(pool_size: int, landmarks: str, task: str, max_len: int, as_
     texts = pl.concat([store.read_parquet(k).select("text") for k in store.list("raw/")])
     if not texts.height:
         raise click.ClickException("no raw corpus: run `prox demo` or `prox ingest` first")
-    texts = texts.sample(n=min(pool_size, texts.height), seed=0)["text"].to_list()
+    texts = texts["text"].to_list()
+    if piece_chars:
+        from prox_assets.benchmarks import line_pieces
+
+        texts = [p for t in texts for p in line_pieces(t, piece_chars)]
+    import random
+
+    texts = random.Random(0).sample(texts, min(pool_size, len(texts)))
     targets, _ = split_target(load_task(task), 8, 0)
     path = resolve_model(DEFAULT_MODEL)
     model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()

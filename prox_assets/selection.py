@@ -50,7 +50,7 @@ class InfluenceAssetConfig(dg.Config):
     jvp_blocks: int = 4
     jvp_directions: int = 2
     embed_dim: int = 4096
-    landmarks: int = 32
+    landmarks: int = 32  # 0 = every sample: the exact method
     landmark_method: Literal["uniform", "kmeans++"] = "uniform"
     ridge: float = 0.01
     max_len: int = 128

@@ -75,3 +75,18 @@ def test_influence_benchmark_runs_on_a_tiny_model(tiny_llama_dir):
     assert [r["landmarks"] for r in report["landmark_runs"]] == [4, 8]
     assert {"spearman", "pearson", "speedup_vs_exact_wall_clock"} <= set(report["landmark_runs"][0])
     assert -1 <= report["embedding_baseline"]["spearman_vs_exact"] <= 1
+
+
+def test_exact_mode_gives_every_sample_its_exact_score(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from prox_assets.core.influence import InfluenceConfig, compute_influence
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation="eager").eval()
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    texts = [f"Sample {i}: cups of water cool at different rates." for i in range(10)]
+    out = compute_influence(model, tok, texts, ["Question: 2+2?\nAnswer:"], [" 4"],
+                            InfluenceConfig(landmarks=0, max_len=24, proj_dim=256, embed_dim=32, warmup_steps=1,
+                                            batch_size=4))
+    assert out["landmarks"] == list(range(10)) and out["holdout"] == []
+    assert (out["scores"] - out["exact_landmarks"]).abs().max() < 1e-6

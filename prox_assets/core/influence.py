@@ -331,7 +331,7 @@ class InfluenceConfig:
     jvp_blocks: int = 4
     jvp_directions: int = 2
     embed_dim: int = 4096
-    landmarks: int = 32
+    landmarks: int = 32  # 0 = every sample is a landmark: the exact method, for validation
     landmark_method: str = "uniform"  # or "kmeans++"
     ridge: float = 0.01
     max_len: int = 128
@@ -403,7 +403,7 @@ def compute_influence(model, tokenizer, pool_texts: Sequence[str], target_prompt
     log(f"embedded {len(pool_texts)} pool samples in {timings['embeddings_s']:.1f}s")
 
     n = len(pool_texts)
-    landmarks = choose_landmarks(n, config.landmarks, config.seed, emb, config.landmark_method)
+    landmarks = choose_landmarks(n, config.landmarks or n, config.seed, emb, config.landmark_method)
     t = time.perf_counter()
     g_l = torch.cat(_batched(lambda idx: grads([pool_texts[i] for i in idx], pre=precond), landmarks, config.batch_size))
     timings["landmark_grads_s"] = time.perf_counter() - t

@@ -48,15 +48,15 @@ def ingest_paths(paths: list[Path], run: bool = True, echo=click.echo) -> dict[s
     store = ObjectStore()
     existing = incoming_files(store)
     shards: list[str] = []
-    for f in files:
+    for f in files:  # validate everything before uploading anything
         if format_of(f.name) is None:
             raise click.ClickException(f"{f}: unsupported format")
         shard = shard_name(f.name)
-        key = INCOMING + f.name
-        if existing.get(shard, key) != key or shard in shards:
+        if existing.get(shard, INCOMING + f.name) != INCOMING + f.name or shard in shards:
             raise click.ClickException(f"{f}: shard {shard!r} already comes from {existing.get(shard)}")
-        store.put_file(str(f), key)
         shards.append(shard)
+    for f in files:
+        store.put_file(str(f), INCOMING + f.name)
     instance = _instance()
     instance.add_dynamic_partitions(shard_partitions.name, shards)
     echo(f"registered {len(shards)} shard(s) under {store.uri(INCOMING)}")

@@ -105,3 +105,15 @@ def test_ingest_sample_corpus_plus_malformed_files(tmp_path, sample_files):
     proc = run([BIN / "prox", "ingest", unreadable], tmp_path, check=False)
     assert proc.returncode != 0
     assert "truncated.parquet" in proc.stdout + proc.stderr
+
+
+def test_ingest_rejects_a_shard_name_collision_before_uploading_anything(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    (a / "first.jsonl").write_text('{"text": "one two three"}\n')
+    (a / "same.jsonl").write_text('{"text": "four five six"}\n')
+    (b / "same.parquet").write_bytes(b"irrelevant")  # shard "same" again, from another file
+    proc = run([BIN / "prox", "ingest", "--no-run", a / "first.jsonl", a / "same.jsonl", b / "same.parquet"],
+               tmp_path / "home", check=False)
+    assert proc.returncode != 0 and "shard 'same'" in proc.stderr
+    assert not (tmp_path / "home" / "store" / "incoming").exists()  # nothing half-uploaded

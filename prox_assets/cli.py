@@ -236,10 +236,10 @@ def _print_refiner_summary() -> None:
 
 
 def _latest_refiner_version() -> str | None:
+    from prox_assets.refine import latest_refiner_version
     from prox_resources.catalog import Catalog
 
-    rows = Catalog().query("SELECT refiner_version FROM refiner_pairs ORDER BY written_at DESC LIMIT 1").rows()
-    return rows[0][0] if rows else None
+    return latest_refiner_version(Catalog())
 
 
 def _print_refined_summary() -> None:

@@ -47,6 +47,12 @@ def _parts_prefix(version: str, shard: str) -> str:
     return f"refined/{version}/.parts/{shard}"
 
 
+def latest_refiner_version(catalog: Catalog) -> str | None:
+    """The newest registered refiner_version key (doc + chunk refiner pair), if any."""
+    rows = catalog.query("SELECT refiner_version FROM refiner_pairs ORDER BY written_at DESC LIMIT 1").rows()
+    return rows[0][0] if rows else None
+
+
 def refiner_pair(catalog: Catalog, version: str) -> dict:
     """The doc and chunk refiner versions of a pair key, and the input sizes each was trained on."""
     rows = catalog.query(
@@ -197,10 +203,9 @@ def refined_corpus(
     description="When enabled: refines every ingested shard that the newest refiner version has not refined yet.",
 )
 def refine_new_shards_sensor(context: dg.SensorEvaluationContext, catalog: Catalog) -> dg.SensorResult:
-    versions = catalog.query("SELECT refiner_version FROM refiner_pairs ORDER BY written_at DESC LIMIT 1").rows()
-    if not versions:
+    version = latest_refiner_version(catalog)
+    if version is None:
         return dg.SensorResult(skip_reason="no refiner version yet")
-    version = versions[0][0]
     shards = set(context.instance.get_dynamic_partitions(shard_partitions.name))
     done = set(catalog.query("SELECT DISTINCT shard FROM program_runs WHERE refiner_version = ?", [version])["shard"])
     todo = sorted(shards - done)

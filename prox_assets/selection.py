@@ -29,7 +29,7 @@ from prox_assets.core.scoring import seed_sample
 from prox_assets.ingest import raw_corpus
 from prox_assets.metadata import histogram, md_table, with_lineage
 from prox_assets.partitions import target_partitions
-from prox_assets.refine import refined_corpus
+from prox_assets.refine import latest_refiner_version, refined_corpus
 from prox_resources.catalog import Catalog
 from prox_resources.device import GPU_POOL
 from prox_resources.models import DEFAULT_MODEL, resolve_model
@@ -66,8 +66,7 @@ class InfluenceAssetConfig(dg.Config):
 
 def load_pool(store: ObjectStore, catalog: Catalog, config: InfluenceAssetConfig) -> tuple[pl.DataFrame, str]:
     if config.pool == "refined":
-        version = config.refiner_version or next(iter(catalog.query(
-            "SELECT refiner_version FROM refiner_pairs ORDER BY written_at DESC LIMIT 1")["refiner_version"]), None)
+        version = config.refiner_version or latest_refiner_version(catalog)
         keys = [k for k in store.list(f"refined/{version}/") if "/.parts/" not in k] if version else []
         if not keys:
             raise dg.Failure("no refined corpus yet: materialize refined_corpus, or set pool: raw")

@@ -25,7 +25,10 @@ SECTIONS = {
                     "FROM program_runs WHERE doc_id = ? ORDER BY written_at"),
     "influence": ("influence_scores", "SELECT * FROM influence_scores WHERE doc_id = ?"),
     "selections": ("selections", "SELECT * FROM selections WHERE doc_id = ?"),
-    "checkpoints": ("checkpoint_documents", "SELECT * FROM checkpoint_documents WHERE doc_id = ?"),
+    "checkpoints": ("checkpoint_documents",
+                    "SELECT d.target, d.variant, d.seed, d.version, d.weight, c.text_kind, c.train_tokens, c.path, "
+                    "d.run_id FROM checkpoint_documents d LEFT JOIN checkpoints c "
+                    "USING (target, variant, seed, version) WHERE d.doc_id = ? ORDER BY 1, 2, 3"),
 }
 _JSON_COLUMNS = {"chunk_programs", "windows", "edits", "errors"}
 
@@ -77,7 +80,10 @@ def format_audit(audit: dict) -> str:
                                                       else f"{e['source']!r} -> {e['target']!r} x{e['count']}"))
         for e in r["errors"] or []:
             lines.append(f"    error: {e['kind']}: {e['message']}")
-    for section in ("influence", "selections", "checkpoints"):
+    for section in ("influence", "selections"):
         for r in audit.get(section, []):
             lines.append(f"  {section}: {r}")
+    for r in audit.get("checkpoints", []):
+        lines.append(f"  trained checkpoint {r['version']} ({r['target']}|{r['variant']}, seed {r['seed']}) on its "
+                     f"{r['text_kind']} text, weight {r['weight']:g}; {r['path']}, run {r['run_id']}")
     return "\n".join(lines)

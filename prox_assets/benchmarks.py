@@ -207,6 +207,7 @@ def influence_benchmark(model, tokenizer, texts: Sequence[str], targets, landmar
         make_batch,
         pearson,
         projected_grads,
+        representation_similarity,
         selected_linears,
         spearman,
         topk_recall,
@@ -257,14 +258,7 @@ def influence_benchmark(model, tokenizer, texts: Sequence[str], targets, landmar
         })
 
     t0 = time.perf_counter()  # RDS-style baseline: cosine of mean-pooled last hidden states
-    with torch.no_grad():
-        def pooled(batch):
-            h = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True).hidden_states[-1]
-            m = batch.attention_mask[..., None].float()
-            return torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=1)
-        pool_h = torch.cat([pooled(make_batch(tokenizer, list(texts[i:i + 8]), None, max_len)) for i in range(0, n, 8)])
-        tgt_h = pooled(make_batch(tokenizer, [p + a for p, a in zip(prompts, answers)], None, max_len))
-    rds = (pool_h @ tgt_h.T).mean(1)
+    rds = representation_similarity(model, tokenizer, texts, [p + a for p, a in zip(prompts, answers)], max_len)
     rds_s = time.perf_counter() - t0
     return {
         "pool": n, "target_examples": len(targets), "max_len_tokens": max_len,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from prox_resources.settings import REPO_ROOT, configure_environment, prox_home
+from prox_resources.settings import REPO_ROOT, configure_environment, downloads_dir, prox_home
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -76,6 +76,9 @@ SUMMARY_KEYS = {
     "selected_subset": ("budget", "pool_size", "selected_score_mean", "pool_score_mean"),
     "refiner": ("refiner_version", "train_seconds", "loss_first_last", "refiner_macro_f1", "base_macro_f1",
                 "refiner_line_f1", "base_line_f1", "refiner_pair"),
+    "trained_checkpoint": ("dagster/row_count", "train_tokens_per_seed", "mean_heldout_loss", "mean_accuracy",
+                           "mean_exact_match", "mean_f1", "mean_prose_perplexity"),
+    "evaluation_report": ("variants", "missing_variants"),
 }
 
 
@@ -159,7 +162,7 @@ def _build_samples(out: Path | None = None) -> list[Path]:
     from prox_assets.core.samples import MissingSampleSource, build_sample_corpus
 
     try:
-        return build_sample_corpus(out or prox_home() / "samples", prox_home() / "downloads")
+        return build_sample_corpus(out or prox_home() / "samples", downloads_dir())
     except MissingSampleSource as exc:
         raise click.ClickException(f"{exc} (run deploy/setup.sh)") from exc
 
@@ -172,8 +175,15 @@ def _build_samples(out: Path | None = None) -> list[Path]:
 @click.option("--refine-docs", default=6, show_default=True, help="Documents refined per shard (0 = all).")
 @click.option("--refine-max-chars", default=6000, show_default=True,
               help="Sample refined documents among those this short (0 = any length).")
+@click.option("--checkpoint-targets", default="arc-challenge", show_default=True,
+              help="Comma-separated targets (gsm8k, arc-challenge) to train and evaluate every variant for; "
+                   "'' skips training.")
+@click.option("--train-steps", default=6, show_default=True,
+              help="Training steps per checkpoint (x 4 windows x 128 tokens: the token budget of every variant).")
+@click.option("--eval-examples", default=32, show_default=True, help="Held-out target examples per evaluation.")
 def demo(seeds_per_shard: int, chunk_docs_per_shard: int, annotator: str, refiner_steps: int,
-         refine_docs: int, refine_max_chars: int) -> None:
+         refine_docs: int, refine_max_chars: int, checkpoint_targets: str, train_steps: int,
+         eval_examples: int) -> None:
     """Build the sample corpus and materialize every asset of the graph on it."""
     from prox_assets.ingest import incoming_files
     from prox_resources.store import ObjectStore
@@ -210,11 +220,22 @@ def demo(seeds_per_shard: int, chunk_docs_per_shard: int, annotator: str, refine
             "landmark_influence", ["gsm8k", "arc-challenge"], influence))
         outcome |= _prefixed("selected_subset", materialize_partitions(
             "selected_subset", ["gsm8k", "arc-challenge"], {"budget_fraction": 0.25}))
+        trained = [t.strip() for t in checkpoint_targets.split(",") if t.strip()]
+        if trained:
+            from prox_assets.partitions import VARIANTS
+
+            click.echo(f"== trained_checkpoint ({len(VARIANTS)} variants x 2 seeds, {train_steps} steps each), "
+                       "evaluation_report")
+            outcome |= _prefixed("trained_checkpoint", materialize_partitions(
+                "trained_checkpoint", [f"{t}|{v}" for t in trained for v in VARIANTS],
+                {"max_steps": train_steps, "eval_examples": eval_examples, "prose_passages": 12}))
+            outcome |= _prefixed("evaluation_report", materialize_partitions("evaluation_report", trained))
     click.echo("== summary")
     _print_ingest_summary()
     _print_synthesis_summary()
     _print_refiner_summary()
     _print_refined_summary()
+    _print_evaluation_summary()
     click.echo(f"demo finished in {time.monotonic() - started:.0f}s; browse it with `prox ui`")
     failed = [k for k, v in outcome.items() if v.startswith("failed")]
     if failed:
@@ -252,6 +273,16 @@ def _print_refined_summary() -> None:
     for version, n, kept, dropped, chars in rows:
         click.echo(f"refined_corpus[{version}]: {n} documents = kept {kept} + dropped {dropped}; "
                    f"{chars or 0:.1%} of characters kept")
+
+
+def _print_evaluation_summary() -> None:
+    from prox_resources.catalog import Catalog
+
+    rows = Catalog().query(
+        "SELECT target, variant, metric, avg(value) AS mean, coalesce(stddev_samp(value), 0) AS std, count(*) AS n "
+        "FROM checkpoint_evals GROUP BY ALL ORDER BY target, metric, variant").rows()
+    for target, variant, metric, mean, std, n in rows:
+        click.echo(f"evaluation[{target}] {metric:>16} {variant:>14} = {mean:.4f} ± {std:.4f} (seeds {n})")
 
 
 def _prefixed(asset: str, outcome: dict[str, str]) -> dict[str, str]:

@@ -13,6 +13,7 @@ from prox_assets.refiner import refiner
 from prox_assets.scoring import seed_scores
 from prox_assets.selection import landmark_influence, selected_subset
 from prox_assets.synthesis import sft_programs
+from prox_assets.training import evaluation_report, trained_checkpoint
 from prox_resources.catalog import Catalog
 from prox_resources.device import DeviceSettings
 from prox_resources.engine import ModelEngine
@@ -20,7 +21,8 @@ from prox_resources.models import DEFAULT_MODEL
 from prox_resources.store import ObjectStore
 
 # In data-flow order.
-ASSETS = [raw_corpus, seed_scores, sft_programs, refiner, refined_corpus, landmark_influence, selected_subset]
+ASSETS = [raw_corpus, seed_scores, sft_programs, refiner, refined_corpus, landmark_influence, selected_subset,
+          trained_checkpoint, evaluation_report]
 SENSORS = [incoming_files_sensor, refine_new_shards_sensor]
 JOBS = [
     dg.define_asset_job(

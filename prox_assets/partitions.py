@@ -25,3 +25,13 @@ refined_partitions = dg.MultiPartitionsDefinition(
 # One partition per target task (a small set of task examples plus a disjoint held-out set),
 # registered by `prox target add`.
 target_partitions = dg.DynamicPartitionsDefinition(name="target")
+
+# What a checkpoint trained on. Selection: the influence-selected subset, a random subset of the
+# same size, the embedding-similarity subset of the same size, the whole pool. Refinement: the
+# documents a refiner version saw, as raw text, as refined text, or raw text that passes the
+# rule-based quality filters. `base` is the untrained model: the reference row.
+VARIANTS = ["base", "influence", "random", "embedding", "full", "raw", "refined", "rule_filtered"]
+variant_partitions = dg.StaticPartitionsDefinition(VARIANTS)
+
+# Keys "<target>|<variant>".
+checkpoint_partitions = dg.MultiPartitionsDefinition({"target": target_partitions, "variant": variant_partitions})

@@ -28,8 +28,8 @@ from prox_assets.synthesis import sft_prefix, sft_programs
 from prox_resources.catalog import Catalog
 from prox_resources.device import GPU_POOL, DeviceSettings
 from prox_resources.engine import ModelEngine
-from prox_resources.models import DEFAULT_MODEL, fetch_model, resolve_model
-from prox_resources.settings import prox_home
+from prox_resources.models import DEFAULT_MODEL, fetch_model, resolve_model, upload_model
+from prox_resources.settings import downloads_dir, prox_home
 from prox_resources.store import ObjectStore
 
 # What the paper reports for its 0.35B refiners (validation), shown next to ours.
@@ -76,13 +76,6 @@ def _train_config(config: RefinerConfig) -> TrainConfig:
     )
 
 
-def _upload_model(store: ObjectStore, local: Path, prefix: str, manifest: dict) -> None:
-    for f in sorted(local.iterdir()):
-        if f.is_file():
-            store.put_file(str(f), f"{prefix}/{f.name}")
-    store.write_bytes(f"{prefix}/manifest.json", json.dumps(manifest, indent=2).encode())
-
-
 def _shots(train: pl.DataFrame, level: str, n: int, seed: int) -> list[tuple[list[dict], str]]:
     """Worked examples for the base model, one per label where possible."""
     rng = random.Random(seed)
@@ -112,7 +105,7 @@ def _real_pairs_eval(backend, tokenizer, config: RefinerConfig, window_tokens: i
     # pages of at most real_eval_max_chars, so the CPU budget does not hinge on one huge page
     docs = [p for p in pydocs_pairs() if len(p.page_text) <= config.real_eval_max_chars]
     pairs = rng.sample(docs, min(half, len(docs)))
-    news = [p for p in news_pairs(prox_home() / "downloads") if len(p.page_text) <= config.real_eval_max_chars]
+    news = [p for p in news_pairs(downloads_dir()) if len(p.page_text) <= config.real_eval_max_chars]
     pairs += rng.sample(news, min(config.real_eval_pages - len(pairs), len(news)))
     runs = run_chunk_refiner(backend, [p.page_text for p in pairs], hf_token_counter(tokenizer),
                              window_tokens, config.max_new_tokens)
@@ -173,7 +166,7 @@ def refiner(
             result = train_refiner(base_path, examples, train_config, tmp,
                                    device=device.resolve_device(), progress=progress)
             report = result.to_dict()
-            _upload_model(store, Path(tmp), prefix, {
+            upload_model(store, Path(tmp), prefix, {
                 "level": level, "version": version, "base_model": config.base_model,
                 "sft_version": sft_version, "train_config": train_config.to_dict(), "train_report": report,
             })

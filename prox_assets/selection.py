@@ -64,18 +64,29 @@ class InfluenceAssetConfig(dg.Config):
         return InfluenceConfig(**{k: v for k, v in self.model_dump().items() if k in fields})
 
 
-def load_pool(store: ObjectStore, catalog: Catalog, config: InfluenceAssetConfig) -> tuple[pl.DataFrame, str]:
-    if config.pool == "refined":
-        version = config.refiner_version or latest_refiner_version(catalog)
-        keys = [k for k in store.list(f"refined/{version}/") if "/.parts/" not in k] if version else []
+def pool_frame(store: ObjectStore, spec: str) -> pl.DataFrame:
+    """doc_id, text of a pool: ``raw`` (every raw shard) or ``refined:<version>`` (the kept
+    documents of a refined corpus, refined text)."""
+    if spec.startswith("refined:"):
+        version = spec.split(":", 1)[1]
+        keys = [k for k in store.list(f"refined/{version}/") if "/.parts/" not in k]
         if not keys:
             raise dg.Failure("no refined corpus yet: materialize refined_corpus, or set pool: raw")
         frame = pl.concat([store.read_parquet(k).filter(pl.col("kept")).select("doc_id", "text") for k in keys])
-        spec = f"refined:{version}"
     else:
         frame = pl.concat([store.read_parquet(k).select("doc_id", "text") for k in store.list("raw/")])
+    return frame.unique("doc_id", keep="first").sort("doc_id")
+
+
+def load_pool(store: ObjectStore, catalog: Catalog, config: InfluenceAssetConfig) -> tuple[pl.DataFrame, str]:
+    if config.pool == "refined":
+        version = config.refiner_version or latest_refiner_version(catalog)
+        if not version:
+            raise dg.Failure("no refined corpus yet: materialize refined_corpus, or set pool: raw")
+        spec = f"refined:{version}"
+    else:
         spec = "raw"
-    frame = frame.unique("doc_id", keep="first").sort("doc_id")
+    frame = pool_frame(store, spec)
     if frame.height < 2:
         raise dg.Failure(f"the {spec} pool holds {frame.height} document(s): refine more shards or set pool: raw")
     if config.pool_size and config.pool_size < frame.height:

@@ -50,6 +50,11 @@ class EngineBackend(ABC):
     @abstractmethod
     def loglikelihood(self, contexts: Sequence[str], continuations: Sequence[str]) -> list[float]: ...
 
+    @abstractmethod
+    def complete(self, prompts: Sequence[str], max_new_tokens: int,
+                 progress: Progress | None = None) -> list[str]:
+        """Greedy continuation of raw text (no chat template): task prompts for base models."""
+
     tokenizer = None  # set by backends that run the model locally
 
     def truncate(self, text: str, max_tokens: int) -> str:
@@ -65,17 +70,22 @@ class TransformersBackend(EngineBackend):
     name = "transformers"
 
     def __init__(self, model_path: str, device: str, dtype, max_batch_size: int = 16,
-                 max_batch_tokens: int = 16384):
+                 max_batch_tokens: int = 16384, loaded: tuple | None = None):
+        """``loaded``: an in-memory (model, tokenizer) to serve instead of loading ``model_path``
+        (a checkpoint under evaluation)."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.torch = torch
         self.model_id = str(model_path)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        if loaded:
+            self.model, self.tokenizer = loaded[0].to(device).eval(), loaded[1]
+        else:
+            self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+            self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
         self.device = device
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
@@ -118,9 +128,15 @@ class TransformersBackend(EngineBackend):
         return ids.to(self.device), mask.to(self.device), positions.to(self.device)
 
     def generate(self, chats, max_new_tokens, temperature=0.0, seed=0, progress=None):
+        return self._generate([self.render(c) for c in chats], max_new_tokens, temperature, seed, progress)
+
+    def complete(self, prompts, max_new_tokens, progress=None):
+        return self._generate(list(prompts), max_new_tokens, 0.0, 0, progress)
+
+    def _generate(self, texts, max_new_tokens, temperature, seed, progress):
         torch = self.torch
         torch.manual_seed(seed)
-        encoded = self._encode([self.render(c) for c in chats], reserve=max_new_tokens)
+        encoded = self._encode(texts, reserve=max_new_tokens)
         out: list[str] = [""] * len(encoded)
         done = 0
         for batch in self._batches([len(e) for e in encoded], extra=max_new_tokens):
@@ -217,6 +233,13 @@ class VLLMBackend(EngineBackend):
             progress(len(chats), len(chats))
         return [o.outputs[0].text for o in outputs]
 
+    def complete(self, prompts, max_new_tokens, progress=None):
+        params = self.SamplingParams(max_tokens=max_new_tokens, temperature=0.0)
+        outputs = self.llm.generate(list(prompts), params, use_tqdm=False)
+        if progress:
+            progress(len(prompts), len(prompts))
+        return [o.outputs[0].text for o in outputs]
+
     def next_token_probs(self, chats, candidates, prefixes=None, progress=None):
         prefixes = prefixes or [""] * len(chats)
         ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in candidates]
@@ -278,6 +301,12 @@ class OpenAIBackend(EngineBackend):
                     "temperature": temperature, "seed": seed}
             return self._post("/chat/completions", body)["choices"][0]["message"]["content"] or ""
         return self._map(one, list(chats), progress)
+
+    def complete(self, prompts, max_new_tokens, progress=None):
+        def one(prompt):
+            body = {"model": self.model_id, "prompt": prompt, "max_tokens": max_new_tokens, "temperature": 0.0}
+            return self._post("/completions", body)["choices"][0]["text"] or ""
+        return self._map(one, list(prompts), progress)
 
     def next_token_probs(self, chats, candidates, prefixes=None, progress=None):
         prefixes = prefixes or [""] * len(chats)

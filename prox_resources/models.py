@@ -66,7 +66,7 @@ def fetch_model(store, prefix: str) -> Path:
     if store.is_local:
         return Path(store.path(prefix))
     target = prox_home() / "models" / "cache" / prefix
-    if not (target / "config.json").exists():
+    if not any((target / name).exists() for name in ("config.json", "adapter_config.json")):
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
         for key in store.list(prefix + "/"):
@@ -78,3 +78,14 @@ def fetch_model(store, prefix: str) -> Path:
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def upload_model(store, local: Path, prefix: str, manifest: dict) -> None:
+    """Every file of a saved model to ``prefix``, then ``manifest.json`` last: a model whose
+    manifest exists is complete."""
+    import json
+
+    for f in sorted(local.iterdir()):
+        if f.is_file():
+            store.put_file(str(f), f"{prefix}/{f.name}")
+    store.write_bytes(f"{prefix}/manifest.json", json.dumps(manifest, indent=2).encode())

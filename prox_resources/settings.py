@@ -3,6 +3,7 @@
 PROX_HOME     local working folder (default ./.prox): catalog, Dagster instance, caches, samples
 PROX_STORE    object-store root (default $PROX_HOME/store); a local path or s3://bucket/prefix
 PROX_CATALOG  DuckDB catalog file (default $PROX_HOME/catalog.duckdb)
+PROX_DOWNLOADS  source packages unpacked by deploy/setup.sh (default $PROX_HOME/downloads)
 S3 endpoint and credentials come from the standard AWS variables (AWS_ENDPOINT_URL,
 AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), never from a file of this project.
 """
@@ -17,6 +18,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 def prox_home() -> Path:
     return Path(os.environ.get("PROX_HOME", ".prox")).expanduser().absolute()
+
+
+def downloads_dir() -> Path:
+    return Path(os.environ.get("PROX_DOWNLOADS") or prox_home() / "downloads").expanduser().absolute()
 
 
 def store_url() -> str:

@@ -23,6 +23,8 @@ def prox_env(tmp_path, monkeypatch) -> Path:
     from prox_resources.settings import configure_environment
 
     home = tmp_path / "prox"
+    repo_home = Path(os.environ.get("PROX_HOME", Path(__file__).resolve().parent.parent / ".prox"))
+    monkeypatch.setenv("PROX_DOWNLOADS", os.environ.get("PROX_DOWNLOADS") or str(repo_home / "downloads"))
     monkeypatch.setenv("PROX_HOME", str(home))
     for var in ("PROX_STORE", "PROX_CATALOG", "AWS_ENDPOINT_URL", "DAGSTER_HOME"):
         monkeypatch.delenv(var, raising=False)

@@ -67,6 +67,24 @@ def per_example_loss(model, batch: TokenBatch) -> torch.Tensor:
     return nll.sum(1) / counts
 
 
+def representation_similarity(model, tokenizer, pool_texts: Sequence[str], target_texts: Sequence[str],
+                              max_len: int = 128, batch_size: int = 8) -> torch.Tensor:
+    """(n_pool,) mean cosine similarity between each pool text and the target texts in the
+    model's mean-pooled last hidden states: the RDS-style embedding baseline."""
+    def pooled(texts):
+        out = []
+        for i in range(0, len(texts), batch_size):
+            batch = make_batch(tokenizer, list(texts[i : i + batch_size]), None, max_len)
+            with torch.no_grad():
+                h = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                          output_hidden_states=True).hidden_states[-1]
+            m = batch.attention_mask[..., None].float()
+            out.append(torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=1))
+        return torch.cat(out)
+
+    return (pooled(pool_texts) @ pooled(target_texts).T).mean(1)
+
+
 # --- per-example gradients ------------------------------------------------------------------------
 def selected_linears(model, param_filter: str = DEFAULT_PARAMS) -> dict[str, torch.nn.Linear]:
     out = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and param_filter in name}

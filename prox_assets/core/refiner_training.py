@@ -111,21 +111,49 @@ def train_refiner(
     if not encoded:
         raise ValueError(f"no training example fits max_seq_len={config.max_seq_len}")
 
-    if config.method == "lora":
-        from peft import LoraConfig, get_peft_model
+    model = attach_adapters(model, config)
+    report = run_training(model, encoded, config, pad_id(tokenizer), device, progress, report)
 
-        n_layers = model.config.num_hidden_layers
-        layers = None if config.lora_layers is None else list(range(max(0, n_layers - config.lora_layers), n_layers))
-        model = get_peft_model(model, LoraConfig(
-            r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
-            target_modules=list(config.target_modules), layers_to_transform=layers, task_type="CAUSAL_LM",
-        ))
+    if config.method == "lora":
+        model = model.merge_and_unload()
+    model.eval()
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    report.seconds = round(time.monotonic() - started, 1)
+    return report
+
+
+def pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def attach_adapters(model, config: TrainConfig):
+    """LoRA adapters on the top ``lora_layers`` blocks (``method='lora'``), or the model as is."""
+    if config.method != "lora":
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    n_layers = model.config.num_hidden_layers
+    layers = None if config.lora_layers is None else list(range(max(0, n_layers - config.lora_layers), n_layers))
+    return get_peft_model(model, LoraConfig(
+        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
+        target_modules=list(config.target_modules), layers_to_transform=layers, task_type="CAUSAL_LM",
+    ))
+
+
+def run_training(model, encoded: Sequence[tuple[list[int], list[int]]], config: TrainConfig, pad: int,
+                 device: str = "cpu", progress: Callable[[int, int, float], None] | None = None,
+                 report: TrainReport | None = None) -> TrainReport:
+    """AdamW over (input_ids, labels) pairs, shuffled and cycled until ``max_steps`` (or
+    ``epochs``); right-padded batches; gradient clipping at 1. Seeded by the caller."""
+    import torch
+
+    report = report or TrainReport()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-
     steps_per_epoch = math.ceil(len(encoded) / config.batch_size)
     total = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     order: list[int] = []
     model.train()
     for step in range(total):
@@ -156,12 +184,5 @@ def train_refiner(
         report.losses.append(round(loss.item(), 4))
         if progress:
             progress(step + 1, total, report.losses[-1])
-
-    if config.method == "lora":
-        model = model.merge_and_unload()
     model.eval()
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    report.seconds = round(time.monotonic() - started, 1)
     return report

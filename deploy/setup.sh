@@ -23,6 +23,17 @@ if [[ ! -d /usr/share/doc/python3.11/html ]]; then
   apt_update
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3.11-doc >/dev/null
 fi
+# Test-only servers and browser: PostgreSQL (the deployment test) and Chromium (the web UI test).
+if [[ $DEV == 1 ]]; then
+  missing=()
+  command -v chromium >/dev/null || missing+=(chromium)
+  ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
+  if (( ${#missing[@]} )); then
+    log "installing ${missing[*]}"
+    apt_update
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+fi
 # Jane Austen's novels: only the data files of r-cran-janeaustenr, unpacked without installing R.
 AUSTEN="$DOWNLOADS/janeaustenr/usr/lib/R/site-library/janeaustenr/data/Rdata.rdx"
 if [[ ! -f "$AUSTEN" ]]; then

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
 import urllib.request
 
 LAUNCH = """
@@ -42,8 +43,15 @@ def graphql(url: str, query: str, variables: dict, timeout: float = 60.0) -> dic
         data=json.dumps({"query": query, "variables": variables}).encode(),
         headers={"Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        body = json.loads(response.read())
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            body = json.loads(response.read())
+    except urllib.error.HTTPError as exc:  # GraphQL errors come back as a 4xx/5xx with a JSON body
+        detail = exc.read().decode(errors="replace")
+        try:
+            body = json.loads(detail)
+        except ValueError:
+            raise BackfillError(f"{url}: HTTP {exc.code}: {detail[:500]}") from exc
     if body.get("errors"):
         raise BackfillError(body["errors"][0].get("message", str(body["errors"])))
     return body["data"]

@@ -60,7 +60,18 @@ def build_resources() -> dict:
     }
 
 
-defs = dg.Definitions(assets=ASSETS, sensors=SENSORS, jobs=JOBS, resources=build_resources())
+def build_executor():
+    """PROX_EXECUTOR=k8s: every step in its own Kubernetes pod (dagster-k8s, the ``deploy``
+    extra); GPU steps carry their GPU request in ``GPU_OP_TAGS``. Default: Dagster's own."""
+    if os.environ.get("PROX_EXECUTOR") == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    return None
+
+
+defs = dg.Definitions(assets=ASSETS, sensors=SENSORS, jobs=JOBS, resources=build_resources(),
+                      executor=build_executor())
 
 
 def resolved_job(name: str) -> dg.JobDefinition:

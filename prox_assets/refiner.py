@@ -26,7 +26,7 @@ from prox_assets.metadata import lineage, md_table
 from prox_assets.partitions import level_partitions, refiner_pair_key, refiner_version_partitions
 from prox_assets.synthesis import sft_prefix, sft_programs
 from prox_resources.catalog import Catalog
-from prox_resources.device import GPU_POOL, DeviceSettings
+from prox_resources.device import GPU_OP_TAGS, GPU_POOL, DeviceSettings
 from prox_resources.engine import ModelEngine
 from prox_resources.models import DEFAULT_MODEL, fetch_model, resolve_model, upload_model
 from prox_resources.settings import downloads_dir, prox_home
@@ -123,6 +123,7 @@ def _real_pairs_eval(backend, tokenizer, config: RefinerConfig, window_tokens: i
     kinds={"pytorch", "safetensors"},
     owners=["team:data-platform"],
     pool=GPU_POOL,
+    op_tags=GPU_OP_TAGS,
     code_version="refiner-v1",
     check_specs=[dg.AssetCheckSpec(
         "beats_base_model", asset="refiner",

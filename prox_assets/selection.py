@@ -31,7 +31,7 @@ from prox_assets.metadata import histogram, md_table, with_lineage
 from prox_assets.partitions import target_partitions
 from prox_assets.refine import latest_refiner_version, refined_corpus
 from prox_resources.catalog import Catalog
-from prox_resources.device import GPU_POOL
+from prox_resources.device import GPU_OP_TAGS, GPU_POOL
 from prox_resources.models import DEFAULT_MODEL, resolve_model
 from prox_resources.store import ObjectStore
 
@@ -122,6 +122,7 @@ def _cached_warmup(store: ObjectStore, model, tokenizer, texts, doc_ids, config:
     kinds={"pytorch", "parquet"},
     owners=["team:data-platform"],
     pool=GPU_POOL,
+    op_tags=GPU_OP_TAGS,
     code_version="influence-v1",
     description=(
         "Influence of every pool document on the target's examples (Influence Distillation): "

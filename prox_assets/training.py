@@ -30,7 +30,7 @@ from prox_assets.partitions import VARIANTS, checkpoint_partitions, target_parti
 from prox_assets.refine import latest_refiner_version, refined_corpus
 from prox_assets.selection import pool_frame, selected_subset, target_prefix
 from prox_resources.catalog import Catalog
-from prox_resources.device import GPU_POOL, DeviceSettings
+from prox_resources.device import GPU_OP_TAGS, GPU_POOL, DeviceSettings
 from prox_resources.engine import TransformersBackend
 from prox_resources.models import DEFAULT_MODEL, fetch_model, resolve_model, upload_model
 from prox_resources.settings import downloads_dir, prox_home
@@ -163,6 +163,7 @@ def _heldout_prose(store: ObjectStore, n: int) -> list[str]:
     kinds={"pytorch", "safetensors"},
     owners=["team:data-platform"],
     pool=GPU_POOL,
+    op_tags=GPU_OP_TAGS,
     code_version="checkpoint-v1",
     description=(
         "The base model trained, with the same token budget, hyperparameters and seeds, on one "

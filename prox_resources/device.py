@@ -12,6 +12,18 @@ import dagster as dg
 
 GPU_POOL = "gpu"
 
+# Under the Kubernetes executor (PROX_EXECUTOR=k8s) each GPU step runs in its own pod that asks
+# for one GPU on a node labelled by NVIDIA's GPU feature discovery; other executors ignore it.
+GPU_OP_TAGS = {
+    "dagster-k8s/config": {
+        "container_config": {"resources": {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}},
+        "pod_spec_config": {
+            "node_selector": {"nvidia.com/gpu.present": "true"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        },
+    }
+}
+
 
 class DeviceSettings(dg.ConfigurableResource):
     device: str = "auto"  # auto | cpu | cuda | cuda:N

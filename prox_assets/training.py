@@ -49,7 +49,7 @@ class CheckpointConfig(dg.Config):
     max_steps: int = 8
     batch_size: int = 4
     seq_len: int = 128
-    lr: float = 3e-4
+    lr: float = 1e-3  # LoRA with a budget of a few steps: the high end of the usual range
     method: Literal["lora", "full"] = "lora"
     lora_r: int = 8
     lora_layers: int = 4  # adapters on the top N blocks; 0 = every block

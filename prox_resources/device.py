@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Literal
 
 import dagster as dg
@@ -13,16 +15,23 @@ import dagster as dg
 GPU_POOL = "gpu"
 
 # Under the Kubernetes executor (PROX_EXECUTOR=k8s) each GPU step runs in its own pod that asks
-# for one GPU on a node labelled by NVIDIA's GPU feature discovery; other executors ignore it.
-GPU_OP_TAGS = {
-    "dagster-k8s/config": {
-        "container_config": {"resources": {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}},
-        "pod_spec_config": {
-            "node_selector": {"nvidia.com/gpu.present": "true"},
-            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-        },
-    }
+# for one GPU on a GPU node; other executors ignore the tag. PROX_GPU_K8S_CONFIG (JSON, set in
+# the Helm values) replaces the default, e.g. for other node labels or several GPUs.
+DEFAULT_GPU_K8S_CONFIG = {
+    "container_config": {"resources": {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}},
+    "pod_spec_config": {
+        "node_selector": {"nvidia.com/gpu.present": "true"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    },
 }
+
+
+def gpu_op_tags() -> dict:
+    raw = os.environ.get("PROX_GPU_K8S_CONFIG")
+    return {"dagster-k8s/config": json.loads(raw) if raw else DEFAULT_GPU_K8S_CONFIG}
+
+
+GPU_OP_TAGS = gpu_op_tags()
 
 
 class DeviceSettings(dg.ConfigurableResource):

@@ -17,7 +17,15 @@ import pytest
 from prox_assets.backfill import launch_backfill, wait_for_backfill
 from prox_resources.settings import REPO_ROOT
 from tests.conftest import _free_port
-from tests.servers import BIN, Server, as_postgres_user, chown_postgres, postgres_bin, wait_http, wait_until
+from tests.servers import (
+    BIN,
+    Server,
+    as_postgres_user,
+    chown_postgres,
+    postgres_bin,
+    wait_http,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -61,6 +61,9 @@ def test_packing_repeats_by_weight_and_respects_the_window(tiny_llama_dir):
     assert all(len(w) <= 32 for w in once) and stream(once) <= n0 + n1
     assert stream(twice) > stream(once) and stream(twice) <= 2 * n0 + n1
     assert pack_documents(tok, ["hi"], 32) == []  # shorter than a useful window
+    budget = pack_documents(tok, texts, 32, n_windows=10, seed=1)  # a fixed budget: repeated to fill
+    assert len(budget) == 10 and all(len(w) == 32 for w in budget)
+    assert pack_documents(tok, [""], 32, n_windows=2) == []  # nothing to repeat
 
 
 def test_version_depends_on_documents_text_and_seed():
@@ -174,7 +177,7 @@ def test_every_variant_trains_evaluates_reports_and_audits(pipeline):  # noqa: F
     ckpts = catalog.query("SELECT variant, seed, version, n_docs, train_tokens, path FROM checkpoints")
     assert set(ckpts["variant"]) == set(metas) - {"base"}
     per_variant = dict(ckpts.group_by("variant").agg(pl.col("train_tokens").max()).rows())
-    assert len(set(per_variant.values())) == 1  # the same token budget for every variant
+    assert set(per_variant.values()) == {2 * 2 * 32}  # exactly the same token budget for every variant
     sizes = dict(ckpts.group_by("variant").agg(pl.col("n_docs").max()).rows())
     assert sizes["influence"] == sizes["random"] == sizes["embedding"] == 5 and sizes["full"] == 20
     assert ckpts.filter(pl.col("variant") == "random")["version"].n_unique() == 2  # one per seed

@@ -1,8 +1,8 @@
 """Continued pre-training of a base model on a set of documents, under a fixed token budget.
 
 Every variant of a comparison (selected subset, random subset, whole pool, raw or refined text)
-trains the same model for the same number of steps on windows of the same length, so each sees
-the same number of tokens; a small set is repeated, a large one is sampled. Documents are joined
+trains the same model for the same number of steps on full windows of the same length, so each
+sees exactly the same number of tokens; a small set is repeated, a large one is cut short. Documents are joined
 with the end-of-text token and cut into ``max_seq_len`` windows (standard packing); a document's
 weight is how many times it is repeated in the stream (weights come from the selection).
 
@@ -19,7 +19,13 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from prox_assets.core.refiner_training import TrainConfig, TrainReport, attach_adapters, pad_id, run_training
+from prox_assets.core.refiner_training import (
+    TrainConfig,
+    TrainReport,
+    attach_adapters,
+    pad_id,
+    run_training,
+)
 
 MIN_WINDOW_TOKENS = 16  # a shorter tail window is dropped: mostly padding, little signal
 
@@ -44,17 +50,28 @@ def repeat_counts(weights: Sequence[float]) -> list[int]:
 
 
 def pack_documents(tokenizer, texts: Sequence[str], seq_len: int, weights: Sequence[float] | None = None,
-                   seed: int = 0) -> list[list[int]]:
+                   seed: int = 0, n_windows: int | None = None) -> list[list[int]]:
     """Token windows of ``seq_len`` from the documents (shuffled by ``seed``, repeated by
-    weight) joined by the end-of-text token."""
+    weight) joined by the end-of-text token. With ``n_windows``, exactly that many full windows:
+    the documents are passed over again (reshuffled) until the budget is filled, so every
+    variant of a comparison trains on the same number of tokens."""
     counts = repeat_counts(weights) if weights is not None else [1] * len(texts)
-    order = [i for i, c in enumerate(counts) for _ in range(c)]
-    random.Random(seed).shuffle(order)
     ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
-    eos = tokenizer.eos_token_id
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    rng = random.Random(seed)
     stream: list[int] = []
-    for i in order:
-        stream += ids[i] + ([eos] if eos is not None else [])
+    while True:
+        order = [i for i, c in enumerate(counts) for _ in range(c) if ids[i]]  # an empty text adds nothing
+        rng.shuffle(order)
+        before = len(stream)
+        for i in order:
+            stream += ids[i] + eos
+        if n_windows is None or len(stream) >= n_windows * seq_len or len(stream) == before:
+            break
+    if n_windows is not None:
+        if len(stream) < n_windows * seq_len:
+            return []
+        return [stream[k * seq_len : (k + 1) * seq_len] for k in range(n_windows)]
     windows = [stream[s : s + seq_len] for s in range(0, len(stream), seq_len)]
     return [w for w in windows if len(w) >= MIN_WINDOW_TOKENS]
 
@@ -73,9 +90,10 @@ def train_lm(model_dir: str | Path, texts: Sequence[str], config: TrainConfig, o
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    windows = pack_documents(tokenizer, texts, config.max_seq_len, weights, config.seed)
+    windows = pack_documents(tokenizer, texts, config.max_seq_len, weights, config.seed,
+                             n_windows=config.max_steps * config.batch_size)
     if not windows:
-        raise ValueError(f"the {len(texts)} training documents hold fewer than {MIN_WINDOW_TOKENS} tokens")
+        raise ValueError(f"the {len(texts)} training documents hold no token")
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
     model = attach_adapters(model, config)
     report = run_training(model, [(w, w) for w in windows], config, pad_id(tokenizer), device, progress)

@@ -90,7 +90,7 @@ def seaweedfs(tmp_path_factory):
            f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
            f"-filer.port={ports['filer']}", f"-s3.port={ports['s3']}",
            f"-s3.config={root / 's3.json'}", "-s3.port.lance=0", "-s3.port.iceberg=0",
-           "-master.volumeSizeLimitMB=64"]
+           "-master.volumeSizeLimitMB=64", "-volume.max=128"]  # every bucket takes several volumes
     log = open(root / "weed.log", "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     endpoint = f"http://127.0.0.1:{ports['s3']}"

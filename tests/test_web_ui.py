@@ -66,34 +66,40 @@ def test_materialize_one_partition_from_the_ui(sample_files, tmp_path):
             # a fresh browser is greeted by a newsletter modal, whenever it pleases: skip it whenever it shows
             page.add_locator_handler(page.get_by_role("button", name="Skip"), lambda skip: skip.click())
 
-            page.goto(f"{url}/asset-groups")  # the asset graph, one box per pipeline stage
-            page.wait_for_load_state("networkidle")
-            for group in GROUPS:
-                expect(page.get_by_text(group, exact=True).first).to_be_visible()
-            page.screenshot(path=shots / "01-asset-graph.png")
+            try:
+                page.goto(f"{url}/asset-groups")  # the asset graph, one box per pipeline stage
+                page.wait_for_load_state("networkidle")
+                for group in GROUPS:
+                    expect(page.get_by_text(group, exact=True).first).to_be_visible()
+                page.screenshot(path=shots / "01-asset-graph.png")
 
-            page.goto(f"{url}/assets/raw_corpus")
-            expect(page.get_by_text("data-platform").first).to_be_visible()  # owner
-            expect(page.get_by_text("One raw input file").first).to_be_visible()  # description
-            page.screenshot(path=shots / "02-raw-corpus.png")
+                page.goto(f"{url}/assets/raw_corpus")
+                expect(page.get_by_text("data-platform").first).to_be_visible()  # owner
+                expect(page.get_by_text("One raw input file").first).to_be_visible()  # description
+                page.screenshot(path=shots / "02-raw-corpus.png")
 
-            page.get_by_role("button", name="Materialize…").click()
-            page.get_by_text("Select a partition or create one").click()
-            page.locator("span").filter(has_text=re.compile(r"^news-00$")).first.click()
-            page.get_by_text("Launch runs to materialize raw_corpus").click()  # closes the dropdown
-            page.screenshot(path=shots / "03-launch-dialog.png")
-            page.get_by_role("button", name="Launch 1 run").click()
+                page.get_by_role("button", name="Materialize…").click()
+                page.get_by_text("Select a partition or create one").click()
+                page.locator("span").filter(has_text=re.compile(r"^news-00$")).first.click()
+                page.get_by_text("Launch runs to materialize raw_corpus").click()  # closes the dropdown
+                page.screenshot(path=shots / "03-launch-dialog.png")
+                page.get_by_role("button", name="Launch 1 run").click()
+                # the dialog closes once the launch mutation has answered; leaving earlier cancels it
+                expect(page.get_by_text("Launch runs to materialize raw_corpus")).to_be_hidden()
 
-            page.goto(f"{url}/runs")
-            expect(page.get_by_text("Success").first).to_be_visible(timeout=180_000)
-            page.screenshot(path=shots / "04-run-succeeded.png")
+                page.goto(f"{url}/runs")
+                expect(page.get_by_text("Success").first).to_be_visible(timeout=180_000)
+                page.screenshot(path=shots / "04-run-succeeded.png")
 
-            page.goto(f"{url}/assets/raw_corpus?partition=news-00")
-            row = page.locator("tr").filter(has_text="n_ingested").first
-            expect(row).to_be_visible()
-            n_ingested = int(row.locator("td").last.inner_text().strip())
-            expect(page.locator("tr").filter(has_text="quarantine_reasons").first).to_be_visible()
-            page.screenshot(path=shots / "05-metadata.png", full_page=True)
+                page.goto(f"{url}/assets/raw_corpus?partition=news-00")
+                row = page.locator("tr").filter(has_text="n_ingested").first
+                expect(row).to_be_visible()
+                n_ingested = int(row.locator("td").last.inner_text().strip())
+                expect(page.locator("tr").filter(has_text="quarantine_reasons").first).to_be_visible()
+                page.screenshot(path=shots / "05-metadata.png", full_page=True)
+            except Exception:
+                page.screenshot(path=shots / "failure.png", full_page=True)  # what the browser showed
+                raise
             browser.close()
     finally:
         ui.stop()

@@ -320,8 +320,12 @@ def plot_report(summary: pl.DataFrame, evals: pl.DataFrame, title: str) -> bytes
 
     metrics = [m for m in METRICS if m in set(summary["metric"])]
     variants = [v for v in VARIANTS if v in set(summary["variant"])]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
+    ncols = min(2, len(metrics))  # two panels a row: fits the UI's metadata dialog
+    nrows = -(-len(metrics) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.4 * nrows), squeeze=False)
+    for ax in axes.flat[len(metrics):]:
+        ax.set_visible(False)
+    for ax, metric in zip(axes.flat, metrics):
         rows = {r["variant"]: r for r in summary.filter(pl.col("metric") == metric).iter_rows(named=True)}
         xs = [v for v in variants if v in rows]
         ax.bar(range(len(xs)), [rows[v]["mean"] for v in xs], yerr=[rows[v]["std"] for v in xs],

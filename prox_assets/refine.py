@@ -24,7 +24,7 @@ from prox_assets.metadata import histogram, md_table, with_lineage
 from prox_assets.partitions import refined_partitions, shard_partitions
 from prox_assets.refiner import refiner, refiner_prefix
 from prox_resources.catalog import Catalog
-from prox_resources.device import GPU_OP_TAGS, GPU_POOL, DeviceSettings
+from prox_resources.device import GPU_STEP, DeviceSettings
 from prox_resources.engine import ModelEngine
 from prox_resources.models import fetch_model
 from prox_resources.store import ObjectStore
@@ -45,6 +45,11 @@ def refined_key(version: str, shard: str) -> str:
 
 def _parts_prefix(version: str, shard: str) -> str:
     return f"refined/{version}/.parts/{shard}"
+
+
+def refined_shard_keys(store: ObjectStore, version: str) -> list[str]:
+    """The finished shard files of a refiner version (not the part files of unfinished runs)."""
+    return [k for k in store.list(f"refined/{version}/") if "/.parts/" not in k]
 
 
 def latest_refiner_version(catalog: Catalog) -> str | None:
@@ -118,8 +123,7 @@ def refine_batch(doc_backend, chunk_backend, batch: pl.DataFrame, shard: str, ve
     group_name="refine",
     kinds={"pytorch", "parquet"},
     owners=["team:data-platform"],
-    pool=GPU_POOL,
-    op_tags=GPU_OP_TAGS,
+    **GPU_STEP,
     code_version="refine-v1",
     description=(
         "A raw shard refined by one refiner version (a document refiner and a chunk refiner): "

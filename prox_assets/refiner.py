@@ -9,9 +9,6 @@ chunk refiners as a ``refiner_version`` partition key for the refined corpus.
 
 import json
 import random
-import tempfile
-import time
-from pathlib import Path
 from typing import Literal
 
 import dagster as dg
@@ -26,10 +23,10 @@ from prox_assets.metadata import lineage, md_table
 from prox_assets.partitions import level_partitions, refiner_pair_key, refiner_version_partitions
 from prox_assets.synthesis import sft_prefix, sft_programs
 from prox_resources.catalog import Catalog
-from prox_resources.device import GPU_OP_TAGS, GPU_POOL, DeviceSettings
+from prox_resources.device import GPU_STEP, DeviceSettings
 from prox_resources.engine import ModelEngine
-from prox_resources.models import DEFAULT_MODEL, fetch_model, resolve_model, upload_model
-from prox_resources.settings import downloads_dir, prox_home
+from prox_resources.models import DEFAULT_MODEL, fetch_model, resolve_model, train_into_store
+from prox_resources.settings import downloads_dir
 from prox_resources.store import ObjectStore
 
 # What the paper reports for its 0.35B refiners (validation), shown next to ours.
@@ -122,8 +119,7 @@ def _real_pairs_eval(backend, tokenizer, config: RefinerConfig, window_tokens: i
     group_name="refiner",
     kinds={"pytorch", "safetensors"},
     owners=["team:data-platform"],
-    pool=GPU_POOL,
-    op_tags=GPU_OP_TAGS,
+    **GPU_STEP,
     code_version="refiner-v1",
     check_specs=[dg.AssetCheckSpec(
         "beats_base_model", asset="refiner",
@@ -151,26 +147,17 @@ def refiner(
     tags = lineage(context)
     base_path = resolve_model(config.base_model)
 
-    if store.exists(f"{prefix}/manifest.json"):
-        report = json.loads(store.read_bytes(f"{prefix}/manifest.json"))["train_report"]
-        context.log.info(f"refiner {level}/{version} already trained: reusing it")
-    else:
+    def train_it(folder, progress):
         context.log.info(f"training {level} refiner {version} on {train.height} examples (SFT {sft_version})")
         examples = [(load_chat(m), t) for m, t in zip(train["messages"], train["target"])]
-        started = time.monotonic()
+        return train_refiner(base_path, examples, train_config, folder, device=device.resolve_device(),
+                             progress=progress).to_dict()
 
-        def progress(step, total, loss):
-            if step == 1 or step % 5 == 0 or step == total:
-                context.log.info(f"step {step}/{total} loss {loss:.3f} ({time.monotonic() - started:.0f}s)")
-
-        with tempfile.TemporaryDirectory(dir=prox_home()) as tmp:
-            result = train_refiner(base_path, examples, train_config, tmp,
-                                   device=device.resolve_device(), progress=progress)
-            report = result.to_dict()
-            upload_model(store, Path(tmp), prefix, {
-                "level": level, "version": version, "base_model": config.base_model,
-                "sft_version": sft_version, "train_config": train_config.to_dict(), "train_report": report,
-            })
+    report, reused = train_into_store(store, prefix, {
+        "level": level, "version": version, "base_model": config.base_model, "sft_version": sft_version,
+        "train_config": train_config.to_dict()}, train_it, context.log.info)
+    if reused:
+        context.log.info(f"refiner {level}/{version} already trained: reusing it")
     catalog.replace_rows("refiner_versions", {"level": level, "version": version}, pl.DataFrame([{
         "level": level, "version": version, "base_model": config.base_model, "sft_version": sft_version,
         "train_config": json.dumps(train_config.to_dict()), "train_report": json.dumps(report),

@@ -16,7 +16,7 @@ from prox_assets.ingest import raw_corpus, raw_key
 from prox_assets.metadata import md_table, with_lineage
 from prox_assets.partitions import shard_partitions
 from prox_resources.catalog import Catalog
-from prox_resources.device import GPU_OP_TAGS, GPU_POOL, DeviceSettings
+from prox_resources.device import GPU_STEP, DeviceSettings
 from prox_resources.engine import ModelEngine
 from prox_resources.store import ObjectStore
 
@@ -46,8 +46,7 @@ def _score_table(frame: pl.DataFrame) -> dg.MetadataValue:
     group_name="synthesis",
     kinds={"pytorch", "parquet"},
     owners=["team:data-platform"],
-    pool=GPU_POOL,
-    op_tags=GPU_OP_TAGS,
+    **GPU_STEP,
     code_version=SCORE_PROMPT_VERSION,
     description=(
         "A seeded sample of the shard's documents scored 0-5 with two rubrics (educational value, "

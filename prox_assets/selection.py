@@ -29,9 +29,9 @@ from prox_assets.core.scoring import seed_sample
 from prox_assets.ingest import raw_corpus
 from prox_assets.metadata import histogram, md_table, with_lineage
 from prox_assets.partitions import target_partitions
-from prox_assets.refine import latest_refiner_version, refined_corpus
+from prox_assets.refine import latest_refiner_version, refined_corpus, refined_shard_keys
 from prox_resources.catalog import Catalog
-from prox_resources.device import GPU_OP_TAGS, GPU_POOL
+from prox_resources.device import GPU_STEP
 from prox_resources.models import DEFAULT_MODEL, resolve_model
 from prox_resources.store import ObjectStore
 
@@ -69,7 +69,7 @@ def pool_frame(store: ObjectStore, spec: str) -> pl.DataFrame:
     documents of a refined corpus, refined text)."""
     if spec.startswith("refined:"):
         version = spec.split(":", 1)[1]
-        keys = [k for k in store.list(f"refined/{version}/") if "/.parts/" not in k]
+        keys = refined_shard_keys(store, version)
         if not keys:
             raise dg.Failure("no refined corpus yet: materialize refined_corpus, or set pool: raw")
         frame = pl.concat([store.read_parquet(k).filter(pl.col("kept")).select("doc_id", "text") for k in keys])
@@ -121,8 +121,7 @@ def _cached_warmup(store: ObjectStore, model, tokenizer, texts, doc_ids, config:
     group_name="selection",
     kinds={"pytorch", "parquet"},
     owners=["team:data-platform"],
-    pool=GPU_POOL,
-    op_tags=GPU_OP_TAGS,
+    **GPU_STEP,
     code_version="influence-v1",
     description=(
         "Influence of every pool document on the target's examples (Influence Distillation): "

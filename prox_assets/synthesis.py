@@ -31,7 +31,7 @@ from prox_assets.metadata import counts_table, lineage, md_table, with_lineage
 from prox_assets.partitions import level_partitions
 from prox_assets.scoring import seed_scores
 from prox_resources.catalog import Catalog
-from prox_resources.device import GPU_OP_TAGS, GPU_POOL, DeviceSettings
+from prox_resources.device import GPU_STEP, DeviceSettings
 from prox_resources.engine import ModelEngine
 from prox_resources.models import DEFAULT_MODEL, resolve_model
 from prox_resources.store import ObjectStore
@@ -104,8 +104,7 @@ def _chunk_examples(store, config: SFTConfig, tokenizer, engine: ModelEngine, de
     group_name="synthesis",
     kinds={"parquet"},
     owners=["team:data-platform"],
-    pool=GPU_POOL,
-    op_tags=GPU_OP_TAGS,
+    **GPU_STEP,
     code_version="sft-v1",
     check_specs=[
         dg.AssetCheckSpec("targets_parse", asset="sft_programs",

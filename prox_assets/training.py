@@ -10,7 +10,6 @@ target reuses them and only evaluates.
 import base64
 import io
 import json
-import tempfile
 import time
 from pathlib import Path
 from typing import Literal
@@ -27,13 +26,13 @@ from prox_assets.core.training import checkpoint_version, load_checkpoint, train
 from prox_assets.ingest import raw_corpus, raw_key
 from prox_assets.metadata import lineage, md_table
 from prox_assets.partitions import VARIANTS, checkpoint_partitions, target_partitions
-from prox_assets.refine import latest_refiner_version, refined_corpus
+from prox_assets.refine import latest_refiner_version, refined_corpus, refined_shard_keys
 from prox_assets.selection import pool_frame, selected_subset, target_prefix
 from prox_resources.catalog import Catalog
-from prox_resources.device import GPU_OP_TAGS, GPU_POOL, DeviceSettings
+from prox_resources.device import GPU_STEP, DeviceSettings
 from prox_resources.engine import TransformersBackend
-from prox_resources.models import DEFAULT_MODEL, fetch_model, resolve_model, upload_model
-from prox_resources.settings import downloads_dir, prox_home
+from prox_resources.models import DEFAULT_MODEL, fetch_model, resolve_model, train_into_store
+from prox_resources.settings import downloads_dir
 from prox_resources.store import ObjectStore
 
 PROSE_KEY = "eval/heldout_prose.parquet"
@@ -92,9 +91,9 @@ def _selection(store: ObjectStore, catalog: Catalog, target: str) -> tuple[pl.Da
     return chosen, pool, f"selection:{target}/{version} of {spec}"
 
 
-def _refinement_docs(store: ObjectStore, catalog: Catalog, version: str) -> pl.DataFrame:
+def _refinement_docs(store: ObjectStore, version: str) -> pl.DataFrame:
     """doc_id, raw text, refined text, kept: every document a refiner version processed."""
-    keys = [k for k in store.list(f"refined/{version}/") if "/.parts/" not in k]
+    keys = refined_shard_keys(store, version)
     if not keys:
         raise dg.Failure(f"no refined corpus for refiner version {version}: materialize refined_corpus")
     refined = pl.concat([store.read_parquet(k).select("doc_id", "shard", "text", "kept") for k in keys])
@@ -128,7 +127,7 @@ def variant_documents(store: ObjectStore, catalog: Catalog, target: str, variant
     version = config.refiner_version or latest_refiner_version(catalog)
     if not version:
         raise dg.Failure("no refiner version yet: materialize refiner and refined_corpus")
-    frame = _refinement_docs(store, catalog, version)
+    frame = _refinement_docs(store, version)
     notes["documents_refined"] = frame.height
     if variant == "refined":
         docs = frame.filter(pl.col("kept")).select("doc_id", "text")
@@ -162,8 +161,7 @@ def _heldout_prose(store: ObjectStore, n: int) -> list[str]:
     group_name="training",
     kinds={"pytorch", "safetensors"},
     owners=["team:data-platform"],
-    pool=GPU_POOL,
-    op_tags=GPU_OP_TAGS,
+    **GPU_STEP,
     code_version="checkpoint-v1",
     description=(
         "The base model trained, with the same token budget, hyperparameters and seeds, on one "
@@ -206,28 +204,35 @@ def trained_checkpoint(context: dg.AssetExecutionContext, config: CheckpointConf
     seeds = [config.seeds[0]] if variant == "base" else config.seeds  # the base model has no seed
     notes: dict = {}
     means: dict[str, list[float]] = {}
+    # Only a random draw depends on the seed; other variants' documents are read (and scored or
+    # filtered) once for all seeds.
+    shared = None if variant in ("base", "random") else variant_documents(
+        store, catalog, target, variant, seeds[0], config, embedding_scores)
     for seed in seeds:
         if variant == "base":
             version, docs, spec, text_kind, report, prefix = "base", None, config.base_model, "none", {}, None
             metrics = run_eval(None)
         else:
-            docs, text_kind, spec, notes = variant_documents(store, catalog, target, variant, seed, config,
-                                                             embedding_scores)
+            docs, text_kind, spec, notes = shared or variant_documents(
+                store, catalog, target, variant, seed, config, embedding_scores)
             if docs.height == 0:
                 raise dg.Failure(f"{variant}: no document to train on ({json.dumps(notes)})")
             train_config = config.train_config(seed)
             version = checkpoint_version(config.base_model, list(zip(docs["doc_id"], docs["weight"])), text_kind,
                                          train_config)
             prefix = _existing_checkpoint(store, catalog, version) or checkpoint_prefix(target, variant, version)
-            if store.exists(f"{prefix}/manifest.json"):
-                report = json.loads(store.read_bytes(f"{prefix}/manifest.json"))["train_report"]
-                context.log.info(f"seed {seed}: checkpoint {version} exists ({prefix}): evaluating only")
-            else:
+
+            def train_it(folder, progress):
                 context.log.info(f"seed {seed}: training {version} on {docs.height} documents ({spec}, {text_kind})")
-                report = _train(context, store, base_path, docs, train_config, prefix, dev, {
-                    "target": target, "variant": variant, "seed": seed, "version": version,
-                    "base_model": config.base_model, "data_spec": spec, "text_kind": text_kind,
-                    "train_config": train_config.to_dict()})
+                return train_lm(base_path, docs["text"].to_list(), train_config, folder, docs["weight"].to_list(),
+                                device=dev, progress=progress).to_dict()
+
+            report, reused = train_into_store(store, prefix, {
+                "target": target, "variant": variant, "seed": seed, "version": version,
+                "base_model": config.base_model, "data_spec": spec, "text_kind": text_kind,
+                "train_config": train_config.to_dict()}, train_it, context.log.info, log_every=4)
+            if reused:
+                context.log.info(f"seed {seed}: checkpoint {version} exists ({prefix}): evaluating only")
             metrics = run_eval(Path(fetch_model(store, prefix)))
             checkpoints.append({
                 "target": target, "variant": variant, "seed": seed, "version": version,
@@ -273,21 +278,6 @@ def _existing_checkpoint(store: ObjectStore, catalog: Catalog, version: str) -> 
         if prefix and store.exists(f"{prefix}/manifest.json"):
             return prefix
     return None
-
-
-def _train(context, store: ObjectStore, base_path: Path, docs: pl.DataFrame, train_config: TrainConfig,
-           prefix: str, dev: str, manifest: dict) -> dict:
-    started = time.monotonic()
-
-    def progress(step, total, loss):
-        if step == 1 or step % 4 == 0 or step == total:
-            context.log.info(f"step {step}/{total} loss {loss:.3f} ({time.monotonic() - started:.0f}s)")
-
-    with tempfile.TemporaryDirectory(dir=prox_home()) as tmp:
-        report = train_lm(base_path, docs["text"].to_list(), train_config, tmp, docs["weight"].to_list(),
-                          device=dev, progress=progress).to_dict()
-        upload_model(store, Path(tmp), prefix, {**manifest, "train_report": report})
-    return report
 
 
 # --- the report ----------------------------------------------------------------------------------

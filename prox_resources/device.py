@@ -33,6 +33,9 @@ def gpu_op_tags() -> dict:
 
 GPU_OP_TAGS = gpu_op_tags()
 
+# What every model step declares, as one: `@dg.asset(..., **GPU_STEP)`.
+GPU_STEP = {"pool": GPU_POOL, "op_tags": GPU_OP_TAGS}
+
 
 class DeviceSettings(dg.ConfigurableResource):
     device: str = "auto"  # auto | cpu | cuda | cuda:N

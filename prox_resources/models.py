@@ -80,12 +80,27 @@ def fetch_model(store, prefix: str) -> Path:
     return target
 
 
-def upload_model(store, local: Path, prefix: str, manifest: dict) -> None:
-    """Every file of a saved model to ``prefix``, then ``manifest.json`` last: a model whose
-    manifest exists is complete."""
-    import json
+def train_into_store(store, prefix: str, manifest: dict, train, log, log_every: int = 5) -> tuple[dict, bool]:
+    """A model trained once under ``prefix``: (its train report, whether it already existed).
 
-    for f in sorted(local.iterdir()):
-        if f.is_file():
-            store.put_file(str(f), f"{prefix}/{f.name}")
-    store.write_bytes(f"{prefix}/manifest.json", json.dumps(manifest, indent=2).encode())
+    A model whose ``manifest.json`` exists is complete (the manifest is written last); its report
+    is read from there. Otherwise ``train(folder, progress)`` saves the model into a temporary
+    folder and returns its report; every file is uploaded, then the manifest with the report."""
+    import json
+    import time
+
+    if store.exists(f"{prefix}/manifest.json"):
+        return json.loads(store.read_bytes(f"{prefix}/manifest.json"))["train_report"], True
+    started = time.monotonic()
+
+    def progress(step: int, total: int, loss: float) -> None:
+        if step == 1 or step % log_every == 0 or step == total:
+            log(f"step {step}/{total} loss {loss:.3f} ({time.monotonic() - started:.0f}s)")
+
+    with tempfile.TemporaryDirectory(dir=prox_home()) as tmp:
+        report = train(tmp, progress)
+        for f in sorted(Path(tmp).iterdir()):
+            if f.is_file():
+                store.put_file(str(f), f"{prefix}/{f.name}")
+    store.write_bytes(f"{prefix}/manifest.json", json.dumps({**manifest, "train_report": report}, indent=2).encode())
+    return report, False

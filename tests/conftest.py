@@ -69,11 +69,9 @@ def seaweedfs(tmp_path_factory):
     """A real SeaweedFS S3 server on loopback, with one access key; yields its settings."""
     import json
     import shutil
-    import signal
-    import subprocess
     import sys
-    import time
-    import urllib.request
+
+    from tests.servers import Server, wait_http
 
     weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
     if not Path(weed).exists():
@@ -91,28 +89,11 @@ def seaweedfs(tmp_path_factory):
            f"-filer.port={ports['filer']}", f"-s3.port={ports['s3']}",
            f"-s3.config={root / 's3.json'}", "-s3.port.lance=0", "-s3.port.iceberg=0",
            "-master.volumeSizeLimitMB=64", "-volume.max=128"]  # every bucket takes several volumes
-    log = open(root / "weed.log", "wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = Server("weed", cmd, root)
     endpoint = f"http://127.0.0.1:{ports['s3']}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            urllib.request.urlopen(endpoint, timeout=2)
-            break
-        except urllib.error.HTTPError:
-            break  # it answers (403 without credentials): up
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"SeaweedFS did not start: {(root / 'weed.log').read_text()[-2000:]}")
-            time.sleep(0.5)
+    wait_http(endpoint, server, timeout=90)  # it answers 403 without credentials: up
     yield {"endpoint": endpoint, **creds}
-    os.killpg(proc.pid, signal.SIGTERM)  # it takes several seconds to stop: wait, then kill
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-    log.close()
+    server.stop(timeout=20)  # it takes several seconds to stop on SIGTERM: wait, then kill
 
 
 @pytest.fixture

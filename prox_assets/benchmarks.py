@@ -189,83 +189,17 @@ def refine_benchmark(texts: Sequence[str], doc_backend, chunk_backend, doc_max_t
     }
 
 
-def influence_benchmark(model, tokenizer, texts: Sequence[str], targets, landmark_counts: Sequence[int],
-                        max_len: int = 64) -> dict:
-    """Exact influence for every pool sample, then landmark estimates for several landmark
-    counts, scored on the non-landmarks; and a mean-pooled hidden-state similarity baseline
-    (RDS-style), all in the same run."""
-    import torch
+DOMAINS = {"pydocs": "pydocs-", "news": "news-", "austen": "austen-", "math": "math-"}
 
-    from prox_assets.core.influence import (
-        CountSketch,
-        InfluenceConfig,
-        adam_factor,
-        choose_landmarks,
-        flops_ratio,
-        jvp_embeddings,
-        krr_propagate,
-        make_batch,
-        pearson,
-        projected_grads,
-        representation_similarity,
-        selected_linears,
-        spearman,
-        topk_recall,
-        warm_up,
-    )
 
-    config = InfluenceConfig(max_len=max_len, warmup_steps=2)
-    prompts, answers = [t.prompt for t in targets], [t.answer for t in targets]
-    t0 = time.perf_counter()
-    second, step = warm_up(model, tokenizer, texts, config)
-    warmup_s = time.perf_counter() - t0
-    pre = {n: adam_factor(v, step) for n, v in second.items()}
-    layers = selected_linears(model, config.param_filter)
-    sketch = CountSketch({n: tuple(m.weight.shape) for n, m in layers.items()}, config.proj_dim, 0)
-    tgt = projected_grads(model, make_batch(tokenizer, prompts, answers, max_len), sketch)
-
-    n = len(texts)
-    t0 = time.perf_counter()
-    grads = torch.cat([projected_grads(model, make_batch(tokenizer, list(texts[i:i + 8]), None, max_len), sketch,
-                                       precondition=pre) for i in range(0, n, 8)])
-    exact_s = time.perf_counter() - t0
-    exact = grads @ tgt.T
-    exact_mean = exact.mean(1)
-
-    t0 = time.perf_counter()
-    emb = torch.cat([jvp_embeddings(model, make_batch(tokenizer, list(texts[i:i + 8]), None, max_len))
-                     for i in range(0, n, 8)])
-    embed_s = time.perf_counter() - t0
-    per_sample_grad_s = exact_s / n
-
-    rows = []
-    for count in landmark_counts:
-        if count >= n:
-            continue
-        marks = choose_landmarks(n, count, 0)
-        t0 = time.perf_counter()
-        est = krr_propagate(emb, marks, exact[marks], config.ridge)
-        krr_s = time.perf_counter() - t0
-        rest = [i for i in range(n) if i not in set(marks)]
-        e, x = est[rest].mean(1), exact_mean[rest]
-        landmark_s = embed_s + per_sample_grad_s * count + krr_s
-        k = max(1, len(rest) // 10)
-        rows.append({
-            "landmarks": count, "spearman": round(spearman(e, x), 3), "pearson": round(pearson(e, x), 3),
-            "top10pct_recall": round(topk_recall(e, x, k), 3),
-            "wall_clock_s": round(landmark_s, 1), "speedup_vs_exact_wall_clock": round(exact_s / landmark_s, 2),
-            "flops_vs_rds_model": round(flops_ratio(model.config.num_hidden_layers, 4, 2, count, n), 3),
-        })
-
-    t0 = time.perf_counter()  # RDS-style baseline: cosine of mean-pooled last hidden states
-    rds = representation_similarity(model, tokenizer, texts, [p + a for p, a in zip(prompts, answers)], max_len)
-    rds_s = time.perf_counter() - t0
-    return {
-        "pool": n, "target_examples": len(targets), "max_len_tokens": max_len,
-        "warmup_s": round(warmup_s, 1),
-        "exact_s": round(exact_s, 1), "exact_per_sample_s": round(per_sample_grad_s, 3),
-        "jvp_embedding_s": round(embed_s, 1),
-        "landmark_runs": rows,
-        "embedding_baseline": {"wall_clock_s": round(rds_s, 1), "spearman_vs_exact": round(spearman(rds, exact_mean), 3),
-                               "pearson_vs_exact": round(pearson(rds, exact_mean), 3)},
-    }
+def domain_pool(files: Sequence[Path], per_domain: int, piece_chars: int = 600, seed: int = 0
+                ) -> tuple[list[str], list[str]]:
+    """A pool of ``per_domain`` line-aligned pieces of ~``piece_chars`` from each domain of the
+    sample corpus (Python docs pages, news pages, Austen, MATH), with each piece's domain."""
+    texts, domains = [], []
+    for domain, prefix in DOMAINS.items():
+        pieces = sample_texts([f for f in files if Path(f).name.startswith(prefix)], piece_chars)
+        chosen = random.Random(seed).sample(pieces, min(per_domain, len(pieces)))
+        texts += chosen
+        domains += [domain] * len(chosen)
+    return texts, domains

@@ -343,7 +343,7 @@ def target() -> None:
 
 @target.command("add")
 @click.argument("name")
-@click.option("--task", required=True, help="gsm8k | squad | arc_challenge | arc_easy | sciq | mmlu")
+@click.option("--task", required=True, help="gsm8k | squad | arc_challenge | arc_easy | sciq | mmlu | math")
 @click.option("--n-target", default=8, show_default=True, help="Examples that selection optimises for.")
 @click.option("--n-heldout", default=200, show_default=True, help="Disjoint examples for evaluation.")
 @click.option("--seed", default=0, show_default=True)
@@ -491,41 +491,89 @@ def bench_refine(docs: int, refiner_version: str | None, as_json: bool) -> None:
 
 
 @bench.command("influence")
-@click.option("--pool", "pool_size", default=256, show_default=True, help="Pool samples (all get exact scores).")
-@click.option("--landmarks", default="16,32,64", show_default=True, help="Landmark counts to compare.")
-@click.option("--task", default="gsm8k", show_default=True)
-@click.option("--max-len", default=64, show_default=True)
-@click.option("--piece-chars", default=0, show_default=True,
-              help="Cut documents into line-aligned pieces of about this many characters (0 = whole documents).")
+@click.option("--pool", "pool_size", default=400, show_default=True,
+              help="Pool samples, split evenly over four domains (pydocs, news, Austen, MATH); all get exact scores.")
+@click.option("--landmarks", default="12,24,48,96", show_default=True, help="Landmark counts to compare.")
+@click.option("--draws", default=5, show_default=True, help="Landmark draws per count (mean and spread).")
+@click.option("--embeddings", default="jvp-mean,jvp-last,hidden-mean", show_default=True)
+@click.option("--task", default="math", show_default=True, help="Target task (math: held-out MATH problems).")
+@click.option("--target-domain", default="math", show_default=True, help="The pool domain the target belongs to.")
+@click.option("--n-target", default=8, show_default=True)
+@click.option("--max-len", default=128, show_default=True)
+@click.option("--piece-chars", default=600, show_default=True)
+@click.option("--warmup-steps", default=16, show_default=True)
+@click.option("--stability-samples", default=200, show_default=True,
+              help="Samples re-scored under a second warm-up seed (0 = the whole pool).")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
+              help="auto: bf16 autocast where this CPU or GPU runs bf16 fast, else fp32.")
 @click.option("--json", "as_json", is_flag=True)
-def bench_influence(pool_size: int, landmarks: str, task: str, max_len: int, piece_chars: int, as_json: bool) -> None:
-    """Landmark estimates against exact influence, and their cost, on this machine."""
-    import polars as pl
+def bench_influence(pool_size: int, landmarks: str, draws: int, embeddings: str, task: str, target_domain: str,
+                    n_target: int, max_len: int, piece_chars: int, warmup_steps: int, stability_samples: int,
+                    dtype: str, as_json: bool) -> None:
+    """Exact influence (stability, domain AUROC), landmark estimates against it per embedding
+    and landmark count, the embedding baseline and the cost, in one run on this machine."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from prox_assets.benchmarks import influence_benchmark
+    from prox_assets.benchmarks import domain_pool
+    from prox_assets.core.influence import InfluenceConfig
+    from prox_assets.core.influence_eval import influence_study
+    from prox_assets.core.samples import build_sample_corpus
     from prox_assets.core.targets import load_task, split_target
     from prox_resources.models import DEFAULT_MODEL, resolve_model
-    from prox_resources.store import ObjectStore
+    from prox_resources.settings import prox_home
 
-    store = ObjectStore()
-    texts = pl.concat([store.read_parquet(k).select("text") for k in store.list("raw/")])
-    if not texts.height:
-        raise click.ClickException("no raw corpus: run `prox demo` or `prox ingest` first")
-    texts = texts["text"].to_list()
-    if piece_chars:
-        from prox_assets.benchmarks import line_pieces
-
-        texts = [p for t in texts for p in line_pieces(t, piece_chars)]
-    import random
-
-    texts = random.Random(0).sample(texts, min(pool_size, len(texts)))
-    targets, _ = split_target(load_task(task), 8, 0)
+    home = prox_home()
+    files = build_sample_corpus(home / "samples", home / "downloads")
+    texts, domains = domain_pool(files, pool_size // 4, piece_chars)
+    targets, _ = split_target(load_task(task), n_target, 0)
     path = resolve_model(DEFAULT_MODEL)
     model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
-    report = influence_benchmark(model, AutoTokenizer.from_pretrained(path), texts, targets,
-                                 [int(x) for x in landmarks.split(",")], max_len)
-    click.echo(json.dumps(report, indent=2) if as_json else json.dumps(report, indent=1))
+    config = InfluenceConfig(max_len=max_len, warmup_steps=warmup_steps, dtype=dtype)
+    report = influence_study(model, AutoTokenizer.from_pretrained(path), texts, domains, target_domain,
+                             [t.prompt for t in targets], [t.answer for t in targets], config,
+                             [int(x) for x in landmarks.split(",")], draws, embeddings.split(","),
+                             stability_samples=stability_samples, log=lambda m: click.echo(m, err=True))
+    report.pop("exact_scores")
+    click.echo(json.dumps(report, indent=2 if as_json else 1))
+
+
+@bench.command("selection")
+@click.option("--pool", "pool_size", default=400, show_default=True, help="Pool samples over four domains.")
+@click.option("--task", default="math", show_default=True)
+@click.option("--n-target", default=8, show_default=True)
+@click.option("--heldout", default=60, show_default=True, help="Held-out target examples the checkpoints are scored on.")
+@click.option("--landmarks", default=24, show_default=True)
+@click.option("--budget-fraction", default=0.25, show_default=True)
+@click.option("--train-steps", default=24, show_default=True)
+@click.option("--batch-size", default=8, show_default=True)
+@click.option("--seq-len", default=128, show_default=True)
+@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--seeds", default="0,1", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def bench_selection(pool_size: int, task: str, n_target: int, heldout: int, landmarks: int, budget_fraction: float,
+                    train_steps: int, batch_size: int, seq_len: int, lr: float, seeds: str, as_json: bool) -> None:
+    """Does influence selection help? Select from a four-domain pool for a target, train the
+    base model on the selection and on a random subset of the same size (same token budget,
+    several seeds), and compare the held-out target loss."""
+    from prox_assets.benchmarks import domain_pool
+    from prox_assets.core.influence import InfluenceConfig
+    from prox_assets.core.influence_eval import selection_experiment
+    from prox_assets.core.refiner_training import TrainConfig
+    from prox_assets.core.samples import build_sample_corpus
+    from prox_assets.core.targets import load_task, split_target
+    from prox_resources.models import DEFAULT_MODEL, resolve_model
+
+    home = prox_home()
+    files = build_sample_corpus(home / "samples", home / "downloads")
+    texts, domains = domain_pool(files, pool_size // 4, 600)
+    targets, held = split_target(load_task(task), n_target, heldout)
+    train = TrainConfig(method="lora", lora_r=8, lora_alpha=16, lora_layers=None, max_steps=train_steps,
+                        batch_size=batch_size, lr=lr, min_lr=lr / 10, warmup_steps=2, max_seq_len=seq_len)
+    report = selection_experiment(
+        resolve_model(DEFAULT_MODEL), texts, domains, [t.prompt for t in targets], [t.answer for t in targets],
+        [t.prompt for t in held], [t.answer for t in held], InfluenceConfig(landmarks=landmarks, max_len=128),
+        train, budget_fraction, [int(x) for x in seeds.split(",")], log=lambda m: click.echo(m, err=True))
+    click.echo(json.dumps(report, indent=2 if as_json else 1))
 
 
 def _format_report(report: dict) -> str:

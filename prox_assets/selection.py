@@ -6,9 +6,7 @@ through JVP embeddings (``core/influence.py``); the subset is chosen from the es
 """
 
 import hashlib
-import io
 import json
-import time
 from typing import Literal
 
 import dagster as dg
@@ -23,15 +21,15 @@ from prox_assets.core.influence import (
     round_robin,
     simplex_weights,
     top_k,
-    warm_up,
 )
 from prox_assets.core.scoring import seed_sample
+from prox_assets.core.training import load_checkpoint
 from prox_assets.ingest import raw_corpus
 from prox_assets.metadata import histogram, md_table, with_lineage
 from prox_assets.partitions import target_partitions
 from prox_assets.refine import latest_refiner_version, refined_corpus, refined_shard_keys
 from prox_resources.catalog import Catalog
-from prox_resources.device import GPU_STEP
+from prox_resources.device import GPU_STEP, DeviceSettings
 from prox_resources.models import DEFAULT_MODEL, resolve_model
 from prox_resources.store import ObjectStore
 
@@ -46,17 +44,19 @@ class InfluenceAssetConfig(dg.Config):
     pool_size: int = 0  # 0 = the whole pool; otherwise a seeded sample
     model: str = DEFAULT_MODEL  # the selection model
     param_filter: str = "mlp.down_proj"
-    proj_dim: int = 8192
     jvp_blocks: int = 4
     jvp_directions: int = 2
-    embed_dim: int = 4096
+    jvp_pooling: Literal["mean", "last"] = "mean"
     landmarks: int = 32  # 0 = every sample: the exact method
     landmark_method: Literal["uniform", "kmeans++"] = "uniform"
     ridge: float = 0.01
+    centre: bool = True
     max_len: int = 128
     batch_size: int = 8
-    warmup_steps: int = 4
+    warmup_steps: int = 16
+    warmup_lr: float = 1e-5
     exact_holdout: int = 16
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 autocast where bf16 is fast
     seed: int = 0
 
     def influence(self) -> InfluenceConfig:
@@ -95,25 +95,6 @@ def load_pool(store: ObjectStore, catalog: Catalog, config: InfluenceAssetConfig
     return frame, spec
 
 
-def _cached_warmup(store: ObjectStore, model, tokenizer, texts, doc_ids, config: InfluenceConfig, log):
-    """The warm-up depends on the pool and the model, not the target: compute it once, reuse it."""
-    key = hashlib.sha256(json.dumps([str(model.name_or_path), sorted(doc_ids), config.warmup_steps,
-                                     config.warmup_lr, config.batch_size, config.max_len, config.seed,
-                                     config.param_filter]).encode()).hexdigest()[:16]
-    path = f"influence/warmup/{key}.pt"
-    if store.exists(path):
-        log(f"reusing warm-up state {path}")
-        blob = torch.load(io.BytesIO(store.read_bytes(path)), weights_only=True)
-        return blob["second"], int(blob["step"])
-    started = time.monotonic()
-    second, step = warm_up(model, tokenizer, texts, config)
-    buf = io.BytesIO()
-    torch.save({"second": second, "step": step}, buf)
-    store.write_bytes(path, buf.getvalue())
-    log(f"warm-up ({config.warmup_steps} AdamW steps) in {time.monotonic() - started:.0f}s -> {path}")
-    return second, step
-
-
 @dg.asset(
     partitions_def=target_partitions,
     deps=[dg.AssetDep(refined_corpus, partition_mapping=dg.AllPartitionMapping()),
@@ -122,35 +103,33 @@ def _cached_warmup(store: ObjectStore, model, tokenizer, texts, doc_ids, config:
     kinds={"pytorch", "parquet"},
     owners=["team:data-platform"],
     **GPU_STEP,
-    code_version="influence-v1",
+    code_version="influence-v2",
     description=(
         "Influence of every pool document on the target's examples (Influence Distillation): "
-        "exact Adam-preconditioned projected gradients on landmark samples, propagated to the "
-        "pool by kernel ridge regression on JVP embeddings. doc_id, estimated score (mean and per "
-        "target example), landmark flag, exact score where computed."
+        "after a short AdamW warm-up, exact cosines between Adam-preconditioned pool gradients "
+        "and target gradients (full MLP down-projections, no projection) on landmark samples, "
+        "propagated to the pool by kernel ridge regression on JVP embeddings. doc_id, estimated "
+        "score (mean and per target example), landmark flag, exact score where computed."
     ),
 )
 def landmark_influence(context: dg.AssetExecutionContext, config: InfluenceAssetConfig, store: ObjectStore,
-                       catalog: Catalog) -> dg.MaterializeResult:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+                       catalog: Catalog, device: DeviceSettings) -> dg.MaterializeResult:
     target = context.partition_key
     examples = store.read_parquet(f"{target_prefix(target)}/target.parquet")
     pool, spec = load_pool(store, catalog, config)
     icfg = config.influence()
-    path = resolve_model(config.model)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
-    context.log.info(f"{target}: pool {spec} with {pool.height} documents, {examples.height} target examples")
+    dev = device.resolve_device()
+    model, tokenizer = load_checkpoint(resolve_model(config.model), None, dev)
+    context.log.info(f"{target}: pool {spec} with {pool.height} documents, {examples.height} target examples, "
+                     f"model on {dev}")
     texts, doc_ids = pool["text"].to_list(), pool["doc_id"].to_list()
-    warm = _cached_warmup(store, model, tokenizer, texts, doc_ids, icfg, context.log.info)
     result = compute_influence(model, tokenizer, texts, examples["prompt"].to_list(), examples["answer"].to_list(),
-                               icfg, warmup=warm, log=context.log.info)
+                               icfg, log=context.log.info)
 
-    scores = result["scores"]
-    exact = {i: float(v) for i, v in zip(result["landmarks"], result["exact_landmarks"].mean(1))}
-    exact |= {i: float(v) for i, v in zip(result["holdout"], result["exact_holdout"].mean(1))}
-    landmarks = set(result["landmarks"])
+    scores = result.scores
+    exact = {i: float(v) for i, v in zip(result.landmarks, result.exact_landmarks.mean(1))}
+    exact |= {i: float(v) for i, v in zip(result.holdout, result.exact_holdout.mean(1))}
+    landmarks = set(result.landmarks)
     frame = pl.DataFrame({
         "doc_id": doc_ids,
         "score": scores.mean(1).tolist(),
@@ -167,18 +146,20 @@ def landmark_influence(context: dg.AssetExecutionContext, config: InfluenceAsset
         frame.select("doc_id", "score", "is_landmark", "exact_score"), context, target=target, version=version,
         pool=spec))
 
-    timings = result["timings"]
+    timings = result.timings
     n_layers = model.config.num_hidden_layers
     return dg.MaterializeResult(metadata={
         "influence_version": version,
         "path": dg.MetadataValue.path(uri),
         "pool": spec,
+        "device": dev,
         "dagster/row_count": frame.height,
         "landmarks": len(landmarks),
         "target_examples": examples.height,
         "score_histogram": histogram(frame["score"].to_list(), log=False),
         "approximation_on_held_out_non_landmarks": md_table(
-            ["metric", "value"], [(k, round(v, 3)) for k, v in result["accuracy"].items()]),
+            ["metric", "value"], [(k, round(v, 3)) for k, v in result.accuracy.items()]),
+        "warmup_adam_factor": md_table(["statistic", "value"], [(k, f"{v:.4g}") for k, v in result.adam.items()]),
         "timings_s": md_table(["phase", "seconds"], [(k, round(v, 1)) for k, v in timings.items()]),
         "wall_clock_vs_exact": round(timings["exact_method_estimate_s"] / max(timings["landmark_method_s"], 1e-9), 2),
         "flops_vs_rds_model": round(flops_ratio(n_layers, icfg.jvp_blocks, icfg.jvp_directions, len(landmarks),
@@ -190,6 +171,7 @@ class SelectionConfig(dg.Config):
     budget_fraction: float = 0.25
     budget: int = 0  # when > 0, overrides budget_fraction
     method: Literal["round_robin", "top_k", "simplex"] = "round_robin"
+    seed: int = 0  # round robin: the order of target examples in each round
 
 
 @dg.asset(
@@ -218,7 +200,7 @@ def selected_subset(context: dg.AssetExecutionContext, config: SelectionConfig, 
     k = min(config.budget or max(1, round(config.budget_fraction * n)), n)
     mean = torch.tensor(scores["score"].to_list())
     if config.method == "round_robin":
-        chosen = round_robin(torch.tensor(scores["scores_per_example"].to_list()), k)
+        chosen = round_robin(torch.tensor(scores["scores_per_example"].to_list()), k, seed=config.seed)
         weights = {i: n / k for i in chosen}  # uniform over the support, summing to |S|
     else:
         chosen = top_k(mean, k)

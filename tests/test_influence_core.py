@@ -7,21 +7,29 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from prox_assets.core.influence import (
-    CountSketch,
+    AdamState,
+    JVPEmbedder,
     TokenBatch,
     adam_factor,
+    adam_offset,
+    adam_second_order_terms,
+    auroc,
     choose_landmarks,
+    exact_scores,
+    flat_rows,
     jvp_embeddings,
     krr_propagate,
     lambda_for_k,
+    make_batch,
     per_example_loss,
     per_sample_grads,
-    q_matvec_factory,
     round_robin,
     second_order_weights,
     simplex_weights,
     spearman,
+    target_gradients,
     top_k,
+    warm_up,
 )
 
 
@@ -98,36 +106,98 @@ def test_adam_factor_matches_a_real_adamw_step_with_v_frozen():
     opt.step()
     delta = w.detach() - before
     a = adam_factor(v, t)
-    b = 0.9 * m / (1 - 0.9 ** (t + 1)) / ((v / (1 - 0.999 ** (t + 1))).sqrt() + 1e-8)
+    b = adam_offset(m, v, t)
     assert torch.allclose(delta, -1e-2 * (a * g + b), atol=1e-7, rtol=1e-5)
     assert torch.allclose(state["exp_avg_sq"], v, rtol=1e-6)
 
 
-def test_countsketch_preserves_inner_products_within_jl_bounds():
-    g = torch.Generator().manual_seed(0)
-    d, k = 20000, 2048
-    x = torch.nn.functional.normalize(torch.randn(30, d, generator=g), dim=1)
-    y = 0.5 * x + 0.5 * torch.nn.functional.normalize(torch.randn(30, d, generator=g), dim=1)
-    sketch = CountSketch({"w": (d,)}, k, seed=3)
-    sx, sy = sketch({"w": x}), sketch({"w": y})
-    errors = ((sx * sy).sum(1) - (x * y).sum(1)).abs()
-    bound = 3 * math.sqrt(2 / k) * x.norm(dim=1) * y.norm(dim=1)  # three standard deviations
-    assert (errors <= bound).float().mean() >= 0.95
-    assert errors.mean() < math.sqrt(2 / k)
+def _adam(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    layers = {n: m for n, m in model.named_modules() if n.endswith("mlp.down_proj")}
+    factor = {n: torch.rand(m.weight.shape, generator=g) * 10 + 0.1 for n, m in layers.items()}
+    offset = {n: torch.randn(m.weight.shape, generator=g) * 1e-2 for n, m in layers.items()}
+    return AdamState(factor, offset, step=3)
+
+
+def test_exact_scores_are_cosines_of_preconditioned_full_gradients(model):
+    pool, target = batch(6, 10, seed=1), batch(2, 8, seed=5)
+    adam = _adam(model)
+    got = exact_scores(model, pool, target_gradients(model, target), adam)
+    rows = flat_rows(per_sample_grads(model, pool), adam)  # preconditioned, normalised
+    tgt = flat_rows(per_sample_grads(model, target))  # plain, normalised
+    assert got.shape == (6, 2)
+    assert torch.allclose(got, rows @ tgt.T, atol=1e-5)
+    # no projection: scaling a pool example's loss does not change its cosine
+    assert got.abs().max() <= 1 + 1e-6
+
+
+def test_warm_up_trains_in_place_and_returns_its_own_adam_step(model):
+    import copy
+
+    work = copy.deepcopy(model)
+    before = work.model.layers[0].mlp.down_proj.weight.detach().clone()
+
+    class Tok:  # a character tokenizer: enough for make_batch
+        pad_token_id = 0
+
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [1 + ord(c) % 96 for c in text]}
+
+    adam = warm_up(work, Tok(), ["some text here", "other words there", "a third one"], steps=3, lr=1e-3,
+                   batch_size=2, max_len=12)
+    assert not torch.equal(before, work.model.layers[0].mlp.down_proj.weight)  # gradients at the warmed model
+    assert adam.step == 3 and len(adam.losses) == 3 and not work.training
+    spread = adam.factor_spread()
+    assert spread["a_p01"] <= spread["a_p50"] <= spread["a_p99"]
+
+
+def test_make_batch_keeps_the_whole_answer():
+    class Tok:
+        pad_token_id = 0
+
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [1 + ord(c) % 96 for c in text]}
+
+    b = make_batch(Tok(), ["p" * 50], ["a" * 20], max_len=32)
+    assert (b.labels[0] != -100).sum() == 20 and b.attention_mask.sum() == 32  # prompt cut from the left
 
 
 def test_jvp_embeddings_are_deterministic_and_leave_the_model_whole(model):
     b = batch()
-    e1 = jvp_embeddings(model, b, blocks=2, directions=2, dim=16, seed=4)
-    e2 = jvp_embeddings(model, b, blocks=2, directions=2, dim=16, seed=4)
-    assert e1.shape == (6, 16) and torch.allclose(e1, e2)
+    for pooling in ("mean", "last"):
+        e1 = jvp_embeddings(model, b, blocks=2, directions=2, seed=4, pooling=pooling)
+        e2 = jvp_embeddings(model, b, blocks=2, directions=2, seed=4, pooling=pooling)
+        assert e1.shape == (6, 64) and torch.allclose(e1, e2)
     assert len(model.model.layers) == 3  # the truncated trunk was a copy
+    # every parameter of the truncated model is perturbed, embeddings and final norm included
+    names = set(JVPEmbedder(model, blocks=2).tangents[0])
+    assert {"embed_tokens.weight", "norm.weight"} <= names and not any(n.startswith("layers.2.") for n in names)
 
 
-def test_round_robin_alternates_targets():
+def test_round_robin_alternates_targets_in_shuffled_order():
     scores = torch.tensor([[9.0, 0.0], [8.0, 1.0], [0.0, 7.0], [1.0, 6.0], [5.0, 5.0]])
-    assert round_robin(scores, 4) == [0, 2, 1, 3]
+    orders = set()
+    for seed in range(8):
+        chosen = round_robin(scores, 4, seed=seed)
+        assert set(chosen[:2]) == {0, 2} and set(chosen[2:]) == {1, 3}  # one per target per round
+        orders.add(tuple(chosen))
+    assert len(orders) > 1  # the order of targets is reshuffled
     assert round_robin(scores[:, :1], 2) == top_k(scores[:, 0], 2)
+
+
+def test_auroc():
+    s = torch.tensor([0.9, 0.8, 0.1, 0.2])
+    assert auroc(s, [True, True, False, False]) == 1.0 and auroc(s, [False, False, True, True]) == 0.0
+    assert auroc(torch.ones(4), [True, False, True, False]) == 0.5
+
+
+def test_centred_krr_falls_back_to_the_mean_far_from_landmarks():
+    g = torch.Generator().manual_seed(0)
+    emb, values = torch.randn(20, 4, generator=g), torch.randn(20, 1, generator=g) + 5
+    far = torch.cat([emb, torch.full((1, 4), 1e3)])
+    est = krr_propagate(far, list(range(20)), values, ridge=0.1)
+    assert est[-1, 0].item() == pytest.approx(values.mean().item(), abs=1e-6)
+    assert krr_propagate(far, list(range(20)), values, ridge=0.1, centre=False)[-1, 0].item() == pytest.approx(0)
 
 
 def test_second_order_reduces_to_first_order_without_curvature():
@@ -137,20 +207,52 @@ def test_second_order_reduces_to_first_order_without_curvature():
     assert torch.allclose(w2, simplex_weights(p, lam, 30.0), atol=1e-3)
 
 
-def test_second_order_with_hessian_vector_products(model):
+def test_adam_second_order_terms_match_finite_differences(model):
+    """p = R g_T - eta R H b and Qw = (1/n) R H R^T w, checked against a central difference of
+    the (normalised) target gradient."""
     pool, target = batch(5, 8, seed=7), batch(2, 8, seed=9)
-    grads = per_sample_grads(model, pool)
-    g = torch.cat([grads[n].reshape(5, -1) for n in grads], dim=1)
-    matvec = q_matvec_factory(model, g, target)
-    w = torch.rand(5, dtype=torch.double)
-    qw = matvec(w)
-    assert qw.shape == (5,) and torch.isfinite(qw).all()
-    # Q is symmetric: u.Qw == w.Qu
-    u = torch.rand(5, dtype=torch.double)
-    assert float(u @ qw) == pytest.approx(float(w @ matvec(u)), rel=1e-3, abs=1e-8)
-    p = (g @ g[:1].T).flatten()
-    w2 = second_order_weights(p, matvec, eta=0.1, lam=1.0, total=5.0, steps=50)
+    adam = _adam(model)
+    rows = flat_rows(per_sample_grads(model, pool), adam)
+    eta = 0.3
+    p, matvec = adam_second_order_terms(model, rows, target, adam, eta)
+    w, u = torch.rand(5, dtype=torch.double), torch.rand(5, dtype=torch.double)
+    qw, qu = matvec(w), matvec(u)  # before the weights are nudged below
+    w2 = second_order_weights(p, matvec, eta=eta, lam=1.0, total=5.0, steps=100)
     assert w2.sum().item() == pytest.approx(5.0, rel=1e-4) and (w2 >= 0).all()
+    names = sorted(n for n, _ in model.named_modules() if n.endswith("mlp.down_proj"))
+    weights = [dict(model.named_modules())[n].weight for n in names]
+
+    def target_grad() -> torch.Tensor:
+        model.zero_grad()
+        per_example_loss(model, target).mean().backward()
+        return torch.cat([w.grad.reshape(-1) for w in weights]).double()
+
+    g0 = target_grad()
+    scale = 1 / g0.norm()
+
+    def hvp_fd(v: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+        out = []
+        for sign in (1, -1):
+            offset = 0
+            with torch.no_grad():
+                for w in weights:
+                    w += sign * eps * v[offset : offset + w.numel()].reshape(w.shape).float()
+                    offset += w.numel()
+            out.append(target_grad())
+            offset = 0
+            with torch.no_grad():
+                for w in weights:
+                    w -= sign * eps * v[offset : offset + w.numel()].reshape(w.shape).float()
+                    offset += w.numel()
+        return (out[0] - out[1]) / (2 * eps) * scale
+
+    b = torch.cat([adam.offset[n].reshape(-1) for n in names]).double()
+    expected_p = rows.double() @ (g0 * scale) - eta * rows.double() @ hvp_fd(b)
+    assert torch.allclose(p.double(), expected_p, rtol=2e-2, atol=1e-4)
+    expected_q = rows.double() @ hvp_fd(rows.double().T @ w) / 5
+    assert torch.allclose(qw, expected_q, rtol=2e-2, atol=1e-5)
+    assert float(u @ qw) == pytest.approx(float(w @ qu), rel=1e-3, abs=1e-8)  # Q is symmetric
+    model.zero_grad(set_to_none=True)
 
 
 def test_rank_metrics():

@@ -153,8 +153,8 @@ def test_every_variant_trains_evaluates_reports_and_audits(pipeline):  # noqa: F
     for shard in ("web-00", "clean-00"):
         assert _refine(instance, version, shard).success
     add_target("arc-t", "arc_challenge", 3, 12, 0)
-    influence = {"pool": "raw", "model": model, "landmarks": 6, "exact_holdout": 4, "max_len": 32, "proj_dim": 256,
-                 "embed_dim": 32, "warmup_steps": 1, "batch_size": 4}
+    influence = {"pool": "raw", "model": model, "landmarks": 6, "exact_holdout": 4, "max_len": 32,
+                 "warmup_steps": 1, "batch_size": 4}
     assert _run(instance, "landmark_influence", "arc-t", influence).success
     assert _run(instance, "selected_subset", "arc-t", {"budget": 5}).success
 

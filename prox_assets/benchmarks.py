@@ -192,14 +192,28 @@ def refine_benchmark(texts: Sequence[str], doc_backend, chunk_backend, doc_max_t
 DOMAINS = {"pydocs": "pydocs-", "news": "news-", "austen": "austen-", "math": "math-"}
 
 
-def domain_pool(files: Sequence[Path], per_domain: int, piece_chars: int = 600, seed: int = 0
+def domain_pool(files: Sequence[Path], total: int, piece_chars: int = 600, seed: int = 0
                 ) -> tuple[list[str], list[str]]:
-    """A pool of ``per_domain`` line-aligned pieces of ~``piece_chars`` from each domain of the
-    sample corpus (Python docs pages, news pages, Austen, MATH), with each piece's domain."""
-    texts, domains = [], []
+    """A pool of ``total`` line-aligned pieces of ~``piece_chars`` from the four domains of the
+    sample corpus (Python docs pages, news pages, Austen, MATH), with each piece's domain: equal
+    shares, a domain with fewer pieces than its share giving the rest to the others."""
+    pieces = {}
     for domain, prefix in DOMAINS.items():
-        pieces = sample_texts([f for f in files if Path(f).name.startswith(prefix)], piece_chars)
-        chosen = random.Random(seed).sample(pieces, min(per_domain, len(pieces)))
-        texts += chosen
-        domains += [domain] * len(chosen)
+        found = sample_texts([f for f in files if Path(f).name.startswith(prefix)], piece_chars)
+        pieces[domain] = random.Random(seed).sample(found, len(found))
+    quota = dict.fromkeys(pieces, 0)
+    left = total
+    while left > 0:
+        open_domains = [d for d in pieces if quota[d] < len(pieces[d])]
+        if not open_domains:
+            break
+        share = max(1, left // len(open_domains))
+        for d in open_domains:
+            take = min(share, len(pieces[d]) - quota[d], left)
+            quota[d] += take
+            left -= take
+    texts, domains = [], []
+    for d in pieces:
+        texts += pieces[d][: quota[d]]
+        domains += [d] * quota[d]
     return texts, domains

@@ -215,7 +215,7 @@ def demo(seeds_per_shard: int, chunk_docs_per_shard: int, annotator: str, refine
         click.echo("== targets, landmark_influence, selected_subset (pool: the refined corpus)")
         for name, task in (("gsm8k", "gsm8k"), ("arc-challenge", "arc_challenge")):
             add_target(name, task, n_target=8, n_heldout=100, seed=0)
-        influence = {"landmarks": 8, "exact_holdout": 8, "max_len": 96, "warmup_steps": 2}
+        influence = {"landmarks": 8, "exact_holdout": 8, "max_len": 96, "warmup_steps": 8}
         outcome |= _prefixed("landmark_influence", materialize_partitions(
             "landmark_influence", ["gsm8k", "arc-challenge"], influence))
         outcome |= _prefixed("selected_subset", materialize_partitions(
@@ -524,7 +524,7 @@ def bench_influence(pool_size: int, landmarks: str, draws: int, embeddings: str,
 
     home = prox_home()
     files = build_sample_corpus(home / "samples", home / "downloads")
-    texts, domains = domain_pool(files, pool_size // 4, piece_chars)
+    texts, domains = domain_pool(files, pool_size, piece_chars)
     targets, _ = split_target(load_task(task), n_target, 0)
     path = resolve_model(DEFAULT_MODEL)
     model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
@@ -565,7 +565,7 @@ def bench_selection(pool_size: int, task: str, n_target: int, heldout: int, land
 
     home = prox_home()
     files = build_sample_corpus(home / "samples", home / "downloads")
-    texts, domains = domain_pool(files, pool_size // 4, 600)
+    texts, domains = domain_pool(files, pool_size, 600)
     targets, held = split_target(load_task(task), n_target, heldout)
     train = TrainConfig(method="lora", lora_r=8, lora_alpha=16, lora_layers=None, max_steps=train_steps,
                         batch_size=batch_size, lr=lr, min_lr=lr / 10, warmup_steps=2, max_seq_len=seq_len)

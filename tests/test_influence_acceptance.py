@@ -22,8 +22,8 @@ def test_exact_scores_rank_the_target_domain_and_landmarks_track_them(smollm2_di
     from prox_assets.core.influence_eval import influence_study
     from prox_assets.core.targets import load_task, split_target
 
-    texts, domains = domain_pool(sample_files, per_domain=40, piece_chars=600)
-    assert sorted(set(domains)) == ["austen", "math", "news", "pydocs"] and len(texts) == 160
+    texts, domains = domain_pool(sample_files, total=160, piece_chars=600)
+    assert {d: domains.count(d) for d in set(domains)} == {"austen": 40, "math": 40, "news": 40, "pydocs": 40}
     targets, _ = split_target(load_task("math"), 8, 0)
     corpus = set(texts)
     assert not any(t.prompt.strip() in piece for t in targets for piece in corpus)  # held out of the pool

@@ -1,4 +1,4 @@
-"""Influence Distillation: the math, without Dagster (docs/influence.md says what was measured).
+"""Influence Distillation: the math, without Dagster (the README says what was measured).
 
 - ``warm_up``: a short AdamW run on the pool, *in place*; gradients are then taken at the
   warmed-up model, preconditioned with its own frozen-second-moment Adam factor ``a``;
@@ -97,13 +97,13 @@ def per_example_loss(model, batch: TokenBatch) -> torch.Tensor:
     return nll.sum(1) / counts
 
 
-def mean_hidden_states(model, tokenizer, texts: Sequence[str], max_len: int = 128, batch_size: int = 8
-                       ) -> torch.Tensor:
+def mean_hidden_states(model, tokenizer, texts: Sequence[str], max_len: int = 128, batch_size: int = 8,
+                       dtype: str = "float32") -> torch.Tensor:
     """(n, hidden) L2-normalised mean-pooled last hidden states: the RDS-style embedding."""
     out = []
     for i in range(0, len(texts), batch_size):
         batch = make_batch(tokenizer, list(texts[i : i + batch_size]), None, max_len).to(_device(model))
-        with torch.no_grad():
+        with torch.no_grad(), _autocast(model, dtype):
             h = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                       output_hidden_states=True).hidden_states[-1].float()
         m = batch.attention_mask[..., None].float()

@@ -495,7 +495,8 @@ def bench_refine(docs: int, refiner_version: str | None, as_json: bool) -> None:
               help="Pool samples, split evenly over four domains (pydocs, news, Austen, MATH); all get exact scores.")
 @click.option("--landmarks", default="12,24,48,96", show_default=True, help="Landmark counts to compare.")
 @click.option("--draws", default=5, show_default=True, help="Landmark draws per count (mean and spread).")
-@click.option("--embeddings", default="jvp-mean,jvp-last,hidden-mean", show_default=True)
+@click.option("--embeddings", default="jvp-mean,jvp-last,hidden-mean", show_default=True,
+              help="Comma-separated: jvp-mean, jvp-last, hidden-mean.")
 @click.option("--task", default="math", show_default=True, help="Target task (math: held-out MATH problems).")
 @click.option("--target-domain", default="math", show_default=True, help="The pool domain the target belongs to.")
 @click.option("--n-target", default=8, show_default=True)
@@ -512,24 +513,21 @@ def bench_influence(pool_size: int, landmarks: str, draws: int, embeddings: str,
                     dtype: str, as_json: bool) -> None:
     """Exact influence (stability, domain AUROC), landmark estimates against it per embedding
     and landmark count, the embedding baseline and the cost, in one run on this machine."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from prox_assets.benchmarks import domain_pool
     from prox_assets.core.influence import InfluenceConfig
     from prox_assets.core.influence_eval import influence_study
     from prox_assets.core.samples import build_sample_corpus
     from prox_assets.core.targets import load_task, split_target
+    from prox_assets.core.training import load_checkpoint
     from prox_resources.models import DEFAULT_MODEL, resolve_model
-    from prox_resources.settings import prox_home
 
     home = prox_home()
     files = build_sample_corpus(home / "samples", home / "downloads")
     texts, domains = domain_pool(files, pool_size, piece_chars)
     targets, _ = split_target(load_task(task), n_target, 0)
-    path = resolve_model(DEFAULT_MODEL)
-    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+    model, tokenizer = load_checkpoint(resolve_model(DEFAULT_MODEL), None)
     config = InfluenceConfig(max_len=max_len, warmup_steps=warmup_steps, dtype=dtype)
-    report = influence_study(model, AutoTokenizer.from_pretrained(path), texts, domains, target_domain,
+    report = influence_study(model, tokenizer, texts, domains, target_domain,
                              [t.prompt for t in targets], [t.answer for t in targets], config,
                              [int(x) for x in landmarks.split(",")], draws, embeddings.split(","),
                              stability_samples=stability_samples, log=lambda m: click.echo(m, err=True))

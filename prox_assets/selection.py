@@ -15,6 +15,7 @@ import torch
 
 from prox_assets.core.influence import (
     InfluenceConfig,
+    bf16_is_fast,
     compute_influence,
     flops_ratio,
     lambda_for_k,
@@ -137,8 +138,10 @@ def landmark_influence(context: dg.AssetExecutionContext, config: InfluenceAsset
         "is_landmark": [i in landmarks for i in range(len(doc_ids))],
         "exact_score": [exact.get(i) for i in range(len(doc_ids))],
     }, schema_overrides={"exact_score": pl.Float64})
-    version = hashlib.sha256(json.dumps([target, spec, sorted(doc_ids), config.model_dump()], sort_keys=True)
-                             .encode()).hexdigest()[:12]
+    # the device and whether bf16 autocast ran change the numbers a little: part of the version
+    bf16 = icfg.dtype == "bfloat16" or (icfg.dtype == "auto" and bf16_is_fast(torch.device(dev)))
+    version = hashlib.sha256(json.dumps([target, spec, sorted(doc_ids), config.model_dump(), dev, bf16],
+                                        sort_keys=True).encode()).hexdigest()[:12]
     prefix = f"influence/{target}/{version}"
     uri = store.write_parquet(f"{prefix}/scores.parquet", frame)
     store.write_parquet(f"{prefix}/landmarks.parquet", frame.filter(pl.col("is_landmark")))

@@ -1,6 +1,5 @@
-"""The identities of METHODS.md §2, on a tiny Llama."""
+"""The identities of Influence Distillation (Nikdan et al., 2025, arXiv 2505.19051), on a tiny Llama."""
 
-import math
 
 import pytest
 import torch
@@ -208,16 +207,21 @@ def test_second_order_reduces_to_first_order_without_curvature():
 
 
 def test_adam_second_order_terms_match_finite_differences(model):
-    """p = R g_T - eta R H b and Qw = (1/n) R H R^T w, checked against a central difference of
-    the (normalised) target gradient."""
+    """p = R g_T - eta' R H (b / s) and Qw = (1/n) R H R^T w (R the normalised preconditioned
+    rows, s their mean norm, eta' = eta s), checked against a central difference of the
+    (normalised) target gradient."""
     pool, target = batch(5, 8, seed=7), batch(2, 8, seed=9)
     adam = _adam(model)
-    rows = flat_rows(per_sample_grads(model, pool), adam)
+    rows = flat_rows(per_sample_grads(model, pool), adam, normalise=False)
+    unit, s = torch.nn.functional.normalize(rows, dim=1).double(), float(rows.norm(dim=1).mean())
     eta = 0.3
-    p, matvec = adam_second_order_terms(model, rows, target, adam, eta)
+    for p in model.parameters():  # a frozen model: the terms must not depend on the caller's flags
+        p.requires_grad_(False)
+    p, matvec, eta_eff = adam_second_order_terms(model, rows, target, adam, eta)
+    assert eta_eff == pytest.approx(eta * s)
     w, u = torch.rand(5, dtype=torch.double), torch.rand(5, dtype=torch.double)
     qw, qu = matvec(w), matvec(u)  # before the weights are nudged below
-    w2 = second_order_weights(p, matvec, eta=eta, lam=1.0, total=5.0, steps=100)
+    w2 = second_order_weights(p, matvec, eta=eta_eff, lam=1.0, total=5.0, steps=100)
     assert w2.sum().item() == pytest.approx(5.0, rel=1e-4) and (w2 >= 0).all()
     names = sorted(n for n, _ in model.named_modules() if n.endswith("mlp.down_proj"))
     weights = [dict(model.named_modules())[n].weight for n in names]
@@ -227,6 +231,8 @@ def test_adam_second_order_terms_match_finite_differences(model):
         per_example_loss(model, target).mean().backward()
         return torch.cat([w.grad.reshape(-1) for w in weights]).double()
 
+    for w_ in weights:
+        w_.requires_grad_(True)
     g0 = target_grad()
     scale = 1 / g0.norm()
 
@@ -246,13 +252,15 @@ def test_adam_second_order_terms_match_finite_differences(model):
                     offset += w.numel()
         return (out[0] - out[1]) / (2 * eps) * scale
 
-    b = torch.cat([adam.offset[n].reshape(-1) for n in names]).double()
-    expected_p = rows.double() @ (g0 * scale) - eta * rows.double() @ hvp_fd(b)
+    b = torch.cat([adam.offset[n].reshape(-1) for n in names]).double() / s  # in the rows' units
+    expected_p = unit @ (g0 * scale) - eta_eff * unit @ hvp_fd(b)
     assert torch.allclose(p.double(), expected_p, rtol=2e-2, atol=1e-4)
-    expected_q = rows.double() @ hvp_fd(rows.double().T @ w) / 5
+    expected_q = unit @ hvp_fd(unit.T @ w) / 5
     assert torch.allclose(qw, expected_q, rtol=2e-2, atol=1e-5)
     assert float(u @ qw) == pytest.approx(float(w @ qu), rel=1e-3, abs=1e-8)  # Q is symmetric
     model.zero_grad(set_to_none=True)
+    for param in model.parameters():
+        param.requires_grad_(True)
 
 
 def test_rank_metrics():

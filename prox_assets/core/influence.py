@@ -14,8 +14,8 @@
 - ``krr_propagate``: kernel ridge regression from landmarks to every sample (RBF kernel,
   median-distance bandwidth, centred targets), one Cholesky factorisation for every target column;
 - selection: the first-order simplex solution (its support is the top-k), round-robin over
-  target examples (order reshuffled each round, as the reference does), and the second-order
-  objective for Adam through Hessian-vector products.
+  target examples (order reshuffled each round, as the reference does); and, as library code for
+  small pools, the second-order objective for Adam through Hessian-vector products.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ class TokenBatch:
 def make_batch(tokenizer, prompts: Sequence[str], answers: Sequence[str] | None, max_len: int) -> TokenBatch:
     """Loss on ``answers`` tokens when given (target examples), else on every token (pool).
     A long prompt is cut from the left so that the whole answer fits; an answer longer than
-    ``max_len`` keeps its first ``max_len - 1`` tokens after one prompt token."""
+    ``max_len`` keeps its first ``max_len - 1`` tokens after one prompt token (the first token
+    of a sequence has no loss: nothing predicts it)."""
     rows = []
     for i, prompt in enumerate(prompts):
         p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -107,7 +108,7 @@ def mean_hidden_states(model, tokenizer, texts: Sequence[str], max_len: int = 12
             h = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                       output_hidden_states=True).hidden_states[-1].float()
         m = batch.attention_mask[..., None].float()
-        out.append(torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=1).cpu())
+        out.append(torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp(min=1), dim=1).cpu())
     return torch.cat(out)
 
 
@@ -231,7 +232,9 @@ def warm_up(model, tokenizer, texts: Sequence[str], steps: int, lr: float, batch
             factor[name], offset[name] = torch.ones_like(layer.weight), torch.zeros_like(layer.weight)
             continue
         factor[name] = adam_factor(state["exp_avg_sq"], steps, beta1, beta2, eps)
-        offset[name] = adam_offset(state["exp_avg"], state["exp_avg_sq"], steps, beta1, beta2, eps)
+        # AdamW's decoupled weight decay is part of the step too: lr * wd * theta
+        offset[name] = (adam_offset(state["exp_avg"], state["exp_avg_sq"], steps, beta1, beta2, eps)
+                        + opt.defaults["weight_decay"] * layer.weight.detach())
     return AdamState(factor, offset, steps, losses)
 
 
@@ -297,7 +300,7 @@ class JVPEmbedder:
             out = functional_call(self.trunk, p, (batch.input_ids,), {"attention_mask": batch.attention_mask},
                                   strict=False)
             h = out.last_hidden_state.float()
-            return h[rows, last] if self.pooling == "last" else (h * mask).sum(1) / mask.sum(1)
+            return h[rows, last.clamp(min=0)] if self.pooling == "last" else (h * mask).sum(1) / mask.sum(1).clamp(min=1)
 
         config = self.trunk.config  # forward-mode AD has no fused-attention kernel: eager while embedding
         saved = config._attn_implementation
@@ -388,6 +391,8 @@ def top_k(p: torch.Tensor, k: int) -> list[int]:
 def round_robin(scores: torch.Tensor, k: int, seed: int = 0) -> list[int]:
     """Select k rows of ``scores`` (n, m): in each round every target column, in a freshly
     shuffled order (as the reference does), takes its best row not yet taken."""
+    if scores.ndim != 2 or scores.shape[1] == 0:
+        raise ValueError("round robin needs a score column per target example")
     order = torch.argsort(scores, dim=0, descending=True)
     g = torch.Generator().manual_seed(seed)
     chosen: list[int] = []
@@ -442,64 +447,79 @@ def _project_simplex(v: torch.Tensor, total: float) -> torch.Tensor:
     return torch.clamp(v - cums[k - 1] / k, min=0)
 
 
-def flat_rows(grads: dict[str, torch.Tensor], adam: AdamState | None = None) -> torch.Tensor:
-    """(n, d) per-example gradients over every selected layer, Adam-preconditioned when
-    ``adam`` is given, L2-normalised: the rows the objective is written in."""
+def flat_rows(grads: dict[str, torch.Tensor], adam: AdamState | None = None, normalise: bool = True) -> torch.Tensor:
+    """(n, d) per-example gradients over every selected layer (sorted by name), on the CPU,
+    Adam-preconditioned when ``adam`` is given, L2-normalised unless ``normalise`` is False."""
     n = next(iter(grads.values())).shape[0]
-    rows = torch.cat([(g * adam.factor[name] if adam else g).reshape(n, -1) for name, g in sorted(grads.items())], 1)
-    return torch.nn.functional.normalize(rows, dim=1)
+    rows = torch.cat([(g * adam.factor[name] if adam else g).reshape(n, -1).cpu()
+                      for name, g in sorted(grads.items())], 1)
+    return torch.nn.functional.normalize(rows, dim=1) if normalise else rows
 
 
 def adam_second_order_terms(model, rows: torch.Tensor, target_batch: TokenBatch, adam: AdamState, eta: float,
                             param_filter: str = DEFAULT_PARAMS):
-    """p and Q of the second-order objective for one frozen-v AdamW step.
+    """p and Q of the second-order objective for one frozen-v AdamW step (library code: the
+    assets select first-order; this is for small pools and for checking the first-order choice).
 
-    With R the pool's preconditioned, normalised gradient rows (``flat_rows``), the step on the
-    w-weighted pool is delta = -eta (R^T w / n + b); expanding the (normalised) target loss to
-    second order and dividing by eta/n gives f(w) = -p.w + eta/2 w.Qw with
-        p = R g_T - eta R H_T b,   Q = (1/n) R H_T R^T,
-    g_T, H_T the target loss's gradient and Hessian in the selected weights. Returns (p, Q-matvec)."""
+    ``rows``: the pool's Adam-preconditioned gradients a*g_i (``flat_rows(..., normalise=False)``).
+    As in the first-order scores each row is normalised, R = rows / |rows|, which reweights the
+    samples; the optimizer's own part of the step b is expressed in the same units by dividing it
+    by the rows' mean norm s. The step on the w-weighted pool is then delta = -eta s (R^T w / n + b / s);
+    expanding the (normalised) target loss to second order and dividing by eta s / n gives
+    f(w) = -p.w + eta' / 2 w.Qw with eta' = eta s and
+        p = R g_T - eta' R H_T (b / s),   Q = (1/n) R H_T R^T,
+    g_T, H_T the target loss's gradient and Hessian in the selected weights. Returns (p, Q-matvec, eta')."""
     layers = selected_linears(model, param_filter)
     names = sorted(layers)
     params = [layers[n].weight for n in names]
     shapes = [p.shape for p in params]
+    rows = rows.detach().double().cpu()
     n = rows.shape[0]
+    scale_s = float(rows.norm(dim=1).mean().clamp(min=1e-30))
+    unit = torch.nn.functional.normalize(rows, dim=1)
     device = _device(model)
 
     def split(v: torch.Tensor) -> list[torch.Tensor]:
         out, offset = [], 0
         for s in shapes:
             size = math.prod(s)
-            out.append(v[offset : offset + size].reshape(s).to(device))
+            out.append(v[offset : offset + size].reshape(s).to(device=device, dtype=params[0].dtype))
             offset += size
         return out
 
-    saved = {p: p.requires_grad for p in model.parameters()}
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in params:
-        p.requires_grad_(True)
-    try:
-        with torch.enable_grad():
-            loss = per_example_loss(model, target_batch).mean()
-            g_t = torch.autograd.grad(loss, params, create_graph=True)
-        scale = 1.0 / float(torch.sqrt(sum((g.detach() ** 2).sum() for g in g_t)).clamp(min=1e-30))
+    def with_grad_on_selected(fn):
+        saved = {p: p.requires_grad for p in model.parameters()}
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+        try:
+            with torch.enable_grad():
+                return fn()
+        finally:
+            for p, flag in saved.items():
+                p.requires_grad_(flag)
 
-        def hvp(v: torch.Tensor) -> torch.Tensor:
-            hv = torch.autograd.grad(g_t, params, grad_outputs=split(v.float()), retain_graph=True)
-            return torch.cat([h.reshape(-1) for h in hv]).cpu().double() * scale
+    def target_grad():
+        loss = per_example_loss(model, target_batch).mean()
+        return torch.autograd.grad(loss, params, create_graph=True)
 
-        flat_g = torch.cat([g.detach().reshape(-1) for g in g_t]).cpu().double() * scale
-        b = torch.cat([adam.offset[name].reshape(-1) for name in names]).cpu().double()
-        p_vec = rows.double() @ flat_g - eta * (rows.double() @ hvp(b))
-    finally:
-        for p, flag in saved.items():
-            p.requires_grad_(flag)
+    g_t = with_grad_on_selected(target_grad)
+    scale = 1.0 / float(torch.sqrt(sum((g.detach().double() ** 2).sum() for g in g_t)).clamp(min=1e-30))
+
+    def hvp(v: torch.Tensor) -> torch.Tensor:
+        hv = with_grad_on_selected(lambda: torch.autograd.grad(g_t, params, grad_outputs=split(v), retain_graph=True))
+        return torch.cat([h.reshape(-1) for h in hv]).cpu().double() * scale
+
+    eta_eff = eta * scale_s
+    flat_g = torch.cat([g.detach().reshape(-1) for g in g_t]).cpu().double() * scale
+    b = torch.cat([adam.offset[name].reshape(-1).cpu() for name in names]).double() / scale_s
+    p_vec = unit @ flat_g - eta_eff * (unit @ hvp(b))
 
     def q_matvec(w: torch.Tensor) -> torch.Tensor:
-        return rows.double() @ hvp(rows.double().T @ w.double()) / n
+        return unit @ hvp(unit.T @ w.double().cpu()) / n
 
-    return p_vec.float(), q_matvec
+    return p_vec.float(), q_matvec, eta_eff
 
 
 # --- measuring the approximation ----------------------------------------------------------------------
@@ -569,6 +589,8 @@ def compute_influence(model, tokenizer, pool_texts: Sequence[str], target_prompt
                       target_answers: Sequence[str], config: InfluenceConfig, log=print) -> InfluenceResult:
     """Landmark-based influence of every pool sample on every target example. ``model`` is
     warmed up in place (pass a copy to keep the original)."""
+    if not pool_texts or not target_prompts:
+        raise ValueError(f"influence needs a pool and target examples ({len(pool_texts)} and {len(target_prompts)} given)")
     timings: dict[str, float] = {}
     t = time.perf_counter()
     adam = warm_up(model, tokenizer, pool_texts, config.warmup_steps, config.warmup_lr, config.batch_size,

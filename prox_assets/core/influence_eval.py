@@ -45,14 +45,16 @@ if TYPE_CHECKING:
 
 
 def exact_pool_scores(model, tokenizer, texts: Sequence[str], prompts: Sequence[str], answers: Sequence[str],
-                      config: InfluenceConfig, log: Callable[[str], None] = print
+                      config: InfluenceConfig, log: Callable[[str], None] = print,
+                      warmup_texts: Sequence[str] | None = None
                       ) -> tuple[torch.Tensor, object, AdamState, dict[str, float]]:
-    """Warm up a copy of ``model`` (seed ``config.seed``), then exact scores (n, m) of every
-    pool sample. Returns the scores, the warmed-up copy, its Adam state and timings."""
+    """Warm up a copy of ``model`` (seed ``config.seed``) on ``warmup_texts`` (default: the
+    pool), then exact scores (n, m) of every sample of ``texts``. Returns the scores, the
+    warmed-up copy, its Adam state and timings."""
     timings = {}
     work = copy.deepcopy(model)
     t = time.perf_counter()
-    adam = warm_up(work, tokenizer, texts, config.warmup_steps, config.warmup_lr, config.batch_size,
+    adam = warm_up(work, tokenizer, warmup_texts or texts, config.warmup_steps, config.warmup_lr, config.batch_size,
                    config.max_len, config.param_filter, config.seed, config.dtype)
     timings["warmup_s"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -70,10 +72,15 @@ def exact_pool_scores(model, tokenizer, texts: Sequence[str], prompts: Sequence[
     return torch.cat(parts), work, adam, timings
 
 
+EMBEDDINGS = ("jvp-mean", "jvp-last", "hidden-mean")
+
+
 def embed_pool(model, tokenizer, texts: Sequence[str], config: InfluenceConfig, kind: str) -> torch.Tensor:
     """Embeddings the landmarks propagate through: ``jvp-mean`` / ``jvp-last`` (JVP of the first
     blocks, pooled over tokens or the last token) or ``hidden-mean`` (mean-pooled last hidden
     states, the RDS embedding used as the kernel space)."""
+    if kind not in EMBEDDINGS:
+        raise ValueError(f"unknown embedding {kind!r}; known: {', '.join(EMBEDDINGS)}")
     if kind == "hidden-mean":
         return mean_hidden_states(model, tokenizer, texts, config.max_len, config.batch_size, config.dtype)
     embed = JVPEmbedder(model, config.jvp_blocks, config.jvp_directions, config.seed, kind.split("-", 1)[1],
@@ -134,7 +141,7 @@ def influence_study(model, tokenizer, texts: Sequence[str], domains: Sequence[st
         "exact": {"domain_auroc": round(auroc(exact, positive), 4),
                   "target_domain_share_of_top_quarter": round(sum(positive[i] for i in top_quarter) / len(top_quarter), 4),
                   "mean_score_per_domain": per_domain,
-                  "per_target_domain_auroc": _mean_std([auroc(scores[:, j], positive) for j in range(scores.shape[1])])},
+                  "per_target_example_domain_auroc": _mean_std([auroc(scores[:, j], positive) for j in range(scores.shape[1])])},
     }
 
     # stability: the same exact scores from other warm-up seeds (on a subset when asked)
@@ -142,8 +149,9 @@ def influence_study(model, tokenizer, texts: Sequence[str], domains: Sequence[st
         sorted(torch.randperm(n, generator=torch.Generator().manual_seed(7))[:stability_samples].tolist())
     stability = []
     for seed in stability_seeds:
+        # only the seed changes: the same warm-up pool, a different draw of its batches
         other, _, _, t_other = exact_pool_scores(model, tokenizer, [texts[i] for i in subset], prompts, answers,
-                                                 replace(config, seed=seed), log)
+                                                 replace(config, seed=seed), log, warmup_texts=texts)
         stability.append({"seed": seed, "samples": len(subset),
                           "spearman_vs_seed_" + str(config.seed): round(spearman(other.mean(1), exact[subset]), 4),
                           "seconds": round(sum(t_other.values()), 1)})

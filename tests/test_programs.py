@@ -232,6 +232,14 @@ def test_normalize_cannot_explode_the_text():
     assert [e.kind for e in execute_chunk_program(DOC, 'normalize("", "x")').errors] == ["empty_source"]
 
 
+def test_normalize_never_produces_invalid_unicode():
+    """Model output can spell a lone surrogate; the executor must not put it into the text."""
+    for program in (r'normalize("Weather", "\ud800")', r'normalize(source_str="line", target_str="x\udfff")'):
+        r = execute_chunk_program(DOC, program)
+        assert [e.kind for e in r.errors] == ["invalid_unicode"] and r.edits == []
+        r.text.encode("utf-8")  # valid Unicode: the tokenizer and the Parquet writer accept it
+
+
 def test_edits_are_auditable():
     r = execute_chunk_program(DOC, 'remove_lines(0, 1)\nnormalize("(updated)", "")')
     d = r.to_dict()

@@ -258,11 +258,23 @@ def _surviving(lines: list[str], kept: list[tuple[int, int]], start: int, end: i
     return "\n".join(parts) if parts else None
 
 
+def _is_valid_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _apply_normalizes(
     segment: str, calls: Sequence[Call], window: int, result: ExecutionResult, config: ExecutorConfig
 ) -> str:
     for call in calls:
         source, target = call.arg("source_str"), call.arg("target_str")
+        if not _is_valid_unicode(source) or not _is_valid_unicode(target):
+            # e.g. "\ud800": a lone surrogate cannot be encoded, so it would fail every writer downstream
+            result.errors.append(ProgramIssue("invalid_unicode", "normalize with a lone surrogate", call.line))
+            continue
         count = segment.count(source)
         if count == 0:
             issue = ProgramIssue("source_not_found", f"normalize source {source[:60]!r} not found")

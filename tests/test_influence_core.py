@@ -16,7 +16,6 @@ from prox_assets.core.influence import (
     choose_landmarks,
     exact_scores,
     flat_rows,
-    jvp_embeddings,
     krr_propagate,
     lambda_for_k,
     make_batch,
@@ -164,8 +163,8 @@ def test_make_batch_keeps_the_whole_answer():
 def test_jvp_embeddings_are_deterministic_and_leave_the_model_whole(model):
     b = batch()
     for pooling in ("mean", "last"):
-        e1 = jvp_embeddings(model, b, blocks=2, directions=2, seed=4, pooling=pooling)
-        e2 = jvp_embeddings(model, b, blocks=2, directions=2, seed=4, pooling=pooling)
+        e1 = JVPEmbedder(model, blocks=2, directions=2, seed=4, pooling=pooling)(b)
+        e2 = JVPEmbedder(model, blocks=2, directions=2, seed=4, pooling=pooling)(b)
         assert e1.shape == (6, 64) and torch.allclose(e1, e2)
     assert len(model.model.layers) == 3  # the truncated trunk was a copy
     # every parameter of the truncated model is perturbed, embeddings and final norm included

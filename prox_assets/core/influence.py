@@ -204,6 +204,12 @@ class AdamState:
         return {"a_p01": float(q[0]), "a_p50": float(q[1]), "a_p99": float(q[2]),
                 "a_p99_over_p01": float(q[2] / q[0]), "a_max_over_min": float(flat.max() / flat.min())}
 
+    def summary(self) -> dict[str, float]:
+        """The factor spread and the warm-up's first and last batch losses."""
+        return {**self.factor_spread(),
+                "warmup_loss_first": self.losses[0] if self.losses else float("nan"),
+                "warmup_loss_last": self.losses[-1] if self.losses else float("nan")}
+
 
 def warm_up(model, tokenizer, texts: Sequence[str], steps: int, lr: float, batch_size: int, max_len: int,
             param_filter: str = DEFAULT_PARAMS, seed: int = 0, dtype: str = "float32") -> AdamState:
@@ -311,12 +317,6 @@ class JVPEmbedder:
         finally:
             config._attn_implementation = saved
         return torch.cat(parts, dim=1).cpu()
-
-
-def jvp_embeddings(model, batch: TokenBatch, blocks: int = 4, directions: int = 2, seed: int = 0,
-                   pooling: str = "mean", dtype: str = "float32") -> torch.Tensor:
-    """One batch through a fresh ``JVPEmbedder`` (for many batches, build the embedder once)."""
-    return JVPEmbedder(model, blocks, directions, seed, pooling, dtype)(batch)
 
 
 # --- landmarks and kernel ridge regression ---------------------------------------------------------
@@ -581,8 +581,37 @@ class InfluenceResult:
     adam: dict[str, float]  # the warm-up's factor spread and losses
 
 
-def _batched(fn, items: Sequence, size: int) -> list:
-    return [fn(items[i : i + size]) for i in range(0, len(items), size)]
+def all_target_gradients(model, tokenizer, prompts: Sequence[str], answers: Sequence[str],
+                         config: InfluenceConfig) -> dict[str, torch.Tensor]:
+    """``target_gradients`` of every target example, ``config.batch_size`` at a time."""
+    parts = [target_gradients(model, make_batch(tokenizer, prompts[i : i + config.batch_size],
+                                                answers[i : i + config.batch_size], config.max_len),
+                              config.param_filter, config.dtype)
+             for i in range(0, len(prompts), config.batch_size)]
+    return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+
+
+def exact_scores_of(model, tokenizer, texts: Sequence[str], targets: dict[str, torch.Tensor],
+                    adam: AdamState | None, config: InfluenceConfig,
+                    progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """``exact_scores`` (n, m) of ``texts``, ``config.batch_size`` at a time."""
+    parts = []
+    for i in range(0, len(texts), config.batch_size):
+        batch = make_batch(tokenizer, list(texts[i : i + config.batch_size]), None, config.max_len)
+        parts.append(exact_scores(model, batch, targets, adam, config.param_filter, config.dtype))
+        if progress:
+            progress(i + len(parts[-1]), len(texts))
+    return torch.cat(parts) if parts else torch.zeros(0, next(iter(targets.values())).shape[0])
+
+
+def embed_texts(model, tokenizer, texts: Sequence[str], config: InfluenceConfig, pooling: str | None = None
+                ) -> torch.Tensor:
+    """JVP embeddings of ``texts`` (``config``'s blocks, directions, seed; ``pooling`` defaults
+    to ``config.jvp_pooling``), one embedder so every batch shares the directions."""
+    embed = JVPEmbedder(model, config.jvp_blocks, config.jvp_directions, config.seed, pooling or config.jvp_pooling,
+                        config.dtype)
+    return torch.cat([embed(make_batch(tokenizer, list(texts[i : i + config.batch_size]), None, config.max_len))
+                      for i in range(0, len(texts), config.batch_size)])
 
 
 def compute_influence(model, tokenizer, pool_texts: Sequence[str], target_prompts: Sequence[str],
@@ -596,35 +625,27 @@ def compute_influence(model, tokenizer, pool_texts: Sequence[str], target_prompt
     adam = warm_up(model, tokenizer, pool_texts, config.warmup_steps, config.warmup_lr, config.batch_size,
                    config.max_len, config.param_filter, config.seed, config.dtype)
     timings["warmup_s"] = time.perf_counter() - t
-    spread = adam.factor_spread()
+    summary = adam.summary()
     log(f"warm-up: {config.warmup_steps} AdamW steps in {timings['warmup_s']:.0f}s, loss "
-        f"{adam.losses[0] if adam.losses else float('nan'):.3f} -> {adam.losses[-1] if adam.losses else float('nan'):.3f}, "
-        f"Adam factor p99/p01 {spread['a_p99_over_p01']:.3g}")
+        f"{summary['warmup_loss_first']:.3f} -> {summary['warmup_loss_last']:.3f}, "
+        f"Adam factor p99/p01 {summary['a_p99_over_p01']:.3g}")
 
     t = time.perf_counter()
-    targets = _cat_targets(_batched(
-        lambda idx: target_gradients(model, make_batch(tokenizer, [target_prompts[i] for i in idx],
-                                                       [target_answers[i] for i in idx], config.max_len),
-                                     config.param_filter, config.dtype),
-        list(range(len(target_prompts))), config.batch_size))
+    targets = all_target_gradients(model, tokenizer, target_prompts, target_answers, config)
     timings["target_grads_s"] = time.perf_counter() - t
 
     def exact(idx: Sequence[int]) -> torch.Tensor:
-        return exact_scores(model, make_batch(tokenizer, [pool_texts[i] for i in idx], None, config.max_len),
-                            targets, adam, config.param_filter, config.dtype)
+        return exact_scores_of(model, tokenizer, [pool_texts[i] for i in idx], targets, adam, config)
 
     t = time.perf_counter()
-    embed = JVPEmbedder(model, config.jvp_blocks, config.jvp_directions, config.seed, config.jvp_pooling,
-                        config.dtype)
-    emb = torch.cat(_batched(lambda chunk: embed(make_batch(tokenizer, chunk, None, config.max_len)),
-                             list(pool_texts), config.batch_size))
+    emb = embed_texts(model, tokenizer, pool_texts, config)
     timings["embeddings_s"] = time.perf_counter() - t
     log(f"embedded {len(pool_texts)} pool samples in {timings['embeddings_s']:.1f}s")
 
     n = len(pool_texts)
     landmarks = choose_landmarks(n, config.landmarks or n, config.seed, emb, config.landmark_method)
     t = time.perf_counter()
-    p_l = torch.cat(_batched(exact, landmarks, config.batch_size))
+    p_l = exact(landmarks)
     timings["landmark_grads_s"] = time.perf_counter() - t
     log(f"exact influence of {len(landmarks)} landmarks in {timings['landmark_grads_s']:.1f}s")
 
@@ -640,7 +661,7 @@ def compute_influence(model, tokenizer, pool_texts: Sequence[str], target_prompt
     accuracy: dict[str, float] = {}
     exact_holdout = torch.zeros(0, len(target_prompts))
     if len(holdout) >= 3:
-        exact_holdout = torch.cat(_batched(exact, holdout, config.batch_size))
+        exact_holdout = exact(holdout)
         est, ex = scores[holdout].mean(1), exact_holdout.mean(1)
         k = max(1, len(holdout) // 10)
         accuracy = {"spearman": spearman(est, ex), "pearson": pearson(est, ex), f"top{k}_recall": topk_recall(est, ex, k),
@@ -648,13 +669,7 @@ def compute_influence(model, tokenizer, pool_texts: Sequence[str], target_prompt
     per_sample_s = timings["landmark_grads_s"] / max(len(landmarks), 1)
     timings["landmark_method_s"] = timings["embeddings_s"] + timings["landmark_grads_s"] + timings["krr_s"]
     timings["exact_method_estimate_s"] = per_sample_s * n
-    return InfluenceResult(scores, landmarks, p_l, holdout, exact_holdout, accuracy, timings,
-                           {**spread, "warmup_loss_first": adam.losses[0] if adam.losses else float("nan"),
-                            "warmup_loss_last": adam.losses[-1] if adam.losses else float("nan")})
-
-
-def _cat_targets(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+    return InfluenceResult(scores, landmarks, p_l, holdout, exact_holdout, accuracy, timings, summary)
 
 
 def flops_ratio(n_layers: int, blocks: int, directions: int, landmarks: int, pool: int) -> float:

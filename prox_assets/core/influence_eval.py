@@ -26,16 +26,15 @@ import torch
 from prox_assets.core.influence import (
     AdamState,
     InfluenceConfig,
-    JVPEmbedder,
+    all_target_gradients,
     auroc,
     choose_landmarks,
-    exact_scores,
+    embed_texts,
+    exact_scores_of,
     krr_propagate,
-    make_batch,
     mean_hidden_states,
     pearson,
     spearman,
-    target_gradients,
     topk_recall,
     warm_up,
 )
@@ -58,18 +57,17 @@ def exact_pool_scores(model, tokenizer, texts: Sequence[str], prompts: Sequence[
                    config.max_len, config.param_filter, config.seed, config.dtype)
     timings["warmup_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    targets = target_gradients(work, make_batch(tokenizer, prompts, answers, config.max_len), config.param_filter,
-                               config.dtype)
+    targets = all_target_gradients(work, tokenizer, prompts, answers, config)
     timings["target_grads_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    parts = []
-    for i in range(0, len(texts), config.batch_size):
-        batch = make_batch(tokenizer, list(texts[i : i + config.batch_size]), None, config.max_len)
-        parts.append(exact_scores(work, batch, targets, adam, config.param_filter, config.dtype))
-        if (i // config.batch_size) % 10 == 0:
-            log(f"exact scores {i + len(parts[-1])}/{len(texts)} ({time.perf_counter() - t:.0f}s)")
+
+    def progress(done: int, total: int) -> None:
+        if (done - 1) // config.batch_size % 10 == 0:
+            log(f"exact scores {done}/{total} ({time.perf_counter() - t:.0f}s)")
+
+    scores = exact_scores_of(work, tokenizer, texts, targets, adam, config, progress)
     timings["exact_s"] = time.perf_counter() - t
-    return torch.cat(parts), work, adam, timings
+    return scores, work, adam, timings
 
 
 EMBEDDINGS = ("jvp-mean", "jvp-last", "hidden-mean")
@@ -83,10 +81,7 @@ def embed_pool(model, tokenizer, texts: Sequence[str], config: InfluenceConfig, 
         raise ValueError(f"unknown embedding {kind!r}; known: {', '.join(EMBEDDINGS)}")
     if kind == "hidden-mean":
         return mean_hidden_states(model, tokenizer, texts, config.max_len, config.batch_size, config.dtype)
-    embed = JVPEmbedder(model, config.jvp_blocks, config.jvp_directions, config.seed, kind.split("-", 1)[1],
-                        config.dtype)
-    return torch.cat([embed(make_batch(tokenizer, list(texts[i : i + config.batch_size]), None, config.max_len))
-                      for i in range(0, len(texts), config.batch_size)])
+    return embed_texts(model, tokenizer, texts, config, pooling=kind.split("-", 1)[1])
 
 
 def _mean_std(values: Sequence[float]) -> dict[str, float]:

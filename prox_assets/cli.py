@@ -75,7 +75,9 @@ SUMMARY_KEYS = {
     "landmark_influence": ("dagster/row_count", "landmarks", "wall_clock_vs_exact", "flops_vs_rds_model"),
     "selected_subset": ("budget", "pool_size", "selected_score_mean", "pool_score_mean"),
     "refiner": ("refiner_version", "train_seconds", "loss_first_last", "refiner_macro_f1", "base_macro_f1",
-                "refiner_line_f1", "base_line_f1", "refiner_pair"),
+                "refiner_line_f1", "base_line_f1", "heldout_doc_labelled_macro_f1", "heldout_pydocs_heldout_line_f1",
+                "heldout_pydocs_heldout_gold_text_kept", "heldout_news_heldout_gold_text_kept",
+                "heldout_clean_austen_tokens_kept", "refiner_pair"),
     "trained_checkpoint": ("dagster/row_count", "train_tokens_per_seed", "mean_heldout_loss", "mean_accuracy",
                            "mean_exact_match", "mean_f1", "mean_prose_perplexity"),
     "evaluation_report": ("variants", "missing_variants"),
@@ -167,11 +169,26 @@ def _build_samples(out: Path | None = None) -> list[Path]:
         raise click.ClickException(f"{exc} (run deploy/setup.sh)") from exc
 
 
+# Refiner budgets: `demo` fits the demo's ~20 minutes on a 2-core CPU; `cpu-large` is about 45
+# minutes of refiner training and a larger held-out evaluation on the same machine (README).
+BUDGETS = {
+    "demo": {"sft": {"chunk_docs_per_shard": 12}, "steps": {"doc": 60, "chunk": 80},
+             "refiner": {"quality_pages": 6, "quality_news": 4, "quality_clean": 6, "quality_doc_pages": 16,
+                         "quality_max_chars": 6000}},
+    "cpu-large": {"sft": {"chunk_docs_per_shard": 60}, "steps": {"doc": 120, "chunk": 450},
+                  "refiner": {"quality_pages": 24, "quality_news": 8, "quality_clean": 12, "quality_doc_pages": 40,
+                              "quality_max_chars": 10000}},
+}
+
+
 @main.command()
+@click.option("--budget", type=click.Choice(sorted(BUDGETS)), default="demo", show_default=True,
+              help="Refiner budget: SFT documents, training steps and held-out evaluation size.")
 @click.option("--seeds-per-shard", default=6, show_default=True, help="Seed documents scored per shard.")
-@click.option("--chunk-docs-per-shard", default=12, show_default=True, help="Documents per shard for chunk SFT.")
-@click.option("--annotator", type=click.Choice(["rules", "llm", "both"]), default="rules", show_default=True)
-@click.option("--refiner-steps", default=24, show_default=True, help="Fine-tuning steps per refiner level.")
+@click.option("--chunk-docs-per-shard", type=int, default=None, help="Documents per shard for chunk SFT (overrides --budget).")
+@click.option("--annotator", type=click.Choice(["rules", "llm", "both"]), default="rules", show_default=True,
+              help="Chunk labels for pages without gold labels.")
+@click.option("--refiner-steps", type=int, default=None, help="Fine-tuning steps per refiner level (overrides --budget).")
 @click.option("--refine-docs", default=6, show_default=True, help="Documents refined per shard (0 = all).")
 @click.option("--refine-max-chars", default=6000, show_default=True,
               help="Sample refined documents among those this short (0 = any length).")
@@ -181,9 +198,9 @@ def _build_samples(out: Path | None = None) -> list[Path]:
 @click.option("--train-steps", default=6, show_default=True,
               help="Training steps per checkpoint (x 4 windows x 128 tokens: the token budget of every variant).")
 @click.option("--eval-examples", default=32, show_default=True, help="Held-out target examples per evaluation.")
-def demo(seeds_per_shard: int, chunk_docs_per_shard: int, annotator: str, refiner_steps: int,
-         refine_docs: int, refine_max_chars: int, checkpoint_targets: str, train_steps: int,
-         eval_examples: int) -> None:
+def demo(budget: str, seeds_per_shard: int, chunk_docs_per_shard: int | None, annotator: str,
+         refiner_steps: int | None, refine_docs: int, refine_max_chars: int, checkpoint_targets: str,
+         train_steps: int, eval_examples: int) -> None:
     """Build the sample corpus and materialize every asset of the graph on it."""
     from prox_assets.ingest import incoming_files
     from prox_resources.store import ObjectStore
@@ -200,12 +217,15 @@ def demo(seeds_per_shard: int, chunk_docs_per_shard: int, annotator: str, refine
     outcome |= _prefixed("seed_scores", materialize_partitions(
         "seed_scores", shards, {"seeds_per_shard": seeds_per_shard}))
     click.echo("== sft_programs")
-    outcome |= _prefixed("sft_programs", materialize_partitions(
-        "sft_programs", ["doc", "chunk"],
-        {"chunk_docs_per_shard": chunk_docs_per_shard, "annotator": annotator}))
-    click.echo(f"== refiner (LoRA, {refiner_steps} steps per level on this machine)")
-    outcome |= _prefixed("refiner", materialize_partitions(
-        "refiner", ["doc", "chunk"], {"max_steps": refiner_steps}))
+    sft = {**BUDGETS[budget]["sft"], "annotator": annotator}
+    steps = {level: refiner_steps or n for level, n in BUDGETS[budget]["steps"].items()}
+    if chunk_docs_per_shard is not None:
+        sft["chunk_docs_per_shard"] = chunk_docs_per_shard
+    outcome |= _prefixed("sft_programs", materialize_partitions("sft_programs", ["doc", "chunk"], sft))
+    click.echo(f"== refiner (LoRA, {steps['doc']} + {steps['chunk']} steps on this machine, budget {budget})")
+    for level in ("doc", "chunk"):
+        outcome |= _prefixed("refiner", materialize_partitions(
+            "refiner", [level], {**BUDGETS[budget]["refiner"], "max_steps": steps[level]}))
     version = _latest_refiner_version()
     if version:
         click.echo(f"== refined_corpus (refiner {version}, {refine_docs} documents per shard)")
@@ -249,11 +269,11 @@ def _print_refiner_summary() -> None:
         "SELECT e.level, e.version, e.model, e.dataset, e.metric, e.value FROM refiner_evals e "
         "JOIN (SELECT level, version FROM refiner_versions QUALIFY row_number() OVER "
         "(PARTITION BY level ORDER BY written_at DESC) = 1) v USING (level, version) "
-        "WHERE e.metric IN ('macro_f1', 'line_f1', 'parse_rate', 'removed_line_precision', "
-        "'removed_line_recall', 'gold_text_kept') ORDER BY 1, 4, 3, 5"
+        "WHERE e.metric IN ('macro_f1', 'line_f1', 'parse_rate', 'noise_removed', 'gold_text_kept', "
+        "'tokens_kept', 'docs_dropped') ORDER BY 1, 4, 5, 3"
     ).rows()
     for level, version, model, dataset, metric, value in rows:
-        click.echo(f"refiner[{level}] {version} {dataset:>10} {model:>14} {metric:>24} = {value:.3f}")
+        click.echo(f"refiner[{level}] {version} {dataset:>19} {metric:>14} {model:>16} = {value:.3f}")
 
 
 def _latest_refiner_version() -> str | None:
@@ -572,6 +592,51 @@ def bench_selection(pool_size: int, task: str, n_target: int, heldout: int, land
         [t.prompt for t in held], [t.answer for t in held], InfluenceConfig(landmarks=landmarks, max_len=128),
         train, budget_fraction, [int(x) for x in seeds.split(",")], log=lambda m: click.echo(m, err=True))
     click.echo(json.dumps(report, indent=2 if as_json else 1))
+
+
+@bench.command("refinement")
+@click.option("--refiner-version", default=None, help="refiner_version key (default: the newest).")
+@click.option("--pages", default=48, show_default=True, help="Docs pages of the SFT side of the split to train on.")
+@click.option("--heldout", default=16, show_default=True, help="Held-out pages whose clean text is the evaluation.")
+@click.option("--max-chars", default=8000, show_default=True, help="Pages at most this long (a CPU budget).")
+@click.option("--train-steps", default=40, show_default=True)
+@click.option("--batch-size", default=4, show_default=True)
+@click.option("--seq-len", default=256, show_default=True)
+@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--seeds", default="0,1", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def bench_refinement(refiner_version: str | None, pages: int, heldout: int, max_chars: int, train_steps: int,
+                     batch_size: int, seq_len: int, lr: float, seeds: str, as_json: bool) -> None:
+    """Does refinement help? The chunk refiner cleans docs pages; the base model is trained on
+    the same pages as raw, refined and clean (layout gold) text under one token budget, several
+    seeds, and scored by perplexity on the clean text of held-out pages."""
+    from prox_assets.core.chunking import hf_token_counter
+    from prox_assets.core.refiner_quality import refinement_training_evidence, refinement_variants
+    from prox_assets.core.refiner_training import TrainConfig
+    from prox_assets.refine import refiner_pair
+    from prox_assets.refiner import refiner_prefix
+    from prox_resources.catalog import Catalog
+    from prox_resources.device import DeviceSettings
+    from prox_resources.engine import ModelEngine
+    from prox_resources.models import DEFAULT_MODEL, fetch_model, resolve_model
+    from prox_resources.store import ObjectStore
+
+    version = refiner_version or _latest_refiner_version()
+    if not version:
+        raise click.ClickException("no refiner version: materialize refiner[doc] and refiner[chunk] (or run prox demo)")
+    pair = refiner_pair(Catalog(), version)
+    device = DeviceSettings(device=os.environ.get("PROX_DEVICE", "auto"))
+    backend = ModelEngine(backend="transformers").load(
+        device, model=str(fetch_model(ObjectStore(), refiner_prefix("chunk", pair["chunk"]))))
+    log = lambda m: click.echo(m, err=True)  # noqa: E731
+    variants, held = refinement_variants(
+        backend, hf_token_counter(backend.tokenizer), pair["window_tokens"], pair["chunk_max_new_tokens"], pages,
+        heldout, max_chars, pair["heldout_pages"], pair["split_seed"], log)
+    train = TrainConfig(method="lora", lora_r=8, lora_alpha=16, lora_layers=None, max_steps=train_steps,
+                        batch_size=batch_size, lr=lr, min_lr=lr / 10, warmup_steps=2, max_seq_len=seq_len)
+    report = refinement_training_evidence(resolve_model(DEFAULT_MODEL), variants, held, train,
+                                          [int(x) for x in seeds.split(",")], log=log)
+    click.echo(json.dumps({"refiner_version": version, **report}, indent=2 if as_json else 1))
 
 
 def _format_report(report: dict) -> str:

@@ -36,7 +36,7 @@ class RefineConfig(dg.Config):
     seed: int = 0
     batch_docs: int = 16  # the unit of resumption
     doc_max_new_tokens: int = 8
-    chunk_max_new_tokens: int = 96
+    chunk_max_new_tokens: int = 0  # 0: the chunk refiner's own budget, sized from its training programs
 
 
 def refined_key(version: str, shard: str) -> str:
@@ -61,7 +61,8 @@ def latest_refiner_version(catalog: Catalog) -> str | None:
 def refiner_pair(catalog: Catalog, version: str) -> dict:
     """The doc and chunk refiner versions of a pair key, and the input sizes each was trained on."""
     rows = catalog.query(
-        "SELECT p.doc_version, p.chunk_version, sd.config AS doc_sft, sc.config AS chunk_sft "
+        "SELECT p.doc_version, p.chunk_version, sd.config AS doc_sft, sc.config AS chunk_sft, "
+        "vc.train_report AS chunk_report "
         "FROM refiner_pairs p "
         "JOIN refiner_versions vd ON vd.level = 'doc' AND vd.version = p.doc_version "
         "JOIN refiner_versions vc ON vc.level = 'chunk' AND vc.version = p.chunk_version "
@@ -76,6 +77,10 @@ def refiner_pair(catalog: Catalog, version: str) -> dict:
         "doc": row["doc_version"], "chunk": row["chunk_version"],
         "doc_max_tokens": json.loads(row["doc_sft"])["doc_max_tokens"],
         "window_tokens": json.loads(row["chunk_sft"])["window_tokens"],
+        "chunk_max_new_tokens": json.loads(row["chunk_report"] or "{}").get("max_new_tokens", 160),
+        # which docs pages the chunk refiner's SFT set left out (its held-out evaluation pages)
+        "heldout_pages": json.loads(row["chunk_sft"]).get("heldout_pages", 0.3),
+        "split_seed": json.loads(row["chunk_sft"]).get("seed", 0),
     }
 
 
@@ -87,7 +92,7 @@ def refine_batch(doc_backend, chunk_backend, batch: pl.DataFrame, shard: str, ve
     kept_idx = [i for i, (_, r) in enumerate(doc_runs) if not r.dropped]
     chunk_runs = dict(zip(kept_idx, run_chunk_refiner(
         chunk_backend, [texts[i] for i in kept_idx], hf_token_counter(chunk_backend.tokenizer),
-        pair["window_tokens"], config.chunk_max_new_tokens,
+        pair["window_tokens"], config.chunk_max_new_tokens or pair["chunk_max_new_tokens"],
     )))
     count = hf_token_counter(chunk_backend.tokenizer)
     rows = []
@@ -107,6 +112,7 @@ def refine_batch(doc_backend, chunk_backend, batch: pl.DataFrame, shard: str, ve
             "edits": json.dumps([e.to_dict() for e in run.result.edits] if run else []),
             "errors": json.dumps([e.to_dict() for e in (doc_result.errors + (run.result.errors if run else []))]),
             "program_ignored": bool(run and run.result.ignored),
+            "windows_ignored": len(run.result.ignored_windows) if run else 0,
             "lines_removed": sum(e.line_end - e.line_start + 1 for e in run.result.edits if e.kind == "remove_lines") if run else 0,
             "n_chars_before": len(text), "n_chars_after": len(refined) if not dropped else 0,
             "n_tokens_before": tokens_before, "n_tokens_after": tokens_after if not dropped else 0,
@@ -124,7 +130,7 @@ def refine_batch(doc_backend, chunk_backend, batch: pl.DataFrame, shard: str, ve
     kinds={"pytorch", "parquet"},
     owners=["team:data-platform"],
     **GPU_STEP,
-    code_version="refine-v1",
+    code_version="refine-v2",
     description=(
         "A raw shard refined by one refiner version (a document refiner and a chunk refiner): "
         "doc_id, refined text, kept, reason, both programs, edits and errors, under "
@@ -168,7 +174,8 @@ def refined_corpus(
     uri = store.write_parquet(refined_key(version, shard), frame)
     catalog.replace_rows(
         "program_runs", {"shard": shard, "refiner_version": version},
-        with_lineage(frame.drop("text", "program_ignored", "lines_removed", "n_tokens_before", "n_tokens_after"),
+        with_lineage(frame.drop("text", "program_ignored", "windows_ignored", "lines_removed", "n_tokens_before",
+                                "n_tokens_after"),
                      context, refined_path=refined_key(version, shard)),
     )
     for key in store.list(parts + "/"):
@@ -190,6 +197,7 @@ def refined_corpus(
         "lines_removed": int(frame["lines_removed"].sum()),
         "executor_errors": int(frame["errors"].map_elements(lambda e: len(json.loads(e)), return_dtype=pl.Int64).sum()),
         "programs_ignored": int(frame["program_ignored"].sum()),
+        "windows_ignored": int(frame["windows_ignored"].sum()),
         "drop_reasons": md_table(["reason", "count"], reasons),
         "chars_kept_per_document": histogram(frame["n_chars_after"].to_list(), log=False),
         "before_after": md_table(

@@ -8,6 +8,7 @@ chunk refiners as a ``refiner_version`` partition key for the refined corpus.
 """
 
 import json
+import math
 import random
 from typing import Literal
 
@@ -15,8 +16,16 @@ import dagster as dg
 import polars as pl
 
 from prox_assets.core.chunking import hf_token_counter
-from prox_assets.core.real_pairs import news_pairs, pydocs_pairs, removal_metrics
-from prox_assets.core.refine import run_chunk_refiner
+from prox_assets.core.refiner_quality import (
+    MODELS,
+    build_quality_set,
+    chunk_stage_quality,
+    doc_stage_quality,
+    imitator_writers,
+    model_writers,
+    noise_rate,
+    random_writers,
+)
 from prox_assets.core.refiner_eval import chunk_metrics, doc_metrics, load_chat, with_shots
 from prox_assets.core.refiner_training import TrainConfig, train_refiner, version_id
 from prox_assets.metadata import lineage, md_table
@@ -46,9 +55,13 @@ class RefinerConfig(dg.Config):
     seed: int = 0
     eval_examples: int = 16  # held-out examples scored for both the refiner and the base model
     few_shot: int = 2  # worked examples given to the base model
-    max_new_tokens: int = 64
-    real_eval_pages: int = 4  # chunk level: real (page, clean text) pairs; 0 disables
-    real_eval_max_chars: int = 8000
+    max_new_tokens: int = 0  # 0: sized from the training programs (their p99 length x 1.25 + 8)
+    # held-out real data (core.refiner_quality); 0 pages and 0 clean texts disable it
+    quality_pages: int = 6  # docs pages with layout gold (chunk stage)
+    quality_news: int = 4  # newspaper pages, a domain no refiner trains on (chunk stage)
+    quality_clean: int = 6  # held-out Austen passages and MATH problems, each (both stages)
+    quality_doc_pages: int = 16  # docs pages for the document stage, half of them index pages
+    quality_max_chars: int = 6000  # chunk-stage pages at most this long (a CPU budget)
 
 
 def refiner_prefix(level: str, version: str) -> str:
@@ -96,21 +109,42 @@ def _evaluate(backend, val: pl.DataFrame, level: str, shots=None, max_new_tokens
     return chunk_metrics(predicted, val["target"].to_list(), spans)
 
 
-def _real_pairs_eval(backend, tokenizer, config: RefinerConfig, window_tokens: int) -> dict:
-    half = max(1, config.real_eval_pages // 2)
-    rng = random.Random(config.seed)
-    # pages of at most real_eval_max_chars, so the CPU budget does not hinge on one huge page
-    docs = [p for p in pydocs_pairs() if len(p.page_text) <= config.real_eval_max_chars]
-    pairs = rng.sample(docs, min(half, len(docs)))
-    news = [p for p in news_pairs(downloads_dir()) if len(p.page_text) <= config.real_eval_max_chars]
-    pairs += rng.sample(news, min(config.real_eval_pages - len(pairs), len(news)))
-    runs = run_chunk_refiner(backend, [p.page_text for p in pairs], hf_token_counter(tokenizer),
-                             window_tokens, config.max_new_tokens)
-    removed = [
-        {i for e in run.result.edits if e.kind == "remove_lines" for i in range(e.line_start, e.line_end + 1)}
-        for run in runs
-    ]
-    return removal_metrics(pairs, [r.result.text for r in runs], removed)
+def generation_budget(target_tokens_p99: int) -> int:
+    """New tokens for a program: the training programs' p99 with room to spare, so a model that
+    imitates its labels is not cut off (64 tokens truncated the long ones)."""
+    return max(16, math.ceil(1.25 * target_tokens_p99) + 8)
+
+
+def _quality(tuned, level: str, config: RefinerConfig, sft_config: dict, new_tokens: int) -> dict:
+    """{model: {dataset: {metric: value}}} on held-out real data for the refiner, the perfect
+    imitator and the random control."""
+    qset = build_quality_set(
+        downloads_dir(), config.quality_pages, config.quality_news, config.quality_clean,
+        config.quality_doc_pages, config.quality_max_chars, sft_config.get("heldout_pages", 0.3),
+        sft_config.get("seed", 0))
+    writers = {
+        "refiner": model_writers(tuned, new_tokens),
+        "perfect-imitator": imitator_writers(),
+        "random-control": random_writers(noise_rate(qset.pages),
+                                         sum(not k for _, _, k in qset.docs) / max(len(qset.docs), 1), config.seed),
+    }
+    if level == "doc":
+        limit = sft_config.get("doc_max_tokens", 384)
+        return {m: doc_stage_quality(w[0], qset, lambda t: tuned.truncate(t, limit)) for m, w in writers.items()}
+    count = hf_token_counter(tuned.tokenizer)
+    window = sft_config.get("window_tokens", 384)
+    return {m: chunk_stage_quality(w[1], qset, count, window) for m, w in writers.items()}
+
+
+# The figures issue readers look for first, per level: (dataset, metric).
+HEADLINES = {
+    "doc": [("doc-labelled", "macro_f1"), ("docs-pydocs-index", "docs_dropped"), ("docs-austen", "docs_dropped"),
+            ("docs-math", "docs_dropped"), ("docs-news", "docs_dropped"), ("docs-pydocs-content", "docs_dropped")],
+    "chunk": [("pydocs-heldout", "line_f1"), ("pydocs-heldout", "gold_text_kept"), ("pydocs-heldout", "noise_removed"),
+              ("news-heldout", "gold_text_kept"), ("news-heldout", "noise_removed"),
+              ("clean-austen", "tokens_kept"), ("clean-math", "tokens_kept"),
+              ("clean-austen", "docs_dropped"), ("clean-math", "docs_dropped")],
+}
 
 
 @dg.asset(
@@ -120,7 +154,7 @@ def _real_pairs_eval(backend, tokenizer, config: RefinerConfig, window_tokens: i
     kinds={"pytorch", "safetensors"},
     owners=["team:data-platform"],
     **GPU_STEP,
-    code_version="refiner-v1",
+    code_version="refiner-v2",
     check_specs=[dg.AssetCheckSpec(
         "beats_base_model", asset="refiner",
         description="The fine-tuned refiner scores higher on held-out F1 than the base model prompted few-shot.",
@@ -150,8 +184,9 @@ def refiner(
     def train_it(folder, progress):
         context.log.info(f"training {level} refiner {version} on {train.height} examples (SFT {sft_version})")
         examples = [(load_chat(m), t) for m, t in zip(train["messages"], train["target"])]
-        return train_refiner(base_path, examples, train_config, folder, device=device.resolve_device(),
-                             progress=progress).to_dict()
+        report = train_refiner(base_path, examples, train_config, folder, device=device.resolve_device(),
+                               progress=progress).to_dict()
+        return {**report, "max_new_tokens": generation_budget(report["target_tokens_p99"])}
 
     report, reused = train_into_store(store, prefix, {
         "level": level, "version": version, "base_model": config.base_model, "sft_version": sft_version,
@@ -171,25 +206,25 @@ def refiner(
     val_sample = val.sample(n=min(config.eval_examples, val.height), seed=config.seed) if val.height else val
     shots = _shots(train, level, config.few_shot, config.seed)
     context.log.info(f"evaluating on {val_sample.height} held-out examples")
-    new_tokens = min(config.max_new_tokens, 8) if level == "doc" else config.max_new_tokens  # keep_doc() is 4 tokens
+    program_tokens = config.max_new_tokens or report.get("max_new_tokens", 160)
+    new_tokens = 8 if level == "doc" else program_tokens  # keep_doc() is 4 tokens
     metrics = {
         "refiner": _evaluate(tuned, val_sample, level, max_new_tokens=new_tokens),
         "base-few-shot": _evaluate(base, val_sample, level, shots, new_tokens),
     }
-    real = {}
-    if level == "chunk" and config.real_eval_pages:
-        window_tokens = json.loads(catalog.query(
-            "SELECT config FROM sft_sets WHERE level = 'chunk' AND sft_version = ?", [sft_version]
-        )["config"][0]).get("window_tokens", 1500)
-        context.log.info(f"evaluating on {config.real_eval_pages} real noisy/clean page pairs")
-        real = _real_pairs_eval(tuned, tuned.tokenizer, config, window_tokens)
+    quality = {}
+    if config.quality_pages or config.quality_clean:
+        sft_config = json.loads(catalog.query(
+            "SELECT config FROM sft_sets WHERE level = ? AND sft_version = ?", [level, sft_version])["config"][0])
+        context.log.info(f"evaluating {level} on held-out real data: refiner, perfect imitator, random control")
+        quality = _quality(tuned, level, config, sft_config, new_tokens)
 
     eval_rows = [
         {"level": level, "version": version, "model": model, "dataset": "sft-val", "metric": k, "value": float(v), **tags}
         for model, values in metrics.items() for k, v in values.items()
     ] + [
-        {"level": level, "version": version, "model": "refiner", "dataset": "real-pairs", "metric": k, "value": float(v), **tags}
-        for k, v in real.items()
+        {"level": level, "version": version, "model": model, "dataset": dataset, "metric": k, "value": float(v), **tags}
+        for model, datasets in quality.items() for dataset, values in datasets.items() for k, v in values.items()
     ]
     catalog.replace_rows("refiner_evals", {"level": level, "version": version}, pl.DataFrame(eval_rows))
     pair = _register_pair(context, catalog)
@@ -216,7 +251,9 @@ def refiner(
             f"refiner_{headline}": round(metrics["refiner"][headline], 3),
             f"base_{headline}": round(metrics["base-few-shot"][headline], 3),
             f"paper_{headline}_0.35B": anchor,
-            **({"real_pairs": md_table(["metric", "value"], [(k, round(v, 3)) for k, v in real.items()])} if real else {}),
+            "max_new_tokens": new_tokens,
+            "program_tokens_p99": report.get("target_tokens_p99", 0),
+            **_quality_metadata(level, quality),
         },
         check_results=[dg.AssetCheckResult(
             check_name="beats_base_model", passed=beats, severity=dg.AssetCheckSeverity.WARN,
@@ -224,6 +261,16 @@ def refiner(
                       "base_few_shot": round(metrics["base-few-shot"][headline], 3)},
         )],
     )
+
+
+def _quality_metadata(level: str, quality: dict) -> dict:
+    if not quality:
+        return {}
+    rows = [(f"{d} {m}", *(round(quality[model].get(d, {}).get(m, float("nan")), 3) for model in MODELS))
+            for d, m in HEADLINES[level]]
+    headline = {f"heldout_{d}_{m}".replace("-", "_"): round(quality["refiner"][d][m], 3)
+                for d, m in HEADLINES[level] if m in quality["refiner"].get(d, {})}
+    return {"heldout_quality": md_table(["dataset metric", *MODELS], rows), **headline}
 
 
 def _register_pair(context: dg.AssetExecutionContext, catalog: Catalog) -> str | None:

@@ -15,7 +15,6 @@ import torch
 
 from prox_assets.core.influence import (
     InfluenceConfig,
-    bf16_is_fast,
     compute_influence,
     flops_ratio,
     lambda_for_k,
@@ -23,6 +22,7 @@ from prox_assets.core.influence import (
     simplex_weights,
     top_k,
 )
+from prox_assets.core.precision import uses_bf16
 from prox_assets.core.scoring import seed_sample
 from prox_assets.core.training import load_checkpoint
 from prox_assets.ingest import raw_corpus
@@ -139,7 +139,7 @@ def landmark_influence(context: dg.AssetExecutionContext, config: InfluenceAsset
         "exact_score": [exact.get(i) for i in range(len(doc_ids))],
     }, schema_overrides={"exact_score": pl.Float64})
     # the device and whether bf16 autocast ran change the numbers a little: part of the version
-    bf16 = icfg.dtype == "bfloat16" or (icfg.dtype == "auto" and bf16_is_fast(torch.device(dev)))
+    bf16 = uses_bf16(dev, icfg.dtype)
     version = hashlib.sha256(json.dumps([target, spec, sorted(doc_ids), config.model_dump(), dev, bf16],
                                         sort_keys=True).encode()).hexdigest()[:12]
     prefix = f"influence/{target}/{version}"

@@ -8,25 +8,29 @@ Parquet files under ``sft/<level>/<sft_version>/``.
 
 import json
 from collections import Counter
+from fnmatch import fnmatch
 from typing import Literal
 
 import dagster as dg
 import polars as pl
 
-from prox_assets.core.annotators import RuleAnnotator, llm_annotate, merge_programs
-from prox_assets.core.chunking import chunk_document, hf_token_counter, truncate_to_tokens
+from prox_assets.core.annotators import RuleAnnotator, gold_program, llm_annotate, merge_programs
+from prox_assets.core.chunking import chunk_document, hf_token_counter, split_lines, truncate_to_tokens
 from prox_assets.core.prompts import ANNOTATOR_PROMPT_VERSION
+from prox_assets.core.real_pairs import Pair, page_split, pydocs_pair, pydocs_rel
 from prox_assets.core.scoring import seed_sample
 from prox_assets.core.sft import (
     SFTExample,
     assign_splits,
+    balance_chunk_examples,
+    balance_doc_examples,
     chunk_examples,
     doc_example,
     finalize,
     sft_version,
     unparsable_targets,
 )
-from prox_assets.ingest import raw_corpus, raw_key
+from prox_assets.ingest import raw_corpus
 from prox_assets.metadata import counts_table, lineage, md_table, with_lineage
 from prox_assets.partitions import level_partitions
 from prox_assets.scoring import seed_scores
@@ -44,8 +48,13 @@ class SFTConfig(dg.Config):
     doc_max_tokens: int = 384  # the document refiner sees this many tokens of a document
     window_tokens: int = 384  # chunk windows (the paper uses ~1500; shorter trains faster on CPUs)
     chunk_docs_per_shard: int = 12
-    annotator: Literal["rules", "llm", "both"] = "rules"
-    max_removal_ratio: float = 0.75
+    annotator: Literal["rules", "llm", "both"] = "rules"  # for pages without gold labels
+    max_removal_ratio: float = 0.75  # caps what rule/LLM labels remove; gold labels have no cap
+    eval_only_shards: list[str] = ["news-*"]  # a held-out domain: in no SFT set, only in evaluations
+    heldout_pages: float = 0.3  # gold pages kept out of every SFT set: the evaluation's pages
+    clean_sources: list[str] = ["janeaustenr", "math"]  # clean text: keep_chunk() / keep_doc()
+    keep_fraction: float = 0.6  # chunk examples without a removal, at most (clean windows included)
+    doc_keep_per_drop: float = 3.0
 
 
 def sft_prefix(level: str, version: str) -> str:
@@ -58,41 +67,107 @@ def _tokenizer(name: str):
     return AutoTokenizer.from_pretrained(resolve_model(name))
 
 
-def _doc_examples(store: ObjectStore, config: SFTConfig, tokenizer) -> list[SFTExample]:
-    examples = []
-    for key in store.list("scores/"):
-        scores = store.read_parquet(key)
-        if not scores.height:
+def _eval_only(shard: str, config: SFTConfig) -> bool:
+    return any(fnmatch(shard, pattern) for pattern in config.eval_only_shards)
+
+
+def _gold_pair(url: str | None, text: str, config: SFTConfig) -> Pair | None:
+    """The layout-gold pair of a docs page, None for other documents; raises HeldOut for the
+    evaluation's pages."""
+    rel = pydocs_rel(url)
+    if rel is None:
+        return None
+    if page_split(f"pydocs:{rel}", config.heldout_pages, config.seed) == "heldout":
+        raise _HeldOut(rel)
+    return pydocs_pair(rel, text)
+
+
+class _HeldOut(Exception):
+    pass
+
+
+def _raw_shards(store: ObjectStore, config: SFTConfig, log):
+    for key in store.list("raw/"):
+        raw = store.read_parquet(key).select("doc_id", "shard", "source", "url", "text")
+        if raw.height and _eval_only(raw["shard"][0], config):
+            log.info(f"{key}: an evaluation-only shard, in no SFT set")
             continue
-        shard = scores["shard"][0]
-        texts = dict(store.read_parquet(raw_key(shard)).select("doc_id", "text").iter_rows())
-        for row in scores.iter_rows(named=True):
-            shown = truncate_to_tokens(texts[row["doc_id"]], tokenizer, config.doc_max_tokens)
-            examples.append(doc_example(row["doc_id"], shard, shown, row["keep"], row["model"]))
-    return examples
+        yield key, raw
+
+
+def _doc_examples(store: ObjectStore, config: SFTConfig, tokenizer, log) -> tuple[list[SFTExample], dict]:
+    """Distant labels where a document has them (the docs' layout: index and near-empty pages
+    are drops; clean sources are keeps), the seed rubric scores elsewhere."""
+    rubric = {}
+    for key in store.list("scores/"):
+        for row in store.read_parquet(key).iter_rows(named=True):
+            rubric[row["doc_id"]] = (row["keep"], row["model"])
+    examples, agree = [], []
+    for _, raw in _raw_shards(store, config, log):
+        for doc_id, shard, source, url, text in raw.iter_rows():
+            try:
+                pair = _gold_pair(url, text, config)
+            except _HeldOut:
+                continue
+            if pair is not None:
+                keep, annotator, model = pair.keep, "layout-gold", "none"
+            elif source in config.clean_sources:
+                keep, annotator, model = True, "clean-source", "none"
+            elif doc_id in rubric:
+                (keep, model), annotator = rubric[doc_id], "rubric-scores"
+            else:
+                continue
+            if annotator != "rubric-scores" and doc_id in rubric:
+                agree.append(rubric[doc_id][0] == keep)
+            shown = truncate_to_tokens(text, tokenizer, config.doc_max_tokens)
+            example = doc_example(doc_id, shard, shown, keep, model)
+            example.annotator = annotator
+            examples.append(example)
+    report = {"rubric_vs_distant_agreement": round(sum(agree) / len(agree), 3) if agree else None,
+              "rubric_vs_distant_compared": len(agree)}
+    return balance_doc_examples(examples, config.doc_keep_per_drop, config.seed), report
 
 
 def _chunk_examples(store, config: SFTConfig, tokenizer, engine: ModelEngine, device, log) -> list[SFTExample]:
     count = hf_token_counter(tokenizer)
     backend = engine.load(device) if config.annotator in ("llm", "both") else None
+    heuristic = {"rules": "rules-v2", "llm": f"llm-{ANNOTATOR_PROMPT_VERSION}",
+                 "both": f"rules-v2+llm-{ANNOTATOR_PROMPT_VERSION}"}[config.annotator]
     examples = []
-    for key in store.list("raw/"):
-        raw = store.read_parquet(key).select("doc_id", "shard", "text")
+    for key, raw in _raw_shards(store, config, log):
         rules = RuleAnnotator.for_shard(raw["text"])
-        chosen = set(seed_sample(raw["doc_id"].to_list(), config.chunk_docs_per_shard, config.seed + 1))
-        for doc_id, shard, text in raw.filter(pl.col("doc_id").is_in(chosen)).iter_rows():
+        eligible = [d for d, u in zip(raw["doc_id"], raw["url"])
+                    if pydocs_rel(u) is None or page_split(f"pydocs:{pydocs_rel(u)}", config.heldout_pages,
+                                                           config.seed) == "train"]
+        chosen = set(seed_sample(eligible, config.chunk_docs_per_shard, config.seed + 1))
+        for doc_id, shard, source, url, text in raw.filter(pl.col("doc_id").is_in(chosen)).iter_rows():
             windows = chunk_document(text, count, config.window_tokens)
+            pair = _gold_pair(url, text, config)
+            if pair is not None:
+                if not pair.keep:  # an index page: the document stage's to drop
+                    continue
+                programs = [gold_program(text, pair.labels, w) for w in windows]
+                examples += chunk_examples(doc_id, shard, text, windows, programs, "layout-gold", "none", None)
+                body = chunk_document(pair.gold_text, count, config.window_tokens)  # the clean body alone
+                clean = [True] * len(split_lines(pair.gold_text))
+                examples += chunk_examples(f"{doc_id}:body", shard, pair.gold_text, body,
+                                           [gold_program(pair.gold_text, clean, w) for w in body],
+                                           "layout-gold-body", "none", None)
+                continue
+            if source in config.clean_sources:
+                clean = [True] * len(split_lines(text))
+                examples += chunk_examples(doc_id, shard, text, windows,
+                                           [gold_program(text, clean, w) for w in windows], "clean-source", "none", None)
+                continue
             programs = [rules.annotate(text, w) for w in windows] if config.annotator != "llm" else []
             if backend is not None:
                 llm = llm_annotate(backend, [w.text for w in windows])
                 programs = llm if config.annotator == "llm" else [merge_programs(p) for p in zip(programs, llm)]
-            annotator = {"rules": "rules-v1", "llm": f"llm-{ANNOTATOR_PROMPT_VERSION}",
-                         "both": f"rules-v1+llm-{ANNOTATOR_PROMPT_VERSION}"}[config.annotator]
             model = backend.model_id if backend is not None else "none"
-            examples += chunk_examples(doc_id, shard, text, windows, programs, annotator, model,
+            examples += chunk_examples(doc_id, shard, text, windows, programs, heuristic, model,
                                        config.max_removal_ratio)
         log.info(f"{key}: {len(examples)} chunk examples so far")
-    return examples
+    return balance_chunk_examples(examples, config.keep_fraction, config.seed)
 
 
 @dg.asset(
@@ -105,7 +180,7 @@ def _chunk_examples(store, config: SFTConfig, tokenizer, engine: ModelEngine, de
     kinds={"parquet"},
     owners=["team:data-platform"],
     **GPU_STEP,
-    code_version="sft-v1",
+    code_version="sft-v2",
     check_specs=[
         dg.AssetCheckSpec("targets_parse", asset="sft_programs",
                           description="Every accepted target program parses cleanly at its level."),
@@ -125,8 +200,9 @@ def sft_programs(
 ) -> dg.MaterializeResult:
     level = context.partition_key
     tokenizer = _tokenizer(config.refiner_base_model)
+    label_report = {}
     if level == "doc":
-        examples = _doc_examples(store, config, tokenizer)
+        examples, label_report = _doc_examples(store, config, tokenizer, context.log)
     else:
         examples = _chunk_examples(store, config, tokenizer, engine, device, context.log)
     if not examples:
@@ -170,6 +246,9 @@ def sft_programs(
             "labels": counts_table(labels, "label"),
             "reject_reasons": counts_table(Counter(frame["reject_reason"].drop_nulls().to_list()), "reason"),
             "annotators": counts_table(Counter(frame["annotator"].to_list()), "annotator"),
+            "labels_by_annotator": md_table(["annotator", "label", "n"], [
+                (a, lab, n) for (a, lab), n in sorted(Counter(accepted.select("annotator", "label").rows()).items())]),
+            **{k: v for k, v in label_report.items() if v is not None},
             "preview": md_table(["doc_id", "label", "target"], preview),
         },
         check_results=[

@@ -1,5 +1,6 @@
 """Properties of the parser and executor over arbitrary text and programs (hypothesis)."""
 
+import json
 import string
 
 from hypothesis import HealthCheck, given, settings
@@ -124,3 +125,38 @@ def test_drop_rule_equals_the_naive_word_count(original, refined, min_words, fra
     after, before = len(refined.split()), len(original.split())
     naive = after <= min_words or after <= fraction * before
     assert _drop_rule(original, refined, config)[0] == naive
+
+
+@st.composite
+def well_formed_programs(draw):
+    """Programs of well-formed chunk calls in the spellings a model uses."""
+    stmts = []
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["remove", "remove_pos", "remove_alias", "normalize", "normalize_pos", "keep"]))
+        a, b = draw(st.integers(-3, 120)), draw(st.integers(-3, 120))
+        s, t = draw(st.text(max_size=10)), draw(st.text(max_size=6))
+        q = draw(st.sampled_from(['"', "'"]))
+        quote = (lambda v: json.dumps(v, ensure_ascii=False)) if q == '"' else repr
+        stmts.append({
+            "remove": f"remove_lines(line_start={a}, line_end={b})",
+            "remove_pos": f"remove_lines({a}, {b})",
+            "remove_alias": f"remove_lines(start={a}, end_line={b})",
+            "normalize": f"normalize(source_str={quote(s)}, target_str={quote(t)})",
+            "normalize_pos": f"normalize({quote(s)}, {quote(t)})",
+            "keep": draw(st.sampled_from(["keep_chunk()", "skip_chunk()"])),
+        }[kind])
+    return draw(st.sampled_from(["\n", "; ", "\n# note\n"])).join(stmts)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(well_formed_programs())
+def test_every_cut_of_a_well_formed_program_parses_without_errors(program):
+    """max_new_tokens may cut model output anywhere: the part before the cut applies, the cut
+    call is one truncated_call warning, and nothing is an error."""
+    full = parse_program(program, "chunk")
+    assert full.errors == [] and "truncated_call" not in [w.kind for w in full.warnings]
+    for cut in range(len(program) + 1):
+        parsed = parse_program(program[:cut], "chunk")
+        assert parsed.errors == [], (program[:cut], parsed.errors)
+        assert parsed.calls == full.calls[: len(parsed.calls)]
+        assert [w.kind for w in parsed.warnings].count("truncated_call") <= 1

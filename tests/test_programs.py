@@ -118,7 +118,8 @@ def test_doc_stage_calls_and_aliases():
         ("remove_lines(0, 1).__globals__", "syntax"),
         ("remove_lines(line_start=1+1, line_end=2)", "syntax"),
         ("normalize(source_str=x, target_str='')", "syntax"),
-        ("normalize(source_str=\"unbalanced, target_str='')", "syntax"),
+        # an unterminated string that is not the end of the program (a cut one is a warning)
+        ("normalize(source_str=\"unbalanced, target_str='')\n", "syntax"),
         ("remove_lines(" + "9" * 5000 + ", 1)", "int_too_large"),
         ("remove_lines(line_start=0, line_start=1)", "duplicate_argument"),
         ("remove_lines(0, 1, 2)", "too_many_arguments"),
@@ -247,3 +248,116 @@ def test_edits_are_auditable():
         {"kind": "remove_lines", "line_start": 0, "line_end": 1, "source": "", "target": "", "count": 0, "window": -1},
         {"kind": "normalize", "line_start": -1, "line_end": -1, "source": "(updated)", "target": "", "count": 1, "window": 0},
     ]
+
+
+# --- a truncated final call is the end of the program (max_new_tokens cuts model output) ------
+def warning_kinds(program: str, stage: str = "chunk") -> list[str]:
+    return [w.kind for w in parse_program(program, stage).warnings]
+
+
+@pytest.mark.parametrize(
+    "program, expected_calls",
+    [
+        ("remove_lines(line_start=3, line_end=9)\nremove_lines(line_start=40, line_e", ["remove_lines(line_start=3, line_end=9)"]),
+        ('normalize(source_str="abc', []),
+        ('keep_chunk()\nnormalize(source_str="abc\\', ["keep_chunk()"]),  # cut after a backslash
+        ('normalize(source_str="ab", target_str=', []),
+        ("normalize('x', '''multi\nline", []),
+        ("remove_lines(3, 5", []),
+        ("remove_lines(3, 5\n", []),  # newlines are allowed inside the parentheses
+        ("remove_lines(0, 1)\nremove_lines(", ["remove_lines(line_start=0, line_end=1)"]),
+        ("remove_lines(0, 1)\nremove_li", ["remove_lines(line_start=0, line_end=1)"]),  # cut in the name
+        ("```python\nremove_lines(0, 1)\nremove_lines(4, -", ["remove_lines(line_start=0, line_end=1)"]),
+        ("skip_chunk(", []),
+    ],
+)
+def test_truncated_final_call_is_a_warning_not_an_error(program, expected_calls):
+    parsed = parse_program(program, "chunk")
+    assert parsed.errors == [] and not parsed.fatal
+    assert [c.render() for c in parsed.calls] == expected_calls
+    assert [w.kind for w in parsed.warnings] == ["truncated_call"]
+
+
+@pytest.mark.parametrize(
+    "program, kind",
+    [
+        ("remove_lines(3, 5\nkeep_chunk()", "syntax"),  # incomplete, but not the last statement
+        ('normalize("abc\nkeep_chunk()', "syntax"),
+        ("remove_lines(line_start=1+1, line_end=2)", "syntax"),  # last, complete but malformed
+        ("remove_lines(0, 1).x", "syntax"),
+        ("remove_lines(3, 5))", "syntax"),
+        ("remove_lines(line_start=1+1, line_e", "syntax"),  # malformed before the cut
+        ("keep_chunk\n", "syntax"),  # a complete statement that is not a call
+        ('eval("abc', "syntax"),  # not a permitted call name
+        ("drop_doc(", "syntax"),  # not a chunk-stage call
+        ("```python\nremove_lines(0, 1\n```", "syntax"),  # a closing fence: the output was not cut
+    ],
+)
+def test_incomplete_or_malformed_statements_stay_errors(program, kind):
+    parsed = parse_program(program, "chunk")
+    assert [e.kind for e in parsed.errors] == [kind] and parsed.warnings == []
+
+
+def test_truncated_call_is_surfaced_by_the_executor_and_not_counted():
+    program = "remove_lines(0, 1)\nremove_lines(50, 60)\nremove_lines(line_start=6, line_e"
+    r = execute_chunk_program(DOC, program)  # before: 2 errors, the whole program ignored
+    assert not r.ignored and r.text.split("\n") == LINES[2:]
+    assert [e.kind for e in r.errors] == ["line_out_of_range"]
+    assert [(w.kind, w.line) for w in r.warnings] == [("truncated_call", 2)]
+    assert r.to_dict()["warnings"][0]["kind"] == "truncated_call"
+    d = execute_doc_program(DOC, "drop_doc()\ndrop_do")
+    assert d.dropped and d.errors == [] and [w.kind for w in d.warnings] == ["truncated_call"]
+
+
+# --- keyword aliases of remove_lines ---------------------------------------------------------
+@pytest.mark.parametrize(
+    "program, n_renamed",
+    [
+        ("remove_lines(start=3, end=5)", 2),
+        ("remove_lines(start_line=3, end_line=5)", 2),
+        ("remove_lines(line_begin=3, line_stop=5)", 2),
+        ("remove_lines(begin=3, stop=5)", 2),
+        ("remove_lines(first=3, last=5)", 2),
+        ("remove_lines(first_line=3, last_line=5)", 2),
+        ("remove_lines(from_line=3, to_line=5)", 2),
+        ("remove_lines(line_from=3, line_to=5)", 2),
+        ("remove_lines(end=5, start=3)", 2),
+        ("remove_lines(line_start=3, end=5)", 1),
+        ("remove_lines(3, end=5)", 1),
+    ],
+)
+def test_remove_lines_keyword_aliases_are_renamed_with_a_warning(program, n_renamed):
+    parsed = parse_program(program, "chunk")
+    assert parsed.errors == []
+    assert [c.render() for c in parsed.calls] == ["remove_lines(line_start=3, line_end=5)"]
+    assert [w.kind for w in parsed.warnings] == ["renamed_argument"] * n_renamed
+
+
+@pytest.mark.parametrize(
+    "program, kind",
+    [
+        ("remove_lines(start=1, begin=2, end=3)", "duplicate_argument"),  # two names, one parameter
+        ("remove_lines(start=1, line_start=2, end=3)", "duplicate_argument"),
+        ("remove_lines(start=1, start=1, end=3)", "duplicate_argument"),
+        ("remove_lines(3, start=1)", "duplicate_argument"),
+        ("remove_lines(3, foo=5)", "unknown_argument"),  # a positional and an unrecognised keyword
+        ("remove_lines(start=1, finish=3)", "unknown_argument"),
+        ("remove_lines(Start=1, End=3)", "unknown_argument"),
+        ("remove_lines(start=1)", "missing_argument"),
+        ("remove_lines(start='1', end=3)", "wrong_type"),
+        ("remove_lines(start=1, end=3, 4)", "syntax"),
+        ('normalize(start="a", end="b")', "unknown_argument"),  # no aliases for normalize
+        ('normalize(source="a", target="b")', "unknown_argument"),
+    ],
+)
+def test_ambiguous_or_unknown_argument_names_stay_errors(program, kind):
+    parsed = parse_program(program, "chunk")
+    assert parsed.calls == [] and [e.kind for e in parsed.errors] == [kind]
+    assert parsed.warnings == []
+
+
+def test_renamed_argument_is_applied_and_reported_by_the_executor():
+    r = execute_chunk_program(DOC, "remove_lines(start=0, end=1)")
+    assert r.text.split("\n") == LINES[2:] and r.errors == []
+    assert [w.kind for w in r.warnings] == ["renamed_argument"] * 2
+    assert all(w.window == 0 for w in r.warnings)

@@ -18,7 +18,7 @@ from tests.servers import BIN, Server, wait_http
 from tests.test_synthesis_assets import _run, pipeline  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.slow
-REFINER = {"max_steps": 2, "batch_size": 2, "eval_examples": 2, "max_new_tokens": 8, "real_eval_pages": 0,
+REFINER = {"max_steps": 2, "batch_size": 2, "eval_examples": 2, "max_new_tokens": 8, "quality_pages": 0, "quality_clean": 0,
            "max_seq_len": 512}
 REFINE = {"batch_docs": 4, "doc_max_new_tokens": 6, "chunk_max_new_tokens": 16}
 

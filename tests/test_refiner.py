@@ -53,13 +53,15 @@ def test_refiner_asset_two_versions_coexist(pipeline):  # noqa: F811
         _run(instance, "sft_programs", level, sft)
 
     cfg = {"base_model": model, "max_steps": 3, "batch_size": 2, "eval_examples": 4, "max_new_tokens": 12,
-           "real_eval_pages": 2, "max_seq_len": 512}
+           "quality_pages": 1, "quality_news": 1, "quality_clean": 1, "quality_doc_pages": 2,
+           "quality_max_chars": 3000, "max_seq_len": 512}
     doc = _run(instance, "refiner", "doc", cfg)
     chunk = _run(instance, "refiner", "chunk", cfg)
     meta = chunk.asset_materializations_for_node("refiner")[0].metadata
     v1 = meta["refiner_version"].value
     pair1 = meta["refiner_pair"].value
-    assert "validation" in meta and "real_pairs" in meta and meta["train_steps"].value == 3
+    assert "validation" in meta and "heldout_quality" in meta and meta["train_steps"].value == 3
+    assert meta["max_new_tokens"].value == 12  # the config's; 0 sizes it from the training programs
     checks = {c.check_name: c for c in chunk.get_asset_check_evaluations()}
     assert "beats_base_model" in checks  # a warning either way; a random tiny model may lose
     files = {k.rsplit("/", 1)[-1] for k in store.list(f"models/refiner/chunk/{v1}/")}
@@ -73,6 +75,10 @@ def test_refiner_asset_two_versions_coexist(pipeline):  # noqa: F811
     assert sorted(versions) == sorted([v1, v2])
     evals = Catalog().query("SELECT DISTINCT version, model FROM refiner_evals WHERE level = 'chunk'").rows()
     assert {(v1, "refiner"), (v1, "base-few-shot"), (v2, "refiner"), (v2, "base-few-shot")} <= set(evals)
+    ceiling = dict(Catalog().query(
+        "SELECT model, value FROM refiner_evals WHERE level = 'chunk' AND version = ? AND dataset = 'pydocs-heldout' "
+        "AND metric = 'line_f1'", [v1]).rows())
+    assert ceiling["perfect-imitator"] == 1.0 and set(ceiling) == {"refiner", "perfect-imitator", "random-control"}
     keys = instance.get_dynamic_partitions(refiner_version_partitions.name)
     assert pair1 in keys and len(keys) == 2
     manifest = json.loads(store.read_bytes(f"models/refiner/chunk/{v2}/manifest.json"))

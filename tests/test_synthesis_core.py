@@ -90,7 +90,9 @@ def test_merge_programs():
     ("remove_lines(0, 11)", "lines_outside_window"),
     ("normalize('not here', '')", "normalize_source_not_in_window"),
     ("remove_lines(0, 9)", "removal_ratio_above_cap"),
-    ("remove_lines(0, ", "parse_error:syntax"),
+    ("remove_lines(0, ", "parse_warning:truncated_call"),  # the executor's leniency, never a target
+    ("remove_lines(0, 1\nkeep_chunk()", "parse_error:syntax"),
+    ("remove_lines(start=0, end=1)", "parse_warning:renamed_argument"),
     ("", "empty_program"),
 ])
 def test_validation_reasons(program, reason):

@@ -1,10 +1,12 @@
 """Chunk-level annotators: who writes the target program of a line-numbered window.
 
-- ``RuleAnnotator``: boilerplate line rules in the spirit of the C4, Gopher and FineWeb line
+- ``gold_program``: distant supervision, the program that removes exactly the noise lines of a
+  page with gold line labels (``core.real_pairs``: the docs' layout gold). The preferred source.
+- ``RuleAnnotator``: the fallback for pages without gold: boilerplate line rules in the spirit of the C4, Gopher and FineWeb line
   filters (cookie and legal notices, share/sign-in/read-more links, menus of short bullets or
   pipe-separated items, bare URLs), plus lines repeated across many documents of the same shard
   (site navigation and footers), plus a few noisy strings to ``normalize`` (Sphinx pilcrows,
-  "[edit]" markers, non-breaking spaces). Cheap and deterministic: the CPU default.
+  "[edit]" markers, non-breaking spaces). Cheap and deterministic.
 - ``llm_annotate``: a model with one few-shot prompt per noise type (navigation; links and
   buttons; footers and references); the programs of the three prompts are merged per window.
 
@@ -80,18 +82,43 @@ class RuleAnnotator:
     def annotate(self, text: str, window: Window) -> str:
         """The program for one window (global line numbers), or keep_chunk()."""
         lines = split_lines(text)
-        flagged = [self.line_reason(lines[i]) is not None for i in range(window.line_start, window.line_end + 1)]
-        calls = [
-            f"remove_lines(line_start={s}, line_end={e})"
-            for s, e in _ranges(flagged, window.line_start, lines)
-        ]
-        kept_text = "\n".join(
-            lines[i] for i, f in zip(range(window.line_start, window.line_end + 1), flagged) if not f
-        )
-        for source, target in NORMALIZE_STRINGS.items():
-            if source in kept_text:
-                calls.append(Call("normalize", (("source_str", source), ("target_str", target))).render())
-        return "\n".join(calls) if calls else KEEP
+        span = range(window.line_start, window.line_end + 1)
+        reasons = {i: self.line_reason(lines[i]) for i in span}
+        flagged = [reasons[i] is not None and (reasons[i] != "repeated_in_shard" or _in_block(reasons, lines, i))
+                   for i in span]
+        return program_for_flags(lines, flagged, window)
+
+
+def _in_block(reasons: dict[int, str | None], lines: Sequence[str], i: int) -> bool:
+    """A repeated line counts as boilerplate only next to another flagged line (blank lines
+    skipped): menus and footers come in blocks, while a lone "Note", "See also" or
+    "New in version 3.2." repeats across a docs shard inside the body."""
+    for step in (-1, 1):
+        j = i + step
+        while j in reasons and not lines[j].strip():
+            j += step
+        if reasons.get(j) is not None:
+            return True
+    return False
+
+
+def program_for_flags(lines: Sequence[str], flagged: Sequence[bool], window: Window) -> str:
+    """remove_lines for the runs of flagged lines of ``window``, a normalize for each noisy
+    string left in its kept lines, or keep_chunk()."""
+    calls = [f"remove_lines(line_start={s}, line_end={e})" for s, e in _ranges(flagged, window.line_start, lines)]
+    kept_text = "\n".join(
+        lines[i] for i, f in zip(range(window.line_start, window.line_end + 1), flagged) if not f
+    )
+    for source, target in NORMALIZE_STRINGS.items():
+        if source in kept_text:
+            calls.append(Call("normalize", (("source_str", source), ("target_str", target))).render())
+    return "\n".join(calls) if calls else KEEP
+
+
+def gold_program(text: str, labels: Sequence[bool | None], window: Window) -> str:
+    """The program a perfect refiner writes for ``window`` of a page with gold line labels."""
+    span = range(window.line_start, window.line_end + 1)
+    return program_for_flags(split_lines(text), [labels[i] is False for i in span], window)
 
 
 def _ranges(flagged: Sequence[bool], offset: int, lines: Sequence[str]) -> list[tuple[int, int]]:
@@ -131,11 +158,14 @@ def merge_programs(programs: Iterable[str]) -> str:
     return "\n".join(calls) if calls else KEEP
 
 
-def validate_chunk_program(program: str, text: str, window: Window, max_removal_ratio: float) -> str | None:
-    """None when ``program`` may be a training target for ``window``, else the reason it may not."""
+def validate_chunk_program(program: str, text: str, window: Window, max_removal_ratio: float | None) -> str | None:
+    """None when ``program`` may be a training target for ``window``, else the reason it may not.
+    ``max_removal_ratio`` caps what heuristic labels may remove; gold-derived labels have none."""
     parsed = parse_program(program, "chunk")
     if parsed.errors:
         return f"parse_error:{parsed.errors[0].kind}"
+    if parsed.warnings:  # a target must be the canonical program, not a truncated or renamed one
+        return f"parse_warning:{parsed.warnings[0].kind}"
     if not parsed.calls:
         return "empty_program"
     all_lines = split_lines(text)
@@ -152,7 +182,7 @@ def validate_chunk_program(program: str, text: str, window: Window, max_removal_
             return "normalize_source_not_in_window"
     non_blank = sum(1 for ln in lines if ln.strip()) or 1
     ratio = sum(1 for i in removed if all_lines[i].strip()) / non_blank
-    if ratio > max_removal_ratio:
+    if max_removal_ratio is not None and ratio > max_removal_ratio:
         return "removal_ratio_above_cap"
     return None
 

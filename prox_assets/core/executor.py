@@ -3,9 +3,19 @@
 Defaults follow the reference implementation, because the published numbers rest on them:
 
 - document stage: only a clear ``drop_doc()`` (and no ``keep_doc()``) drops; anything else keeps;
-- chunk stage: errors are counted (unparsable or unknown calls, out-of-range or reversed line
-  ranges, empty or explosive ``normalize``); with ``max_errors`` (2) or more the whole program is
-  ignored and the original text kept;
+- chunk stage: errors are counted per window, as ProX counts them per chunk (unparsable or unknown
+  calls, out-of-range or reversed line ranges, a ``remove_lines`` naming lines outside its own
+  window, empty or explosive ``normalize``, a lone surrogate, a missing source when
+  ``missing_source_is_error``). A window whose program has ``max_errors`` (2) or more, or a fatal
+  parse, is ignored: none of its calls apply, and the other windows' programs still do. Errors
+  found only while applying (a ``normalize`` that would grow the text too much or whose source is
+  missing) count too; a window they push to ``max_errors`` is taken out and the others applied
+  again from the original text, so an ignored window never changes the text. ``ignored_windows``
+  lists the ignored windows; ``ignored`` says every window with calls was ignored (nothing
+  changed). Windows that overlap or leave the document fall back to document scope: line ranges
+  are checked against the document and ``normalize`` applies to the whole document. Parser
+  warnings (a truncated final call, a renamed ``remove_lines`` argument) are reported, not counted;
+- each error and warning of the chunk stage carries the index of the window it came from;
 - after edits, the document is dropped when at most ``min_word_fraction`` (5%) of its words or at
   most ``min_words_kept`` (10) words remain. The rule applies only when edits changed the text:
   short documents are the document stage's call, not the chunk stage's.
@@ -17,7 +27,7 @@ changes only where a ``remove_lines`` or ``normalize`` of the program names it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 from prox_assets.core.chunking import split_lines
@@ -60,7 +70,10 @@ class ExecutionResult:
     edits: list[Edit] = field(default_factory=list)
     errors: list[ProgramIssue] = field(default_factory=list)
     warnings: list[ProgramIssue] = field(default_factory=list)
-    ignored: bool = False  # the program was discarded (too many errors)
+    # Every window whose program had calls was ignored (too many errors): nothing changed.
+    ignored: bool = False
+    # Indices into window_programs of the windows whose programs were ignored.
+    ignored_windows: list[int] = field(default_factory=list)
     n_calls: int = 0
 
     def to_dict(self) -> dict:
@@ -72,6 +85,7 @@ class ExecutionResult:
             "errors": [e.to_dict() for e in self.errors],
             "warnings": [w.to_dict() for w in self.warnings],
             "ignored": self.ignored,
+            "ignored_windows": list(self.ignored_windows),
             "n_calls": self.n_calls,
         }
 
@@ -84,7 +98,9 @@ def execute_doc_program(
 ) -> ExecutionResult:
     """Run a document-stage program: keep or drop the whole document."""
     parsed = parse_program(program, "doc", config.limits)
-    result = ExecutionResult(text=text, errors=list(parsed.errors), n_calls=len(parsed.calls))
+    result = ExecutionResult(
+        text=text, errors=list(parsed.errors), warnings=list(parsed.warnings), n_calls=len(parsed.calls)
+    )
     if parsed.fatal or len(parsed.errors) >= config.max_errors:
         result.ignored = True
         return result
@@ -112,89 +128,159 @@ def execute_chunk_programs(
     """Run the chunk-stage programs of a document's windows, once, against the original text.
 
     ``window_programs`` holds ``(line_start, line_end, program)`` per window (inclusive,
-    document-global line numbers, as the chunker produced them).
+    document-global line numbers, as the chunker produced them). Errors are counted per window:
+    a window with ``max_errors`` or more (or a fatal parse) is ignored, the others still apply.
     """
     lines = split_lines(text)
     n_lines = len(lines)
     result = ExecutionResult(text=text)
-    errors, warnings = result.errors, result.warnings
 
-    windows = [(s, e) for s, e, _ in window_programs]
+    spans = [(s, e) for s, e, _ in window_programs]
+    windows_ok = _windows_valid(spans, n_lines)
     scope = config.normalize_scope
-    if scope == "window" and not _windows_valid(windows, n_lines):
-        warnings.append(ProgramIssue("bad_windows", "windows overlap or leave range: document scope"))
+    if not windows_ok:
+        result.warnings.append(
+            ProgramIssue(
+                "bad_windows",
+                "windows overlap or leave range: line ranges checked against the document, "
+                "normalize in document scope",
+            )
+        )
         scope = "document"
 
-    ranges: set[tuple[int, int]] = set()
-    normalizes: dict[int, list[Call]] = {}  # window index (or -1 for document) -> calls
-    fatal = False
-    for w, (_, _, program) in enumerate(window_programs):
-        parsed = parse_program(program, "chunk", config.limits)
-        errors.extend(parsed.errors)
-        fatal |= parsed.fatal
-        result.n_calls += len(parsed.calls)
-        for call in parsed.calls:
-            if call.name == "remove_lines":
-                start, end = call.arg("line_start"), call.arg("line_end")
-                if not (0 <= start < n_lines and 0 <= end < n_lines):
-                    errors.append(
-                        ProgramIssue(
-                            "line_out_of_range",
-                            f"remove_lines({start}, {end}) outside 0..{n_lines - 1}",
-                            call.line,
-                        )
-                    )
-                elif start > end:
-                    errors.append(
-                        ProgramIssue("reversed_range", f"remove_lines({start}, {end})", call.line)
-                    )
-                else:
-                    ranges.add((start, end))
-            elif call.name == "normalize":
-                if call.arg("source_str") == "":
-                    errors.append(ProgramIssue("empty_source", "normalize() with empty source_str"))
-                    continue
-                key = w if scope == "window" else -1
-                bucket = normalizes.setdefault(key, [])
-                if all(c.args != call.args for c in bucket):  # duplicate calls are applied once
-                    bucket.append(call)
+    plans = [
+        _plan_window(w, s, e, program, n_lines, windows_ok, config, result)
+        for w, (s, e, program) in enumerate(window_programs)
+    ]
+    active = [w for w, p in enumerate(plans) if not (p.fatal or len(p.errors) >= config.max_errors)]
+    ignored = set(range(len(plans))) - set(active)
 
-    if fatal or len(errors) >= config.max_errors:
-        result.ignored = True
-        return result
+    # Errors found while applying (normalize growth, missing source...) count toward their
+    # window too. A window they push to max_errors is taken out and the rest applied again from
+    # the original text, until no window fails: an ignored window never changes the text.
+    rolled_back: dict[int, _Applied] = {}
+    while True:
+        refined, merged, norm_edits, applied = _apply(text, lines, spans, plans, active, scope, config)
+        failed = [w for w in active if len(plans[w].errors) + len(applied[w].errors) >= config.max_errors]
+        if not failed:
+            break
+        for w in failed:
+            rolled_back[w] = applied[w]
+        ignored.update(failed)
+        active = [w for w in active if w not in rolled_back]
 
-    merged = _merge_ranges(ranges)
+    for w, plan in enumerate(plans):
+        result.n_calls += plan.n_calls
+        result.errors.extend(plan.errors)
+        late = rolled_back.get(w) or applied.get(w)
+        if late is not None:
+            result.errors.extend(late.errors)
+            result.warnings.extend(late.warnings)
+    result.ignored_windows = sorted(ignored)
+    result.ignored = bool(ignored) and all(plans[w].n_calls == 0 for w in active)
     result.edits.extend(Edit("remove_lines", line_start=s, line_end=e) for s, e in merged)
-    kept = _kept_spans(merged, n_lines)
-
-    if not merged and not normalizes:
-        refined = text  # nothing to do: the common keep_chunk() case
-    elif scope == "window":
-        segments = []
-        covered = 0
-        for w, (start, end) in sorted(enumerate(windows), key=lambda x: x[1]):
-            if start > covered:  # lines no window covered pass through untouched
-                segments.append(_surviving(lines, kept, covered, start - 1))
-            segment = _surviving(lines, kept, start, end)
-            if segment is not None:
-                segment = _apply_normalizes(segment, normalizes.get(w, ()), w, result, config)
-            segments.append(segment)
-            covered = end + 1
-        if covered < n_lines:
-            segments.append(_surviving(lines, kept, covered, n_lines - 1))
-        refined = "\n".join(s for s in segments if s is not None)
-    else:
-        refined = _surviving(lines, kept, 0, n_lines - 1) or ""
-        refined = _apply_normalizes(refined, normalizes.get(-1, ()), -1, result, config)
-
-    if len(errors) >= config.max_errors:  # normalize errors found while applying
-        result.ignored, result.edits = True, []
-        return result
-
+    result.edits.extend(norm_edits)
     result.text = refined
     if refined != text:
         result.dropped, result.reason = _drop_rule(text, refined, config)
     return result
+
+
+@dataclass
+class _WindowPlan:
+    """What one window's program asks for, after the checks that need no text."""
+
+    start: int
+    end: int
+    errors: list[ProgramIssue] = field(default_factory=list)
+    ranges: list[tuple[int, int]] = field(default_factory=list)
+    normalizes: list[Call] = field(default_factory=list)
+    fatal: bool = False
+    n_calls: int = 0
+
+
+@dataclass
+class _Applied:
+    """Issues found while applying one window's normalizes."""
+
+    errors: list[ProgramIssue] = field(default_factory=list)
+    warnings: list[ProgramIssue] = field(default_factory=list)
+
+
+def _plan_window(
+    w: int, start: int, end: int, program: str, n_lines: int, windows_ok: bool,
+    config: ExecutorConfig, result: ExecutionResult,
+) -> _WindowPlan:
+    parsed = parse_program(program, "chunk", config.limits)
+    plan = _WindowPlan(start, end, fatal=parsed.fatal, n_calls=len(parsed.calls))
+    plan.errors.extend(replace(issue, window=w) for issue in parsed.errors)
+    result.warnings.extend(replace(issue, window=w) for issue in parsed.warnings)
+    # With overlapping or out-of-range windows a window's own range means little: the document's.
+    lo, hi = (start, end) if windows_ok else (0, n_lines - 1)
+    seen: set[tuple] = set()
+    for call in parsed.calls:
+        if call.name == "remove_lines":
+            first, last = call.arg("line_start"), call.arg("line_end")
+            if not (0 <= first < n_lines and 0 <= last < n_lines):
+                kind, msg = "line_out_of_range", f"remove_lines({first}, {last}) outside 0..{n_lines - 1}"
+            elif first > last:
+                kind, msg = "reversed_range", f"remove_lines({first}, {last})"
+            elif not (lo <= first and last <= hi):
+                kind, msg = "line_outside_window", f"remove_lines({first}, {last}) outside window {lo}..{hi}"
+            else:
+                plan.ranges.append((first, last))
+                continue
+            plan.errors.append(ProgramIssue(kind, msg, call.line, w))
+        elif call.name == "normalize":
+            source, target = call.arg("source_str"), call.arg("target_str")
+            if source == "":
+                plan.errors.append(ProgramIssue("empty_source", "normalize() with empty source_str", call.line, w))
+            elif call.args in seen:
+                continue  # duplicate calls are applied once
+            elif not _is_valid_unicode(source) or not _is_valid_unicode(target):
+                # e.g. "\ud800": a lone surrogate cannot be encoded, so it would fail every writer downstream
+                plan.errors.append(ProgramIssue("invalid_unicode", "normalize with a lone surrogate", call.line, w))
+            else:
+                plan.normalizes.append(call)
+            seen.add(call.args)
+    return plan
+
+
+def _apply(
+    text: str, lines: list[str], spans: list[tuple[int, int]], plans: list[_WindowPlan],
+    active: list[int], scope: str, config: ExecutorConfig,
+) -> tuple[str, list[tuple[int, int]], list[Edit], dict[int, _Applied]]:
+    """The text after the active windows' edits, with the issues found per window."""
+    n_lines = len(lines)
+    applied = {w: _Applied() for w in active}
+    merged = _merge_ranges({r for w in active for r in plans[w].ranges})
+    edits: list[Edit] = []
+    if not merged and not any(plans[w].normalizes for w in active):
+        return text, merged, edits, applied  # nothing to do: the common keep_chunk() case
+    kept = _kept_spans(merged, n_lines)
+    if scope == "window":
+        segments = []
+        covered = 0
+        for w, (start, end) in sorted(enumerate(spans), key=lambda x: x[1]):
+            if start > covered:  # lines no window covered pass through untouched
+                segments.append(_surviving(lines, kept, covered, start - 1))
+            segment = _surviving(lines, kept, start, end)
+            if segment is not None and w in applied:
+                calls = [(w, c) for c in plans[w].normalizes]
+                segment = _apply_normalizes(segment, calls, w, applied, edits, config)
+            segments.append(segment)
+            covered = end + 1
+        if covered < n_lines:
+            segments.append(_surviving(lines, kept, covered, n_lines - 1))
+        return "\n".join(s for s in segments if s is not None), merged, edits, applied
+    calls, seen = [], set()
+    for w in active:  # in window order; a call two windows make is applied once, for the first
+        for call in plans[w].normalizes:
+            if call.args not in seen:
+                seen.add(call.args)
+                calls.append((w, call))
+    refined = _surviving(lines, kept, 0, n_lines - 1) or ""
+    return _apply_normalizes(refined, calls, -1, applied, edits, config), merged, edits, applied
 
 
 def _has_at_most_words(text: str, k: int) -> bool:
@@ -267,27 +353,21 @@ def _is_valid_unicode(text: str) -> bool:
 
 
 def _apply_normalizes(
-    segment: str, calls: Sequence[Call], window: int, result: ExecutionResult, config: ExecutorConfig
+    segment: str, calls: Sequence[tuple[int, Call]], edit_window: int,
+    applied: dict[int, _Applied], edits: list[Edit], config: ExecutorConfig,
 ) -> str:
-    for call in calls:
+    for w, call in calls:
         source, target = call.arg("source_str"), call.arg("target_str")
-        if not _is_valid_unicode(source) or not _is_valid_unicode(target):
-            # e.g. "\ud800": a lone surrogate cannot be encoded, so it would fail every writer downstream
-            result.errors.append(ProgramIssue("invalid_unicode", "normalize with a lone surrogate", call.line))
-            continue
+        issues = applied[w]
         count = segment.count(source)
         if count == 0:
-            issue = ProgramIssue("source_not_found", f"normalize source {source[:60]!r} not found")
-            (result.errors if config.missing_source_is_error else result.warnings).append(issue)
+            issue = ProgramIssue("source_not_found", f"normalize source {source[:60]!r} not found", call.line, w)
+            (issues.errors if config.missing_source_is_error else issues.warnings).append(issue)
             continue
         growth = count * (len(target) - len(source))
         if growth > config.max_growth_chars:
-            result.errors.append(
-                ProgramIssue("normalize_growth", f"would add {growth} chars", call.line)
-            )
+            issues.errors.append(ProgramIssue("normalize_growth", f"would add {growth} chars", call.line, w))
             continue
         segment = segment.replace(source, target)
-        result.edits.append(
-            Edit("normalize", source=source, target=target, count=count, window=window)
-        )
+        edits.append(Edit("normalize", source=source, target=target, count=count, window=edit_window))
     return segment

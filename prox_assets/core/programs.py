@@ -16,6 +16,20 @@ Compared with the reference splitter, this grammar handles ``=``, ``)``, ``,`` a
 strings, both quote styles, escapes, positional arguments, leading zeros (``001``, which the model
 copies from the ``[001]`` line prefixes and which Python's own parser rejects), comments and code
 fences.
+
+Two leniencies, each recorded as a warning in ``ParsedProgram.warnings`` (never counted as an
+error, never silent):
+
+- ``truncated_call``: model output is cut at ``max_new_tokens``, so the final statement is often
+  incomplete (``remove_lines(line_start=40, line_e`` or ``normalize(source_str="abc``). When the
+  text ends inside a call of a name permitted at the stage (an unclosed parenthesis or an
+  unterminated string with everything before the cut well-formed, or the text ends inside the
+  call's name), that call is the end of the program, not an error. An incomplete statement
+  followed by more text, or a final statement that is complete but malformed, stays an error.
+- ``renamed_argument``: the reference executor ignores the keyword names of ``remove_lines``, and
+  a small model sometimes writes others (``start=``, ``end_line=``, ...). Names that clearly mean
+  the start or the end are mapped when the call then has exactly one of each; anything ambiguous
+  stays an error. ``normalize`` has no aliases.
 """
 
 from __future__ import annotations
@@ -49,6 +63,19 @@ _STAGE_NAMES: dict[Stage, dict[str, str]] = {
 }
 _ALL_NAMES = {name for names in _STAGE_NAMES.values() for name in names}
 _PARAM_NAMES = {name: frozenset(p for p, _ in params) for name, params in _SIGNATURES.items()}
+# Keyword names a model writes for remove_lines that clearly mean one parameter (exact spelling).
+_KEYWORD_ALIASES: dict[str, dict[str, str]] = {
+    "remove_lines": {
+        **dict.fromkeys(
+            ("start", "start_line", "line_begin", "begin", "first", "first_line", "from_line", "line_from"),
+            "line_start",
+        ),
+        **dict.fromkeys(
+            ("end", "end_line", "stop", "last", "last_line", "to_line", "line_to", "line_stop"),
+            "line_end",
+        ),
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -87,15 +114,18 @@ class ProgramIssue:
     kind: str
     message: str
     line: int = -1
+    window: int = -1  # index of the window whose program it came from (set by the executor)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "message": self.message, "line": self.line}
+        return {"kind": self.kind, "message": self.message, "line": self.line, "window": self.window}
 
 
 @dataclass
 class ParsedProgram:
     calls: list[Call] = field(default_factory=list)
     errors: list[ProgramIssue] = field(default_factory=list)
+    # Accepted leniencies (truncated_call, renamed_argument); never counted as errors.
+    warnings: list[ProgramIssue] = field(default_factory=list)
     # A fatal error means the whole program is unusable (too long, too many calls).
     fatal: bool = False
 
@@ -115,6 +145,25 @@ _CALL_RE = re.compile(
     r"(?=[ \t]*(?:#[^\n]*)?(?:\n|;|$))",
     re.DOTALL,
 )
+# A call cut off by the end of the text: a name, then either the end (cut inside the name) or
+# "(", well-formed arguments each followed by a comma, a prefix of one more argument (a keyword
+# being written, ``key=``, digits, a complete argument with no comma yet, or an unterminated
+# string, possibly ending in a lone backslash), and the end of the text. Linear like the rest.
+_PARTIAL_STR = (
+    r"(?:[rRuU]?(?:'''(?:[^'\\]|\\.|'(?!''))*'{0,2}"
+    r'|"""(?:[^"\\]|\\.|"(?!""))*"{0,2}'
+    r"|'(?:[^'\\\n]|\\.)*"
+    r'|"(?:[^"\\\n]|\\.)*)\\?)'
+)
+_PARTIAL_ARG = (
+    rf"(?:{_ARG}\s*"
+    rf"|[A-Za-z_]\w*\s*(?:=\s*(?:{_PARTIAL_STR}|[+-]?[0-9]*))?"
+    rf"|{_PARTIAL_STR}|[+-])"
+)
+_TRUNCATED_RE = re.compile(
+    rf"([A-Za-z_]\w*)[ \t]*(?:(\()\s*(?:{_ARG}\s*,\s*)*(?:{_PARTIAL_ARG})?)?\Z", re.DOTALL
+)
+_NAME_RE = re.compile(r"[A-Za-z_]\w*")
 _ARG_RE = re.compile(rf"\s*(?:([A-Za-z_]\w*)\s*=\s*)?({_STR}|{_INT})\s*,?", re.DOTALL)
 _SKIP_RE = re.compile(r"(?:[ \t\r\n;]+|#[^\n]*)+")
 _FENCE_RE = re.compile(r"^[ \t]*```[^\n]*$", re.MULTILINE)
@@ -178,6 +227,9 @@ def parse_program(program: str, stage: Stage, limits: Limits = Limits()) -> Pars
         out.fatal = True
         return out
     text = strip_fences(program)
+    # Output that ends with a closing code fence was not cut off: nothing in it is truncated.
+    stripped = program.rstrip()
+    may_be_truncated = _FENCE_RE.fullmatch(stripped[stripped.rfind("\n") + 1 :]) is None
     names = _STAGE_NAMES[stage]
     pos, n = 0, len(text)
     line, counted_to = 0, 0  # program line of `pos`, counted incrementally (linear overall)
@@ -191,6 +243,12 @@ def parse_program(program: str, stage: Stage, limits: Limits = Limits()) -> Pars
         counted_to = pos
         m = _CALL_RE.match(text, pos)
         if m is None:
+            if may_be_truncated and _is_truncated_call(text, pos, names):
+                stmt = text[pos:]
+                out.warnings.append(
+                    ProgramIssue("truncated_call", f"incomplete final call, end of program: {stmt[:80]!r}", line)
+                )
+                break
             eol = text.find("\n", pos)
             stmt = text[pos : n if eol < 0 else eol]
             out.errors.append(ProgramIssue("syntax", f"not a call: {stmt[:80]!r}", line))
@@ -201,63 +259,84 @@ def parse_program(program: str, stage: Stage, limits: Limits = Limits()) -> Pars
             out.errors.append(ProgramIssue("too_many_calls", f"> {limits.max_calls} statements"))
             out.fatal = True
             return out
-        call, issue = _bind(m.group(1), m.group(2), names, stage, limits, line)
+        call, issue, warnings = _bind(m.group(1), m.group(2), names, stage, limits, line)
         if issue is not None:
             out.errors.append(issue)
         else:
             out.calls.append(call)
+            out.warnings.extend(warnings)
     return out
+
+
+def _is_truncated_call(text: str, pos: int, names: dict[str, str]) -> bool:
+    """Whether ``text[pos:]`` is a call of a stage name cut off by the end of the text."""
+    head = _NAME_RE.match(text, pos)
+    if head is None or not any(n.startswith(head.group(0)) for n in names):
+        return False  # cheap rejection before the anchored match below
+    m = _TRUNCATED_RE.match(text, pos)
+    if m is None:
+        return False
+    name = m.group(1)
+    if m.group(2) or m.end(1) < len(text):  # "(" or spaces after the name: the whole name was written
+        return name in names
+    return any(n.startswith(name) for n in names)  # cut inside the name
 
 
 def _bind(
     raw_name: str, raw_args: str, names: dict[str, str], stage: Stage, limits: Limits, line: int
-) -> tuple[Call | None, ProgramIssue | None]:
+) -> tuple[Call | None, ProgramIssue | None, list[ProgramIssue]]:
+    """The bound call and its warnings, or None and the first error."""
+
+    def fail(kind: str, message: str) -> tuple[None, ProgramIssue, list[ProgramIssue]]:
+        return None, ProgramIssue(kind, message, line), []
+
     if raw_name not in _ALL_NAMES:
-        return None, ProgramIssue("unknown_call", f"{raw_name[:60]}() is not a permitted call", line)
+        return fail("unknown_call", f"{raw_name[:60]}() is not a permitted call")
     if raw_name not in names:
-        return None, ProgramIssue("wrong_stage", f"{raw_name}() is not a {stage}-stage call", line)
+        return fail("wrong_stage", f"{raw_name}() is not a {stage}-stage call")
     name = names[raw_name]
     params = _SIGNATURES[name]
+    aliases = _KEYWORD_ALIASES.get(name, {})
     positional: list[Value] = []
     keyword: dict[str, Value] = {}
+    renamed: list[ProgramIssue] = []
     for am in _ARG_RE.finditer(raw_args):
         key, token = am.group(1), am.group(2)
         if token[-1] in "'\"":
             value: Value = _decode_string(token)
             if len(value) > limits.max_string_chars:
-                return None, ProgramIssue(
-                    "string_too_long", f"{len(value)} chars > {limits.max_string_chars}", line
-                )
+                return fail("string_too_long", f"{len(value)} chars > {limits.max_string_chars}")
         else:
             if len(token.lstrip("+-")) > limits.max_int_digits:
-                return None, ProgramIssue("int_too_large", f"{token[:20]}… has too many digits", line)
+                return fail("int_too_large", f"{token[:20]}… has too many digits")
             value = int(token)
         if key is None:
             if keyword:
-                return None, ProgramIssue("syntax", "positional argument after keyword", line)
+                return fail("syntax", "positional argument after keyword")
             positional.append(value)
-        elif key in keyword:
-            return None, ProgramIssue("duplicate_argument", f"{key} given twice", line)
-        else:
-            keyword[key] = value
+            continue
+        if key in aliases:  # two names for one parameter are caught below as a duplicate
+            renamed.append(
+                ProgramIssue("renamed_argument", f"{name}({key}=…) read as {aliases[key]}=…", line)
+            )
+            key = aliases[key]
+        if key in keyword:
+            return fail("duplicate_argument", f"{key} given twice")
+        keyword[key] = value
     if len(positional) > len(params):
-        return None, ProgramIssue(
-            "too_many_arguments", f"{name}() takes {len(params)} arguments", line
-        )
+        return fail("too_many_arguments", f"{name}() takes {len(params)} arguments")
     bound: dict[str, Value] = {}
     for (pname, _), value in zip(params, positional):
         bound[pname] = value
     for key, value in keyword.items():
         if key not in _PARAM_NAMES[name]:
-            return None, ProgramIssue("unknown_argument", f"{name}() has no argument {key!r}", line)
+            return fail("unknown_argument", f"{name}() has no argument {key!r}")
         if key in bound:
-            return None, ProgramIssue("duplicate_argument", f"{key} given twice", line)
+            return fail("duplicate_argument", f"{key} given twice")
         bound[key] = value
     for pname, ptype in params:
         if pname not in bound:
-            return None, ProgramIssue("missing_argument", f"{name}() needs {pname}", line)
+            return fail("missing_argument", f"{name}() needs {pname}")
         if type(bound[pname]) is not ptype:
-            return None, ProgramIssue(
-                "wrong_type", f"{name}({pname}=…) must be {ptype.__name__}", line
-            )
-    return Call(name, tuple((p, bound[p]) for p, _ in params), line), None
+            return fail("wrong_type", f"{name}({pname}=…) must be {ptype.__name__}")
+    return Call(name, tuple((p, bound[p]) for p, _ in params), line), None, renamed

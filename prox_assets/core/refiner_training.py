@@ -41,6 +41,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_seq_len: int = 512
     seed: int = 0
+    dtype: str = "auto"  # bf16 autocast where the hardware runs it fast (core.precision)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,6 +55,7 @@ class TrainReport:
     skipped_too_long: int = 0
     seconds: float = 0.0
     losses: list[float] = field(default_factory=list)
+    target_tokens_p99: int = 0  # program length (tokens, incl. end of turn): sizes the output budget
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,6 +112,8 @@ def train_refiner(
             encoded.append(item)
     if not encoded:
         raise ValueError(f"no training example fits max_seq_len={config.max_seq_len}")
+    answer_lengths = sorted(sum(1 for y in labels if y != -100) for _, labels in encoded)
+    report.target_tokens_p99 = answer_lengths[min(len(answer_lengths) - 1, int(0.99 * len(answer_lengths)))]
 
     model = attach_adapters(model, config)
     report = run_training(model, encoded, config, pad_id(tokenizer), device, progress, report)
@@ -149,6 +153,8 @@ def run_training(model, encoded: Sequence[tuple[list[int], list[int]]], config: 
     ``epochs``); right-padded batches; gradient clipping at 1. Seeded by the caller."""
     import torch
 
+    from prox_assets.core.precision import autocast
+
     report = report or TrainReport()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -173,7 +179,8 @@ def run_training(model, encoded: Sequence[tuple[list[int], list[int]]], config: 
             mask[row, : len(x)] = 1
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, total, config)
-        loss = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
+        with autocast(device, config.dtype):
+            loss = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()

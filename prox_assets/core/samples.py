@@ -3,7 +3,8 @@
 Shards (a few thousand documents in all):
 
 - ``pydocs-00..03.warc.gz``: the 530 HTML pages of Debian's ``python3.11-doc`` as WARC response
-  records: real navigation, sidebars and footers around technical prose;
+  records: real navigation, sidebars and footers around technical prose, and real junk (the
+  ``genindex-*``, ``py-modindex``, ``search`` and ``contents`` pages are nothing but links);
 - ``news-00.warc.gz``: the 30 real news pages shipped in the ``newspaper4k`` sdist's tests;
 - ``austen-00.jsonl.gz``: five of Jane Austen's six novels (Debian ``r-cran-janeaustenr``) in
   passages of about 3,000 characters: clean prose. The sixth, *Persuasion*, is held out: the
@@ -66,7 +67,7 @@ def pydocs_pages(root: Path = PYDOCS_HTML) -> list[tuple[str, bytes]]:
     pages = []
     for p in sorted(root.rglob("*.html")):
         rel = p.relative_to(root).as_posix()
-        if rel.startswith(("_", "genindex")):  # generated index pages are nothing but links
+        if rel.startswith("_"):  # sources, static files; the index pages stay: real junk to drop
             continue
         pages.append((f"https://docs.python.org/3.11/{rel}", p.read_bytes()))
     return pages

@@ -52,7 +52,7 @@ def doc_example(doc_id: str, shard: str, shown_text: str, keep: bool, scorer_mod
 
 def chunk_examples(
     doc_id: str, shard: str, text: str, windows: Sequence[Window], programs: Sequence[str],
-    annotator: str, model: str, max_removal_ratio: float,
+    annotator: str, model: str, max_removal_ratio: float | None,
 ) -> list[SFTExample]:
     out = []
     for window, program in zip(windows, programs):
@@ -69,9 +69,11 @@ def chunk_examples(
 def assign_splits(examples: list[SFTExample], val_fraction: float, seed: int) -> None:
     """Per document, by a keyed hash: stable under re-runs and row order. The key has its own
     namespace: seed documents are *chosen* by the smallest ``seed:doc_id`` hashes, and reusing
-    that key would put nearly all of them in one split."""
+    that key would put nearly all of them in one split. ``<doc_id>:body`` (a page's clean body)
+    shares its page's split."""
     for ex in examples:
-        h = int(hashlib.sha256(f"split:{seed}:{ex.doc_id}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        page = ex.doc_id.partition(":")[0]
+        h = int(hashlib.sha256(f"split:{seed}:{page}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
         ex.split = "val" if h < val_fraction else "train"
 
 
@@ -94,6 +96,53 @@ def unparsable_targets(examples: Sequence[SFTExample]) -> list[SFTExample]:
     for ex in examples:
         if ex.status == "accepted":
             parsed = parse_program(ex.target, ex.level)
-            if parsed.errors or not parsed.calls:
+            if parsed.errors or parsed.warnings or not parsed.calls:
                 bad.append(ex)
     return bad
+
+
+def _keyed(seed: int, ex: SFTExample) -> str:
+    return hashlib.sha256(f"balance:{seed}:{ex.doc_id}:{ex.window_index}".encode()).hexdigest()
+
+
+def _stratified(examples: list[SFTExample], room: int, seed: int) -> list[SFTExample]:
+    """``room`` examples taken round-robin across annotators (each in keyed-hash order), so a
+    small source (clean prose) is not crowded out by a large one (the middles of docs pages)."""
+    groups: dict[str, list[SFTExample]] = {}
+    for e in sorted(examples, key=lambda e: _keyed(seed, e)):
+        groups.setdefault(e.annotator, []).append(e)
+    out: list[SFTExample] = []
+    queues = [groups[k] for k in sorted(groups)]
+    while len(out) < room and any(queues):
+        for q in queues:
+            if q and len(out) < room:
+                out.append(q.pop(0))
+    return out
+
+
+def balance_chunk_examples(examples: list[SFTExample], keep_fraction: float, seed: int) -> list[SFTExample]:
+    """At most ``keep_fraction`` of the accepted examples without a removal (keep_chunk() or a
+    normalize only), spread evenly over their sources: real pages are mostly clean windows, and
+    a small model trained on their natural share learns to remove nothing. Rejected examples are
+    all kept (they are a report)."""
+    accepted = [e for e in examples if e.status == "accepted"]
+    removing = [e for e in accepted if "remove_lines" in e.target]
+    other = [e for e in accepted if "remove_lines" not in e.target]
+    room = int(len(removing) * keep_fraction / max(1e-9, 1 - keep_fraction)) if removing else len(other)
+    return removing + _stratified(other, room, seed) + [e for e in examples if e.status != "accepted"]
+
+
+def balance_doc_examples(examples: list[SFTExample], keep_per_drop: float, seed: int) -> list[SFTExample]:
+    """Per annotator: every drop and at most ``keep_per_drop`` keeps per drop; an annotator
+    with no drop (clean sources) adds at most as many keeps as there are drops in all. So no
+    source is all-drop and none swamps the others. Everything when there is no drop at all."""
+    drops = [e for e in examples if e.label == "drop"]
+    if not drops:
+        return list(examples)
+    out = list(drops)
+    for annotator in sorted({e.annotator for e in examples}):
+        keeps = sorted((e for e in examples if e.label != "drop" and e.annotator == annotator),
+                       key=lambda e: _keyed(seed, e))
+        mine = sum(e.annotator == annotator for e in drops)
+        out += keeps[: int(keep_per_drop * mine) if mine else len(drops)]
+    return out

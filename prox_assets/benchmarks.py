@@ -145,7 +145,7 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 8) -> float:
 
 
 def refine_benchmark(texts: Sequence[str], doc_backend, chunk_backend, doc_max_tokens: int,
-                     window_tokens: int) -> dict:
+                     window_tokens: int, chunk_new_tokens: int = 160, doc_new_tokens: int = 8) -> dict:
     """Documents/s and tokens/s of both refinement stages, and model FLOPs against the peak."""
     from prox_assets.core.chunking import hf_token_counter
     from prox_assets.core.prompts import chunk_refiner_chat, doc_refiner_chat
@@ -156,9 +156,9 @@ def refine_benchmark(texts: Sequence[str], doc_backend, chunk_backend, doc_max_t
     count = hf_token_counter(tok)
     shown = [doc_backend.truncate(t, doc_max_tokens) for t in texts]
     started = time.perf_counter()
-    doc_runs = run_doc_refiner(doc_backend, shown)
+    doc_runs = run_doc_refiner(doc_backend, shown, doc_new_tokens)  # refined_corpus's budgets
     kept = [t for t, (_, r) in zip(texts, doc_runs) if not r.dropped]
-    chunk_runs = run_chunk_refiner(chunk_backend, kept, count, window_tokens)
+    chunk_runs = run_chunk_refiner(chunk_backend, kept, count, window_tokens, chunk_new_tokens)
     seconds = time.perf_counter() - started
 
     def prompt_tokens(chats) -> int:

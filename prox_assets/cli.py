@@ -499,10 +499,10 @@ def bench_refine(docs: int, refiner_version: str | None, as_json: bool) -> None:
         pair = refiner_pair(Catalog(), version)
         doc_model = str(fetch_model(store, refiner_prefix("doc", pair["doc"])))
         chunk_model = str(fetch_model(store, refiner_prefix("chunk", pair["chunk"])))
-        sizes = (pair["doc_max_tokens"], pair["window_tokens"])
+        sizes = (pair["doc_max_tokens"], pair["window_tokens"], pair["chunk_max_new_tokens"])
     else:
         doc_model = chunk_model = DEFAULT_MODEL
-        sizes = (384, 384)
+        sizes = (384, 384, 160)
     texts = pl.concat([store.read_parquet(k).select("text") for k in store.list("raw/")])
     texts = texts.sample(n=min(docs, texts.height), seed=0)["text"].to_list()
     report = refine_benchmark(texts, engine.load(device, model=doc_model), engine.load(device, model=chunk_model), *sizes)
@@ -596,8 +596,8 @@ def bench_selection(pool_size: int, task: str, n_target: int, heldout: int, land
 
 @bench.command("refinement")
 @click.option("--refiner-version", default=None, help="refiner_version key (default: the newest).")
-@click.option("--pages", default=48, show_default=True, help="Docs pages of the SFT side of the split to train on.")
-@click.option("--heldout", default=16, show_default=True, help="Held-out pages whose clean text is the evaluation.")
+@click.option("--pages", default=48, show_default=True, help="Docs pages (from no SFT set) to train on.")
+@click.option("--heldout", default=16, show_default=True, help="Other such pages whose clean text is the evaluation.")
 @click.option("--max-chars", default=8000, show_default=True, help="Pages at most this long (a CPU budget).")
 @click.option("--train-steps", default=40, show_default=True)
 @click.option("--batch-size", default=4, show_default=True)
@@ -625,6 +625,8 @@ def bench_refinement(refiner_version: str | None, pages: int, heldout: int, max_
     if not version:
         raise click.ClickException("no refiner version: materialize refiner[doc] and refiner[chunk] (or run prox demo)")
     pair = refiner_pair(Catalog(), version)
+    if pair["heldout_pages"] is None:
+        raise click.ClickException(f"{version}: its SFT set has no held-out docs pages; re-materialize sft_programs")
     device = DeviceSettings(device=os.environ.get("PROX_DEVICE", "auto"))
     backend = ModelEngine(backend="transformers").load(
         device, model=str(fetch_model(ObjectStore(), refiner_prefix("chunk", pair["chunk"]))))

@@ -79,7 +79,7 @@ def refiner_pair(catalog: Catalog, version: str) -> dict:
         "window_tokens": json.loads(row["chunk_sft"])["window_tokens"],
         "chunk_max_new_tokens": json.loads(row["chunk_report"] or "{}").get("max_new_tokens", 160),
         # which docs pages the chunk refiner's SFT set left out (its held-out evaluation pages)
-        "heldout_pages": json.loads(row["chunk_sft"]).get("heldout_pages", 0.3),
+        "heldout_pages": json.loads(row["chunk_sft"]).get("heldout_pages"),  # None: no page split
         "split_seed": json.loads(row["chunk_sft"]).get("seed", 0),
     }
 

@@ -118,9 +118,10 @@ def generation_budget(target_tokens_p99: int) -> int:
 def _quality(tuned, level: str, config: RefinerConfig, sft_config: dict, new_tokens: int) -> dict:
     """{model: {dataset: {metric: value}}} on held-out real data for the refiner, the perfect
     imitator and the random control."""
+    heldout = sft_config.get("heldout_pages")  # None: an SFT set from before the page split
     qset = build_quality_set(
-        downloads_dir(), config.quality_pages, config.quality_news, config.quality_clean,
-        config.quality_doc_pages, config.quality_max_chars, sft_config.get("heldout_pages", 0.3),
+        downloads_dir(), config.quality_pages if heldout else 0, config.quality_news, config.quality_clean,
+        config.quality_doc_pages if heldout else 0, config.quality_max_chars, heldout or 0.0,
         sft_config.get("seed", 0))
     writers = {
         "refiner": model_writers(tuned, new_tokens),

@@ -72,10 +72,15 @@ def test_page_split_is_keyed_and_stable():
 
 
 def test_repeated_lines_fire_only_in_blocks():
-    text = "Home\nDocs\nA paragraph about sockets.\nNote\nSockets are endpoints of a connection."
-    rules = RuleAnnotator(frozenset({"home", "docs", "note"}))
-    window = Window(0, 0, 4, "", 0)
-    assert rules.annotate(text, window) == "remove_lines(line_start=0, line_end=1)"
+    text = ("Home\nDocs\nA paragraph about sockets.\nNote\nSockets are endpoints of a connection.\n"
+            "© 2026 Example Ltd. All rights reserved.")
+    rules = RuleAnnotator(frozenset({"home", "docs", "note", "© 2026 example ltd. all rights reserved."}))
+    # "Note" repeats across the shard but stands alone in the body; the repeated footer is
+    # boilerplate by its phrase, block or not
+    assert rules.annotate(text, Window(0, 0, 5, "", 0)) == (
+        "remove_lines(line_start=0, line_end=1)\nremove_lines(line_start=5, line_end=5)")
+    # a block cut by a window's edge is still a block
+    assert rules.annotate(text, Window(1, 1, 5, "", 0)).startswith("remove_lines(line_start=1, line_end=1)")
 
 
 def _example(annotator: str, label: str, target: str, i: int) -> SFTExample:

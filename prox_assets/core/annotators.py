@@ -67,8 +67,6 @@ class RuleAnnotator:
         if not stripped:
             return None
         words = stripped.split()
-        if _key(line) in self.repeated_lines and len(words) < 40:
-            return "repeated_in_shard"
         if _URL_ONLY.match(line):
             return "url"
         if len(words) <= self.max_words_phrase_line and _PHRASES.search(line):
@@ -77,13 +75,17 @@ class RuleAnnotator:
             return "menu_bar"
         if _BULLET.match(line) and len(words) <= self.max_words_menu_item and not _END_PUNCT.search(line):
             return "menu_item"
+        if _key(line) in self.repeated_lines and len(words) < 40:  # last: the rules above need no block
+            return "repeated_in_shard"
         return None
 
     def annotate(self, text: str, window: Window) -> str:
         """The program for one window (global line numbers), or keep_chunk()."""
         lines = split_lines(text)
         span = range(window.line_start, window.line_end + 1)
-        reasons = {i: self.line_reason(lines[i]) for i in span}
+        # a few lines past the window's edges, so a block cut by the window still counts as a block
+        reasons = {i: self.line_reason(lines[i])
+                   for i in range(max(0, window.line_start - 8), min(len(lines), window.line_end + 9))}
         flagged = [reasons[i] is not None and (reasons[i] != "repeated_in_shard" or _in_block(reasons, lines, i))
                    for i in span]
         return program_for_flags(lines, flagged, window)

@@ -54,6 +54,11 @@ class Pair:
     keep: bool  # the document-level label
 
 
+def _lf(text: str) -> str:
+    """Line ends as the ingest normalises them, so lines here are the corpus's lines."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def _words(s: str) -> list[str]:
     return _WORD.findall(s.lower())
 
@@ -104,9 +109,9 @@ def sphinx_body(html: bytes) -> tuple[str, int, float] | None:
     )
     words = len(body.text.split())
     if 'class="indextable' in markup:  # genindex-*, py-modindex: an index whatever its link share
-        return text.replace("\r\n", "\n"), words, 1.0
+        return _lf(text), words, 1.0
     link_words = sum(len(_TAG.sub(" ", m).split()) for m in _LINK.findall(markup))
-    return text.replace("\r\n", "\n"), words, link_words / max(words, 1)
+    return _lf(text), words, link_words / max(words, 1)
 
 
 def pydocs_keep(body_words: int, link_fraction: float) -> bool:
@@ -132,6 +137,7 @@ def pydocs_pair(rel: str, page_text: str | None = None, root: Path = PYDOCS_HTML
         page_text, _ = _html_to_text(html)
     if body is None or not page_text:
         return None
+    page_text = _lf(page_text)
     body_text, words, link_fraction = body
     return Pair(f"pydocs:{rel}", "pydocs", page_text, body_text, aligned_labels(page_text, body_text),
                 pydocs_keep(words, link_fraction))
@@ -170,7 +176,7 @@ def news_pairs(downloads: Path) -> Iterator[Pair]:
                     text, _ = _html_to_text(tar.extractfile(members[name]).read())
                     gold = tar.extractfile(members[gold_name]).read().decode("utf-8", "replace")
                     if text:
-                        text = text.replace("\r\n", "\n")
+                        text = _lf(text)
                         yield Pair(f"news:{name.rsplit('/', 1)[-1]}", "news", text, gold,
                                    trigram_labels(text, gold), len(gold.strip()) >= MIN_NEWS_GOLD_CHARS)
 

@@ -103,7 +103,10 @@ def _run_chunk_stage(writer: ChunkWriter, texts: Sequence[str], labels: Sequence
             for t, ws, ps in zip(texts, windows, programs)]
 
 
-def _removed(result) -> set[int]:
+def _removed(result, text: str) -> set[int]:
+    """Lines of ``text`` the result removed: all of them when the executor dropped the document."""
+    if result.dropped:
+        return set(range(text.count("\n") + 1))
     return {i for e in result.edits if e.kind == "remove_lines" for i in range(e.line_start, e.line_end + 1)}
 
 
@@ -117,7 +120,7 @@ def chunk_stage_quality(writer: ChunkWriter, qset: QualitySet, count_tokens: Tok
             continue
         results = _run_chunk_stage(writer, [p.page_text for p in pairs], [p.labels for p in pairs],
                                    count_tokens, window_tokens)
-        out[name] = removal_metrics(pairs, [_removed(r) for r in results])
+        out[name] = removal_metrics(pairs, [_removed(r, p.page_text) for r, p in zip(results, pairs)])
         out[name]["docs_dropped"] = sum(r.dropped for r in results) / len(results)
         out[name]["windows_ignored"] = sum(len(r.ignored_windows) for r in results)
     for kind, texts in qset.clean.items():
@@ -228,26 +231,29 @@ def refinement_training_evidence(model_dir, variants: dict[str, Sequence[str]], 
 def refinement_variants(backend, count_tokens: TokenCounter, window_tokens: int, new_tokens: int, n_pages: int,
                         n_heldout: int, max_chars: int, heldout_fraction: float = 0.3, seed: int = 0,
                         log: Callable[[str], None] = print) -> tuple[dict[str, list[str]], list[str]]:
-    """({"raw", "refined", "clean"}: texts of the same docs pages from the SFT side of the split,
-    held-out clean texts). Clean is what the perfect imitator leaves (the Sphinx body, pilcrows
-    normalised); refined is what the chunk refiner in ``backend`` leaves (dropped pages: empty)."""
+    """({"raw", "refined", "clean"}: texts of the same docs pages, clean texts of other pages), all
+    from the held-out side of the SFT split. Clean is what the perfect imitator leaves (the Sphinx
+    body, pilcrows normalised); refined is what the chunk refiner in ``backend`` leaves (a page it
+    drops: empty)."""
     import time
 
     from prox_assets.core.real_pairs import page_split, pydocs_pairs
 
     rng = random.Random(seed)
-    pairs = [p for p in pydocs_pairs() if p.keep and len(p.page_text) <= max_chars]
-    train = [p for p in pairs if page_split(p.name, heldout_fraction, seed) == "train"]
-    held = [p for p in pairs if page_split(p.name, heldout_fraction, seed) == "heldout"]
-    train = rng.sample(train, min(n_pages, len(train)))
-    held = rng.sample(held, min(n_heldout, len(held)))
+    # only pages of no SFT set: the refiner has never seen the pages it refines here, and the
+    # perplexity pages are disjoint from the training pages
+    pairs = [p for p in pydocs_pairs() if p.keep and len(p.page_text) <= max_chars
+             and page_split(p.name, heldout_fraction, seed) == "heldout"]
+    rng.shuffle(pairs)
+    held = pairs[:n_heldout]
+    train = pairs[n_heldout : n_heldout + n_pages]
     texts, labels = [p.page_text for p in train], [p.labels for p in train]
     clean = _run_chunk_stage(imitator_writers()[1], texts, labels, count_tokens, window_tokens)
     held_clean = _run_chunk_stage(imitator_writers()[1], [p.page_text for p in held], [p.labels for p in held],
                                   count_tokens, window_tokens)
     t = time.perf_counter()
     refined = _run_chunk_stage(model_writers(backend, new_tokens)[1], texts, labels, count_tokens, window_tokens)
-    quality = removal_metrics(train, [_removed(r) for r in refined])
+    quality = removal_metrics(train, [_removed(r, p.page_text) for r, p in zip(refined, train)])
     log(f"refined {len(texts)} pages in {time.perf_counter() - t:.0f}s: "
         + ", ".join(f"{k} {v:.3f}" for k, v in quality.items() if k != "pages"))
     return ({"raw": texts, "refined": ["" if r.dropped else r.text for r in refined],

@@ -56,6 +56,7 @@ class TrainReport:
     seconds: float = 0.0
     losses: list[float] = field(default_factory=list)
     target_tokens_p99: int = 0  # program length (tokens, incl. end of turn): sizes the output budget
+    bf16: bool = False  # whether dtype "auto" ran the matmuls in bf16 on this hardware
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -153,9 +154,10 @@ def run_training(model, encoded: Sequence[tuple[list[int], list[int]]], config: 
     ``epochs``); right-padded batches; gradient clipping at 1. Seeded by the caller."""
     import torch
 
-    from prox_assets.core.precision import autocast
+    from prox_assets.core.precision import autocast, uses_bf16
 
     report = report or TrainReport()
+    report.bf16 = uses_bf16(device, config.dtype)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(encoded) / config.batch_size)

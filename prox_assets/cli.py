@@ -172,9 +172,9 @@ def _build_samples(out: Path | None = None) -> list[Path]:
 # Refiner budgets: `demo` fits the demo's ~20 minutes on a 2-core CPU; `cpu-large` is about 45
 # minutes of refiner training and a larger held-out evaluation on the same machine (README).
 BUDGETS = {
-    "demo": {"sft": {"chunk_docs_per_shard": 12}, "steps": {"doc": 60, "chunk": 80},
-             "refiner": {"quality_pages": 6, "quality_news": 4, "quality_clean": 6, "quality_doc_pages": 16,
-                         "quality_max_chars": 6000}},
+    "demo": {"sft": {"chunk_docs_per_shard": 12}, "steps": {"doc": 80, "chunk": 64},
+             "refiner": {"quality_pages": 4, "quality_news": 2, "quality_clean": 4, "quality_doc_pages": 12,
+                         "quality_max_chars": 5000, "eval_examples": 8}},
     "cpu-large": {"sft": {"chunk_docs_per_shard": 60}, "steps": {"doc": 120, "chunk": 450},
                   "refiner": {"quality_pages": 24, "quality_news": 8, "quality_clean": 12, "quality_doc_pages": 40,
                               "quality_max_chars": 10000}},
@@ -189,8 +189,8 @@ BUDGETS = {
 @click.option("--annotator", type=click.Choice(["rules", "llm", "both"]), default="rules", show_default=True,
               help="Chunk labels for pages without gold labels.")
 @click.option("--refiner-steps", type=int, default=None, help="Fine-tuning steps per refiner level (overrides --budget).")
-@click.option("--refine-docs", default=6, show_default=True, help="Documents refined per shard (0 = all).")
-@click.option("--refine-max-chars", default=6000, show_default=True,
+@click.option("--refine-docs", default=4, show_default=True, help="Documents refined per shard (0 = all).")
+@click.option("--refine-max-chars", default=4000, show_default=True,
               help="Sample refined documents among those this short (0 = any length).")
 @click.option("--checkpoint-targets", default="arc-challenge", show_default=True,
               help="Comma-separated targets (gsm8k, arc-challenge) to train and evaluate every variant for; "

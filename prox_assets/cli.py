@@ -576,7 +576,6 @@ def bench_selection(pool_size: int, task: str, n_target: int, heldout: int, land
     from prox_assets.benchmarks import domain_pool
     from prox_assets.core.influence import InfluenceConfig
     from prox_assets.core.influence_eval import selection_experiment
-    from prox_assets.core.refiner_training import TrainConfig
     from prox_assets.core.samples import build_sample_corpus
     from prox_assets.core.targets import load_task, split_target
     from prox_resources.models import DEFAULT_MODEL, resolve_model
@@ -585,8 +584,7 @@ def bench_selection(pool_size: int, task: str, n_target: int, heldout: int, land
     files = build_sample_corpus(home / "samples", home / "downloads")
     texts, domains = domain_pool(files, pool_size, 600)
     targets, held = split_target(load_task(task), n_target, heldout)
-    train = TrainConfig(method="lora", lora_r=8, lora_alpha=16, lora_layers=None, max_steps=train_steps,
-                        batch_size=batch_size, lr=lr, min_lr=lr / 10, warmup_steps=2, max_seq_len=seq_len)
+    train = _evidence_train_config(train_steps, batch_size, seq_len, lr)
     report = selection_experiment(
         resolve_model(DEFAULT_MODEL), texts, domains, [t.prompt for t in targets], [t.answer for t in targets],
         [t.prompt for t in held], [t.answer for t in held], InfluenceConfig(landmarks=landmarks, max_len=128),
@@ -612,7 +610,6 @@ def bench_refinement(refiner_version: str | None, pages: int, heldout: int, max_
     seeds, and scored by perplexity on the clean text of held-out pages."""
     from prox_assets.core.chunking import hf_token_counter
     from prox_assets.core.refiner_quality import refinement_training_evidence, refinement_variants
-    from prox_assets.core.refiner_training import TrainConfig
     from prox_assets.refine import refiner_pair
     from prox_assets.refiner import refiner_prefix
     from prox_resources.catalog import Catalog
@@ -634,11 +631,18 @@ def bench_refinement(refiner_version: str | None, pages: int, heldout: int, max_
     variants, held = refinement_variants(
         backend, hf_token_counter(backend.tokenizer), pair["window_tokens"], pair["chunk_max_new_tokens"], pages,
         heldout, max_chars, pair["heldout_pages"], pair["split_seed"], log)
-    train = TrainConfig(method="lora", lora_r=8, lora_alpha=16, lora_layers=None, max_steps=train_steps,
-                        batch_size=batch_size, lr=lr, min_lr=lr / 10, warmup_steps=2, max_seq_len=seq_len)
+    train = _evidence_train_config(train_steps, batch_size, seq_len, lr)
     report = refinement_training_evidence(resolve_model(DEFAULT_MODEL), variants, held, train,
                                           [int(x) for x in seeds.split(",")], log=log)
     click.echo(json.dumps({"refiner_version": version, **report}, indent=2 if as_json else 1))
+
+
+def _evidence_train_config(steps: int, batch_size: int, seq_len: int, lr: float):
+    """The evidence benchmarks' checkpoints: LoRA r=8 on every block, one token budget."""
+    from prox_assets.core.refiner_training import TrainConfig
+
+    return TrainConfig(method="lora", lora_r=8, lora_alpha=16, lora_layers=None, max_steps=steps,
+                       batch_size=batch_size, lr=lr, min_lr=lr / 10, warmup_steps=2, max_seq_len=seq_len)
 
 
 def _format_report(report: dict) -> str:

@@ -15,7 +15,12 @@ import dagster as dg
 import polars as pl
 
 from prox_assets.core.annotators import RuleAnnotator, gold_program, llm_annotate, merge_programs
-from prox_assets.core.chunking import chunk_document, hf_token_counter, split_lines, truncate_to_tokens
+from prox_assets.core.chunking import (
+    chunk_document,
+    hf_token_counter,
+    split_lines,
+    truncate_to_tokens,
+)
 from prox_assets.core.prompts import ANNOTATOR_PROMPT_VERSION
 from prox_assets.core.real_pairs import Pair, page_split, pydocs_pair, pydocs_rel
 from prox_assets.core.scoring import seed_sample
@@ -71,19 +76,16 @@ def _eval_only(shard: str, config: SFTConfig) -> bool:
     return any(fnmatch(shard, pattern) for pattern in config.eval_only_shards)
 
 
-def _gold_pair(url: str | None, text: str, config: SFTConfig) -> Pair | None:
-    """The layout-gold pair of a docs page, None for other documents; raises HeldOut for the
-    evaluation's pages."""
+def _heldout(url: str | None, config: SFTConfig) -> bool:
+    """A docs page the evaluation keeps out of every SFT set."""
     rel = pydocs_rel(url)
-    if rel is None:
-        return None
-    if page_split(f"pydocs:{rel}", config.heldout_pages, config.seed) == "heldout":
-        raise _HeldOut(rel)
-    return pydocs_pair(rel, text)
+    return rel is not None and page_split(f"pydocs:{rel}", config.heldout_pages, config.seed) == "heldout"
 
 
-class _HeldOut(Exception):
-    pass
+def _gold_pair(url: str | None, text: str) -> Pair | None:
+    """The layout-gold pair of a docs page, None for other documents."""
+    rel = pydocs_rel(url)
+    return None if rel is None else pydocs_pair(rel, text)
 
 
 def _raw_shards(store: ObjectStore, config: SFTConfig, log):
@@ -105,10 +107,9 @@ def _doc_examples(store: ObjectStore, config: SFTConfig, tokenizer, log) -> tupl
     examples, agree = [], []
     for _, raw in _raw_shards(store, config, log):
         for doc_id, shard, source, url, text in raw.iter_rows():
-            try:
-                pair = _gold_pair(url, text, config)
-            except _HeldOut:
+            if _heldout(url, config):
                 continue
+            pair = _gold_pair(url, text)
             if pair is not None:
                 keep, annotator, model = pair.keep, "layout-gold", "none"
             elif source in config.clean_sources:
@@ -136,13 +137,11 @@ def _chunk_examples(store, config: SFTConfig, tokenizer, engine: ModelEngine, de
     examples = []
     for key, raw in _raw_shards(store, config, log):
         rules = RuleAnnotator.for_shard(raw["text"])
-        eligible = [d for d, u in zip(raw["doc_id"], raw["url"])
-                    if pydocs_rel(u) is None or page_split(f"pydocs:{pydocs_rel(u)}", config.heldout_pages,
-                                                           config.seed) == "train"]
+        eligible = [d for d, u in zip(raw["doc_id"], raw["url"]) if not _heldout(u, config)]
         chosen = set(seed_sample(eligible, config.chunk_docs_per_shard, config.seed + 1))
         for doc_id, shard, source, url, text in raw.filter(pl.col("doc_id").is_in(chosen)).iter_rows():
             windows = chunk_document(text, count, config.window_tokens)
-            pair = _gold_pair(url, text, config)
+            pair = _gold_pair(url, text)
             if pair is not None:
                 if not pair.keep:  # an index page: the document stage's to drop
                     continue

@@ -15,7 +15,6 @@ On a pool whose samples carry a domain label and a target from one of those doma
 from __future__ import annotations
 
 import copy
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -38,6 +37,7 @@ from prox_assets.core.influence import (
     topk_recall,
     warm_up,
 )
+from prox_assets.core.training import mean_std, seed_summary
 
 if TYPE_CHECKING:
     from prox_assets.core.refiner_training import TrainConfig
@@ -84,11 +84,6 @@ def embed_pool(model, tokenizer, texts: Sequence[str], config: InfluenceConfig, 
     return embed_texts(model, tokenizer, texts, config, pooling=kind.split("-", 1)[1])
 
 
-def _mean_std(values: Sequence[float]) -> dict[str, float]:
-    return {"mean": round(statistics.fmean(values), 4),
-            "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0}
-
-
 def landmark_accuracy(emb: torch.Tensor, exact: torch.Tensor, positive: Sequence[bool], count: int, draws: int,
                       ridge: float, centre: bool, method: str = "uniform", shuffle: bool = False) -> dict:
     """Estimates from ``count`` landmarks (``draws`` seeded draws) against the exact mean scores
@@ -111,7 +106,7 @@ def landmark_accuracy(emb: torch.Tensor, exact: torch.Tensor, positive: Sequence
         metrics["top10pct_recall"].append(topk_recall(e, x, max(1, len(rest) // 10)))
         metrics["domain_auroc"].append(auroc(e, [positive[i] for i in rest]))
         metrics["top_quarter_auroc"].append(auroc(e, quarter.tolist()))
-    return {name: _mean_std(v) for name, v in metrics.items()}
+    return {name: mean_std(v) for name, v in metrics.items()}
 
 
 def influence_study(model, tokenizer, texts: Sequence[str], domains: Sequence[str], target_domain: str,
@@ -136,7 +131,7 @@ def influence_study(model, tokenizer, texts: Sequence[str], domains: Sequence[st
         "exact": {"domain_auroc": round(auroc(exact, positive), 4),
                   "target_domain_share_of_top_quarter": round(sum(positive[i] for i in top_quarter) / len(top_quarter), 4),
                   "mean_score_per_domain": per_domain,
-                  "per_target_example_domain_auroc": _mean_std([auroc(scores[:, j], positive) for j in range(scores.shape[1])])},
+                  "per_target_example_domain_auroc": mean_std([auroc(scores[:, j], positive) for j in range(scores.shape[1])])},
     }
 
     # stability: the same exact scores from other warm-up seeds (on a subset when asked)
@@ -228,8 +223,7 @@ def selection_training_evidence(model_dir, texts: Sequence[str], selected: Seque
             seconds[variant] = seconds.get(variant, 0.0) + time.perf_counter() - t
             rows.setdefault(variant, []).append(loss)
             log(f"seed {seed} {variant}: held-out loss {loss:.4f} ({time.perf_counter() - t:.0f}s)")
-    summary = {v: {"mean": round(statistics.fmean(x), 4), "std": round(statistics.stdev(x), 4) if len(x) > 1 else 0.0,
-                   "per_seed": [round(y, 4) for y in x]} for v, x in rows.items()}
+    summary = seed_summary(rows)
     gap = summary["random"]["mean"] - summary["influence"]["mean"]
     spread = summary["random"]["std"] + summary["influence"]["std"]
     return {"tokens_per_checkpoint": train.max_steps * train.batch_size * train.max_seq_len,

@@ -190,13 +190,12 @@ def refinement_training_evidence(model_dir, variants: dict[str, Sequence[str]], 
     ``raw`` text, as ``refined`` text and as their ``clean`` sources (the ceiling), each seed,
     evaluated by the perplexity of ``heldout`` clean text (pages no variant trained on).
     Refined works when it lands between raw and clean, closer to clean, by more than the spread."""
-    import statistics
     import tempfile
     import time
     from dataclasses import replace
 
     from prox_assets.core.evaluation import prose_perplexity
-    from prox_assets.core.training import load_checkpoint, train_lm
+    from prox_assets.core.training import load_checkpoint, seed_summary, train_lm
     from prox_resources.engine import TransformersBackend
 
     def perplexity(checkpoint) -> float:
@@ -213,8 +212,7 @@ def refinement_training_evidence(model_dir, variants: dict[str, Sequence[str]], 
                 train_lm(model_dir, list(texts), replace(train, seed=seed), out)
                 rows.setdefault(name, []).append(perplexity(out))
             log(f"seed {seed} {name}: held-out perplexity {rows[name][-1]:.3f} ({time.perf_counter() - t:.0f}s)")
-    summary = {v: {"mean": round(statistics.fmean(x), 4), "std": round(statistics.stdev(x), 4) if len(x) > 1 else 0.0,
-                   "per_seed": [round(y, 4) for y in x]} for v, x in rows.items()}
+    summary = seed_summary(rows)
     out = {"tokens_per_checkpoint": train.max_steps * train.batch_size * train.max_seq_len, "seeds": list(seeds),
            "heldout_texts": len(heldout), "perplexity": summary,
            "characters": {v: sum(map(len, t)) for v, t in variants.items()}}

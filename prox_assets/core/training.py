@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -122,3 +123,13 @@ def load_checkpoint(base_dir: str | Path, checkpoint_dir: str | Path | None, dev
         path = Path(checkpoint_dir)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
     return model, AutoTokenizer.from_pretrained(path)
+
+
+def mean_std(values: Sequence[float]) -> dict[str, float]:
+    return {"mean": round(statistics.fmean(values), 4),
+            "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0}
+
+
+def seed_summary(rows: dict[str, list[float]]) -> dict[str, dict]:
+    """Per variant: mean and std over seeds, and each seed's value (the evidence benchmarks)."""
+    return {v: {**mean_std(x), "per_seed": [round(y, 4) for y in x]} for v, x in rows.items()}

@@ -2,7 +2,8 @@
 # Sets up everything on a fresh Debian machine, idempotently:
 #   bash deploy/setup.sh          runtime (venv, pinned CPU torch, package, data packages)
 #   bash deploy/setup.sh --dev    the same plus the test tools (and the deployment extra)
-#   bash deploy/setup.sh --deploy the runtime plus the deployment extra (PostgreSQL, Kubernetes)
+#   bash deploy/setup.sh --deploy the runtime plus the deployment extra (PostgreSQL, Kubernetes,
+#                                 the DuckLake catalog's DuckDB extensions as PyPI wheels)
 # The container image (deploy/Dockerfile) runs the same script.
 set -euo pipefail
 cd "$(dirname "$0")/.."

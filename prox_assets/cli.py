@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -14,51 +15,188 @@ import click
 from prox_resources.settings import REPO_ROOT, configure_environment, downloads_dir, prox_home
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _user_error(exc: Exception) -> str | None:
+    """One line for an error a user can act on (bad SQL, a refused name, S3 403, a full disk);
+    None for anything else, whose traceback is worth seeing."""
+    import duckdb
+
+    from prox_assets.core.names import InvalidName
+    from prox_resources.settings import store_url
+
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if isinstance(exc, duckdb.Error):
+        return f"catalog: {first}"
+    if isinstance(exc, InvalidName):
+        return first
+    remote = "://" in store_url()
+    if isinstance(exc, PermissionError) and remote:
+        return (f"{store_url()}: access denied ({first}); check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY "
+                "and the bucket's policy")
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # no S3 support installed
+        BotoCoreError = ClientError = ()  # noqa: N806
+    if isinstance(exc, (BotoCoreError, ClientError)):
+        return f"{store_url()}: {first}"
+    if isinstance(exc, OSError):
+        return f"{type(exc).__name__}: {first}"
+    return None
+
+
+class _Main(click.Group):
+    """Errors a user can act on end as one line (``Error: ...``), not a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            message = _user_error(exc)
+            if message is None:
+                raise
+            raise click.ClickException(message) from exc
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """ProX refinement and Influence Distillation selection, orchestrated by Dagster."""
     configure_environment()
 
 
 # --- ingestion -------------------------------------------------------------------------------
+_INSTANCES: dict[str, object] = {}
+
+
 def _instance():
+    """The Dagster instance, created (its SQLite storage and migrations, on a fresh home) under a
+    file lock, once per process: commands started together never migrate one database at once.
+    STARTED runs of killed ``prox`` commands on this machine are marked failed here."""
     import dagster as dg
 
-    return dg.DagsterInstance.get()
+    from prox_resources.run_launcher import fail_dead_local_runs
+    from prox_resources.settings import file_lock
+
+    home = os.environ.get("DAGSTER_HOME", "")
+    if home not in _INSTANCES:
+        with file_lock(Path(home or prox_home()) / ".prox-instance.lock"):
+            instance = dg.DagsterInstance.get()
+            for run_id in fail_dead_local_runs(instance):
+                click.echo(f"run {run_id}: its prox process is gone; marked failed", err=True)
+        _INSTANCES[home] = instance
+    return _INSTANCES[home]
 
 
-def ingest_paths(paths: list[Path], run: bool = True, echo=click.echo) -> dict[str, str]:
-    """Upload files to incoming/, add their shard partitions, and (optionally) ingest them.
+def _no_follow(path, flags):
+    return os.open(path, flags | os.O_NOFOLLOW)
 
-    Returns shard -> "ok" | "failed: <message>" | "registered".
-    """
-    from prox_assets.core.ingest import format_of, shard_name
-    from prox_assets.ingest import INCOMING, incoming_files
-    from prox_assets.partitions import shard_partitions
-    from prox_resources.store import ObjectStore
+
+def _input_files(paths: list[Path]) -> list[Path]:
+    """The files to ingest: every argument that is a file, every supported file under a folder.
+    Symbolic links are refused (they could point anywhere), never followed."""
+    from prox_assets.core.ingest import format_of
 
     files: list[Path] = []
     for p in paths:
+        if p.is_symlink():
+            raise click.ClickException(f"{p}: a symbolic link; give the file itself (links are not followed)")
         if p.is_dir():
-            files += sorted(q for q in p.rglob("*") if q.is_file() and format_of(q.name))
+            for root, dirs, names in os.walk(p):  # does not descend into linked folders
+                dirs.sort()
+                for name in sorted(dirs + names):
+                    q = Path(root) / name
+                    if q.is_symlink() and (name in dirs or format_of(name)):
+                        raise click.ClickException(f"{q}: a symbolic link; links are not followed")
+                files += [Path(root) / n for n in sorted(names) if format_of(n) and (Path(root) / n).is_file()]
         elif p.is_file():
             files.append(p)
         else:
             raise click.ClickException(f"{p}: no such file or directory")
-    store = ObjectStore()
-    existing = incoming_files(store)
-    shards: list[str] = []
-    for f in files:  # validate everything before uploading anything
+    return files
+
+
+def _same_content(store, key: str, path: Path) -> bool:
+    import hashlib
+
+    if store.size(key) != path.stat().st_size:
+        return False
+    digests = []
+    for opener in (lambda: store.open_read(key), lambda: open(path, "rb", opener=_no_follow)):
+        h = hashlib.sha256()
+        with opener() as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        digests.append(h.digest())
+    return digests[0] == digests[1]
+
+
+def ingest_paths(paths: list[Path], run: bool = True, echo=click.echo, replace: bool = False) -> dict[str, str]:
+    """Upload files to incoming/, add their shard partitions, and (optionally) ingest them.
+
+    Returns shard -> "ok" | "failed: <message>" | "registered". Everything is checked before
+    anything is uploaded: file names (``core/names.py``), symbolic links, and shard collisions
+    with each other and with what incoming/ holds. An upload never overwrites another file: the
+    object is created only if its key is free (``ObjectStore.create_file``), under a lock shared by
+    the commands of this machine; the same bytes again are fine, other bytes need ``replace``.
+    If registering fails, the objects this call created are deleted again.
+    """
+    from prox_assets.core.ingest import format_of
+    from prox_assets.core.names import InvalidName, check_input_file_name, shard_name
+    from prox_assets.ingest import INCOMING, scan_incoming
+    from prox_assets.partitions import shard_partitions
+    from prox_resources.settings import file_lock, lock_path
+    from prox_resources.store import ObjectStore
+
+    files = _input_files(paths)
+    plan: dict[str, tuple[Path, str]] = {}  # shard -> (file, key)
+    for f in files:
         if format_of(f.name) is None:
             raise click.ClickException(f"{f}: unsupported format")
+        try:
+            check_input_file_name(f.name)
+        except InvalidName as exc:
+            raise click.ClickException(f"{f}: {exc}") from exc
         shard = shard_name(f.name)
-        if existing.get(shard, INCOMING + f.name) != INCOMING + f.name or shard in shards:
-            raise click.ClickException(f"{f}: shard {shard!r} already comes from {existing.get(shard)}")
-        shards.append(shard)
-    for f in files:
-        store.put_file(str(f), INCOMING + f.name)
-    instance = _instance()
-    instance.add_dynamic_partitions(shard_partitions.name, shards)
+        if shard in plan:
+            raise click.ClickException(f"{f}: shard {shard!r} already comes from {plan[shard][0]}")
+        plan[shard] = (f, INCOMING + f.name)
+    instance = _instance()  # before any upload: a failure here leaves nothing behind
+    store = ObjectStore()
+    created: list[str] = []
+    with file_lock(lock_path("incoming")):
+        scan = scan_incoming(store)
+        for shard, (f, key) in plan.items():
+            if shard in scan.collisions:
+                raise click.ClickException(f"{f}: shard {shard!r} is ambiguous in incoming/: "
+                                           f"{', '.join(scan.collisions[shard])}; remove all but one")
+            other = scan.files.get(shard)
+            if other is not None and other != key:
+                raise click.ClickException(f"{f}: shard {shard!r} already comes from {store.uri(other)}")
+            if key in scan.refused:
+                raise click.ClickException(f"{f}: {store.uri(key)} exists and is refused: {scan.refused[key]}")
+        try:
+            for shard, (f, key) in plan.items():
+                if not store.exists(key):
+                    with open(f, "rb", opener=_no_follow) as src:
+                        try:
+                            store.create_file(src, key)
+                            created.append(key)
+                            continue
+                        except FileExistsError:  # created since: by a process outside this lock
+                            pass
+                if _same_content(store, key, f):
+                    continue
+                if not replace:
+                    raise click.ClickException(
+                        f"{f}: {store.uri(key)} exists with other content; rename the file, or pass --replace")
+                with open(f, "rb", opener=_no_follow) as src, store.open_write(key) as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+            instance.add_dynamic_partitions(shard_partitions.name, list(plan))
+        except BaseException:
+            for key in created:  # an upload that is not registered leaves nothing behind
+                store.delete(key)
+            raise
+    shards = list(plan)
     echo(f"registered {len(shards)} shard(s) under {store.uri(INCOMING)}")
     if not run:
         return {s: "registered" for s in shards}
@@ -70,7 +208,7 @@ SUMMARY_KEYS = {
     "raw_corpus": ("n_read", "n_ingested", "n_quarantined"),
     "seed_scores": ("dagster/row_count", "keep_ratio", "mean_edu_expected", "documents_per_second"),
     "sft_programs": ("sft_version", "n_train", "n_val", "n_rejected"),
-    "refined_corpus": ("documents_in", "kept", "dropped", "tokens_kept_ratio", "lines_removed",
+    "refined_corpus": ("documents_in", "kept", "dropped", "errored", "tokens_kept_ratio", "lines_removed",
                        "executor_errors", "documents_per_second"),
     "landmark_influence": ("dagster/row_count", "landmarks", "wall_clock_vs_exact", "flops_vs_rds_model"),
     "selected_subset": ("budget", "pool_size", "selected_score_mean", "pool_score_mean"),
@@ -85,50 +223,77 @@ SUMMARY_KEYS = {
 
 
 def materialize_partitions(asset: str, partition_keys: list[str], config: dict | None = None,
-                           echo=click.echo) -> dict[str, str]:
-    """Materialize partitions of one asset in-process, one run each, with progress lines."""
+                           echo=click.echo, per_run: int | None = 0) -> dict[str, str]:
+    """Materialize partitions of one asset in-process, with progress lines. An asset whose
+    backfill policy takes several partitions per run (the model assets: they load their models
+    once per run) gets one run per partition range of up to that many partitions, as a backfill
+    would; others one run per partition. ``per_run``: 0 follows the policy, 1 forces a run per
+    partition, None no bound."""
     import dagster as dg
+    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
     from prox_assets.definitions import ASSETS, build_resources
+    from prox_assets.partition_runs import partition_ranges
+    from prox_resources.run_launcher import worker_tags
 
     instance = _instance()
     resources = build_resources()
     run_config = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     if config:
         run_config["ops"] = {asset: {"config": config}}
+    assets_def = next(a for a in ASSETS if a.key == dg.AssetKey(asset))
+    if per_run == 0:
+        policy = assets_def.backfill_policy
+        per_run = policy.max_partitions_per_run if policy else 1
+    runs = [[k] for k in partition_keys] if per_run == 1 or len(partition_keys) < 2 else \
+        partition_ranges(assets_def.partitions_def, partition_keys, per_run, instance)
     outcome: dict[str, str] = {}
-    for i, key in enumerate(partition_keys, 1):
+    i = 0
+    for keys in runs:
         started = time.monotonic()
+        tags = {"prox/launched_by": "cli", **worker_tags()}
+        if len(keys) > 1:  # a partition key range: what a backfill run of this asset gets
+            tags |= {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
         result = dg.materialize(
-            ASSETS, selection=[asset], partition_key=key, instance=instance, resources=resources,
-            run_config=run_config, raise_on_error=False, tags={"prox/launched_by": "cli"},
+            ASSETS, selection=[asset], partition_key=keys[0] if len(keys) == 1 else None, instance=instance,
+            resources=resources, run_config=run_config, raise_on_error=False, tags=tags,
         )
         took = time.monotonic() - started
-        if result.success:
-            outcome[key] = "ok"
-            meta = _materialization_metadata(result, asset)
-            detail = ", ".join(f"{k.split('/')[-1]}={meta[k]}" for k in SUMMARY_KEYS.get(asset, ()) if k in meta)
-            echo(f"[{i}/{len(partition_keys)}] {asset}[{key}] ok in {took:.1f}s  {detail}")
-        else:
-            failure = next((e for e in result.all_events if e.is_step_failure), None)
-            msg = failure.step_failure_data.error.message.strip() if failure else "run failed"
-            outcome[key] = f"failed: {msg}"
-            echo(f"[{i}/{len(partition_keys)}] {asset}[{key}] FAILED: {msg}")
+        metadata = _materialization_metadata(instance, result.run_id)
+        failure = next((e for e in result.all_events if e.is_step_failure), None)
+        msg = failure.step_failure_data.error.message.strip() if failure else "run failed"
+        shared = f" (one run of {len(keys)} partitions)" if len(keys) > 1 else ""
+        for key in keys:
+            i += 1
+            meta = metadata.get(key)  # a run that failed may still have materialized some of its partitions
+            if meta is not None:
+                outcome[key] = "ok"
+                detail = ", ".join(f"{k.split('/')[-1]}={meta[k]}" for k in SUMMARY_KEYS.get(asset, ()) if k in meta)
+                echo(f"[{i}/{len(partition_keys)}] {asset}[{key}] ok in {took:.1f}s{shared}  {detail}")
+            else:
+                outcome[key] = f"failed: {msg}"
+                echo(f"[{i}/{len(partition_keys)}] {asset}[{key}] FAILED: {msg}")
     return outcome
 
 
-def _materialization_metadata(result, asset: str) -> dict:
-    for mat in result.asset_materializations_for_node(asset):
-        return {k: v.value for k, v in mat.metadata.items()}
-    return {}
+def _materialization_metadata(instance, run_id: str) -> dict[str, dict]:
+    """Each partition a run materialized, with its metadata. From the event log: the
+    materializations a failed run of several partitions logged for its finished ones are there."""
+    import dagster as dg
+
+    records = instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+    return {str(e.asset_materialization.partition): {k: v.value for k, v in e.asset_materialization.metadata.items()}
+            for e in records}
 
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--no-run", is_flag=True, help="Only upload and register partitions.")
-def ingest(paths: tuple[Path, ...], no_run: bool) -> None:
+@click.option("--replace", is_flag=True,
+              help="Replace a file already in incoming/ under the same name by different content.")
+def ingest(paths: tuple[Path, ...], no_run: bool, replace: bool) -> None:
     """Add files (or folders of files) as raw_corpus shard partitions and ingest them."""
-    outcome = ingest_paths(list(paths), run=not no_run)
+    outcome = ingest_paths(list(paths), run=not no_run, replace=replace)
     failed = {k: v for k, v in outcome.items() if v.startswith("failed")}
     _print_ingest_summary()
     if failed:
@@ -287,11 +452,12 @@ def _print_refined_summary() -> None:
     from prox_resources.catalog import Catalog
 
     rows = Catalog().query(
-        "SELECT refiner_version, count(*) AS n, sum(kept::INT) AS kept, sum((NOT kept)::INT) AS dropped, "
+        "SELECT refiner_version, count(*) AS n, count(*) FILTER (status = 'kept') AS kept, "
+        "count(*) FILTER (status = 'dropped') AS dropped, count(*) FILTER (status = 'error') AS errored, "
         "sum(n_chars_after) / sum(n_chars_before) AS chars_kept FROM program_runs GROUP BY 1 ORDER BY 1"
     ).rows()
-    for version, n, kept, dropped, chars in rows:
-        click.echo(f"refined_corpus[{version}]: {n} documents = kept {kept} + dropped {dropped}; "
+    for version, n, kept, dropped, errored, chars in rows:
+        click.echo(f"refined_corpus[{version}]: {n} documents = kept {kept} + dropped {dropped} + errored {errored}; "
                    f"{chars or 0:.1%} of characters kept")
 
 
@@ -334,16 +500,38 @@ def _print_synthesis_summary() -> None:
 
 
 # --- targets ----------------------------------------------------------------------------------
+def _name_param(kind: str):
+    """A click callback: the value must be a valid name (``core/names.py``), or None if optional."""
+
+    def check(ctx, param, value):
+        from prox_assets.core.names import InvalidName, validate_name
+
+        if value is None:
+            return None
+        try:
+            if isinstance(value, tuple):  # a multiple option
+                return tuple(validate_name(v, kind) for v in value)
+            return validate_name(value, kind)
+        except InvalidName as exc:
+            raise click.BadParameter(str(exc), ctx=ctx, param=param) from exc
+
+    return check
+
+
 def add_target(name: str, task: str, n_target: int, n_heldout: int, seed: int) -> str:
     """Write a target's example sets to the store and register its partition."""
     import polars as pl
 
+    from prox_assets.core.names import validate_name
     from prox_assets.core.targets import load_task, split_target
     from prox_assets.partitions import target_partitions
     from prox_assets.selection import target_prefix
     from prox_resources.catalog import Catalog
     from prox_resources.store import ObjectStore
 
+    validate_name(name, "target name")
+    if n_target < 1 or n_heldout < 0:
+        raise ValueError(f"need n_target >= 1 and n_heldout >= 0 (got {n_target}, {n_heldout})")
     store = ObjectStore()
     target, heldout = split_target(load_task(task), n_target, n_heldout, seed)
     prefix = target_prefix(name)
@@ -362,10 +550,12 @@ def target() -> None:
 
 
 @target.command("add")
-@click.argument("name")
+@click.argument("name", callback=_name_param("target name"))
 @click.option("--task", required=True, help="gsm8k | squad | arc_challenge | arc_easy | sciq | mmlu | math")
-@click.option("--n-target", default=8, show_default=True, help="Examples that selection optimises for.")
-@click.option("--n-heldout", default=200, show_default=True, help="Disjoint examples for evaluation.")
+@click.option("--n-target", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Examples that selection optimises for.")
+@click.option("--n-heldout", default=200, show_default=True, type=click.IntRange(min=0),
+              help="Disjoint examples for evaluation.")
 @click.option("--seed", default=0, show_default=True)
 def target_add(name: str, task: str, n_target: int, n_heldout: int, seed: int) -> None:
     """Register a target: a small set of task examples plus a disjoint held-out set."""
@@ -378,14 +568,18 @@ def target_add(name: str, task: str, n_target: int, n_heldout: int, seed: int) -
 
 # --- refinement: backfills and audits -----------------------------------------------------------
 @main.command()
-@click.option("--refiner-version", required=True, help="The refiner_version partition key (d…-c…).")
+@click.option("--refiner-version", callback=_name_param("refiner version"),
+              required=True, help="The refiner_version partition key (d…-c…).")
 @click.option("--url", default="http://127.0.0.1:3000", show_default=True, help="The Dagster webserver.")
-@click.option("--shard", "shards", multiple=True, help="Only these shards (default: every shard).")
+@click.option("--shard", "shards", multiple=True, callback=_name_param("shard"),
+              help="Only these shards (default: every shard).")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the backfill until it ends.")
 def backfill(refiner_version: str, url: str, shards: tuple[str, ...], wait: bool) -> None:
     """Refine every shard with a refiner version: a partition backfill run by the daemon."""
     from prox_assets.backfill import BackfillError, launch_backfill, wait_for_backfill
+    from prox_assets.partition_runs import partition_ranges
     from prox_assets.partitions import refiner_version_partitions, shard_partitions
+    from prox_assets.refine import refined_corpus
 
     instance = _instance()
     if not instance.has_dynamic_partition(refiner_version_partitions.name, refiner_version):
@@ -393,10 +587,16 @@ def backfill(refiner_version: str, url: str, shards: tuple[str, ...], wait: bool
         raise click.ClickException(f"unknown refiner version {refiner_version!r}; known: {known}")
     targets = list(shards) or instance.get_dynamic_partitions(shard_partitions.name)
     names = [f"{refiner_version}|{s}" for s in targets]
+    # The daemon cuts the backfill into runs by refined_corpus's backfill policy: each run a range
+    # of up to max_partitions_per_run shards, loading the two refiners once.
+    per_run = refined_corpus.backfill_policy.max_partitions_per_run
+    runs = len(partition_ranges(refined_corpus.partitions_def, names, per_run, instance))
     try:
         backfill_id = launch_backfill(url, ["refined_corpus"], names, title=f"refine with {refiner_version}",
                                       tags={"prox/launched_by": "prox backfill"})
-        click.echo(f"backfill {backfill_id}: {len(names)} partitions of refined_corpus -> {url}/overview/backfills/{backfill_id}")
+        click.echo(f"backfill {backfill_id}: {len(names)} partitions of refined_corpus in {runs} run(s) "
+                   f"(up to {per_run or len(names)} partitions a run, the refiners loaded once a run) "
+                   f"-> {url}/overview/backfills/{backfill_id}")
         if wait:
             final = wait_for_backfill(url, backfill_id, on_status=lambda s: click.echo(f"  {s['status']}"))
             if final["status"] not in ("COMPLETED", "COMPLETED_SUCCESS"):
@@ -475,15 +675,32 @@ def bench_executor(docs: int, as_json: bool) -> None:
     click.echo(json.dumps(report, indent=2) if as_json else _format_report(report))
 
 
+@bench.command("ingest")
+@click.option("--shard-mb", default=2048, show_default=True, help="Size of the generated JSONL shard whose peak RSS is measured.")
+@click.option("--json", "as_json", is_flag=True)
+def bench_ingest(shard_mb: int, as_json: bool) -> None:
+    """Streaming ingestion against the whole-file reader on the sample corpus (same run), and the
+    peak RSS of a large shard and of two bombs, each ingested in its own process."""
+    import tempfile
+
+    from prox_assets.benchmarks import ingest_benchmark
+
+    with tempfile.TemporaryDirectory(prefix="prox-bench-ingest-") as tmp:
+        report = ingest_benchmark(_build_samples(), shard_mb, Path(tmp))
+    click.echo(json.dumps(report, indent=2) if as_json else _format_report(report))
+
+
 @bench.command("refine")
 @click.option("--docs", default=16, show_default=True, help="Documents refined (both stages).")
-@click.option("--refiner-version", default=None, help="Default: the newest; the base model if none.")
+@click.option("--refiner-version", callback=_name_param("refiner version"),
+              default=None, help="Default: the newest; the base model if none.")
 @click.option("--json", "as_json", is_flag=True)
 def bench_refine(docs: int, refiner_version: str | None, as_json: bool) -> None:
     """Refinement throughput with the real model on this machine, against its matmul peak."""
     import polars as pl
 
     from prox_assets.benchmarks import refine_benchmark
+    from prox_assets.ingest import raw_paths
     from prox_assets.refine import refiner_pair
     from prox_assets.refiner import refiner_prefix
     from prox_resources.catalog import Catalog
@@ -503,7 +720,7 @@ def bench_refine(docs: int, refiner_version: str | None, as_json: bool) -> None:
     else:
         doc_model = chunk_model = DEFAULT_MODEL
         sizes = (384, 384, 160)
-    texts = pl.concat([store.read_parquet(k).select("text") for k in store.list("raw/")])
+    texts = pl.concat([store.read_parquet(k).select("text") for k in raw_paths(Catalog()).values()])
     texts = texts.sample(n=min(docs, texts.height), seed=0)["text"].to_list()
     report = refine_benchmark(texts, engine.load(device, model=doc_model), engine.load(device, model=chunk_model), *sizes)
     report = {"refiner_version": version or f"base model {DEFAULT_MODEL}", "device": device.resolve_device(), **report}
@@ -593,7 +810,8 @@ def bench_selection(pool_size: int, task: str, n_target: int, heldout: int, land
 
 
 @bench.command("refinement")
-@click.option("--refiner-version", default=None, help="refiner_version key (default: the newest).")
+@click.option("--refiner-version", callback=_name_param("refiner version"),
+              default=None, help="refiner_version key (default: the newest).")
 @click.option("--pages", default=48, show_default=True, help="Docs pages (from no SFT set) to train on.")
 @click.option("--heldout", default=16, show_default=True, help="Other such pages whose clean text is the evaluation.")
 @click.option("--max-chars", default=8000, show_default=True, help="Pages at most this long (a CPU budget).")
@@ -663,12 +881,12 @@ def _json_value(value):
 @click.argument("sql")
 @click.option("--json", "as_json", is_flag=True, help="Print rows as a JSON list of objects.")
 def catalog(sql: str, as_json: bool) -> None:
-    """Run a read-only SQL query against the DuckDB catalog."""
+    """Run a read-only SQL query against the DuckDB catalog (no file or network access)."""
     import polars as pl
 
     from prox_resources.catalog import Catalog
 
-    frame = Catalog().query(sql)
+    frame = Catalog().query_untrusted(sql)  # duckdb.Error: one line, through _Main
     if as_json:
         click.echo(json.dumps(frame.to_dicts(), default=_json_value, ensure_ascii=False))
         return

@@ -7,39 +7,109 @@ catalog.
 """
 
 
+import os
 import re
-from collections import Counter
+import tempfile
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 
 import dagster as dg
 import polars as pl
 
 from prox_assets.core.ingest import (
-    IngestResult,
+    IngestTally,
     Quarantined,
     UnreadableInput,
     format_of,
-    read_documents,
-    shard_name,
+    write_shard,
 )
+from prox_assets.core.names import InvalidName, check_input_file_name, shard_name
 from prox_assets.metadata import counts_table, histogram, lineage, md_table
 from prox_assets.partitions import shard_partitions
-from prox_resources.catalog import Catalog
+from prox_resources.catalog import Catalog, ParquetRows
 from prox_resources.store import ObjectStore
 
 INCOMING = "incoming/"
 
 
-def incoming_files(store: ObjectStore) -> dict[str, str]:
-    """shard -> store key of every supported file under incoming/."""
-    out: dict[str, str] = {}
+@dataclass
+class IncomingScan:
+    """What incoming/ holds: the files that are shard sources, and those that cannot be."""
+
+    files: dict[str, str] = field(default_factory=dict)  # shard -> store key
+    collisions: dict[str, list[str]] = field(default_factory=dict)  # shard -> keys that all map to it
+    refused: dict[str, str] = field(default_factory=dict)  # key -> why it is no shard source
+
+    def problems(self) -> list[str]:
+        out = [f"shard {shard!r} is ambiguous: {', '.join(keys)} all map to it; none is ingested "
+               "until all but one are removed" for shard, keys in sorted(self.collisions.items())]
+        return out + [f"{key}: refused, {why}" for key, why in sorted(self.refused.items())]
+
+
+def scan_incoming(store: ObjectStore) -> IncomingScan:
+    """Every supported file under incoming/, by shard. Symbolic links and bad names are refused;
+    two files that map to one shard are a collision, reported and used for neither, never settled
+    by their order."""
+    scan = IncomingScan()
+    by_shard: dict[str, list[str]] = defaultdict(list)
     for key in store.list(INCOMING):
-        if format_of(key) is not None:
-            out.setdefault(shard_name(key), key)
-    return out
+        if format_of(key) is None:
+            continue
+        if store.is_link(key):
+            scan.refused[key] = "a symbolic link (the store does not follow links)"
+            continue
+        try:
+            check_input_file_name(key)
+        except InvalidName as exc:
+            scan.refused[key] = str(exc)
+            continue
+        by_shard[shard_name(key)].append(key)
+    for shard, keys in by_shard.items():
+        if len(keys) == 1:
+            scan.files[shard] = keys[0]
+        else:
+            scan.collisions[shard] = sorted(keys)
+    return scan
 
 
-def raw_key(shard: str) -> str:
-    return f"raw/{shard}.parquet"
+def incoming_files(store: ObjectStore) -> dict[str, str]:
+    """shard -> store key of every file under incoming/ that is the one source of its shard."""
+    return scan_incoming(store).files
+
+
+def incoming_file(store: ObjectStore, shard: str) -> str:
+    """The store key of ``shard``'s file, or a Failure that says why there is none."""
+    scan = scan_incoming(store)
+    if shard in scan.files:
+        return scan.files[shard]
+    if shard in scan.collisions:
+        raise dg.Failure(f"shard {shard!r} is ambiguous: {', '.join(scan.collisions[shard])} all map to it; "
+                         "remove all but one from incoming/")
+    refused = [f"{key}: {why}" for key, why in scan.refused.items() if shard_name(key) == shard]
+    raise dg.Failure(f"no file for shard {shard!r} under {store.uri(INCOMING)}"
+                     + (f" ({'; '.join(refused)})" if refused else ""))
+
+
+def raw_run_key(shard: str, run_id: str) -> str:
+    """Each ingestion writes its own file; the catalog's ``ingestions.raw_path`` names the current
+    one, so a run killed between the write and the catalog commit leaves only an orphan that the
+    next ingestion of the shard deletes, never a file that looks current."""
+    return f"raw/{shard}/{run_id}.parquet"
+
+
+def raw_paths(catalog: Catalog, shards: list[str] | None = None) -> dict[str, str]:
+    """shard -> store key of its current raw file, for every ingested shard (or ``shards``)."""
+    rows = catalog.query("SELECT shard, raw_path FROM ingestions WHERE raw_path IS NOT NULL ORDER BY shard")
+    paths = dict(rows.rows())
+    return paths if shards is None else {s: paths[s] for s in shards if s in paths}
+
+
+def raw_key(catalog: Catalog, shard: str) -> str:
+    """The current raw file of ``shard``; a clear failure if it was never ingested."""
+    path = raw_paths(catalog, [shard]).get(shard)
+    if path is None:
+        raise dg.Failure(f"shard {shard!r} has no ingested documents: materialize raw_corpus[{shard}] first")
+    return path
 
 
 def default_source(shard: str) -> str:
@@ -47,16 +117,26 @@ def default_source(shard: str) -> str:
     return re.sub(r"[-_]?\d+$", "", shard) or shard
 
 
+def _text(value: str) -> str:
+    """Quarantine details quote hostile input: keep them valid UTF-8 for the catalog."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _quarantine_frame(items: list[Quarantined], shard: str, source_file: str, tags: dict) -> pl.DataFrame:
     return pl.DataFrame(
         [
             {"shard": shard, "source_file": source_file, "locator": q.locator, "reason": q.reason,
-             "detail": q.detail[:1000], "sample": q.sample, **tags}
+             "detail": _text(q.detail[:1000]), "sample": _text(q.sample), "n_records": q.n_records, **tags}
             for q in items
         ],
         schema={"shard": pl.String, "source_file": pl.String, "locator": pl.String, "reason": pl.String,
-                "detail": pl.String, "sample": pl.String, "run_id": pl.String, "partition_key": pl.String},
+                "detail": pl.String, "sample": pl.String, "n_records": pl.Int64, "run_id": pl.String,
+                "partition_key": pl.String},
     )
+
+
+class _NothingIngested(Exception):
+    """Raised inside the raw file's atomic write so that no empty file is committed."""
 
 
 @dg.asset(
@@ -74,71 +154,103 @@ def _quarantine_frame(items: list[Quarantined], shard: str, source_file: str, ta
 def raw_corpus(context: dg.AssetExecutionContext, store: ObjectStore, catalog: Catalog) -> dg.MaterializeResult:
     shard = context.partition_key
     tags = lineage(context)
-    source_file = incoming_files(store).get(shard)
-    if source_file is None:
-        raise dg.Failure(f"no file for shard {shard!r} under {store.uri(INCOMING)}")
+    source_file = incoming_file(store, shard)
     context.log.info(f"reading {store.uri(source_file)}")
+    key = raw_run_key(shard, tags["run_id"])
 
-    try:
-        with store.open_read(source_file) as f:
-            result = read_documents(f, source_file, shard, default_source=default_source(shard))
-    except UnreadableInput as exc:
-        result = IngestResult(quarantined=[Quarantined("file", "unreadable_file", str(exc))])
-    if not result.documents:
-        _record(catalog, shard, source_file, result, None, tags)
-        reasons = Counter(q.reason for q in result.quarantined)
+    with tempfile.TemporaryDirectory(prefix="prox-ingest-") as tmp:
+        index_path = os.path.join(tmp, "index.parquet")
+        try:
+            with store.open_read(source_file) as f, store.open_write(key) as out:
+                tally = write_shard(f, source_file, shard, out, index_path, default_source=default_source(shard))
+                if tally.n_ingested == 0:
+                    raise _NothingIngested
+        except UnreadableInput as exc:
+            tally = IngestTally()
+            tally.quarantine(Quarantined("file", "unreadable_file", str(exc)))
+        except _NothingIngested:
+            pass
+        ingested = tally.n_ingested > 0
+        _record(catalog, shard, source_file, tally, index_path if ingested else None, key, tags)
+        stats = _index_stats(index_path) if ingested else None
+    _delete_stale_raw_files(store, shard, keep=key if ingested else None)
+
+    if not ingested:
         raise dg.Failure(
             f"nothing could be read from {store.uri(source_file)}: "
-            f"{dict(reasons) or 'the file holds no records'}",
-            metadata={"n_quarantined": len(result.quarantined)},
+            f"{dict(tally.reasons) or 'the file holds no records'}",
+            metadata={"n_read": tally.n_read, "n_quarantined": tally.n_quarantined},
         )
-
-    frame = result.frame()
-    uri = store.write_parquet(raw_key(shard), frame)
-    _record(catalog, shard, source_file, result, frame, tags)
+    duplicates = duplicates_in_other_shards(catalog, shard)
     context.log.info(
-        f"{shard}: read {result.n_read}, ingested {frame.height}, quarantined {len(result.quarantined)}"
+        f"{shard}: read {tally.n_read}, ingested {tally.n_ingested}, quarantined {tally.n_quarantined}"
+        + (f"; {sum(duplicates.values())} documents also in other shards {dict(duplicates)}" if duplicates else "")
     )
-
-    preview = frame.head(5).select("doc_id", "source", "url", "n_words", "text").rows()
+    preview = [(d["doc_id"], d["source"], d["url"], d["n_words"], d["text"]) for d in tally.preview]
     return dg.MaterializeResult(
         metadata={
-            "dagster/row_count": frame.height,
-            "path": dg.MetadataValue.path(uri),
+            "dagster/row_count": tally.n_ingested,
+            "path": dg.MetadataValue.path(store.uri(key)),
             "source_file": store.uri(source_file),
-            "n_read": result.n_read,
-            "n_ingested": frame.height,
-            "n_quarantined": len(result.quarantined),
-            "quarantine_reasons": counts_table(Counter(q.reason for q in result.quarantined), "reason"),
-            "sources": counts_table(Counter(frame["source"].to_list()), "source"),
-            "total_chars": int(frame["n_chars"].sum()),
-            "words_per_document": histogram(frame["n_words"].to_list()),
+            "n_read": tally.n_read,
+            "n_ingested": tally.n_ingested,
+            "n_quarantined": tally.n_quarantined,
+            "n_quarantine_rows_not_sampled": tally.n_unsampled,
+            "quarantine_reasons": counts_table(tally.reasons, "reason"),
+            "duplicates_in_other_shards": counts_table(duplicates, "other shard"),
+            "sources": counts_table(stats["sources"], "source"),
+            "total_chars": stats["total_chars"],
+            "words_per_document": stats["words_per_document"],
             "preview": md_table(["doc_id", "source", "url", "words", "text"], preview),
         }
     )
 
 
-def _record(catalog: Catalog, shard: str, source_file: str, result: IngestResult,
-            frame: pl.DataFrame | None, tags: dict) -> None:
-    """Documents, quarantine and counts of this shard, replacing any earlier ingestion of it."""
-    documents = None
-    if frame is not None:
-        documents = frame.select("doc_id", "shard", "source", "url", "n_chars", "n_words").with_columns(
-            raw_path=pl.lit(raw_key(shard)),
-            row_index=pl.int_range(frame.height, dtype=pl.Int64),
-            run_id=pl.lit(tags["run_id"]),
-            partition_key=pl.lit(shard),
-        )
+def _index_stats(index_path: str) -> dict:
+    index = pl.scan_parquet(index_path)
+    sources = index.group_by("source").len().sort("len", descending=True).head(50).collect()
+    words = index.select("n_words").collect()["n_words"]
+    return {
+        "sources": Counter(dict(sources.rows())),
+        "total_chars": int(index.select(pl.col("n_chars").sum()).collect().item()),
+        # a histogram needs the values; a sample of them bounds memory on huge shards
+        "words_per_document": histogram(words.sample(min(len(words), 100_000), seed=0).to_list()),
+    }
+
+
+def duplicates_in_other_shards(catalog: Catalog, shard: str) -> Counter:
+    """other shard -> documents of ``shard`` it holds too (both are kept; this is a report)."""
+    rows = catalog.query(
+        "SELECT o.shard, count(*) FROM documents d JOIN documents o ON o.doc_id = d.doc_id "
+        "WHERE d.shard = ? AND o.shard <> ? GROUP BY 1 ORDER BY 2 DESC", [shard, shard])
+    return Counter(dict(rows.rows()))
+
+
+def _delete_stale_raw_files(store: ObjectStore, shard: str, keep: str | None) -> None:
+    """Remove the raw files of ``shard`` other than ``keep`` (earlier or killed runs)."""
+    for stale in [*store.list(f"raw/{shard}/"), f"raw/{shard}.parquet"]:  # and the old one-file layout
+        if stale != keep:
+            store.delete(stale)
+
+
+def _record(catalog: Catalog, shard: str, source_file: str, tally: IngestTally,
+            index_path: str | None, key: str, tags: dict) -> None:
+    """Documents, quarantine and counts of this shard, replacing any earlier ingestion of it.
+
+    A failed ingestion (``index_path`` None) leaves the shard without documents: the shard is what
+    its file holds now. Its counts and quarantine are recorded all the same.
+    """
     counts = pl.DataFrame([{
-        "shard": shard, "source_file": source_file, "n_read": result.n_read,
-        "n_ingested": len(result.documents), "n_quarantined": len(result.quarantined),
-        "raw_path": raw_key(shard) if frame is not None else None, **tags,
+        "shard": shard, "source_file": source_file, "n_read": tally.n_read,
+        "n_ingested": tally.n_ingested, "n_quarantined": tally.n_quarantined,
+        "n_quarantine_unsampled": tally.n_unsampled, "raw_path": key if index_path else None, **tags,
     }])
-    catalog.replace_many([
-        ("documents", {"shard": shard}, documents),
-        ("quarantine", {"shard": shard}, _quarantine_frame(result.quarantined, shard, source_file, tags)),
+    writes = [
+        ("quarantine", {"shard": shard}, _quarantine_frame(tally.samples, shard, source_file, tags)),
         ("ingestions", {"shard": shard}, counts),
-    ])
+    ]
+    documents = ParquetRows(index_path, {"raw_path": key, **tags}) if index_path else None
+    catalog.replace_many([*writes, ("documents", {"shard": shard}, documents)])
 
 
 @dg.sensor(
@@ -149,9 +261,13 @@ def _record(catalog: Catalog, shard: str, source_file: str, result: IngestResult
 )
 def incoming_files_sensor(context: dg.SensorEvaluationContext, store: ObjectStore) -> dg.SensorResult:
     known = set(context.instance.get_dynamic_partitions(shard_partitions.name))
-    new = sorted(set(incoming_files(store)) - known)
+    scan = scan_incoming(store)
+    problems = scan.problems()
+    for problem in problems:  # loud, every tick, until someone removes the file
+        context.log.warning(problem)
+    new = sorted(set(scan.files) - known)
     if not new:
-        return dg.SensorResult(skip_reason="no new files under incoming/")
+        return dg.SensorResult(skip_reason="; ".join(["no new files under incoming/", *problems])[:2000])
     return dg.SensorResult(
         run_requests=[dg.RunRequest(partition_key=s, run_key=f"ingest:{s}") for s in new],
         dynamic_partitions_requests=[shard_partitions.build_add_request(new)],

@@ -10,14 +10,17 @@ import dagster as dg
 import polars as pl
 
 
-def lineage(context: dg.AssetExecutionContext) -> dict[str, str]:
-    """The run and partition that wrote a catalog row: every row carries them."""
-    return {"run_id": context.run.run_id, "partition_key": str(context.partition_key)}
+def lineage(context: dg.AssetExecutionContext, partition_key=None) -> dict[str, str]:
+    """The run and partition that wrote a catalog row: every row carries them. ``partition_key``:
+    the partition being written, in a run of several (``context.partition_key`` is the run's one)."""
+    key = context.partition_key if partition_key is None else partition_key
+    return {"run_id": context.run.run_id, "partition_key": str(key)}
 
 
-def with_lineage(frame: pl.DataFrame, context: dg.AssetExecutionContext, **columns) -> pl.DataFrame:
+def with_lineage(frame: pl.DataFrame, context: dg.AssetExecutionContext, *, partition_key=None,
+                 **columns) -> pl.DataFrame:
     """``frame`` plus constant ``columns`` and the lineage columns."""
-    return frame.with_columns(**{k: pl.lit(v) for k, v in {**columns, **lineage(context)}.items()})
+    return frame.with_columns(**{k: pl.lit(v) for k, v in {**columns, **lineage(context, partition_key)}.items()})
 
 
 def _cell(value: object, width: int = 80) -> str:

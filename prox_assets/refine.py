@@ -5,9 +5,20 @@ refiner writes one program per window; the executor runs them. Each refiner vers
 its own path (``refined/<refiner_version>/<shard>.parquet``), so older versions' outputs stay
 untouched and an audit can show a document under every version.
 
+One document never fails the partition: a document one of whose stages raises (a text the
+tokenizer rejects, a prompt the engine rejects, an executor failure, a generation that is not
+text) gets a row with ``status`` ``error``, ``kept`` false, ``reason`` ``refine_error``, its raw
+text and the stage and exception in ``error``; the others are refined. ``documents_in = kept +
+dropped + errored``, in the metadata and in the catalog's ``program_runs``. Failures that are not
+a document's (a model that cannot load, an engine that fails on an ordinary probe document too,
+a store that cannot be written) still fail the partition.
+
 Resumable: documents are processed in batches, each written atomically as a part file; a killed
 run restarts and skips the batches whose parts exist. The final file and the catalog rows are
 written once all parts are done.
+
+One run refines many shards (a backfill range, ``MODEL_BACKFILL_POLICY``) and loads each refiner
+once for all of them; a shard that fails does not stop the others (``partition_runs``).
 """
 
 import json
@@ -17,10 +28,11 @@ import dagster as dg
 import polars as pl
 
 from prox_assets.core.chunking import hf_token_counter
-from prox_assets.core.refine import run_chunk_refiner, run_doc_refiner
+from prox_assets.core.refine import DocumentError, DocumentRefinement, check_text, printable, refine_documents
 from prox_assets.core.scoring import seed_sample
 from prox_assets.ingest import raw_corpus, raw_key
 from prox_assets.metadata import histogram, md_table, with_lineage
+from prox_assets.partition_runs import MODEL_BACKFILL_POLICY, materialize_each
 from prox_assets.partitions import refined_partitions, shard_partitions
 from prox_assets.refiner import refiner, refiner_prefix
 from prox_resources.catalog import Catalog
@@ -84,40 +96,89 @@ def refiner_pair(catalog: Catalog, version: str) -> dict:
     }
 
 
+ROW_SCHEMA = {
+    "doc_id": pl.String, "shard": pl.String, "refiner_version": pl.String, "text": pl.String,
+    "kept": pl.Boolean, "status": pl.String, "reason": pl.String, "error": pl.String,
+    "doc_program": pl.String, "chunk_programs": pl.String, "windows": pl.String, "edits": pl.String,
+    "errors": pl.String, "program_ignored": pl.Boolean, "windows_ignored": pl.Int64, "lines_removed": pl.Int64,
+    "n_chars_before": pl.Int64, "n_chars_after": pl.Int64, "n_tokens_before": pl.Int64, "n_tokens_after": pl.Int64,
+}
+ERROR_REASON = "refine_error"
+
+
+def _row(doc_id: str, text: str, ref: DocumentRefinement, count) -> dict:
+    doc_result, run = ref.doc_result, ref.chunk
+    refined = check_text(run.result.text if run else text)  # never a text the writers reject
+    dropped = doc_result.dropped or (run is not None and run.result.dropped)
+    reason = doc_result.reason if doc_result.dropped else (run.result.reason if run else None)
+    tokens_before, tokens_after = count([text, refined])
+    return {
+        "text": refined, "kept": not dropped, "status": "dropped" if dropped else "kept", "reason": reason,
+        "error": None,
+        "doc_program": printable(ref.doc_program),
+        "chunk_programs": json.dumps(run.programs if run else []),
+        "windows": json.dumps([[w.line_start, w.line_end] for w in run.windows] if run else []),
+        "edits": json.dumps([e.to_dict() for e in run.result.edits] if run else []),
+        "errors": json.dumps([e.to_dict() for e in ref.issues]),
+        "program_ignored": bool(run and run.result.ignored),
+        "windows_ignored": len(run.result.ignored_windows) if run else 0,
+        "lines_removed": sum(e.line_end - e.line_start + 1 for e in run.result.edits if e.kind == "remove_lines") if run else 0,
+        "n_chars_before": len(text), "n_chars_after": len(refined) if not dropped else 0,
+        "n_tokens_before": tokens_before, "n_tokens_after": tokens_after if not dropped else 0,
+    }
+
+
+def _error_row(text, ref: DocumentRefinement, count) -> dict:
+    """A document that could not be refined: not kept (nothing downstream trains on it), its raw
+    text kept for the audit and a rerun, the stage and exception in ``error``."""
+    shown = printable(text) if isinstance(text, str) else ""
+    try:
+        tokens_before = count([shown])[0]
+    except Exception:  # noqa: BLE001  (the tokenizer may be what failed on this text)
+        tokens_before = 0
+    return {
+        "text": shown, "kept": False, "status": "error", "reason": ERROR_REASON, "error": str(ref.error),
+        "doc_program": printable(ref.doc_program) if isinstance(ref.doc_program, str) else None,
+        "chunk_programs": "[]", "windows": "[]", "edits": "[]",
+        "errors": json.dumps([e.to_dict() for e in ref.issues + [ref.error.to_issue()]]),
+        "program_ignored": False, "windows_ignored": 0, "lines_removed": 0,
+        "n_chars_before": len(shown), "n_chars_after": 0, "n_tokens_before": tokens_before, "n_tokens_after": 0,
+    }
+
+
 def refine_batch(doc_backend, chunk_backend, batch: pl.DataFrame, shard: str, version: str, pair: dict,
                  config: RefineConfig) -> pl.DataFrame:
+    """One row per document of ``batch``, in order: kept, dropped, or (status ``error``) a
+    document one of whose stages raised; the others are refined all the same."""
     texts = batch["text"].to_list()
-    shown = [doc_backend.truncate(t, pair["doc_max_tokens"]) for t in texts]
-    doc_runs = run_doc_refiner(doc_backend, shown, config.doc_max_new_tokens)
-    kept_idx = [i for i, (_, r) in enumerate(doc_runs) if not r.dropped]
-    chunk_runs = dict(zip(kept_idx, run_chunk_refiner(
-        chunk_backend, [texts[i] for i in kept_idx], hf_token_counter(chunk_backend.tokenizer),
-        pair["window_tokens"], config.chunk_max_new_tokens or pair["chunk_max_new_tokens"],
-    )))
     count = hf_token_counter(chunk_backend.tokenizer)
+    refinements = refine_documents(
+        doc_backend, chunk_backend, texts, doc_max_tokens=pair["doc_max_tokens"],
+        window_tokens=pair["window_tokens"], doc_max_new_tokens=config.doc_max_new_tokens,
+        chunk_max_new_tokens=config.chunk_max_new_tokens or pair["chunk_max_new_tokens"], count_tokens=count,
+    )
     rows = []
-    for i, (doc_id, text) in enumerate(zip(batch["doc_id"], texts)):
-        doc_program, doc_result = doc_runs[i]
-        run = chunk_runs.get(i)
-        refined = run.result.text if run else text
-        dropped = doc_result.dropped or (run is not None and run.result.dropped)
-        reason = doc_result.reason if doc_result.dropped else (run.result.reason if run else None)
-        tokens_before, tokens_after = count([text, refined])
-        rows.append({
-            "doc_id": doc_id, "shard": shard, "refiner_version": version,
-            "text": refined, "kept": not dropped, "reason": reason,
-            "doc_program": doc_program,
-            "chunk_programs": json.dumps(run.programs if run else []),
-            "windows": json.dumps([[w.line_start, w.line_end] for w in run.windows] if run else []),
-            "edits": json.dumps([e.to_dict() for e in run.result.edits] if run else []),
-            "errors": json.dumps([e.to_dict() for e in (doc_result.errors + (run.result.errors if run else []))]),
-            "program_ignored": bool(run and run.result.ignored),
-            "windows_ignored": len(run.result.ignored_windows) if run else 0,
-            "lines_removed": sum(e.line_end - e.line_start + 1 for e in run.result.edits if e.kind == "remove_lines") if run else 0,
-            "n_chars_before": len(text), "n_chars_after": len(refined) if not dropped else 0,
-            "n_tokens_before": tokens_before, "n_tokens_after": tokens_after if not dropped else 0,
-        })
-    return pl.DataFrame(rows)
+    for doc_id, text, ref in zip(batch["doc_id"], texts, refinements):
+        row = None
+        if ref.error is None:
+            try:
+                row = _row(doc_id, text, ref, count)
+            except Exception as exc:  # noqa: BLE001  (this document's error, not the batch's)
+                ref.error = DocumentError.of("row", exc)
+        if row is None:
+            row = _error_row(text, ref, count)
+        rows.append({"doc_id": doc_id, "shard": shard, "refiner_version": version, **row})
+    return pl.DataFrame(rows, schema=ROW_SCHEMA)
+
+
+def _conform(part: pl.DataFrame) -> pl.DataFrame:
+    """A part file in the row schema (a part written before ``status`` and ``error`` existed,
+    or with an all-null column, still concatenates with the others)."""
+    if "status" not in part.columns:
+        part = part.with_columns(status=pl.when(pl.col("kept")).then(pl.lit("kept")).otherwise(pl.lit("dropped")))
+    if "error" not in part.columns:
+        part = part.with_columns(error=pl.lit(None, pl.String))
+    return part.select([pl.col(c).cast(t) for c, t in ROW_SCHEMA.items()])
 
 
 @dg.asset(
@@ -130,25 +191,45 @@ def refine_batch(doc_backend, chunk_backend, batch: pl.DataFrame, shard: str, ve
     kinds={"pytorch", "parquet"},
     owners=["team:data-platform"],
     **GPU_STEP,
-    code_version="refine-v2",
+    backfill_policy=MODEL_BACKFILL_POLICY,
+    code_version="refine-v3",
     description=(
         "A raw shard refined by one refiner version (a document refiner and a chunk refiner): "
-        "doc_id, refined text, kept, reason, both programs, edits and errors, under "
-        "refined/<refiner_version>/<shard>.parquet. Every program run goes into the catalog."
+        "doc_id, refined text, kept, status (kept, dropped or error), reason, error, both programs, "
+        "edits and errors, under refined/<refiner_version>/<shard>.parquet. A document that cannot "
+        "be refined is recorded with its error; the others are refined. Every program run goes "
+        "into the catalog."
     ),
 )
 def refined_corpus(
     context: dg.AssetExecutionContext, config: RefineConfig, store: ObjectStore, catalog: Catalog,
     engine: ModelEngine, device: DeviceSettings,
 ) -> dg.MaterializeResult:
-    keys = context.partition_key.keys_by_dimension
-    shard, version = keys["shard"], keys["refiner_version"]
-    pair = refiner_pair(catalog, version)
+    # A run may hold many partitions (a backfill range, MODEL_BACKFILL_POLICY): the partitions of
+    # one refiner version share its two models, loaded once per run (the engine caches them).
     local = engine.local()
-    doc_backend = local.load(device, model=str(fetch_model(store, refiner_prefix("doc", pair["doc"]))))
-    chunk_backend = local.load(device, model=str(fetch_model(store, refiner_prefix("chunk", pair["chunk"]))))
+    pairs: dict[str, dict] = {}
 
-    raw = store.read_parquet(raw_key(shard)).select("doc_id", "text")
+    def refine(key) -> dict:
+        keys = refined_partitions.get_partition_key_from_str(str(key)).keys_by_dimension
+        shard, version = keys["shard"], keys["refiner_version"]
+        if version not in pairs:
+            pairs[version] = refiner_pair(catalog, version)
+        pair = pairs[version]
+        doc_backend = local.load(device, model=str(fetch_model(store, refiner_prefix("doc", pair["doc"]))),
+                                 log=context.log.info)
+        chunk_backend = local.load(device, model=str(fetch_model(store, refiner_prefix("chunk", pair["chunk"]))),
+                                   log=context.log.info)
+        return refine_shard(context, config, store, catalog, doc_backend, chunk_backend, shard, version, pair,
+                            str(key))
+
+    return materialize_each(context, refine)
+
+
+def refine_shard(context: dg.AssetExecutionContext, config: RefineConfig, store: ObjectStore, catalog: Catalog,
+                 doc_backend, chunk_backend, shard: str, version: str, pair: dict, partition_key: str) -> dict:
+    """One partition of refined_corpus: its file, its catalog rows; returns its metadata."""
+    raw = store.read_parquet(raw_key(catalog, shard)).select("doc_id", "text")
     if config.max_docs:
         eligible = raw.filter(pl.col("text").str.len_chars() <= config.sample_max_chars) if config.sample_max_chars else raw
         chosen = set(seed_sample(eligible["doc_id"].to_list(), config.max_docs, config.seed))
@@ -163,42 +244,53 @@ def refined_corpus(
             context.log.info(f"batch {b + 1}/{n_batches}: done by an earlier attempt, skipped")
             continue
         batch = raw.slice(b * config.batch_docs, config.batch_docs)
-        store.write_parquet(part, refine_batch(doc_backend, chunk_backend, batch, shard, version, pair, config))
+        rows = refine_batch(doc_backend, chunk_backend, batch, shard, version, pair, config)
+        store.write_parquet(part, rows)
+        for doc_id, error in rows.filter(pl.col("status") == "error").select("doc_id", "error").iter_rows():
+            context.log.warning(f"document {doc_id} not refined ({error}); recorded as status 'error'")
         done_now += batch.height
         context.log.info(f"batch {b + 1}/{n_batches}: {batch.height} documents "
                          f"({done_now / (time.monotonic() - started):.2f} docs/s)")
     took = time.monotonic() - started
 
-    frame = pl.concat([store.read_parquet(f"{parts}/part-{b:05d}-of-{n_batches:05d}.parquet") for b in range(n_batches)]) \
-        if n_batches else pl.DataFrame()
+    frame = pl.concat([_conform(store.read_parquet(f"{parts}/part-{b:05d}-of-{n_batches:05d}.parquet"))
+                       for b in range(n_batches)]) if n_batches else pl.DataFrame(schema=ROW_SCHEMA)
+    n_in = frame.height  # every document has a row: kept, dropped or error
+    kept, dropped, errored = (int((frame["status"] == s).sum()) for s in ("kept", "dropped", "error"))
+    if kept + dropped + errored != n_in or n_in != raw.height:
+        raise dg.Failure(f"{raw.height} documents in, {n_in} rows: {kept} kept + {dropped} dropped + "
+                         f"{errored} errored (parts of another sample under {parts}/?)")
     uri = store.write_parquet(refined_key(version, shard), frame)
     catalog.replace_rows(
         "program_runs", {"shard": shard, "refiner_version": version},
         with_lineage(frame.drop("text", "program_ignored", "windows_ignored", "lines_removed", "n_tokens_before",
                                 "n_tokens_after"),
-                     context, refined_path=refined_key(version, shard)),
+                     context, partition_key=partition_key, refined_path=refined_key(version, shard)),
     )
     for key in store.list(parts + "/"):
         store.delete(key)
 
-    n_in, kept = frame.height, int(frame["kept"].sum())
-    dropped = int((~frame["kept"]).sum())
-    reasons = frame.filter(~pl.col("kept"))["reason"].value_counts().rows() if dropped else []
+    reasons = frame.filter(pl.col("status") == "dropped")["reason"].value_counts().rows() if dropped else []
+    failures = frame.filter(pl.col("status") == "error")
+    stages = failures["error"].str.extract(r"^(\w+):").value_counts().rows() if errored else []
     examples = frame.filter(pl.col("kept") & (pl.col("lines_removed") > 0)).head(3)
     before = dict(raw.iter_rows())
-    return dg.MaterializeResult(metadata={
+    return {
         "dagster/row_count": n_in,
         "path": dg.MetadataValue.path(uri),
         "refiner_version": version,
         "doc_refiner": pair["doc"], "chunk_refiner": pair["chunk"],
-        "documents_in": n_in, "kept": kept, "dropped": dropped, "failed": n_in - kept - dropped,
+        "documents_in": n_in, "kept": kept, "dropped": dropped, "errored": errored,
         "kept_ratio": round(kept / max(n_in, 1), 3),
         "tokens_kept_ratio": round(int(frame["n_tokens_after"].sum()) / max(int(frame["n_tokens_before"].sum()), 1), 3),
         "lines_removed": int(frame["lines_removed"].sum()),
-        "executor_errors": int(frame["errors"].map_elements(lambda e: len(json.loads(e)), return_dtype=pl.Int64).sum()),
+        "executor_errors": int(frame["errors"].map_elements(
+            lambda e: sum(i["kind"] != "document_error" for i in json.loads(e)), return_dtype=pl.Int64).sum()),
         "programs_ignored": int(frame["program_ignored"].sum()),
         "windows_ignored": int(frame["windows_ignored"].sum()),
         "drop_reasons": md_table(["reason", "count"], reasons),
+        "error_stages": md_table(["stage", "documents"], stages),
+        "errored_documents": md_table(["doc_id", "error"], failures.select("doc_id", "error").head(10).rows()),
         "chars_kept_per_document": histogram(frame["n_chars_after"].to_list(), log=False),
         "before_after": md_table(
             ["doc_id", "before", "after"],
@@ -206,7 +298,7 @@ def refined_corpus(
         ),
         "documents_per_second": round(done_now / took, 3) if done_now else 0.0,
         "tokens_per_second": round(int(frame["n_tokens_before"].sum()) / took, 1) if done_now else 0.0,
-    })
+    }
 
 
 @dg.sensor(

@@ -29,6 +29,7 @@ from prox_assets.core.refiner_quality import (
 from prox_assets.core.refiner_eval import chunk_metrics, doc_metrics, load_chat, with_shots
 from prox_assets.core.refiner_training import TrainConfig, train_refiner, version_id
 from prox_assets.metadata import lineage, md_table
+from prox_assets.partition_runs import ONE_PARTITION_PER_RUN
 from prox_assets.partitions import level_partitions, refiner_pair_key, refiner_version_partitions
 from prox_assets.synthesis import sft_prefix, sft_programs
 from prox_resources.catalog import Catalog
@@ -155,6 +156,8 @@ HEADLINES = {
     kinds={"pytorch", "safetensors"},
     owners=["team:data-platform"],
     **GPU_STEP,
+    # one level per run: its asset checks report once per step (and a level's work dwarfs a load)
+    backfill_policy=ONE_PARTITION_PER_RUN,
     code_version="refiner-v2",
     check_specs=[dg.AssetCheckSpec(
         "beats_base_model", asset="refiner",

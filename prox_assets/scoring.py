@@ -14,6 +14,7 @@ from prox_assets.core.prompts import SCORE_PROMPT_VERSION
 from prox_assets.core.scoring import prox_keep, score_documents, seed_sample
 from prox_assets.ingest import raw_corpus, raw_key
 from prox_assets.metadata import md_table, with_lineage
+from prox_assets.partition_runs import MODEL_BACKFILL_POLICY, materialize_each
 from prox_assets.partitions import shard_partitions
 from prox_resources.catalog import Catalog
 from prox_resources.device import GPU_STEP, DeviceSettings
@@ -47,6 +48,7 @@ def _score_table(frame: pl.DataFrame) -> dg.MetadataValue:
     kinds={"pytorch", "parquet"},
     owners=["team:data-platform"],
     **GPU_STEP,
+    backfill_policy=MODEL_BACKFILL_POLICY,
     code_version=SCORE_PROMPT_VERSION,
     description=(
         "A seeded sample of the shard's documents scored 0-5 with two rubrics (educational value, "
@@ -58,11 +60,17 @@ def seed_scores(
     context: dg.AssetExecutionContext, config: SeedScoresConfig, store: ObjectStore,
     catalog: Catalog, engine: ModelEngine, device: DeviceSettings,
 ) -> dg.MaterializeResult:
-    shard = context.partition_key
-    raw = store.read_parquet(raw_key(shard)).select("doc_id", "text")
+    # A run may hold many shards (a backfill range, MODEL_BACKFILL_POLICY): one model load for all.
+    backend = engine.load(device, log=context.log.info)
+    return materialize_each(context, lambda shard: score_shard(context, config, store, catalog, backend, shard))
+
+
+def score_shard(context: dg.AssetExecutionContext, config: SeedScoresConfig, store: ObjectStore,
+                catalog: Catalog, backend, shard: str) -> dict:
+    """One partition of seed_scores: its file, its catalog rows; returns its metadata."""
+    raw = store.read_parquet(raw_key(catalog, shard)).select("doc_id", "text")
     chosen = set(seed_sample(raw["doc_id"].to_list(), config.seeds_per_shard, config.seed))
     seeds = raw.filter(pl.col("doc_id").is_in(chosen)).sort("doc_id")
-    backend = engine.load(device)
     shown = [backend.truncate(t, config.max_doc_tokens) for t in seeds["text"]]
     context.log.info(f"{shard}: scoring {seeds.height} seed documents with {backend.model_id} ({backend.name})")
 
@@ -91,10 +99,10 @@ def seed_scores(
     uri = store.write_parquet(scores_key(shard), frame)
     catalog.replace_rows(
         "seed_scores", {"shard": shard},
-        with_lineage(frame.drop("edu_probs", "format_probs", "edu_mass", "format_mass"), context),
+        with_lineage(frame.drop("edu_probs", "format_probs", "edu_mass", "format_mass"), context, partition_key=shard),
     )
     methods = Counter(frame["edu_method"].to_list() + frame["format_method"].to_list())
-    return dg.MaterializeResult(metadata={
+    return {
         "dagster/row_count": frame.height,
         "path": dg.MetadataValue.path(uri),
         "model": backend.model_id,
@@ -107,4 +115,4 @@ def seed_scores(
         "score_methods": dict(methods),
         "keep_ratio": round(float(frame["keep"].mean()), 3),
         "documents_per_second": round(frame.height / took, 3),
-    })
+    }

@@ -5,8 +5,10 @@ or the raw corpus. Influence is computed exactly on landmark samples and propaga
 through JVP embeddings (``core/influence.py``); the subset is chosen from the estimates.
 """
 
+import copy
 import hashlib
 import json
+import time
 from typing import Literal
 
 import dagster as dg
@@ -22,11 +24,13 @@ from prox_assets.core.influence import (
     simplex_weights,
     top_k,
 )
+from prox_assets.core.names import validate_name
 from prox_assets.core.precision import uses_bf16
 from prox_assets.core.scoring import seed_sample
 from prox_assets.core.training import load_checkpoint
-from prox_assets.ingest import raw_corpus
+from prox_assets.ingest import raw_corpus, raw_paths
 from prox_assets.metadata import histogram, md_table, with_lineage
+from prox_assets.partition_runs import MODEL_BACKFILL_POLICY, materialize_each
 from prox_assets.partitions import target_partitions
 from prox_assets.refine import latest_refiner_version, refined_corpus, refined_shard_keys
 from prox_resources.catalog import Catalog
@@ -36,7 +40,8 @@ from prox_resources.store import ObjectStore
 
 
 def target_prefix(target: str) -> str:
-    return f"targets/{target}"
+    """``targets/<target>``; a target name that could leave that folder is refused (InvalidName)."""
+    return f"targets/{validate_name(target, 'target name')}"
 
 
 class InfluenceAssetConfig(dg.Config):
@@ -65,7 +70,7 @@ class InfluenceAssetConfig(dg.Config):
         return InfluenceConfig(**{k: v for k, v in self.model_dump().items() if k in fields})
 
 
-def pool_frame(store: ObjectStore, spec: str) -> pl.DataFrame:
+def pool_frame(store: ObjectStore, catalog: Catalog, spec: str) -> pl.DataFrame:
     """doc_id, text of a pool: ``raw`` (every raw shard) or ``refined:<version>`` (the kept
     documents of a refined corpus, refined text)."""
     if spec.startswith("refined:"):
@@ -75,7 +80,7 @@ def pool_frame(store: ObjectStore, spec: str) -> pl.DataFrame:
             raise dg.Failure("no refined corpus yet: materialize refined_corpus, or set pool: raw")
         frame = pl.concat([store.read_parquet(k).filter(pl.col("kept")).select("doc_id", "text") for k in keys])
     else:
-        frame = pl.concat([store.read_parquet(k).select("doc_id", "text") for k in store.list("raw/")])
+        frame = pl.concat([store.read_parquet(k).select("doc_id", "text") for k in raw_paths(catalog).values()])
     return frame.unique("doc_id", keep="first").sort("doc_id")
 
 
@@ -87,7 +92,7 @@ def load_pool(store: ObjectStore, catalog: Catalog, config: InfluenceAssetConfig
         spec = f"refined:{version}"
     else:
         spec = "raw"
-    frame = pool_frame(store, spec)
+    frame = pool_frame(store, catalog, spec)
     if frame.height < 2:
         raise dg.Failure(f"the {spec} pool holds {frame.height} document(s): refine more shards or set pool: raw")
     if config.pool_size and config.pool_size < frame.height:
@@ -104,6 +109,7 @@ def load_pool(store: ObjectStore, catalog: Catalog, config: InfluenceAssetConfig
     kinds={"pytorch", "parquet"},
     owners=["team:data-platform"],
     **GPU_STEP,
+    backfill_policy=MODEL_BACKFILL_POLICY,
     code_version="influence-v2",
     description=(
         "Influence of every pool document on the target's examples (Influence Distillation): "
@@ -115,12 +121,25 @@ def load_pool(store: ObjectStore, catalog: Catalog, config: InfluenceAssetConfig
 )
 def landmark_influence(context: dg.AssetExecutionContext, config: InfluenceAssetConfig, store: ObjectStore,
                        catalog: Catalog, device: DeviceSettings) -> dg.MaterializeResult:
-    target = context.partition_key
-    examples = store.read_parquet(f"{target_prefix(target)}/target.parquet")
+    # A run may hold many targets (MODEL_BACKFILL_POLICY): the pool and the model are read once;
+    # each target warms up its own copy, as the warm-up changes the weights in place.
     pool, spec = load_pool(store, catalog, config)
-    icfg = config.influence()
     dev = device.resolve_device()
+    started = time.monotonic()
     model, tokenizer = load_checkpoint(resolve_model(config.model), None, dev)
+    context.log.info(f"loaded model {config.model} (device {dev}) in {time.monotonic() - started:.1f}s")
+    several = len(context.partition_keys) > 1
+    return materialize_each(context, lambda target: target_influence(
+        context, config, store, catalog, copy.deepcopy(model) if several else model, tokenizer, pool, spec, dev,
+        target))
+
+
+def target_influence(context: dg.AssetExecutionContext, config: InfluenceAssetConfig, store: ObjectStore,
+                     catalog: Catalog, model, tokenizer, pool: pl.DataFrame, spec: str, dev: str,
+                     target: str) -> dict:
+    """One partition of landmark_influence: its files, its catalog rows; returns its metadata."""
+    examples = store.read_parquet(f"{target_prefix(target)}/target.parquet")
+    icfg = config.influence()
     context.log.info(f"{target}: pool {spec} with {pool.height} documents, {examples.height} target examples, "
                      f"model on {dev}")
     texts, doc_ids = pool["text"].to_list(), pool["doc_id"].to_list()
@@ -146,12 +165,12 @@ def landmark_influence(context: dg.AssetExecutionContext, config: InfluenceAsset
     uri = store.write_parquet(f"{prefix}/scores.parquet", frame)
     store.write_parquet(f"{prefix}/landmarks.parquet", frame.filter(pl.col("is_landmark")))
     catalog.replace_rows("influence_scores", {"target": target, "version": version}, with_lineage(
-        frame.select("doc_id", "score", "is_landmark", "exact_score"), context, target=target, version=version,
-        pool=spec))
+        frame.select("doc_id", "score", "is_landmark", "exact_score"), context, partition_key=target, target=target,
+        version=version, pool=spec))
 
     timings = result.timings
     n_layers = model.config.num_hidden_layers
-    return dg.MaterializeResult(metadata={
+    return {
         "influence_version": version,
         "path": dg.MetadataValue.path(uri),
         "pool": spec,
@@ -167,7 +186,7 @@ def landmark_influence(context: dg.AssetExecutionContext, config: InfluenceAsset
         "wall_clock_vs_exact": round(timings["exact_method_estimate_s"] / max(timings["landmark_method_s"], 1e-9), 2),
         "flops_vs_rds_model": round(flops_ratio(n_layers, icfg.jvp_blocks, icfg.jvp_directions, len(landmarks),
                                                 frame.height), 3),
-    })
+    }
 
 
 class SelectionConfig(dg.Config):

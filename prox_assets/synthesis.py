@@ -35,8 +35,9 @@ from prox_assets.core.sft import (
     sft_version,
     unparsable_targets,
 )
-from prox_assets.ingest import raw_corpus
+from prox_assets.ingest import raw_corpus, raw_paths
 from prox_assets.metadata import counts_table, lineage, md_table, with_lineage
+from prox_assets.partition_runs import ONE_PARTITION_PER_RUN
 from prox_assets.partitions import level_partitions
 from prox_assets.scoring import seed_scores
 from prox_resources.catalog import Catalog
@@ -88,8 +89,8 @@ def _gold_pair(url: str | None, text: str) -> Pair | None:
     return None if rel is None else pydocs_pair(rel, text)
 
 
-def _raw_shards(store: ObjectStore, config: SFTConfig, log):
-    for key in store.list("raw/"):
+def _raw_shards(store: ObjectStore, catalog: Catalog, config: SFTConfig, log):
+    for key in raw_paths(catalog).values():
         raw = store.read_parquet(key).select("doc_id", "shard", "source", "url", "text")
         if raw.height and _eval_only(raw["shard"][0], config):
             log.info(f"{key}: an evaluation-only shard, in no SFT set")
@@ -97,7 +98,7 @@ def _raw_shards(store: ObjectStore, config: SFTConfig, log):
         yield key, raw
 
 
-def _doc_examples(store: ObjectStore, config: SFTConfig, tokenizer, log) -> tuple[list[SFTExample], dict]:
+def _doc_examples(store: ObjectStore, catalog: Catalog, config: SFTConfig, tokenizer, log) -> tuple[list[SFTExample], dict]:
     """Distant labels where a document has them (the docs' layout: index and near-empty pages
     are drops; clean sources are keeps), the seed rubric scores elsewhere."""
     rubric = {}
@@ -105,7 +106,7 @@ def _doc_examples(store: ObjectStore, config: SFTConfig, tokenizer, log) -> tupl
         for row in store.read_parquet(key).iter_rows(named=True):
             rubric[row["doc_id"]] = (row["keep"], row["model"])
     examples, agree = [], []
-    for _, raw in _raw_shards(store, config, log):
+    for _, raw in _raw_shards(store, catalog, config, log):
         for doc_id, shard, source, url, text in raw.iter_rows():
             if _heldout(url, config):
                 continue
@@ -129,13 +130,13 @@ def _doc_examples(store: ObjectStore, config: SFTConfig, tokenizer, log) -> tupl
     return balance_doc_examples(examples, config.doc_keep_per_drop, config.seed), report
 
 
-def _chunk_examples(store, config: SFTConfig, tokenizer, engine: ModelEngine, device, log) -> list[SFTExample]:
+def _chunk_examples(store, catalog: Catalog, config: SFTConfig, tokenizer, engine: ModelEngine, device, log) -> list[SFTExample]:
     count = hf_token_counter(tokenizer)
     backend = engine.load(device) if config.annotator in ("llm", "both") else None
     heuristic = {"rules": "rules-v2", "llm": f"llm-{ANNOTATOR_PROMPT_VERSION}",
                  "both": f"rules-v2+llm-{ANNOTATOR_PROMPT_VERSION}"}[config.annotator]
     examples = []
-    for key, raw in _raw_shards(store, config, log):
+    for key, raw in _raw_shards(store, catalog, config, log):
         rules = RuleAnnotator.for_shard(raw["text"])
         eligible = [d for d, u in zip(raw["doc_id"], raw["url"]) if not _heldout(u, config)]
         chosen = set(seed_sample(eligible, config.chunk_docs_per_shard, config.seed + 1))
@@ -179,6 +180,8 @@ def _chunk_examples(store, config: SFTConfig, tokenizer, engine: ModelEngine, de
     kinds={"parquet"},
     owners=["team:data-platform"],
     **GPU_STEP,
+    # one level per run: its asset checks report once per step (and a level's work dwarfs a load)
+    backfill_policy=ONE_PARTITION_PER_RUN,
     code_version="sft-v2",
     check_specs=[
         dg.AssetCheckSpec("targets_parse", asset="sft_programs",
@@ -201,9 +204,9 @@ def sft_programs(
     tokenizer = _tokenizer(config.refiner_base_model)
     label_report = {}
     if level == "doc":
-        examples, label_report = _doc_examples(store, config, tokenizer, context.log)
+        examples, label_report = _doc_examples(store, catalog, config, tokenizer, context.log)
     else:
-        examples = _chunk_examples(store, config, tokenizer, engine, device, context.log)
+        examples = _chunk_examples(store, catalog, config, tokenizer, engine, device, context.log)
     if not examples:
         raise dg.Failure(f"no {level} examples: materialize {'seed_scores' if level == 'doc' else 'raw_corpus'} first")
 

@@ -23,8 +23,9 @@ from prox_assets.core.refiner_training import TrainConfig
 from prox_assets.core.samples import heldout_prose
 from prox_assets.core.scoring import seed_sample
 from prox_assets.core.training import checkpoint_version, load_checkpoint, train_lm
-from prox_assets.ingest import raw_corpus, raw_key
+from prox_assets.ingest import raw_corpus, raw_paths
 from prox_assets.metadata import lineage, md_table
+from prox_assets.partition_runs import MODEL_BACKFILL_POLICY, materialize_each
 from prox_assets.partitions import VARIANTS, checkpoint_partitions, target_partitions
 from prox_assets.refine import latest_refiner_version, refined_corpus, refined_shard_keys
 from prox_assets.selection import pool_frame, selected_subset, target_prefix
@@ -87,18 +88,18 @@ def _selection(store: ObjectStore, catalog: Catalog, target: str) -> tuple[pl.Da
     version, spec = rows[0]
     chosen = store.read_parquet(f"selections/{target}/{version}.parquet").select("doc_id", "weight")
     pool_ids = store.read_parquet(f"influence/{target}/{version}/scores.parquet").select("doc_id")
-    pool = pool_frame(store, spec).join(pool_ids, on="doc_id", how="semi")
+    pool = pool_frame(store, catalog, spec).join(pool_ids, on="doc_id", how="semi")
     return chosen, pool, f"selection:{target}/{version} of {spec}"
 
 
-def _refinement_docs(store: ObjectStore, version: str) -> pl.DataFrame:
+def _refinement_docs(store: ObjectStore, catalog: Catalog, version: str) -> pl.DataFrame:
     """doc_id, raw text, refined text, kept: every document a refiner version processed."""
     keys = refined_shard_keys(store, version)
     if not keys:
         raise dg.Failure(f"no refined corpus for refiner version {version}: materialize refined_corpus")
     refined = pl.concat([store.read_parquet(k).select("doc_id", "shard", "text", "kept") for k in keys])
-    raw = pl.concat([store.read_parquet(raw_key(s)).select("doc_id", pl.col("text").alias("raw_text"))
-                     for s in refined["shard"].unique().sort()])
+    raw = pl.concat([store.read_parquet(k).select("doc_id", pl.col("text").alias("raw_text"))
+                     for k in raw_paths(catalog, refined["shard"].unique().sort().to_list()).values()])
     return refined.join(raw.unique("doc_id"), on="doc_id").sort("doc_id")
 
 
@@ -127,7 +128,7 @@ def variant_documents(store: ObjectStore, catalog: Catalog, target: str, variant
     version = config.refiner_version or latest_refiner_version(catalog)
     if not version:
         raise dg.Failure("no refiner version yet: materialize refiner and refined_corpus")
-    frame = _refinement_docs(store, version)
+    frame = _refinement_docs(store, catalog, version)
     notes["documents_refined"] = frame.height
     if variant == "refined":
         docs = frame.filter(pl.col("kept")).select("doc_id", "text")
@@ -162,6 +163,7 @@ def _heldout_prose(store: ObjectStore, n: int) -> list[str]:
     kinds={"pytorch", "safetensors"},
     owners=["team:data-platform"],
     **GPU_STEP,
+    backfill_policy=MODEL_BACKFILL_POLICY,
     code_version="checkpoint-v1",
     description=(
         "The base model trained, with the same token budget, hyperparameters and seeds, on one "
@@ -172,8 +174,18 @@ def _heldout_prose(store: ObjectStore, n: int) -> list[str]:
 )
 def trained_checkpoint(context: dg.AssetExecutionContext, config: CheckpointConfig, store: ObjectStore,
                        catalog: Catalog, device: DeviceSettings) -> dg.MaterializeResult:
-    keys = context.partition_key.keys_by_dimension
-    target, variant = keys["target"], keys["variant"]
+    # A run may hold many variants (MODEL_BACKFILL_POLICY). Each trains its own copy of the base
+    # model and evaluates its own checkpoints: nothing to share but the run itself.
+    def train(key) -> dict:
+        keys = checkpoint_partitions.get_partition_key_from_str(str(key)).keys_by_dimension
+        return train_variant(context, config, store, catalog, device, keys["target"], keys["variant"], str(key))
+
+    return materialize_each(context, train)
+
+
+def train_variant(context: dg.AssetExecutionContext, config: CheckpointConfig, store: ObjectStore, catalog: Catalog,
+                  device: DeviceSettings, target: str, variant: str, partition_key: str) -> dict:
+    """One partition of trained_checkpoint: its checkpoints, its catalog rows; returns its metadata."""
     task = _target_task(catalog, target)
     base_path = resolve_model(config.base_model)
     dev = device.resolve_device()
@@ -199,7 +211,7 @@ def trained_checkpoint(context: dg.AssetExecutionContext, config: CheckpointConf
                          + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         return metrics
 
-    tags = lineage(context)
+    tags = lineage(context, partition_key)
     checkpoints, members, evals, per_seed = [], [], [], []
     seeds = [config.seeds[0]] if variant == "base" else config.seeds  # the base model has no seed
     notes: dict = {}
@@ -258,7 +270,7 @@ def trained_checkpoint(context: dg.AssetExecutionContext, config: CheckpointConf
         ("checkpoint_documents", where, pl.concat(members) if members else None),
         ("checkpoint_evals", where, pl.DataFrame(evals)),
     ])
-    return dg.MaterializeResult(metadata={
+    return {
         "variant": variant,
         "task": task,
         "seeds": len(seeds),
@@ -268,7 +280,7 @@ def trained_checkpoint(context: dg.AssetExecutionContext, config: CheckpointConf
         "per_seed": md_table(["seed", "version", "docs", "train tokens", "train s", *METRICS], per_seed),
         **{f"mean_{m}": round(sum(v) / len(v), 4) for m, v in means.items()},
         **{f"data/{k}": (json.dumps(v) if isinstance(v, list) else v) for k, v in notes.items()},
-    })
+    }
 
 
 def _existing_checkpoint(store: ObjectStore, catalog: Catalog, version: str) -> str | None:

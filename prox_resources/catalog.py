@@ -1,23 +1,44 @@
-"""The DuckDB catalog: an index of every document, program, score, weight and checkpoint.
+"""The catalog: an index of every document, program, score, weight and checkpoint.
 
-DuckDB lets one process at a time open a database file for writing, while Dagster runs steps in
-separate processes. Every access therefore goes through a short transaction under an advisory
-file lock (``fcntl``: exclusive for writers, shared for readers) next to the database file, and
-the connection is closed at the end of it. A process that holds DuckDB's own lock without ours
-(someone's DuckDB shell, say) is waited out with retries.
+Two backends behind one API, chosen by ``PROX_CATALOG`` (``prox_resources.settings``):
+
+**Embedded** (the default): one DuckDB file. DuckDB lets one process at a time open a database
+file for writing, while Dagster runs steps in separate processes. Every access therefore goes
+through a short transaction under an advisory file lock (``fcntl``: exclusive for writers, shared
+for readers) next to the database file, and the connection is closed at the end of it. A process
+that holds DuckDB's own lock without ours (someone's DuckDB shell, say) is waited out with retries.
+
+**DuckLake** (``PROX_CATALOG=ducklake:postgres:<connection string>``): DuckDB's lakehouse format,
+for workers on many machines that share no disk. Table metadata (snapshots, schemas, the list of
+data files, small inserts inlined) lives in PostgreSQL; rows live as Parquet files under
+``PROX_CATALOG_DATA`` (default: ``catalog/`` in the object store). Each process writes directly.
+DuckLake commits a transaction as one snapshot in PostgreSQL; a transaction that conflicts with
+one committed meanwhile (for DuckLake, deletes and inserts into the same table by two transactions
+conflict) fails at commit, and ``replace_rows`` / ``replace_many`` — delete-then-insert, so
+idempotent — run again on the new snapshot. The extensions (ducklake, postgres_scanner, httpfs)
+come from PyPI packages built for the pinned duckdb and are loaded from their files: nothing is
+downloaded at run time.
 
 The schema is versioned: ``catalog_sql/NNNN_name.sql`` files are applied in order, each in its
-own transaction, and recorded in ``schema_migrations``.
+own transaction, and recorded in ``schema_migrations``. Both backends run the same files. DuckLake
+has no PRIMARY KEY, so its ``schema_migrations`` has none; instead a migration's transaction also
+rewrites the latest ``schema_migrations`` row, so two processes migrating at once conflict and
+the one that loses re-reads the version and skips what the other applied.
 """
 
 from __future__ import annotations
 
 import fcntl
+import importlib.util
+import json
 import os
 import random
+import threading
 import time
-from collections.abc import Iterator, Mapping
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -25,7 +46,17 @@ import dagster as dg
 import duckdb
 import polars as pl
 
-from prox_resources.settings import catalog_path
+from prox_resources.settings import catalog_data_path, catalog_path, catalog_url, is_ducklake
+
+LAKE = "lake"  # the name a DuckLake catalog is attached under; queries name tables unqualified
+METADATA_SCHEMA = "prox_catalog"  # the PostgreSQL schema holding DuckLake's metadata tables
+# (extension, the PyPI package shipping it for this duckdb), loaded in this order
+LAKE_EXTENSIONS = (("httpfs", "duckdb_extension_httpfs"),
+                   ("postgres_scanner", "duckdb_extension_postgres_scanner"),
+                   ("ducklake", "duckdb_extension_ducklake"))
+# DuckDB functions that a person's query may not call on a DuckLake catalog: DuckLake's
+# maintenance functions write files, postgres_query() reads any table the login can
+UNTRUSTED_FUNCTION_PREFIXES = ("ducklake_", "postgres_")
 
 
 def migrations() -> list[tuple[int, str, str]]:
@@ -38,15 +69,146 @@ def migrations() -> list[tuple[int, str, str]]:
     return sorted(out)
 
 
+@dataclass(frozen=True)
+class ParquetRows:
+    """Rows too many to hold in memory: a local Parquet file, plus columns constant across it."""
+
+    path: str
+    constants: dict[str, object] = field(default_factory=dict)
+
+
+Rows = pl.DataFrame | ParquetRows | None
+
+
 class CatalogBusy(RuntimeError):
     pass
 
 
+class CatalogConfigError(RuntimeError):
+    pass
+
+
+def _lit(value: object) -> str:
+    """A SQL string literal (for statements that take no parameters: ATTACH, CREATE SECRET, SET)."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _extension_files() -> list[str]:
+    files = []
+    for name, package in LAKE_EXTENSIONS:
+        spec = importlib.util.find_spec(package)
+        folder = Path(next(iter(spec.submodule_search_locations))) if spec else None
+        path = folder / "extensions" / f"v{duckdb.__version__}" / f"{name}.duckdb_extension" if folder else None
+        if path is None or not path.exists():
+            raise CatalogConfigError(
+                f"a DuckLake catalog needs the PyPI package {package.replace('_', '-')}=={duckdb.__version__} "
+                "(the deploy extra: pip install -e '.[deploy]')")
+        files.append(str(path))
+    return files
+
+
+def _s3_secret(data_path: str) -> str | None:
+    """CREATE SECRET for the data path's bucket from the standard AWS variables (as the object
+    store reads them); None for a local data path."""
+    scheme = data_path.partition("://")[0] if "://" in data_path else "file"
+    if scheme == "file":
+        return None
+    if scheme not in ("s3", "s3a", "s3n"):
+        raise CatalogConfigError(f"PROX_CATALOG_DATA={data_path}: a DuckLake catalog keeps its files "
+                                 "in a local folder or under s3://")
+    env = os.environ
+    options = {"TYPE": "s3", "SCOPE": data_path,
+               "REGION": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"}
+    if env.get("AWS_ACCESS_KEY_ID"):
+        options["KEY_ID"] = env["AWS_ACCESS_KEY_ID"]
+        options["SECRET"] = env.get("AWS_SECRET_ACCESS_KEY", "")
+    if env.get("AWS_SESSION_TOKEN"):
+        options["SESSION_TOKEN"] = env["AWS_SESSION_TOKEN"]
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    if endpoint:  # an S3-compatible server (SeaweedFS, MinIO, ...): path-style URLs
+        parts = urllib.parse.urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+        options.update(ENDPOINT=parts.netloc, USE_SSL=parts.scheme == "https", URL_STYLE="path")
+    body = ", ".join(f"{k} {v if isinstance(v, bool) else _lit(v)}" for k, v in options.items())
+    return f"CREATE SECRET prox_catalog_s3 ({body})"
+
+
+def _open_lake(url: str, data_path: str, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """A new in-memory DuckDB with the DuckLake catalog attached as ``lake`` (and made current)."""
+    if not url.startswith("ducklake:postgres:"):
+        raise CatalogConfigError(f"PROX_CATALOG: a DuckLake catalog is ducklake:postgres:<connection string>, "
+                                 f"not {url.split(':')[:2]}")
+    if "://" not in data_path:
+        os.makedirs(data_path, exist_ok=True)
+    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    try:
+        for path in _extension_files():
+            con.execute(f"LOAD {_lit(path)}")
+        secret = _s3_secret(data_path)
+        if secret:
+            con.execute(secret)
+        options = [f"DATA_PATH {_lit(data_path)}", f"METADATA_SCHEMA {_lit(METADATA_SCHEMA)}"]
+        con.execute(f"ATTACH {_lit(url)} AS {LAKE} ({', '.join(options + ['READ_ONLY'] * read_only)})")
+        con.execute(f"USE {LAKE}")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+@dataclass
+class _Lake:
+    """One process's DuckDB attached to a DuckLake catalog; each operation takes a cursor."""
+
+    database: duckdb.DuckDBPyConnection
+    migrated: bool = False
+
+
+_lakes: dict[tuple, _Lake] = {}
+_lakes_lock = threading.Lock()
+# conflicts this process met and retried (tests and benchmarks read it)
+retry_counts = {"conflicts": 0}
+
+
+def _retryable(exc: BaseException) -> bool:
+    """A DuckLake commit that lost to a concurrent one, or a first ATTACH that lost the race to
+    create the metadata tables in an empty database: safe to run again."""
+    text = str(exc)
+    if "Failed to initialize DuckLake" in text:
+        return "already exists" in text or "duplicate key" in text
+    return isinstance(exc, duckdb.TransactionException) and (
+        "conflict" in text.lower() or "Failed to commit DuckLake transaction" in text)
+
+
+def _rollback_quietly(con: duckdb.DuckDBPyConnection) -> None:
+    try:
+        con.rollback()
+    except duckdb.Error:  # a failed COMMIT has rolled back already
+        pass
+
+
 class Catalog(dg.ConfigurableResource):
-    """The DuckDB catalog file (default: $PROX_CATALOG or $PROX_HOME/catalog.duckdb)."""
+    """The catalog: a DuckDB file (default: $PROX_CATALOG or $PROX_HOME/catalog.duckdb) or a
+    DuckLake (``path`` / $PROX_CATALOG = ``ducklake:postgres:...``, files under ``data_path`` /
+    $PROX_CATALOG_DATA, default ``catalog/`` in the store)."""
 
     path: str | None = None
+    data_path: str | None = None
     lock_timeout_s: float = 600.0
+
+    @property
+    def url(self) -> str:
+        return self.path or catalog_url()
+
+    @property
+    def is_ducklake(self) -> bool:
+        return is_ducklake(self.url)
+
+    @property
+    def lake_data_path(self) -> str:
+        if not self.data_path:
+            return catalog_data_path()
+        path = self.data_path if "://" in self.data_path else str(Path(self.data_path).expanduser().absolute())
+        return path.rstrip("/") + "/"
 
     @property
     def db_path(self) -> Path:
@@ -81,9 +243,92 @@ class Catalog(dg.ConfigurableResource):
                     raise
                 time.sleep(0.05 + random.random() * 0.1)
 
+    # --- DuckLake ------------------------------------------------------------------------
+    def _lake(self) -> _Lake:
+        """This process's attached DuckLake, migrated (opened on first use; a forked child opens
+        its own)."""
+        data_path = self.lake_data_path
+        aws = tuple(os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                                                 "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION"))
+        key = (os.getpid(), self.url, data_path, aws)
+        with _lakes_lock:
+            lake = _lakes.get(key)
+            if lake is None:
+                lake = _lakes[key] = _Lake(self._retrying(lambda: _open_lake(self.url, data_path, read_only=False)))
+        if not lake.migrated:
+            self._retrying(lambda: self._migrate_lake(lake))
+            lake.migrated = True
+        return lake
+
+    def _lake_cursor(self) -> duckdb.DuckDBPyConnection:
+        lake = self._lake()
+        with _lakes_lock:
+            con = lake.database.cursor()
+        con.execute(f"USE {LAKE}")
+        return con
+
+    def _retrying(self, attempt: Callable[[], object]) -> object:
+        """``attempt()`` until it does not lose a DuckLake commit race, with jittered backoff."""
+        deadline = time.monotonic() + self.lock_timeout_s
+        tries = 0
+        while True:
+            try:
+                return attempt()
+            except duckdb.Error as exc:
+                if not _retryable(exc) or time.monotonic() > deadline:
+                    raise
+                tries += 1
+                retry_counts["conflicts"] += 1
+                time.sleep(min(2.0, 0.02 * 1.5 ** tries) * (0.5 + random.random()))
+
+    def _migrate_lake(self, lake: _Lake) -> None:
+        con = lake.database.cursor()
+        try:
+            con.execute(f"USE {LAKE}")
+            con.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
+                        "(version INTEGER NOT NULL, name VARCHAR, applied_at TIMESTAMP DEFAULT current_timestamp)")
+            if self.schema_version(con) >= max(v for v, _, _ in migrations()):
+                return
+            for version, name, sql in migrations():
+                con.begin()  # the version is read in the transaction's own snapshot
+                try:
+                    current = self.schema_version(con)
+                    if version <= current:
+                        con.commit()
+                        continue
+                    # rewrite the latest row: a concurrent migration of this version conflicts
+                    con.execute("UPDATE schema_migrations SET applied_at = applied_at WHERE version = ?", [current])
+                    con.execute(sql)
+                    con.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name])
+                    con.commit()
+                except BaseException:
+                    _rollback_quietly(con)
+                    raise
+        finally:
+            con.close()
+
+    @contextmanager
+    def _lake_write(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        con = self._lake_cursor()
+        try:
+            con.begin()
+            try:
+                yield con
+            except BaseException:
+                _rollback_quietly(con)
+                raise
+            con.commit()  # a commit that loses to a concurrent one raises (and has rolled back)
+        finally:
+            con.close()
+
+    # --- both backends -------------------------------------------------------------------
     @contextmanager
     def write(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection inside one transaction, committed on success, rolled back on error."""
+        if self.is_ducklake:
+            with self._lake_write() as con:
+                yield con
+            return
         with self._locked(exclusive=True):
             con = self._open(read_only=False)
             try:
@@ -100,6 +345,13 @@ class Catalog(dg.ConfigurableResource):
 
     @contextmanager
     def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        if self.is_ducklake:
+            con = self._lake_cursor()
+            try:
+                yield con
+            finally:
+                con.close()
+            return
         if not self.db_path.exists():
             with self.write():
                 pass
@@ -110,9 +362,49 @@ class Catalog(dg.ConfigurableResource):
             finally:
                 con.close()
 
+    def _transaction(self, body: Callable[[duckdb.DuckDBPyConnection], None]) -> None:
+        """``body`` in one write transaction; on DuckLake, run again when its commit loses a race
+        (``body`` must be idempotent: the replace operations are)."""
+        def attempt() -> None:
+            with self.write() as con:
+                body(con)
+
+        if self.is_ducklake:
+            self._retrying(attempt)
+        else:
+            attempt()
+
     def migrate(self) -> int:
+        if self.is_ducklake:
+            with self.read() as con:
+                return self.schema_version(con)
         with self.write() as con:
             return self.schema_version(con)
+
+    def maintain(self, keep_snapshots_days: float = 7.0) -> None:
+        """DuckLake housekeeping: merge the small files that per-partition writes leave, expire
+        snapshots older than ``keep_snapshots_days`` and delete the files no snapshot needs any
+        more. Embedded: a DuckDB CHECKPOINT."""
+        if not self.is_ducklake:
+            with self._locked(exclusive=True):
+                con = self._open(read_only=False)
+                try:
+                    con.execute("CHECKPOINT")
+                finally:
+                    con.close()
+            return
+        older = f"now() - INTERVAL '{float(keep_snapshots_days) * 86400:.0f} seconds'"
+
+        def attempt() -> None:
+            con = self._lake_cursor()
+            try:
+                con.execute(f"CALL ducklake_merge_adjacent_files({_lit(LAKE)})")
+                con.execute(f"CALL ducklake_expire_snapshots({_lit(LAKE)}, older_than => {older})")
+                con.execute(f"CALL ducklake_cleanup_old_files({_lit(LAKE)}, older_than => {older})")
+            finally:
+                con.close()
+
+        self._retrying(attempt)
 
     @staticmethod
     def schema_version(con: duckdb.DuckDBPyConnection) -> int:
@@ -138,35 +430,92 @@ class Catalog(dg.ConfigurableResource):
                 raise
 
     # --- the operations assets use -------------------------------------------------------
-    def replace_rows(
-        self, table: str, where: Mapping[str, object], rows: pl.DataFrame | None = None
-    ) -> None:
+    def replace_rows(self, table: str, where: Mapping[str, object], rows: Rows = None) -> None:
         """Delete the rows matching ``where`` and insert ``rows``, in one transaction.
 
         This makes every asset's catalog write idempotent: re-materializing a partition replaces
         what the previous materialization of that partition wrote.
         """
-        with self.write() as con:
-            self._replace(con, table, where, rows)
+        self._transaction(lambda con: self._replace(con, table, where, rows))
 
     @staticmethod
-    def _replace(con, table: str, where: Mapping[str, object], rows: pl.DataFrame | None) -> None:
+    def _replace(con, table: str, where: Mapping[str, object], rows: Rows) -> None:
         if where:
             clause = " AND ".join(f"{col} = ?" for col in where)
             con.execute(f"DELETE FROM {table} WHERE {clause}", list(where.values()))
-        if rows is not None and rows.height:
+        if isinstance(rows, ParquetRows):  # DuckDB streams the file: memory stays bounded
+            names = ", ".join(f"? AS {col}" for col in rows.constants)
+            con.execute(f"INSERT INTO {table} BY NAME SELECT *{', ' + names if names else ''} "
+                        "FROM read_parquet(?)", [*rows.constants.values(), rows.path])
+        elif rows is not None and rows.height:
             con.register("_rows", rows.to_arrow())
             # no finally: after a failed INSERT the transaction is aborted, and unregistering would
             # raise over the real error; the rollback and close drop the registration anyway
             con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _rows")
             con.unregister("_rows")
 
-    def replace_many(self, writes: list[tuple[str, Mapping[str, object], pl.DataFrame | None]]) -> None:
+    def replace_many(self, writes: list[tuple[str, Mapping[str, object], Rows]]) -> None:
         """Several ``replace_rows`` in one transaction: all land or none."""
-        with self.write() as con:
+        def body(con) -> None:
             for table, where, rows in writes:
                 self._replace(con, table, where, rows)
+
+        self._transaction(body)
 
     def query(self, sql: str, params: list | None = None) -> pl.DataFrame:
         with self.read() as con:
             return pl.from_arrow(con.sql(sql, params=params or None).to_arrow_table())
+
+    def query_untrusted(self, sql: str) -> pl.DataFrame:
+        """SQL typed by a person (``prox catalog``): on a read-only connection with DuckDB's file
+        and network access off (no ``COPY ... TO``, ``read_text('/any/file')``, ``ATTACH``,
+        extension loading) and the configuration locked so that the query cannot turn it back on.
+        On DuckLake the data files' folder stays readable, so the statements must also be
+        queries (SELECT, SHOW, DESCRIBE, SUMMARIZE; no COPY or EXPORT, which could write there)
+        calling no ``ducklake_*`` or ``postgres_*`` function.
+        Raises ``duckdb.Error`` for bad or refused SQL."""
+        if self.is_ducklake:
+            self._lake()  # created and migrated: a read-only attach cannot do either
+            con = _open_lake(self.url, self.lake_data_path, read_only=True)
+            try:
+                _refuse_writing_statements(con, sql)
+                con.execute(f"SET allowed_directories = [{_lit(self.lake_data_path)}]")
+                return self._untrusted(con, sql)
+            finally:
+                con.close()
+        with self.read() as con:
+            return self._untrusted(con, sql)
+
+    @staticmethod
+    def _untrusted(con: duckdb.DuckDBPyConnection, sql: str) -> pl.DataFrame:
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+        relation = con.sql(sql)
+        if relation is None:  # a statement without a result (CHECKPOINT, a PRAGMA, ...)
+            return pl.DataFrame()
+        return pl.from_arrow(relation.to_arrow_table())
+
+
+def _function_names(node) -> Iterator[str]:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "function_name" and isinstance(v, str):
+                yield v
+            else:
+                yield from _function_names(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _function_names(v)
+
+
+def _refuse_writing_statements(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Refuse anything but queries, and queries calling DuckLake's or PostgreSQL's functions
+    (DuckDB's own parser decides: a statement it cannot serialise as a SELECT is not one)."""
+    for statement in con.extract_statements(sql):
+        tree = json.loads(con.execute("SELECT json_serialize_sql(?::VARCHAR)", [statement.query]).fetchone()[0])
+        if tree.get("error"):
+            raise duckdb.PermissionException(
+                f"Permission Error: {statement.type.name} refused: a DuckLake catalog answers queries only")
+        for name in _function_names(tree):
+            if name.lower().startswith(UNTRUSTED_FUNCTION_PREFIXES):
+                raise duckdb.PermissionException(f"Permission Error: {name}() refused on a DuckLake catalog")

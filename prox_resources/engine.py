@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -356,12 +357,17 @@ class ModelEngine(dg.ConfigurableResource):
         return ModelEngine(backend="transformers", max_batch_size=self.max_batch_size,
                            max_batch_tokens=self.max_batch_tokens)
 
-    def load(self, device: DeviceSettings | None = None, model: str | None = None) -> EngineBackend:
-        """The backend for ``model`` (default: this engine's model), loaded once per process."""
+    def load(self, device: DeviceSettings | None = None, model: str | None = None,
+             log: Callable[[str], None] | None = None) -> EngineBackend:
+        """The backend for ``model`` (default: this engine's model) on ``device``, loaded once per
+        resource instance, i.e. once per run step: every partition of a multi-partition run shares
+        it. Keyed by model, device and dtype settings. ``log`` hears of each actual load."""
         name = model or self.model
-        if name in self._cache:
-            return self._cache[name]
         device = device or DeviceSettings()
+        key = (name, device.device, device.dtype)
+        if key in self._cache:
+            return self._cache[key]
+        started = time.monotonic()
         if self.backend == "openai":
             base_url = self.base_url or os.environ.get("PROX_OPENAI_BASE_URL")
             if not base_url:
@@ -375,5 +381,8 @@ class ModelEngine(dg.ConfigurableResource):
                 str(resolve_model(name)), device.resolve_device(), device.resolve_dtype(),
                 self.max_batch_size, self.max_batch_tokens,
             )
-        self._cache[name] = backend
+        self._cache[key] = backend
+        if log:
+            log(f"loaded model {name} ({self.backend}, device {device.device}, dtype {device.dtype}) "
+                f"in {time.monotonic() - started:.1f}s")
         return backend

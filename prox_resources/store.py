@@ -3,7 +3,9 @@
 Every write is atomic. Bytes go to a local temporary file first; a local store then renames it
 into place (``os.replace``), and S3 receives it with one PUT or a multipart upload, both of which
 make the object visible only once complete. A killed writer therefore leaves at most a stray
-``.tmp-*`` file, never a half-written object under its real name.
+``.tmp-*`` file, never a half-written object under its real name. ``create_file`` writes a key
+only if it is free (uploads to ``incoming/`` never overwrite one another). A local store never
+follows a symbolic link under its root: reading one is refused.
 """
 
 from __future__ import annotations
@@ -96,10 +98,32 @@ class ObjectStore(dg.ConfigurableResource):
                 keys.append(p[len(root) + 1 :] if p.startswith(root) else p)
         return sorted(keys)
 
+    def is_link(self, key: str) -> bool:
+        """Whether ``key``, or a folder between the root and it, is a symbolic link (local stores).
+
+        The store never follows links: a link under it could point anywhere on the machine.
+        """
+        if not self.is_local:
+            return False
+        path = self._fs_and_root[1]
+        for part in key.strip("/").split("/"):
+            path = os.path.join(path, part)
+            if os.path.islink(path):
+                return True
+        return False
+
     def open_read(self, key: str) -> IO[bytes]:
+        if self.is_local:
+            if self.is_link(key):
+                raise PermissionError(f"{self.uri(key)} is a symbolic link; the store does not follow links")
+            # O_NOFOLLOW: a link swapped in after the check is refused too
+            return open(self.path(key), "rb", opener=lambda p, flags: os.open(p, flags | os.O_NOFOLLOW))
         return self.fs.open(self.path(key), "rb")
 
     def read_bytes(self, key: str) -> bytes:
+        if self.is_local:
+            with self.open_read(key) as f:
+                return f.read()
         return self.fs.cat_file(self.path(key))
 
     def read_parquet(self, key: str) -> pl.DataFrame:
@@ -147,6 +171,46 @@ class ObjectStore(dg.ConfigurableResource):
         with open(local_path, "rb") as src, self.open_write(key) as dst:
             while chunk := src.read(1 << 20):
                 dst.write(chunk)
+        return self.uri(key)
+
+    def create_file(self, src: IO[bytes], key: str) -> str:
+        """Write ``key`` from ``src`` only if no object has that key yet; FileExistsError if one has.
+
+        Local: the bytes go to a temporary file that is then hard-linked to the key, and ``os.link``
+        refuses an existing name atomically (between processes and machines sharing the folder).
+        S3: a PUT with ``If-None-Match: *``, which AWS S3 (and servers that implement conditional
+        writes) refuse when the key exists; servers that ignore the header make this a
+        check-then-put, exclusive only among callers that hold one lock (``prox ingest`` holds
+        ``$PROX_HOME/locks/incoming.lock`` around it), not between machines.
+        """
+        target = self.path(key)
+        if self.is_local:
+            directory = os.path.dirname(target)
+            os.makedirs(directory, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)
+        else:
+            if self.fs.exists(target):
+                raise FileExistsError(f"{self.uri(key)} exists")
+            fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                while chunk := src.read(1 << 20):
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            if self.is_local:
+                os.link(tmp, target)  # FileExistsError if the key exists
+            else:
+                try:
+                    self.fs.put_file(tmp, target, mode="create")
+                except OSError as exc:  # 412 Precondition Failed: someone else created it first
+                    if isinstance(exc, FileExistsError) or any(
+                            w in str(exc).lower() for w in ("precondition", "pre-condition")):
+                        raise FileExistsError(f"{self.uri(key)} exists") from exc
+                    raise
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
         return self.uri(key)
 
     def delete(self, key: str) -> None:

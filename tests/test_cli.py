@@ -117,3 +117,29 @@ def test_ingest_rejects_a_shard_name_collision_before_uploading_anything(tmp_pat
                tmp_path / "home", check=False)
     assert proc.returncode != 0 and "shard 'same'" in proc.stderr
     assert not (tmp_path / "home" / "store" / "incoming").exists()  # nothing half-uploaded
+
+
+def test_bench_executor_reports_both_workloads_against_the_reference(sample_files):
+    """`prox bench executor` on the sample corpus: the reference's algorithm as baseline on the
+    same documents and programs, identical outputs, and the hostile-input size ratios (no timing
+    is asserted: the machines here are shared)."""
+    home = sample_files[0].parent.parent  # the PROX_HOME whose samples/ holds them
+    report = json.loads(run([BIN / "prox", "bench", "executor", "--docs", "300", "--json"], home).stdout)
+    for workload in ("lines40", "corpus"):
+        n = report[f"{workload}_documents"]
+        assert n >= 270 and report[f"{workload}_identical_outputs"] == f"{n}/{n}"
+        assert report[f"{workload}_reference_docs_per_s"] > 0 and report[f"{workload}_speedup_vs_reference"] > 0
+    assert report["lines40_mean_lines"] == 40
+    assert {"hostile_many_windows_4x_size_time_ratio", "hostile_unbalanced_args_4x_size_time_ratio"} <= set(report)
+
+
+def test_bench_ingest_reports_throughput_and_peak_memory(sample_files):
+    """`prox bench ingest` on the sample corpus and a small generated shard: both readers' speed,
+    exact bomb counts, and peak RSS figures (no bound asserted here: tests/test_hostile_ingest.py
+    asserts the bounds)."""
+    home = sample_files[0].parent.parent
+    report = json.loads(run([BIN / "prox", "bench", "ingest", "--shard-mb", "8", "--json"], home).stdout)
+    assert report["streaming_mb_per_s"] > 0 and report["whole_file_mb_per_s"] > 0
+    assert report["shard"]["n_ingested"] == report["shard"]["documents"] > 0 and report["shard"]["rss_mb"] > 0
+    assert report["gzip_bomb"]["n_quarantined"] == 1_000_000 and report["gzip_bomb"]["samples"] == 1_000
+    assert report["warc_header_bomb"]["n_ingested"] == 1

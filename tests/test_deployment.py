@@ -119,7 +119,7 @@ def test_backfill_through_the_daemon_on_postgres_and_s3(postgres, seaweedfs, sam
             s.check_alive()
 
         for shard in shards:  # the data is on S3
-            assert s3.exists(f"{bucket}/prox/raw/{shard}.parquet")
+            assert len(s3.ls(f"{bucket}/prox/raw/{shard}/")) == 1
         with psycopg2.connect(host=postgres["host"], port=postgres["port"], user=postgres["user"],
                               password=postgres["password"], dbname=postgres["db"]) as con:
             cur = con.cursor()

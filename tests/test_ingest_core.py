@@ -7,7 +7,8 @@ import json
 import polars as pl
 import pytest
 
-from prox_assets.core.ingest import UnreadableInput, doc_id_of, read_documents, shard_name
+from prox_assets.core.ingest import UnreadableInput, doc_id_of, read_documents
+from prox_assets.core.names import shard_name
 
 
 def read(data: bytes, name: str, max_doc_bytes: int = 10 * 1024 * 1024):
@@ -19,9 +20,10 @@ def jsonl(*records) -> bytes:
 
 
 def test_shard_names():
-    assert shard_name("incoming/My File.JSONL.gz") == "my-file"
+    # a name that sanitising changes keeps a readable slug and a hash of the original name
+    assert shard_name("incoming/My File.JSONL.gz") == "my-file--8b7b6cca"
     assert shard_name("pydocs-00.warc.gz") == "pydocs-00"
-    assert shard_name("???.parquet") == "shard"
+    assert shard_name("???.parquet") == "shard--b393cf18"
 
 
 def test_jsonl_schema_and_stable_ids():

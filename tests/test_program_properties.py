@@ -3,7 +3,7 @@
 import json
 import string
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from prox_assets.core.chunking import chunk_document, whitespace_token_counter
@@ -160,3 +160,99 @@ def test_every_cut_of_a_well_formed_program_parses_without_errors(program):
         assert parsed.errors == [], (program[:cut], parsed.errors)
         assert parsed.calls == full.calls[: len(parsed.calls)]
         assert [w.kind for w in parsed.warnings].count("truncated_call") <= 1
+
+
+# --- the canonical fast path and the reference's algorithm ------------------------------------
+@st.composite
+def canonical_like_programs(draw):
+    """Statements in (or a character away from) the canonical spelling the parser takes without
+    its general grammar: limits, stage names, separators, comments, quotes and escapes vary."""
+    stmts = []
+    for _ in range(draw(st.integers(0, 6))):
+        kind = draw(st.sampled_from(["remove", "normalize", "bare", "other"]))
+        if kind == "remove":
+            a, b = (draw(st.sampled_from(["0", "000", "7", "39", "1234567890"])) for _ in range(2))
+            stmts.append(f"remove_lines(line_start={a}, line_end={b})")
+        elif kind == "normalize":
+            source = draw(st.text(alphabet="ab ,=()'#;\t\r\\é\ud800", max_size=6))
+            target = draw(st.text(alphabet="ab x", max_size=4))
+            stmts.append(f'normalize(source_str="{source}", target_str="{target}")')
+        elif kind == "bare":
+            stmts.append(draw(st.sampled_from(["keep_chunk", "skip_chunk", "untouch_doc", "keep_doc", "drop_doc",
+                                               "remove_lines", "normalize", "eval"])) + "()")
+        else:
+            stmts.append(draw(st.sampled_from(["", " ", "# c", "keep_chunk() # c", "keep_chunk();keep_chunk()",
+                                               "keep_chunk()keep_chunk()", "```", "remove_lines(0, 1",
+                                               'normalize(source_str="ab'])))
+    sep = draw(st.sampled_from(["\n", "\n", "; ", "\n\n", " \n"]))
+    return sep.join(stmts) + draw(st.sampled_from(["", "\n", " ", "\n\n"]))
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(canonical_like_programs(), programs(), well_formed_programs()), st.sampled_from(["chunk", "doc"]),
+       st.booleans())
+def test_canonical_fast_path_parses_as_the_general_grammar(program, stage, small_limits):
+    """With the canonical fast path switched off every statement goes through _CALL_RE and
+    _bind: the result, calls, errors, warnings and line numbers, is the same."""
+    from unittest import mock
+
+    from prox_assets.core import programs as programs_module
+    from prox_assets.core.programs import Limits
+
+    limits = Limits(max_calls=3, max_string_chars=3, max_int_digits=2) if small_limits else Limits()
+    fast = parse_program(program, stage, limits)
+    with mock.patch.object(programs_module, "_canonical_call", lambda *a: None):
+        general = parse_program(program, stage, limits)
+    assert fast == general
+
+
+@st.composite
+def reference_readable_cases(draw):
+    """A document of more than 10 words and a program the reference reads as the project does:
+    in-range remove_lines, normalize strings without a character its splitting misreads (and not
+    the single space it skips), no repeated normalize, keep_chunk()."""
+    words = st.sampled_from(["ab", "ba", "a,b", "x=y", "(c)", '"q"', "é", "abab", "a.b", "b\\a"])
+    lines = draw(st.lists(st.lists(words, max_size=8).map(" ".join), min_size=1, max_size=30))
+    assume(sum(len(ln.split()) for ln in lines) > 10)
+    n = len(lines)
+    stmts, pairs = [], set()
+    for _ in range(draw(st.integers(0, 6))):
+        kind = draw(st.sampled_from(["remove", "normalize", "keep"]))
+        if kind == "remove":
+            a = draw(st.integers(0, n - 1))
+            b = draw(st.integers(a, n - 1))
+            stmts.append(f"remove_lines(line_start={a:0{draw(st.integers(1, 3))}d}, line_end={b})")
+        elif kind == "normalize":
+            pair = (draw(st.text(alphabet="abé. ", min_size=1, max_size=4).filter(lambda s: s != " ")),
+                    draw(st.text(alphabet="abx. ", max_size=3)))
+            if pair not in pairs:
+                pairs.add(pair)
+                stmts.append(f'normalize(source_str="{pair[0]}", target_str="{pair[1]}")')
+        else:
+            stmts.append("keep_chunk()")
+    return "\n".join(lines), "\n".join(stmts)
+
+
+@FAST
+@given(reference_readable_cases())
+def test_executor_output_equals_the_reference_on_programs_it_reads_alike(case):
+    from prox_assets.benchmarks import project_output
+    from prox_assets.reference_executor import execute_meta_operations
+
+    text, program = case
+    assert project_output(text, program) == execute_meta_operations(text, program)
+
+
+def test_benchmark_workloads_give_the_reference_output(sample_files):
+    """The documents and programs `prox bench executor` times: identical output on every one."""
+    from prox_assets.benchmarks import (
+        executor_against_reference,
+        forty_line_documents,
+        sample_texts,
+    )
+
+    texts = sample_texts(sample_files)
+    for docs in (forty_line_documents(texts, 400), texts[::10]):
+        report = executor_against_reference(docs, repeats=1)
+        assert report["identical_outputs"] == f"{report['documents']}/{report['documents']}"
+        assert report["documents"] >= 0.9 * len(docs)

@@ -7,7 +7,7 @@ import dagster as dg
 import pytest
 
 from prox_assets.definitions import ASSETS, build_resources
-from prox_assets.ingest import incoming_files_sensor
+from prox_assets.ingest import incoming_files_sensor, raw_key
 from prox_assets.partitions import shard_partitions
 from prox_resources.catalog import Catalog
 from prox_resources.store import ObjectStore
@@ -43,9 +43,10 @@ def test_materialize_publishes_metadata_and_registers_documents(instance):
     for key in ("words_per_document", "preview", "quarantine_reasons", "path"):
         assert key in meta
     assert "malformed_json" in meta["quarantine_reasons"].value
-    assert store.read_parquet("raw/docs-01.parquet").height == 20
-
     catalog = Catalog()
+    assert store.read_parquet(raw_key(catalog, shard)).height == 20
+    assert raw_key(catalog, shard) == f"raw/docs-01/{result.run_id}.parquet"
+
     docs = catalog.query("SELECT * FROM documents WHERE shard = 'docs-01'")
     assert docs.height == 20 and set(docs["run_id"]) == {result.run_id}
     assert docs["partition_key"].unique().to_list() == ["docs-01"]
@@ -55,6 +56,7 @@ def test_materialize_publishes_metadata_and_registers_documents(instance):
     again = materialize(instance, shard)  # re-running replaces, never duplicates
     assert again.success
     assert catalog.query("SELECT count(*) n FROM documents")["n"][0] == 20
+    assert store.list("raw/docs-01/") == [f"raw/docs-01/{again.run_id}.parquet"]  # the earlier file is gone
 
 
 def test_unreadable_file_fails_naming_it_and_is_quarantined(instance):
@@ -115,6 +117,6 @@ def test_four_partitions_at_once_with_the_multiprocess_executor(instance, sample
     expected = dict(catalog.query("SELECT shard, n_ingested FROM ingestions").rows())
     assert set(counts) == set(shards) and counts == expected
     for shard in shards:
-        assert store.read_parquet(f"raw/{shard}.parquet").height == counts[shard]
+        assert store.read_parquet(raw_key(catalog, shard)).height == counts[shard]
     runs = instance.get_runs(filters=dg.RunsFilter(job_name="ingest_job"))
     assert len(runs) == len(shards) and all(r.is_success for r in runs)

@@ -5,6 +5,7 @@ import polars as pl
 import pytest
 
 from prox_assets.definitions import ASSETS, build_resources
+from prox_assets.ingest import raw_key
 from prox_assets.partitions import shard_partitions
 from prox_resources.catalog import Catalog
 from prox_resources.store import ObjectStore
@@ -41,8 +42,8 @@ def test_ingest_to_s3_and_read_back(s3_store_env, sample_files):
                                 resources=build_resources())
     assert result.success
     meta = result.asset_materializations_for_node("raw_corpus")[0].metadata
-    assert meta["path"].value == f"s3://{s3_store_env}/prox/raw/news-00.parquet"
-    frame = store.read_parquet("raw/news-00.parquet")
+    assert meta["path"].value == f"s3://{s3_store_env}/prox/raw/news-00/{result.run_id}.parquet"
+    frame = store.read_parquet(raw_key(Catalog(), "news-00"))
     n = Catalog().query("SELECT count(*) n FROM documents WHERE shard = 'news-00'")["n"][0]
     assert frame.height == n == meta["n_ingested"].value > 20
     assert meta["n_read"].value == meta["n_ingested"].value + meta["n_quarantined"].value == 30

@@ -27,7 +27,7 @@ def test_targets_are_deduplicated_and_disjoint():
 
 @pytest.mark.slow
 def test_influence_then_selection(pipeline):  # noqa: F811
-    from prox_assets.cli import add_target
+    from prox_assets.cli import add_target, materialize_partitions
 
     instance, store, model = pipeline
     add_target("gsm8k-t", "gsm8k", 4, 20, 0)
@@ -49,7 +49,20 @@ def test_influence_then_selection(pipeline):  # noqa: F811
     assert meta["device"].value == "cpu"
     assert marks["exact_score"].abs().max() <= 1.0  # cosines
 
-    assert _run(instance, "landmark_influence", "arc-t", cfg).success
+    arc = _run(instance, "landmark_influence", "arc-t", cfg)
+    versions = {"gsm8k-t": version,
+                "arc-t": arc.asset_materializations_for_node("landmark_influence")[0].metadata["influence_version"].value}
+    alone = {t: store.read_parquet(f"influence/{t}/{v}/scores.parquet") for t, v in versions.items()}
+
+    # both targets in one run (the backfill policy): the model is loaded once and each target warms
+    # up its own copy, so each gets the scores a run of its own gives
+    before = {r.run_id for r in instance.get_runs()}
+    assert materialize_partitions("landmark_influence", ["gsm8k-t", "arc-t"], cfg) == {"gsm8k-t": "ok", "arc-t": "ok"}
+    (run,) = [r for r in instance.get_runs() if r.run_id not in before]
+    assert sum(e.user_message.startswith("loaded model ") for e in instance.all_logs(run.run_id)) == 1
+    for target, v in versions.items():
+        together = store.read_parquet(f"influence/{target}/{v}/scores.parquet")
+        assert together["score"].to_list() == pytest.approx(alone[target]["score"].to_list(), abs=1e-6)
 
     sel = _run(instance, "selected_subset", "gsm8k-t", {"budget": 5})
     chosen = store.read_parquet(f"selections/gsm8k-t/{version}.parquet")

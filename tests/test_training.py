@@ -146,7 +146,7 @@ def test_report_summary_and_contrasts():
 
 @pytest.mark.slow
 def test_every_variant_trains_evaluates_reports_and_audits(pipeline):  # noqa: F811
-    from prox_assets.cli import add_target
+    from prox_assets.cli import add_target, materialize_partitions
 
     instance, store, model = pipeline
     version = _train_refiners(instance, model)
@@ -201,6 +201,18 @@ def test_every_variant_trains_evaluates_reports_and_audits(pipeline):  # noqa: F
                            run_config={"ops": {"trained_checkpoint": {"config": config}}})
     logs = [e.message for e in instance.all_logs(again.run_id) if e.message]
     assert sum("exists" in m and "evaluating only" in m for m in logs) == 2
+
+    # three variants in one run (the backfill policy); a variant that fails does not stop the others
+    before = {r.run_id for r in instance.get_runs()}
+    keys = ["arc-t|raw", "arc-t|refined", "arc-t|rule_filtered"]
+    out = materialize_partitions("trained_checkpoint", keys, config)
+    assert len([r for r in instance.get_runs() if r.run_id not in before]) == 1
+    assert out["arc-t|raw"] == out["arc-t|refined"] == "ok"
+    if "rule_filtered" in metas:
+        assert out["arc-t|rule_filtered"] == "ok"
+    else:
+        assert "1 of 3 partitions failed" in out["arc-t|rule_filtered"] and "no document to train on" in out[
+            "arc-t|rule_filtered"]
 
     chosen = catalog.query("SELECT doc_id FROM checkpoint_documents WHERE variant = 'influence' LIMIT 1")["doc_id"][0]
     audit = audit_document(catalog, chosen)

@@ -30,6 +30,10 @@ error, never silent):
   a small model sometimes writes others (``start=``, ``end_line=``, ...). Names that clearly mean
   the start or the end are mapped when the call then has exactly one of each; anything ambiguous
   stays an error. ``normalize`` has no aliases.
+
+Statements in the canonical spelling the refiner is trained on (``_CANONICAL``) bind without the
+general grammar, a whole program of them in one pass; the result is the same, limits included
+(tests/test_program_properties.py compares the two on generated programs).
 """
 
 from __future__ import annotations
@@ -163,6 +167,20 @@ _PARTIAL_ARG = (
 _TRUNCATED_RE = re.compile(
     rf"([A-Za-z_]\w*)[ \t]*(?:(\()\s*(?:{_ARG}\s*,\s*)*(?:{_PARTIAL_ARG})?)?\Z", re.DOTALL
 )
+# The canonical spelling of each call, the one the refiner is trained to write: keyword arguments,
+# unsigned integers, double-quoted strings without escapes. A statement spelled exactly so binds
+# to the call _CALL_RE and _bind would build, so the parser takes it without the general
+# machinery (its limits still checked); anything else, or a limit exceeded, goes the general way.
+# Matched anchored, without nested repetition, strings excluding their quote: linear.
+_CANONICAL = (
+    r"(?:remove_lines\(line_start=([0-9]+), line_end=([0-9]+)\)"
+    r'|normalize\(source_str="([^"\\\n]*)", target_str="([^"\\\n]*)"\)'
+    r"|([a-z_]+)\(\))"
+)
+_CANONICAL_RE = re.compile(_CANONICAL + r"(?=[ \t]*(?:\n|;|$))")
+# One canonical statement that ends its line: a program of these (the usual model output) has
+# statement i on program line i.
+_CANONICAL_LINE_RE = re.compile(_CANONICAL + r"(?:\n|\Z)")
 _NAME_RE = re.compile(r"[A-Za-z_]\w*")
 _ARG_RE = re.compile(rf"\s*(?:([A-Za-z_]\w*)\s*=\s*)?({_STR}|{_INT})\s*,?", re.DOTALL)
 _SKIP_RE = re.compile(r"(?:[ \t\r\n;]+|#[^\n]*)+")
@@ -226,11 +244,17 @@ def parse_program(program: str, stage: Stage, limits: Limits = Limits()) -> Pars
         )
         out.fatal = True
         return out
-    text = strip_fences(program)
-    # Output that ends with a closing code fence was not cut off: nothing in it is truncated.
-    stripped = program.rstrip()
-    may_be_truncated = _FENCE_RE.fullmatch(stripped[stripped.rfind("\n") + 1 :]) is None
     names = _STAGE_NAMES[stage]
+    fenced = "```" in program  # a program without a fence needs no blanking (most do not)
+    if not fenced and (calls := _canonical_program(program, names, limits)) is not None:
+        out.calls = calls
+        return out
+    text = strip_fences(program) if fenced else program
+    # Output that ends with a closing code fence was not cut off: nothing in it is truncated.
+    may_be_truncated = True
+    if fenced:
+        stripped = program.rstrip()
+        may_be_truncated = _FENCE_RE.fullmatch(stripped[stripped.rfind("\n") + 1 :]) is None
     pos, n = 0, len(text)
     line, counted_to = 0, 0  # program line of `pos`, counted incrementally (linear overall)
     while pos < n:
@@ -241,8 +265,11 @@ def parse_program(program: str, stage: Stage, limits: Limits = Limits()) -> Pars
                 break
         line += text.count("\n", counted_to, pos)
         counted_to = pos
-        m = _CALL_RE.match(text, pos)
-        if m is None:
+        # A canonical statement binds without _bind; any other goes through the general grammar.
+        fast = _CANONICAL_RE.match(text, pos)
+        call = _canonical_call(fast, names, limits, line) if fast else None
+        m = _CALL_RE.match(text, pos) if call is None else None
+        if call is None and m is None:
             if may_be_truncated and _is_truncated_call(text, pos, names):
                 stmt = text[pos:]
                 out.warnings.append(
@@ -254,18 +281,57 @@ def parse_program(program: str, stage: Stage, limits: Limits = Limits()) -> Pars
             out.errors.append(ProgramIssue("syntax", f"not a call: {stmt[:80]!r}", line))
             pos = n if eol < 0 else eol + 1
             continue
-        pos = m.end()
+        pos = (m or fast).end()
         if len(out.calls) + len(out.errors) >= limits.max_calls:
             out.errors.append(ProgramIssue("too_many_calls", f"> {limits.max_calls} statements"))
             out.fatal = True
             return out
-        call, issue, warnings = _bind(m.group(1), m.group(2), names, stage, limits, line)
-        if issue is not None:
-            out.errors.append(issue)
-        else:
-            out.calls.append(call)
+        if call is None:
+            call, issue, warnings = _bind(m.group(1), m.group(2), names, stage, limits, line)
+            if issue is not None:
+                out.errors.append(issue)
+                continue
             out.warnings.extend(warnings)
+        out.calls.append(call)
     return out
+
+
+def _canonical_program(text: str, names: dict[str, str], limits: Limits) -> list[Call] | None:
+    """The calls of a program written wholly in canonical statements, one per line, when all are
+    permitted and within the limits: what the general loop would return, without its work.
+    None otherwise, and the general loop parses the program (and reports what is wrong)."""
+    calls: list[Call] = []
+    pos, n = 0, len(text)
+    while pos < n:  # anchored matches, one per line: linear, and the first misfit ends it
+        m = _CANONICAL_LINE_RE.match(text, pos)
+        if m is None or len(calls) >= limits.max_calls:
+            return None
+        call = _canonical_call(m, names, limits, len(calls))
+        if call is None:
+            return None
+        calls.append(call)
+        pos = m.end()
+    return calls
+
+
+def _canonical_call(m: re.Match, names: dict[str, str], limits: Limits, line: int) -> Call | None:
+    """The call a _CANONICAL_RE match spells, when it is permitted at the stage and within the
+    limits; None sends the statement the general way (which reports what is wrong)."""
+    start, end, source, target, bare = m.groups()
+    if start is not None:
+        digits = limits.max_int_digits
+        if len(start) > digits or len(end) > digits or "remove_lines" not in names:
+            return None
+        return Call("remove_lines", (("line_start", int(start)), ("line_end", int(end))), line)
+    if source is not None:
+        chars = limits.max_string_chars
+        if len(source) > chars or len(target) > chars or "normalize" not in names:
+            return None
+        return Call("normalize", (("source_str", source), ("target_str", target)), line)
+    name = names.get(bare)
+    if name is None or _SIGNATURES[name]:  # unknown here, or a call that needs arguments
+        return None
+    return Call(name, (), line)
 
 
 def _is_truncated_call(text: str, pos: int, names: dict[str, str]) -> bool:

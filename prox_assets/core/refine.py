@@ -2,12 +2,22 @@
 
 ``backend`` is anything with the engine's ``generate(chats, max_new_tokens)``; the executor is
 the trusted part. Documents the document stage drops never reach the chunk stage.
+
+One document never costs the others. ``refine_documents`` runs every stage (input check,
+truncation, generation, execution, windowing) document by document, and a document whose stage
+raises gets a ``DocumentError`` (the stage and the exception) instead of a result; the rest go
+on. Generation stays batched: when a batched call raises, each document's prompts are generated
+on their own, so a prompt the engine rejects costs only its own document. Systematic failures
+are not a document's fault and are raised: when no document of a call (or of a batch) can be
+processed, the same path is run on an ordinary probe document, and if that fails too, its
+exception fails the caller. ``run_doc_refiner`` and ``run_chunk_refiner`` are the strict forms
+(a document's error is raised as ``DocumentFailed``) for callers that measure, not record.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from prox_assets.core.chunking import TokenCounter, Window, chunk_document
 from prox_assets.core.executor import (
@@ -16,15 +26,134 @@ from prox_assets.core.executor import (
     execute_chunk_programs,
     execute_doc_program,
 )
+from prox_assets.core.programs import ProgramIssue
 from prox_assets.core.prompts import chunk_refiner_chat, doc_refiner_chat
 
+# An ordinary document: when nothing could be processed, this decides engine versus documents.
+PROBE_TEXT = "A short and ordinary document about the weather.\nIt rained in the morning and cleared up later."
+MAX_ERROR_CHARS = 500
 
-def run_doc_refiner(backend, shown_texts: Sequence[str], max_new_tokens: int = 16,
-                    config: ExecutorConfig = ExecutorConfig(), progress=None) -> list[tuple[str, ExecutionResult]]:
-    """(program, result) per document; ``shown_texts`` are what the refiner sees (truncated)."""
-    chats = [doc_refiner_chat(t) for t in shown_texts]
-    programs = backend.generate(chats, max_new_tokens=max_new_tokens, progress=progress) if chats else []
-    return [(p, execute_doc_program(t, p, config)) for t, p in zip(shown_texts, programs)]
+
+@dataclass(frozen=True)
+class DocumentError:
+    """Why one document could not be refined: the stage that raised and what it raised."""
+
+    stage: str  # input, truncate, doc_generate, doc_execute, windows, chunk_generate, chunk_execute, row
+    message: str
+
+    @classmethod
+    def of(cls, stage: str, exc: BaseException) -> DocumentError:
+        return cls(stage, printable(f"{type(exc).__name__}: {exc}")[:MAX_ERROR_CHARS])
+
+    def __str__(self) -> str:
+        return f"{self.stage}: {self.message}"
+
+    def to_issue(self) -> ProgramIssue:
+        return ProgramIssue("document_error", str(self))
+
+
+class DocumentFailed(RuntimeError):
+    def __init__(self, error: DocumentError):
+        super().__init__(str(error))
+        self.error = error
+
+
+def is_valid_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable(text: str) -> str:
+    """``text`` with anything UTF-8 cannot encode (a lone surrogate) written as an escape."""
+    return text if is_valid_unicode(text) else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def check_text(text) -> str:
+    """``text`` if it is a string every tokenizer and writer accepts; raises ValueError if not."""
+    if not isinstance(text, str):
+        raise ValueError(f"text is {type(text).__name__}, not a string")
+    if not is_valid_unicode(text):
+        raise ValueError("text is not valid Unicode (a lone surrogate)")
+    return text
+
+
+def _isolated(stage: str, fn: Callable, *args):
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001  (one document's failure, recorded as its error)
+        return DocumentError.of(stage, exc)
+
+
+def _each(items: Sequence, stage: str, fn: Callable) -> list:
+    """``fn`` on every item that is not already an error, each failure its item's error."""
+    return [x if isinstance(x, DocumentError) else _isolated(stage, fn, x) for x in items]
+
+
+def _probe(backend, max_new_tokens: int = 1) -> None:
+    """Raises if the engine cannot generate for an ordinary document either."""
+    backend.generate([doc_refiner_chat(PROBE_TEXT)], max_new_tokens=max_new_tokens)
+
+
+def _outputs(got, expected: int) -> list:
+    if not isinstance(got, (list, tuple)) or len(got) != expected:
+        n = len(got) if isinstance(got, (list, tuple)) else type(got).__name__
+        raise RuntimeError(f"the engine returned {n} generations for {expected} prompts")
+    return list(got)
+
+
+def generate_per_document(backend, chats: Sequence, max_new_tokens: int, stage: str,
+                          progress=None) -> list:
+    """Generations for each document's chats (a list of chats, or a ``DocumentError`` passed
+    through): one batched call; if it raises, one call per document, a failing one that
+    document's error; if every document fails, the engine is probed and its failure raised.
+    A generation that is not a string is its document's error; a wrong count is the engine's."""
+    live = [i for i, c in enumerate(chats) if not isinstance(c, DocumentError) and c]
+    out: list = [c if isinstance(c, DocumentError) else [] for c in chats]
+    flat = [chat for i in live for chat in chats[i]]
+    if not flat:
+        return out
+    try:
+        got = backend.generate(flat, max_new_tokens=max_new_tokens, progress=progress)
+    except Exception as exc:  # noqa: BLE001  (one prompt can fail a batch: retried one document at a time)
+        per_doc = {}
+        for i in live:
+            if len(live) == 1:
+                per_doc[i] = DocumentError.of(stage, exc)
+                continue
+            try:
+                got_i = backend.generate(list(chats[i]), max_new_tokens=max_new_tokens)
+            except Exception as one:  # noqa: BLE001
+                per_doc[i] = DocumentError.of(stage, one)
+                continue
+            per_doc[i] = _outputs(got_i, len(chats[i]))
+        if all(isinstance(r, DocumentError) for r in per_doc.values()):
+            _probe(backend)  # the engine itself is broken: that fails the caller, not the documents
+        for i, r in per_doc.items():
+            out[i] = r
+    else:
+        got, k = _outputs(got, len(flat)), 0
+        for i in live:
+            out[i] = got[k : k + len(chats[i])]
+            k += len(chats[i])
+    for i in live:
+        bad = [] if isinstance(out[i], DocumentError) else [g for g in out[i] if not isinstance(g, str)]
+        if bad:
+            out[i] = DocumentError(stage, f"the engine returned {type(bad[0]).__name__}, not text")
+    return out
+
+
+def doc_stage(backend, shown_texts: Sequence, max_new_tokens: int = 16,
+              config: ExecutorConfig = ExecutorConfig(), progress=None) -> list:
+    """(program, result) or ``DocumentError`` per document; ``shown_texts`` are what the refiner
+    sees (truncated), errors of an earlier stage passed through."""
+    chats = _each(shown_texts, "doc_generate", lambda t: [doc_refiner_chat(check_text(t))])
+    programs = generate_per_document(backend, chats, max_new_tokens, "doc_generate", progress)
+    return [p if isinstance(p, DocumentError)
+            else _isolated("doc_execute", lambda t, prog: (prog, execute_doc_program(t, prog, config)), t, p[0])
+            for t, p in zip(shown_texts, programs)]
 
 
 @dataclass
@@ -34,19 +163,92 @@ class ChunkRun:
     result: ExecutionResult
 
 
+def chunk_stage(
+    backend, texts: Sequence, count_tokens: TokenCounter, window_tokens: int,
+    max_new_tokens: int = 96, config: ExecutorConfig = ExecutorConfig(), progress=None,
+) -> list:
+    """``ChunkRun`` or ``DocumentError`` per document: window every document, generate one
+    program per window (all windows of all documents in one batched call), and execute each
+    document's programs once."""
+    windows = _each(texts, "windows", lambda t: chunk_document(check_text(t), count_tokens, window_tokens))
+    chats = _each(windows, "chunk_generate", lambda ws: [chunk_refiner_chat(w.text) for w in ws])
+    programs = generate_per_document(backend, chats, max_new_tokens, "chunk_generate", progress)
+
+    def run(text: str, ws: list[Window], mine: list[str]) -> ChunkRun:
+        result = execute_chunk_programs(text, [(w.line_start, w.line_end, p) for w, p in zip(ws, mine)], config)
+        return ChunkRun(ws, list(mine), result)
+
+    return [p if isinstance(p, DocumentError) else _isolated("chunk_execute", run, t, ws, p)
+            for t, ws, p in zip(texts, windows, programs)]
+
+
+def _strict(results: list) -> list:
+    for r in results:
+        if isinstance(r, DocumentError):
+            raise DocumentFailed(r)
+    return results
+
+
+def run_doc_refiner(backend, shown_texts: Sequence[str], max_new_tokens: int = 16,
+                    config: ExecutorConfig = ExecutorConfig(), progress=None) -> list[tuple[str, ExecutionResult]]:
+    """(program, result) per document; ``shown_texts`` are what the refiner sees (truncated).
+    Strict: a document that cannot be refined raises ``DocumentFailed``."""
+    return _strict(doc_stage(backend, shown_texts, max_new_tokens, config, progress))
+
+
 def run_chunk_refiner(
     backend, texts: Sequence[str], count_tokens: TokenCounter, window_tokens: int,
     max_new_tokens: int = 96, config: ExecutorConfig = ExecutorConfig(), progress=None,
 ) -> list[ChunkRun]:
     """Window every document, generate one program per window (all windows of all documents
-    in one batched call), and execute each document's programs once."""
-    windows = [chunk_document(t, count_tokens, window_tokens) for t in texts]
-    chats = [chunk_refiner_chat(w.text) for ws in windows for w in ws]
-    programs = backend.generate(chats, max_new_tokens=max_new_tokens, progress=progress) if chats else []
-    runs, k = [], 0
-    for text, ws in zip(texts, windows):
-        mine = programs[k : k + len(ws)]
-        k += len(ws)
-        result = execute_chunk_programs(text, [(w.line_start, w.line_end, p) for w, p in zip(ws, mine)], config)
-        runs.append(ChunkRun(ws, list(mine), result))
-    return runs
+    in one batched call), and execute each document's programs once. Strict, as above."""
+    return _strict(chunk_stage(backend, texts, count_tokens, window_tokens, max_new_tokens, config, progress))
+
+
+@dataclass
+class DocumentRefinement:
+    """One document through both stages: what ran, and the error that stopped it, if any."""
+
+    doc_program: str | None = None
+    doc_result: ExecutionResult | None = None
+    chunk: ChunkRun | None = None
+    error: DocumentError | None = None
+    issues: list[ProgramIssue] = field(default_factory=list)  # executor errors of the stages that ran
+
+
+def refine_documents(
+    doc_backend, chunk_backend, texts: Sequence, *, doc_max_tokens: int, window_tokens: int,
+    doc_max_new_tokens: int, chunk_max_new_tokens: int, count_tokens: TokenCounter,
+    config: ExecutorConfig = ExecutorConfig(), is_probe: bool = False,
+) -> list[DocumentRefinement]:
+    """Both stages over ``texts``, one ``DocumentRefinement`` per text, in order. A document
+    whose stage raises gets its ``error``; the others are refined. When a stage fails every
+    document it was given (every document, or every one that reached the chunk stage), an
+    ordinary probe document goes through both stages, and its failure is raised: the refiner is
+    broken, not the documents."""
+    checked = _each(texts, "input", check_text)
+    shown = _each(checked, "truncate", lambda t: doc_backend.truncate(t, doc_max_tokens))
+    docs = doc_stage(doc_backend, shown, doc_max_new_tokens, config)
+    out = [DocumentRefinement(error=d) if isinstance(d, DocumentError)
+           else DocumentRefinement(doc_program=d[0], doc_result=d[1]) for d in docs]
+    # the probe document goes through both stages, whatever the document stage says
+    to_chunk = [i for i, r in enumerate(out) if r.error is None and (is_probe or not r.doc_result.dropped)]
+    runs = chunk_stage(chunk_backend, [checked[i] for i in to_chunk], count_tokens, window_tokens,
+                       chunk_max_new_tokens, config)
+    for i, run in zip(to_chunk, runs):
+        if isinstance(run, DocumentError):
+            out[i].error = run
+        else:
+            out[i].chunk = run
+    for r in out:
+        r.issues = (r.doc_result.errors if r.doc_result else []) + (r.chunk.result.errors if r.chunk else [])
+    failed_all = (out and all(isinstance(d, DocumentError) for d in docs)) or \
+        (runs and all(isinstance(r, DocumentError) for r in runs))
+    if failed_all and not is_probe:
+        check = refine_documents(doc_backend, chunk_backend, [PROBE_TEXT], doc_max_tokens=doc_max_tokens,
+                                 window_tokens=window_tokens, doc_max_new_tokens=doc_max_new_tokens,
+                                 chunk_max_new_tokens=chunk_max_new_tokens, count_tokens=count_tokens,
+                                 config=config, is_probe=True)
+        if check[0].error:
+            raise DocumentFailed(check[0].error)
+    return out

@@ -27,11 +27,13 @@ if [[ ! -d /usr/share/doc/python3.11/html ]]; then
   apt_update
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3.11-doc >/dev/null
 fi
-# Test-only servers and browser: PostgreSQL (the deployment test) and Chromium (the web UI test).
+# Test-only servers and browser: PostgreSQL (the deployment tests), RabbitMQ (the Celery broker of
+# the multi-worker test) and Chromium (the web UI test).
 if [[ $DEV == 1 ]]; then
   missing=()
   command -v chromium >/dev/null || missing+=(chromium)
   ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
+  [[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]] || missing+=(rabbitmq-server)
   if (( ${#missing[@]} )); then
     log "installing ${missing[*]}"
     apt_update

@@ -60,13 +60,56 @@ def build_resources() -> dict:
     }
 
 
+def celery_executor_config() -> dict:
+    """The Celery executor's settings (PROX_EXECUTOR=celery): those the runs submit steps with, and
+    those of the workers that run them (``deploy/celery.yaml``, which says how to start one; the
+    multi-worker test checks that the two agree).
+
+    PROX_CELERY_BROKER   the broker, e.g. RabbitMQ ``amqp://USER:PASSWORD@HOST:5672//``; read from
+                         the environment where it is used, so no password is in a run's config
+    PROX_CELERY_BACKEND  where step results go back to the run (default ``rpc://``: through the
+                         broker, to the run that submitted the step)
+
+    A worker takes one step at a time and acknowledges it when the step is done (``acks_late``,
+    prefetch 1): a busy worker holds no second step that an idle one could run, and a step whose
+    worker dies (``kill -9``, a lost machine) goes back to the queue and another worker runs it,
+    resuming from what the dead one wrote (refined_corpus's part files). RabbitMQ requeues it as
+    soon as the worker's connection drops; its ``consumer_timeout`` (30 min by default) must exceed
+    the longest step. A Redis broker requeues it only after PROX_CELERY_VISIBILITY_TIMEOUT seconds
+    (default 6 h), and hands out a second time any step still running then."""
+    from dagster_celery.defaults import broker_transport_options
+
+    return {
+        "broker": {"env": "PROX_CELERY_BROKER"},
+        "backend": {"env": "PROX_CELERY_BACKEND"} if os.environ.get("PROX_CELERY_BACKEND") else "rpc://",
+        "config_source": {
+            "task_acks_late": True,
+            "task_reject_on_worker_lost": True,
+            "worker_prefetch_multiplier": 1,
+            "broker_transport_options": {
+                **broker_transport_options,  # dagster-celery's own (retries)
+                # Redis only: when a step of a lost worker goes back to the queue, checked every 10 s
+                "visibility_timeout": int(os.environ.get("PROX_CELERY_VISIBILITY_TIMEOUT", "21600")),
+                "unacked_restore_interval": 10, "unacked_restore_throttle": 1,
+            },
+        },
+    }
+
+
 def build_executor():
     """PROX_EXECUTOR=k8s: every step in its own Kubernetes pod (dagster-k8s, the ``deploy``
-    extra); GPU steps carry their GPU request in ``GPU_OP_TAGS``. Default: Dagster's own."""
-    if os.environ.get("PROX_EXECUTOR") == "k8s":
+    extra); GPU steps carry their GPU request in ``GPU_OP_TAGS``. PROX_EXECUTOR=celery: every
+    step a task on a Celery broker, run by whichever worker takes it (dagster-celery, the
+    ``deploy`` extra; ``celery_executor_config``). Default: Dagster's own."""
+    executor = os.environ.get("PROX_EXECUTOR")
+    if executor == "k8s":
         from dagster_k8s import k8s_job_executor
 
         return k8s_job_executor
+    if executor == "celery":
+        from dagster_celery import celery_executor
+
+        return celery_executor.configured(celery_executor_config(), name="celery")
     return None
 
 

@@ -47,3 +47,16 @@ def test_ingest_to_s3_and_read_back(s3_store_env, sample_files):
     n = Catalog().query("SELECT count(*) n FROM documents WHERE shard = 'news-00'")["n"][0]
     assert frame.height == n == meta["n_ingested"].value > 20
     assert meta["n_read"].value == meta["n_ingested"].value + meta["n_quarantined"].value == 30
+
+
+def test_plain_jsonl_on_s3_is_read_line_by_line(s3_store_env):
+    """s3fs's file objects take no readline limit: the reader buffers them itself."""
+    store = ObjectStore()
+    store.write_bytes("incoming/plain-00.jsonl", b'{"text": "first"}\n{oops\n{"text": "second"}\n')
+    with dg.DagsterInstance.get() as instance:
+        instance.add_dynamic_partitions(shard_partitions.name, ["plain-00"])
+        result = dg.materialize(ASSETS, selection=["raw_corpus"], partition_key="plain-00", instance=instance,
+                                resources=build_resources())
+    assert result.success
+    assert store.read_parquet(raw_key(Catalog(), "plain-00"))["text"].to_list() == ["first", "second"]
+    assert Catalog().query("SELECT reason FROM quarantine").rows() == [("malformed_json",)]

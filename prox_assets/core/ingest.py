@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import zlib
 from collections import Counter
@@ -149,7 +150,8 @@ Raw = tuple[str, dict]
 
 
 def _read_jsonl(f: IO[bytes], filename: str, max_bytes: int) -> Iterator[Raw | Quarantined]:
-    stream = gzip.GzipFile(fileobj=f) if filename.lower().endswith(".gz") else f
+    # a buffered reader gives readline(limit) over any binary file (s3fs's files take no limit)
+    stream = gzip.GzipFile(fileobj=f) if filename.lower().endswith(".gz") else io.BufferedReader(f, 1 << 20)
     lineno = 0
     try:
         while True:

@@ -135,8 +135,9 @@ class ObjectStore(dg.ConfigurableResource):
 
     # --- writing (atomic) ----------------------------------------------------------------
     @contextmanager
-    def open_write(self, key: str) -> Iterator[IO[bytes]]:
-        """Write ``key`` atomically: readers see the old object or the whole new one."""
+    def _staged(self, key: str, commit) -> Iterator[IO[bytes]]:
+        """Bytes written to a local temporary file, then ``commit(tmp, target)``; the temporary
+        file never outlives the call (locally it sits beside the target, so a rename is atomic)."""
         target = self.path(key)
         if self.is_local:
             directory = os.path.dirname(target)
@@ -149,13 +150,16 @@ class ObjectStore(dg.ConfigurableResource):
                 yield f
                 f.flush()
                 os.fsync(f.fileno())
-            if self.is_local:
-                os.replace(tmp, target)
-            else:
-                self.fs.put_file(tmp, target)
+            commit(tmp, target)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+    @contextmanager
+    def open_write(self, key: str) -> Iterator[IO[bytes]]:
+        """Write ``key`` atomically: readers see the old object or the whole new one."""
+        with self._staged(key, os.replace if self.is_local else self.fs.put_file) as f:
+            yield f
 
     def write_bytes(self, key: str, data: bytes) -> str:
         with self.open_write(key) as f:
@@ -183,34 +187,24 @@ class ObjectStore(dg.ConfigurableResource):
         check-then-put, exclusive only among callers that hold one lock (``prox ingest`` holds
         ``$PROX_HOME/locks/incoming.lock`` around it), not between machines.
         """
-        target = self.path(key)
-        if self.is_local:
-            directory = os.path.dirname(target)
-            os.makedirs(directory, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)
-        else:
-            if self.fs.exists(target):
-                raise FileExistsError(f"{self.uri(key)} exists")
-            fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                while chunk := src.read(1 << 20):
-                    f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
+        if not self.is_local and self.fs.exists(self.path(key)):
+            raise FileExistsError(f"{self.uri(key)} exists")
+
+        def create(tmp: str, target: str) -> None:
             if self.is_local:
                 os.link(tmp, target)  # FileExistsError if the key exists
-            else:
-                try:
-                    self.fs.put_file(tmp, target, mode="create")
-                except OSError as exc:  # 412 Precondition Failed: someone else created it first
-                    if isinstance(exc, FileExistsError) or any(
-                            w in str(exc).lower() for w in ("precondition", "pre-condition")):
-                        raise FileExistsError(f"{self.uri(key)} exists") from exc
-                    raise
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+                return
+            try:
+                self.fs.put_file(tmp, target, mode="create")
+            except OSError as exc:  # 412 Precondition Failed: someone else created it first
+                if isinstance(exc, FileExistsError) or any(
+                        w in str(exc).lower() for w in ("precondition", "pre-condition")):
+                    raise FileExistsError(f"{self.uri(key)} exists") from exc
+                raise
+
+        with self._staged(key, create) as f:
+            while chunk := src.read(1 << 20):
+                f.write(chunk)
         return self.uri(key)
 
     def delete(self, key: str) -> None:

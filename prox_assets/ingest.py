@@ -24,6 +24,7 @@ from prox_assets.core.ingest import (
     write_shard,
 )
 from prox_assets.core.names import InvalidName, check_input_file_name, shard_name
+from prox_assets.core.unicode import printable
 from prox_assets.metadata import counts_table, histogram, lineage, md_table
 from prox_assets.partitions import shard_partitions
 from prox_resources.catalog import Catalog, ParquetRows
@@ -117,16 +118,11 @@ def default_source(shard: str) -> str:
     return re.sub(r"[-_]?\d+$", "", shard) or shard
 
 
-def _text(value: str) -> str:
-    """Quarantine details quote hostile input: keep them valid UTF-8 for the catalog."""
-    return value.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
 def _quarantine_frame(items: list[Quarantined], shard: str, source_file: str, tags: dict) -> pl.DataFrame:
     return pl.DataFrame(
         [
             {"shard": shard, "source_file": source_file, "locator": q.locator, "reason": q.reason,
-             "detail": _text(q.detail[:1000]), "sample": _text(q.sample), "n_records": q.n_records, **tags}
+             "detail": printable(q.detail[:1000]), "sample": printable(q.sample), "n_records": q.n_records, **tags}
             for q in items
         ],
         schema={"shard": pl.String, "source_file": pl.String, "locator": pl.String, "reason": pl.String,

@@ -28,8 +28,9 @@ import dagster as dg
 import polars as pl
 
 from prox_assets.core.chunking import hf_token_counter
-from prox_assets.core.refine import DocumentError, DocumentRefinement, check_text, printable, refine_documents
+from prox_assets.core.refine import DocumentError, DocumentRefinement, check_text, refine_documents
 from prox_assets.core.scoring import seed_sample
+from prox_assets.core.unicode import printable
 from prox_assets.ingest import raw_corpus, raw_key
 from prox_assets.metadata import histogram, md_table, with_lineage
 from prox_assets.partition_runs import MODEL_BACKFILL_POLICY, materialize_each

@@ -16,6 +16,7 @@ import pytest
 from prox_assets.benchmarks import gzip_bomb, ingest_in_subprocess, jsonl_shard, warc_header_bomb
 from prox_assets.core.ingest import QUARANTINE_SAMPLES, read_documents
 from tests.servers import BIN
+from tests.test_raw_corpus import materialize
 
 
 def read(data: bytes, name: str):
@@ -157,13 +158,8 @@ def test_raw_corpus_records_a_failed_ingestion_and_its_quarantine(prox_env):
 def _materialize(shard: str):
     import dagster as dg
 
-    from prox_assets.definitions import ASSETS, build_resources
-    from prox_assets.partitions import shard_partitions
-
     with dg.DagsterInstance.get() as instance:
-        instance.add_dynamic_partitions(shard_partitions.name, [shard])
-        return dg.materialize(ASSETS, selection=["raw_corpus"], partition_key=shard, instance=instance,
-                              resources=build_resources(), raise_on_error=False)
+        return materialize(instance, shard)
 
 
 def test_a_raw_file_left_by_a_killed_run_never_looks_current_and_is_reconciled(prox_env):

@@ -29,6 +29,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from prox_assets.core.unicode import is_valid_unicode
+
 MAX_DOC_BYTES = 10 * 1024 * 1024
 MAX_WARC_HEADER_BYTES = 64 * 1024  # a WARC or HTTP header block longer than this is not a crawl
 QUARANTINE_SAMPLES = 1_000  # quarantine rows kept per file; the counts stay exact
@@ -445,18 +447,10 @@ def _normalize(record: dict, shard: str, default_source: str, max_bytes: int) ->
     return {
         "doc_id": doc_id_of(text),
         "shard": shard,
-        "source": source if isinstance(source, str) and source and _encodable(source) else default_source,
-        "url": url if isinstance(url, str) and _encodable(url) else None,
+        "source": source if isinstance(source, str) and source and is_valid_unicode(source) else default_source,
+        "url": url if isinstance(url, str) and is_valid_unicode(url) else None,
         "text": text,
         "metadata": metadata_json,
         "n_chars": len(text),
         "n_words": len(text.split()),
     }
-
-
-def _encodable(s: str) -> bool:
-    try:
-        s.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False

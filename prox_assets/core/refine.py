@@ -28,6 +28,7 @@ from prox_assets.core.executor import (
 )
 from prox_assets.core.programs import ProgramIssue
 from prox_assets.core.prompts import chunk_refiner_chat, doc_refiner_chat
+from prox_assets.core.unicode import is_valid_unicode, printable
 
 # An ordinary document: when nothing could be processed, this decides engine versus documents.
 PROBE_TEXT = "A short and ordinary document about the weather.\nIt rained in the morning and cleared up later."
@@ -56,19 +57,6 @@ class DocumentFailed(RuntimeError):
     def __init__(self, error: DocumentError):
         super().__init__(str(error))
         self.error = error
-
-
-def is_valid_unicode(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def printable(text: str) -> str:
-    """``text`` with anything UTF-8 cannot encode (a lone surrogate) written as an escape."""
-    return text if is_valid_unicode(text) else text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def check_text(text) -> str:

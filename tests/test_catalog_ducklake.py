@@ -7,7 +7,6 @@ import json
 import multiprocessing as mp
 import os
 import queue as queue_module
-import secrets
 import subprocess
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 
 from prox_resources.catalog import METADATA_SCHEMA, Catalog, ParquetRows, migrations
 from prox_resources.settings import REPO_ROOT
-from tests.servers import BIN
+from tests.servers import BIN, fresh_lake
 from tests.test_deployment import postgres  # noqa: F401  (the PostgreSQL server fixture)
 
 
@@ -26,25 +25,8 @@ from tests.test_deployment import postgres  # noqa: F401  (the PostgreSQL server
 @pytest.fixture
 def lake(postgres, seaweedfs, prox_env, monkeypatch):  # noqa: F811
     """A fresh catalog database and bucket; PROX_CATALOG, PROX_STORE, PGPASSWORD and AWS_* set."""
-    import psycopg2
-    import s3fs
-
-    name = f"lake_{secrets.token_hex(4)}"
-    con = psycopg2.connect(host=postgres["host"], port=postgres["port"], user=postgres["user"],
-                           password=postgres["password"], dbname="postgres")
-    con.autocommit = True
-    con.cursor().execute(f"CREATE DATABASE {name}")
-    con.close()
-    s3 = s3fs.S3FileSystem(endpoint_url=seaweedfs["endpoint"], key=seaweedfs["key"], secret=seaweedfs["secret"])
-    s3.mkdir(name.replace("_", "-"))
-    env = {
-        "PROX_CATALOG": f"ducklake:postgres:host={postgres['host']} port={postgres['port']} "
-                        f"user={postgres['user']} dbname={name}",
-        "PGPASSWORD": postgres["password"],  # libpq's own variable: no password in PROX_CATALOG
-        "PROX_STORE": f"s3://{name.replace('_', '-')}/prox",
-        "AWS_ENDPOINT_URL": seaweedfs["endpoint"], "AWS_ACCESS_KEY_ID": seaweedfs["key"],
-        "AWS_SECRET_ACCESS_KEY": seaweedfs["secret"],
-    }
+    fresh = fresh_lake(postgres, seaweedfs)
+    name, s3, env = fresh["db"], fresh["s3"], fresh["env"]
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("PROX_CATALOG_DATA", raising=False)

@@ -35,7 +35,7 @@ import yaml
 from prox_assets.backfill import launch_backfill, wait_for_backfill
 from prox_resources.settings import REPO_ROOT
 from tests.conftest import _free_port
-from tests.servers import BIN, Server, wait_http, wait_until
+from tests.servers import BIN, Server, fresh_lake, wait_http, wait_until
 from tests.test_deployment import postgres  # noqa: F401  (the PostgreSQL server fixture)
 from tests.test_refined_corpus import REFINER, _train_refiners
 from tests.test_synthesis_assets import _docs, _run
@@ -141,8 +141,6 @@ def _materializations(instance, asset: str, key: str) -> list:
 def test_a_backfill_across_two_workers_that_share_only_the_servers(
         postgres, seaweedfs, rabbitmq, sample_files, tiny_llama_dir, tmp_path, monkeypatch):  # noqa: F811
     import dagster as dg
-    import psycopg2
-    import s3fs
 
     from prox_assets.cli import ingest_paths
     from prox_assets.definitions import celery_executor_config
@@ -152,24 +150,12 @@ def test_a_backfill_across_two_workers_that_share_only_the_servers(
 
     started = time.monotonic()
     # --- the servers, shared by every machine -----------------------------------------------------
-    lake = f"lake_{secrets.token_hex(4)}"
-    con = psycopg2.connect(host=postgres["host"], port=postgres["port"], user=postgres["user"],
-                           password=postgres["password"], dbname="postgres")
-    con.autocommit = True
-    con.cursor().execute(f"CREATE DATABASE {lake}")
-    con.close()
-    bucket = lake.replace("_", "-")
-    s3 = s3fs.S3FileSystem(endpoint_url=seaweedfs["endpoint"], key=seaweedfs["key"], secret=seaweedfs["secret"])
-    s3.mkdir(bucket)
+    fresh = fresh_lake(postgres, seaweedfs)
     shared = {
         "DAGSTER_PG_HOST": postgres["host"], "DAGSTER_PG_PORT": str(postgres["port"]),
         "DAGSTER_PG_USER": postgres["user"], "DAGSTER_PG_PASSWORD": postgres["password"],
         "DAGSTER_PG_DB": postgres["db"],
-        "PROX_CATALOG": f"ducklake:postgres:host={postgres['host']} port={postgres['port']} "
-                        f"user={postgres['user']} dbname={lake}",
-        "PGPASSWORD": postgres["password"],
-        "PROX_STORE": f"s3://{bucket}/prox", "AWS_ENDPOINT_URL": seaweedfs["endpoint"],
-        "AWS_ACCESS_KEY_ID": seaweedfs["key"], "AWS_SECRET_ACCESS_KEY": seaweedfs["secret"],
+        **fresh["env"],
         "PROX_EXECUTOR": "celery", "PROX_CELERY_BROKER": rabbitmq["url"],
         "PROX_PARTITIONS_PER_RUN": "1",  # one run, so one step, per partition: steps to distribute
     }

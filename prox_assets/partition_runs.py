@@ -79,6 +79,19 @@ def materialize_each(context: dg.AssetExecutionContext, work: Callable[[Any], Ma
     return dg.MaterializeResult()
 
 
+def partition_run_request(run_key_prefix: str, keys: Sequence[str]) -> dg.RunRequest:
+    """A sensor's request for one run of ``keys`` (one key, or a contiguous range of them, as
+    ``partition_ranges`` cuts them); the run key names the range, so it is requested once."""
+    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+    if len(keys) == 1:
+        return dg.RunRequest(partition_key=keys[0], run_key=f"{run_key_prefix}:{keys[0]}")
+    return dg.RunRequest(
+        run_key=f"{run_key_prefix}:{keys[0]}..{keys[-1]}",
+        tags={ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]},
+    )
+
+
 def partition_ranges(partitions_def: dg.PartitionsDefinition, keys: Sequence[str], per_run: int | None,
                      instance: dg.DagsterInstance) -> list[list[str]]:
     """``keys`` cut into the runs a backfill would make of them: contiguous ranges of the

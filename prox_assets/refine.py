@@ -33,7 +33,13 @@ from prox_assets.core.scoring import seed_sample
 from prox_assets.core.unicode import printable
 from prox_assets.ingest import raw_corpus, raw_key
 from prox_assets.metadata import histogram, md_table, with_lineage
-from prox_assets.partition_runs import MODEL_BACKFILL_POLICY, materialize_each
+from prox_assets.partition_runs import (
+    MODEL_BACKFILL_POLICY,
+    PARTITIONS_PER_RUN,
+    materialize_each,
+    partition_ranges,
+    partition_run_request,
+)
 from prox_assets.partitions import refined_partitions, shard_partitions
 from prox_assets.refiner import refiner, refiner_prefix
 from prox_resources.catalog import Catalog
@@ -314,10 +320,18 @@ def refine_new_shards_sensor(context: dg.SensorEvaluationContext, catalog: Catal
         return dg.SensorResult(skip_reason="no refiner version yet")
     shards = set(context.instance.get_dynamic_partitions(shard_partitions.name))
     done = set(catalog.query("SELECT DISTINCT shard FROM program_runs WHERE refiner_version = ?", [version])["shard"])
-    todo = sorted(shards - done)
+    # Shards requested on an earlier tick are not requested again (as a run key per shard did):
+    # the cursor holds them for the newest version; a failed one is retried by a backfill.
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    requested = set(cursor.get("requested", [])) if cursor.get("version") == version else set()
+    todo = sorted(shards - done - requested)
     if not todo:
-        return dg.SensorResult(skip_reason=f"every shard refined by {version}")
-    return dg.SensorResult(run_requests=[
-        dg.RunRequest(partition_key=dg.MultiPartitionKey({"shard": s, "refiner_version": version}),
-                      run_key=f"refine:{version}:{s}") for s in todo
-    ])
+        return dg.SensorResult(skip_reason=f"every shard refined or requested for {version}")
+    keys = [str(dg.MultiPartitionKey({"shard": s, "refiner_version": version})) for s in todo]
+    # As a backfill would: contiguous ranges of up to PARTITIONS_PER_RUN shards, one run each, so
+    # the refiners load once per range, not once per shard.
+    runs = partition_ranges(refined_partitions, keys, PARTITIONS_PER_RUN, context.instance)
+    return dg.SensorResult(
+        run_requests=[partition_run_request(f"refine:{version}", run) for run in runs],
+        cursor=json.dumps({"version": version, "requested": sorted(requested | set(todo))}),
+    )

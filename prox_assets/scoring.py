@@ -75,6 +75,7 @@ def score_shard(context: dg.AssetExecutionContext, config: SeedScoresConfig, sto
     context.log.info(f"{shard}: scoring {seeds.height} seed documents with {backend.model_id} ({backend.name})")
 
     started = time.monotonic()
+    usage_before = Counter(getattr(backend, "usage", {}))
     results = {}
     for rubric in ("edu", "format"):
         def progress(done, total, rubric=rubric):
@@ -82,6 +83,8 @@ def score_shard(context: dg.AssetExecutionContext, config: SeedScoresConfig, sto
         results[rubric] = score_documents(backend, shown, rubric, config.with_critique,
                                           config.critique_tokens, progress=progress)
     took = time.monotonic() - started
+    usage = Counter(getattr(backend, "usage", {}))
+    usage.subtract(usage_before)
 
     rows = []
     for i, doc_id in enumerate(seeds["doc_id"]):
@@ -115,4 +118,7 @@ def score_shard(context: dg.AssetExecutionContext, config: SeedScoresConfig, sto
         "score_methods": dict(methods),
         "keep_ratio": round(float(frame["keep"].mean()), 3),
         "documents_per_second": round(frame.height / took, 3),
+        # The rubric head shared by a batch's prompts runs once (the engine's prefix cache).
+        "prompt_tokens": usage["prompt_tokens"],
+        "prompt_tokens_reused_from_prefix_cache": usage["prefix_tokens_reused"],
     }

@@ -15,12 +15,14 @@ Operations, all batched over lists:
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
 import time
 import urllib.request
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
@@ -33,6 +35,18 @@ from prox_resources.models import DEFAULT_MODEL, resolve_model
 
 Chat = list[dict[str, str]]
 Progress = Callable[[int, int], None]
+
+# Below this many shared tokens a prefix cache costs more (a copy per batch) than it saves.
+MIN_SHARED_PREFIX_TOKENS = 32
+
+
+def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    """Tokens every sequence starts with, leaving each at least one token of its own."""
+    first, n = sequences[0], min(len(s) for s in sequences) - 1
+    for k in range(max(n, 0)):
+        if any(s[k] != first[k] for s in sequences):
+            return k
+    return max(n, 0)
 
 
 class EngineBackend(ABC):
@@ -88,6 +102,8 @@ class TransformersBackend(EngineBackend):
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.device = device
+        # Tokens run through the model, and tokens a shared-prefix cache saved from running.
+        self.usage: Counter[str] = Counter()
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
         self.max_len = int(getattr(self.model.config, "max_position_embeddings", 8192))
@@ -164,14 +180,25 @@ class TransformersBackend(EngineBackend):
         prefixes = prefixes or [""] * len(chats)
         encoded = self._encode([self.render(c, p) for c, p in zip(chats, prefixes)])
         cand = torch.tensor(self.candidate_ids(candidates), device=self.device)
+        # Scoring prompts share a long head (chat template + rubric): its keys and values are
+        # computed once per call and every batch continues from a copy of them.
+        shared = shared_prefix_length(encoded) if len(encoded) > 1 else 0
+        shared = shared if shared >= MIN_SHARED_PREFIX_TOKENS else 0
+        cache = self._prefix_cache(encoded[0][:shared]) if shared else None
+        self.usage["prompt_tokens"] += sum(len(e) for e in encoded)
+        self.usage["prefix_tokens_reused"] += shared * max(len(encoded) - 1, 0)
         out: list[dict[str, float]] = [{}] * len(encoded)
         done = 0
-        for batch in self._batches([len(e) for e in encoded]):
-            ids, mask, positions = self._pad_left([encoded[i] for i in batch])
+        for batch in self._batches([len(e) - shared for e in encoded]):
+            ids, mask, positions = self._pad_left([encoded[i][shared:] for i in batch])
+            extra = {}
+            if cache is not None:
+                extra = self._continue_from(cache, len(batch), shared, mask)
+                mask, positions = extra.pop("attention_mask"), positions + shared
             with torch.inference_mode():
                 # Only the last position's logits are needed: skip the LM head everywhere else.
                 logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                    logits_to_keep=1).logits[:, -1].float()
+                                    logits_to_keep=1, **extra).logits[:, -1].float()
             probs = torch.softmax(logits, dim=-1)[:, cand].cpu().tolist()
             for row, i in enumerate(batch):
                 out[i] = dict(zip(candidates, probs[row]))
@@ -179,6 +206,27 @@ class TransformersBackend(EngineBackend):
             if progress:
                 progress(done, len(encoded))
         return out
+
+    def _prefix_cache(self, prefix_ids: list[int]):
+        torch = self.torch
+        with torch.inference_mode():
+            ids = torch.tensor([prefix_ids], device=self.device)
+            return self.model(input_ids=ids, use_cache=True).past_key_values
+
+    def _continue_from(self, cache, batch_size: int, shared: int, suffix_mask) -> dict:
+        """Forward arguments that continue ``batch_size`` left-padded suffixes from a copy of the
+        shared prefix's cache: the pads sit between prefix and suffix, masked out."""
+        torch = self.torch
+        cache = copy.deepcopy(cache)
+        cache.batch_repeat_interleave(batch_size)
+        width = suffix_mask.shape[1]
+        prefix_mask = torch.ones((batch_size, shared), dtype=suffix_mask.dtype, device=self.device)
+        return {
+            "past_key_values": cache,
+            "attention_mask": torch.cat([prefix_mask, suffix_mask], dim=1),
+            "cache_position": torch.arange(shared, shared + width, device=self.device),
+            "use_cache": True,
+        }
 
     def loglikelihood(self, contexts, continuations):
         torch = self.torch

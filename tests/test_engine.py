@@ -117,3 +117,34 @@ def test_real_smollm2_scores_and_generates(smollm2_dir):
 def test_empty_batches(backend):
     assert backend.generate([], 4) == [] and backend.next_token_probs([], ["0"]) == []
     assert backend.loglikelihood([], []) == []
+
+
+RUBRIC = "Rate how useful the document below would be for teaching, from 0 to 5. " * 6
+
+
+def test_a_shared_prompt_head_is_computed_once_and_changes_no_probability(backend, reference):
+    tok, model = reference
+    chats = [[{"role": "user", "content": f"{RUBRIC}\nDocument:\n{d}"}]
+             for d in ("The river rose.", "Photosynthesis turns light into sugar in plants " * 4, "x", "Hi there")]
+    before = backend.usage["prefix_tokens_reused"]
+    got = backend.next_token_probs(chats, ["0", "1", "2"], prefixes=["Score: "] * len(chats))
+    saved = backend.usage["prefix_tokens_reused"] - before
+    head = len(tok(tok.apply_chat_template(chats[0], tokenize=False, add_generation_prompt=True)[:-200],
+                   add_special_tokens=False)["input_ids"])
+    assert saved >= 3 * head > 0  # the head ran once for four prompts (batches of 2 share it too)
+    for chat, probs in zip(chats, got):
+        text = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) + "Score: "
+        with torch.no_grad():
+            p = torch.softmax(model(_ids(tok, text)).logits[0, -1], -1)
+        for digit, value in probs.items():
+            assert value == pytest.approx(p[tok(digit, add_special_tokens=False)["input_ids"][0]].item(),
+                                          rel=1e-4, abs=1e-7)
+
+
+def test_shared_prefix_length_leaves_every_sequence_a_token_of_its_own():
+    from prox_resources.engine import shared_prefix_length
+
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 5]]) == 2
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2
+    assert shared_prefix_length([[7], [7, 8]]) == 0
+    assert shared_prefix_length([[1, 2], [3, 4]]) == 0

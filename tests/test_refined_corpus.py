@@ -221,3 +221,32 @@ def test_refiner_update_then_daemon_backfill(pipeline, tmp_path):  # noqa: F811
     assert result["ingested"][0]["shard"] == "web-00"
     text = subprocess.run([str(BIN / "prox"), "audit", doc_id], env=env, capture_output=True, text=True).stdout
     assert f"refiner {v1}" in text and f"refiner {v2}" in text and "doc program" in text
+
+
+def test_the_new_shards_sensor_asks_for_one_run_per_range_of_shards(prox_env, monkeypatch):
+    """Seven new shards under the newest refiner version: one run of a contiguous range (so the
+    refiners load once), not seven; nothing is asked for twice."""
+    import prox_assets.refine as refine
+
+    monkeypatch.setattr(refine, "PARTITIONS_PER_RUN", 4)
+    catalog = Catalog()
+    catalog.migrate()
+    catalog.replace_rows("refiner_pairs", {"refiner_version": "da-cb"},
+                         pl.DataFrame({"refiner_version": ["da-cb"], "doc_version": ["a"], "chunk_version": ["b"]}))
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(refiner_version_partitions.name, ["da-cb"])
+        shards = [f"s{i}" for i in range(7)]
+        instance.add_dynamic_partitions(shard_partitions.name, shards)
+        context = dg.build_sensor_context(instance=instance, resources={"catalog": catalog})
+        result = refine.refine_new_shards_sensor(context)
+        ranges = [(r.partition_key_range.start, r.partition_key_range.end) if r.partition_key_range
+                  else (r.partition_key, r.partition_key) for r in result.run_requests]
+        assert ranges == [("da-cb|s0", "da-cb|s3"), ("da-cb|s4", "da-cb|s6")]
+        assert len({r.run_key for r in result.run_requests}) == 2
+        again = refine.refine_new_shards_sensor(
+            dg.build_sensor_context(instance=instance, resources={"catalog": catalog}, cursor=result.cursor))
+        assert not again.run_requests  # requested already, still running
+        instance.add_dynamic_partitions(shard_partitions.name, ["s7"])
+        more = refine.refine_new_shards_sensor(
+            dg.build_sensor_context(instance=instance, resources={"catalog": catalog}, cursor=result.cursor))
+        assert [r.partition_key for r in more.run_requests] == ["da-cb|s7"]

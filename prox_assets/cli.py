@@ -121,7 +121,7 @@ def _same_content(store, key: str, path: Path) -> bool:
     if store.size(key) != path.stat().st_size:
         return False
     digests = []
-    for opener in (lambda: store.open_read(key), lambda: open(path, "rb", opener=_no_follow)):
+    for opener in (lambda: store.open_read(key), lambda: open(path, "rb", opener=_no_follow)):  # noqa: SIM115
         h = hashlib.sha256()
         with opener() as f:
             while chunk := f.read(1 << 20):
@@ -175,7 +175,7 @@ def ingest_paths(paths: list[Path], run: bool = True, echo=click.echo, replace: 
             if key in scan.refused:
                 raise click.ClickException(f"{f}: {store.uri(key)} exists and is refused: {scan.refused[key]}")
         try:
-            for shard, (f, key) in plan.items():
+            for f, key in plan.values():
                 if not store.exists(key):
                     with open(f, "rb", opener=_no_follow) as src:
                         try:
@@ -489,11 +489,11 @@ def _print_synthesis_summary() -> None:
         "SELECT level, sft_version, n_train, n_val, n_rejected FROM sft_sets "
         "QUALIFY row_number() OVER (PARTITION BY level ORDER BY written_at DESC) = 1 ORDER BY level"
     )
-    labels = dict(
-        ((lvl, lab), n) for lvl, lab, n in catalog.query(
+    labels = {
+        (lvl, lab): n for lvl, lab, n in catalog.query(
             "SELECT e.level, e.label, count(*) FROM sft_examples e JOIN sft_sets s USING (level, sft_version) "
             "WHERE e.status = 'accepted' GROUP BY 1, 2").rows()
-    )
+    }
     for level, version, n_train, n_val, n_rejected in sets.rows():
         mix = ", ".join(f"{lab}={n}" for (lvl, lab), n in sorted(labels.items()) if lvl == level)
         click.echo(f"sft_programs[{level}] {version}: train {n_train}, val {n_val}, rejected {n_rejected}; {mix}")

@@ -234,7 +234,8 @@ def train_variant(context: dg.AssetExecutionContext, config: CheckpointConfig, s
                                          train_config)
             prefix = _existing_checkpoint(store, catalog, version) or checkpoint_prefix(target, variant, version)
 
-            def train_it(folder, progress):
+            def train_it(folder, progress, seed=seed, version=version, docs=docs, spec=spec,
+                         text_kind=text_kind, train_config=train_config):
                 context.log.info(f"seed {seed}: training {version} on {docs.height} documents ({spec}, {text_kind})")
                 return train_lm(base_path, docs["text"].to_list(), train_config, folder, docs["weight"].to_list(),
                                 device=dev, progress=progress).to_dict()

@@ -125,7 +125,7 @@ def check_worker(instance, run: DagsterRun) -> CheckRunHealthResult:
                                use_ssl=bool(info.get("use_ssl", False)))
     try:
         current = deserialize_value(client.get_current_runs(), GetCurrentRunsResult).current_runs
-    except Exception:  # the code server is gone (or unreachable)
+    except Exception:  # noqa: BLE001  the code server is gone (or unreachable)
         current = None
     if current is not None:
         if run.run_id in current:

@@ -18,7 +18,7 @@ class Server:
 
     def __init__(self, name: str, cmd: list[str], log_dir: Path, env: dict | None = None, cwd: Path | None = None):
         self.name, self.log_path = name, log_dir / f"{name}.log"
-        self._log = open(self.log_path, "wb")
+        self._log = open(self.log_path, "wb")  # noqa: SIM115  (closed by stop())
         self.proc = subprocess.Popen([str(c) for c in cmd], stdout=self._log, stderr=subprocess.STDOUT,
                                      env=env, cwd=cwd, start_new_session=True)
 
@@ -53,10 +53,10 @@ def wait_http(url: str, server: Server, timeout: float = 180) -> None:
             return
         except urllib.error.HTTPError:
             return
-        except OSError:
+        except OSError as exc:
             server.check_alive()
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{server.name}: {url} did not answer in {timeout:.0f}s\n{server.tail()}")
+                raise TimeoutError(f"{server.name}: {url} did not answer in {timeout:.0f}s\n{server.tail()}") from exc
             time.sleep(1)
 
 

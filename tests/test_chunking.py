@@ -1,5 +1,7 @@
 """The chunker: [NNN] numbering, greedy packing by tokens, over-long lines."""
 
+import itertools
+
 import pytest
 
 from prox_assets.core.chunking import chunk_document, hf_token_counter, number_line, whitespace_token_counter
@@ -17,7 +19,7 @@ def test_greedy_packing_and_global_numbers():
     windows = chunk_document(text, whitespace_token_counter, max_tokens=80)
     assert len(windows) > 3
     assert windows[0].line_start == 0 and windows[-1].line_end == 29
-    for prev, nxt in zip(windows, windows[1:]):
+    for prev, nxt in itertools.pairwise(windows):
         assert nxt.line_start == prev.line_end + 1
     second = windows[1]
     assert second.text.split("\n")[1].startswith(f"[{second.line_start:03d}]line number {second.line_start} ")

@@ -19,6 +19,7 @@ import sys
 import threading
 from pathlib import Path
 from types import SimpleNamespace
+from typing import ClassVar
 
 import kubernetes_validate
 import pytest
@@ -497,7 +498,7 @@ def _vllm_guard(script: str, key: str, tmp_path: Path) -> subprocess.CompletedPr
 
 
 class _OpenAIStub(http.server.BaseHTTPRequestHandler):
-    seen: list = []
+    seen: ClassVar[list] = []  # shared by the handler instances
 
     def do_POST(self):  # noqa: N802
         self.rfile.read(int(self.headers["Content-Length"]))

@@ -58,7 +58,7 @@ def query(home: Path, sql: str) -> list[dict]:
 def tree(root: Path, skip: Path | None = None) -> dict[str, bytes]:
     """Every file under ``root`` (but not under ``skip``) with its bytes; links as their target."""
     out = {}
-    for dirpath, dirs, names in os.walk(root):
+    for dirpath, _dirs, names in os.walk(root):
         if skip is not None and Path(dirpath).is_relative_to(skip):
             continue
         for name in names:
@@ -190,7 +190,7 @@ def test_concurrent_ingests_of_one_basename_do_not_both_succeed(tmp_path):
     results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
     winners = [i for i, (rc, _, _) in enumerate(results) if rc == 0]
     assert len(winners) == 1, results
-    for i, (rc, out, err) in enumerate(results):
+    for i, (_, _, err) in enumerate(results):
         if i not in winners:
             assert "exists with other content" in err and "Traceback" not in err, err
     assert (home / "store" / "incoming" / "dup.jsonl").read_bytes() == files[winners[0]].read_bytes()

@@ -165,7 +165,7 @@ def test_refine_batch_records_every_document(tiny_backend):
 
 def test_a_stage_that_fails_every_document_is_the_refiners_failure(tiny_backend):
     count = hf_token_counter(tiny_backend.tokenizer)
-    args = dict(doc_max_tokens=48, doc_max_new_tokens=4, chunk_max_new_tokens=8, count_tokens=count)
+    args = {"doc_max_tokens": 48, "doc_max_new_tokens": 4, "chunk_max_new_tokens": 8, "count_tokens": count}
     texts = [_doc("plain", i) for i in range(3)]
     with pytest.raises(RuntimeError, match="illegal memory access"):  # the engine: raised, not recorded
         refine_documents(FaultyBackend(tiny_backend, broken=True), tiny_backend, texts, window_tokens=96, **args)

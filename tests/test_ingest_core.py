@@ -89,13 +89,13 @@ def test_parquet_good_and_wrong_schema():
 
     wrong = io.BytesIO()
     pl.DataFrame({"body": ["x"]}).write_parquet(wrong)
-    with pytest.raises(UnreadableInput, match="w.parquet: no 'text' column"):
+    with pytest.raises(UnreadableInput, match=r"w\.parquet: no 'text' column"):
         read(wrong.getvalue(), "w.parquet")
     typed = io.BytesIO()
     pl.DataFrame({"text": [1, 2]}).write_parquet(typed)
     with pytest.raises(UnreadableInput, match="not string"):
         read(typed.getvalue(), "t.parquet")
-    with pytest.raises(UnreadableInput, match="g.parquet: not a readable Parquet"):
+    with pytest.raises(UnreadableInput, match=r"g\.parquet: not a readable Parquet"):
         read(b"PAR1 garbage", "g.parquet")
 
 
@@ -115,10 +115,10 @@ def test_warc_records(sample_files):
     r = read(warc.read_bytes(), warc.name)
     assert r.n_read == 30 and len(r.documents) >= 25
     assert all(d["url"] for d in r.documents)
-    with pytest.raises(UnreadableInput, match="x.warc: not a readable WARC"):
+    with pytest.raises(UnreadableInput, match=r"x\.warc: not a readable WARC"):
         read(b"this is not a warc file at all\n" * 10, "x.warc")
 
 
 def test_unsupported_format():
-    with pytest.raises(UnreadableInput, match="notes.txt: unsupported format"):
+    with pytest.raises(UnreadableInput, match=r"notes\.txt: unsupported format"):
         read(b"hello", "notes.txt")

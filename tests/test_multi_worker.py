@@ -139,7 +139,14 @@ def _materializations(instance, asset: str, key: str) -> list:
 
 
 def test_a_backfill_across_two_workers_that_share_only_the_servers(
-        postgres, seaweedfs, rabbitmq, sample_files, tiny_llama_dir, tmp_path, monkeypatch):  # noqa: F811
+    postgres,  # noqa: F811
+    seaweedfs,
+    rabbitmq,
+    sample_files,
+    tiny_llama_dir,
+    tmp_path,
+    monkeypatch,
+):
     import dagster as dg
 
     from prox_assets.cli import ingest_paths
@@ -212,7 +219,7 @@ def test_a_backfill_across_two_workers_that_share_only_the_servers(
         url = f"http://127.0.0.1:{web_port}"
         wait_http(f"{url}/server_info", servers["webserver"])
         for name in WORKERS:
-            wait_until(lambda: " ready." in servers[name].tail(20000), f"{name} ready", 120, list(servers.values()),
+            wait_until(lambda name=name: " ready." in servers[name].tail(20000), f"{name} ready", 120, list(servers.values()),
                        poll=0.5)
         print(f"servers up in {time.monotonic() - started:.0f}s")
 

@@ -184,7 +184,7 @@ def test_refiner_update_then_daemon_backfill(pipeline, tmp_path):  # noqa: F811
     assert not {f"{v2}|web-00", f"{v2}|clean-00"} & materialized  # ...and as missing for the update
 
     port = _free_port(set())
-    env = {k: v for k, v in os.environ.items()}
+    env = dict(os.environ)
     dev = Server("dagster-dev", [BIN / "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", port],
                  tmp_path, env, REPO_ROOT)
     try:

@@ -73,6 +73,6 @@ def score_documents(
     out = []
     for dist, p, critique in zip(dists, parsed, critiques):
         expected, norm, mass = expected_score(dist)
-        score, method = (p, "parsed") if p is not None else (int(round(expected)), "expected")
+        score, method = (p, "parsed") if p is not None else (round(expected), "expected")
         out.append(RubricScore(score, expected, norm, mass, p, critique, method))
     return out

@@ -28,6 +28,7 @@ the one that loses re-reads the version and skips what the other applied.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import importlib.util
 import json
@@ -41,6 +42,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import TypeVar
 
 import dagster as dg
 import duckdb
@@ -57,6 +59,7 @@ LAKE_EXTENSIONS = (("httpfs", "duckdb_extension_httpfs"),
 # DuckDB functions that a person's query may not call on a DuckLake catalog: DuckLake's
 # maintenance functions write files, postgres_query() reads any table the login can
 UNTRUSTED_FUNCTION_PREFIXES = ("ducklake_", "postgres_")
+T = TypeVar("T")
 
 
 def migrations() -> list[tuple[int, str, str]]:
@@ -97,7 +100,7 @@ def _extension_files() -> list[str]:
     files = []
     for name, package in LAKE_EXTENSIONS:
         spec = importlib.util.find_spec(package)
-        folder = Path(next(iter(spec.submodule_search_locations))) if spec else None
+        folder = Path(next(iter(spec.submodule_search_locations))) if spec and spec.submodule_search_locations else None
         path = folder / "extensions" / f"v{duckdb.__version__}" / f"{name}.duckdb_extension" if folder else None
         if path is None or not path.exists():
             raise CatalogConfigError(
@@ -117,7 +120,7 @@ def _s3_secret(data_path: str) -> str | None:
         raise CatalogConfigError(f"PROX_CATALOG_DATA={data_path}: a DuckLake catalog keeps its files "
                                  "in a local folder or under s3://")
     env = os.environ
-    options = {"TYPE": "s3", "SCOPE": data_path,
+    options: dict[str, str | bool] = {"TYPE": "s3", "SCOPE": data_path,
                "REGION": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"}
     if env.get("AWS_ACCESS_KEY_ID"):
         options["KEY_ID"] = env["AWS_ACCESS_KEY_ID"]
@@ -180,10 +183,8 @@ def _retryable(exc: BaseException) -> bool:
 
 
 def _rollback_quietly(con: duckdb.DuckDBPyConnection) -> None:
-    try:
+    with contextlib.suppress(duckdb.Error):  # a failed COMMIT has rolled back already
         con.rollback()
-    except duckdb.Error:  # a failed COMMIT has rolled back already
-        pass
 
 
 class Catalog(dg.ConfigurableResource):
@@ -267,7 +268,7 @@ class Catalog(dg.ConfigurableResource):
         con.execute(f"USE {LAKE}")
         return con
 
-    def _retrying(self, attempt: Callable[[], object]) -> object:
+    def _retrying(self, attempt: Callable[[], T]) -> T:
         """``attempt()`` until it does not lose a DuckLake commit race, with jittered backoff."""
         deadline = time.monotonic() + self.lock_timeout_s
         tries = 0
@@ -408,7 +409,7 @@ class Catalog(dg.ConfigurableResource):
 
     @staticmethod
     def schema_version(con: duckdb.DuckDBPyConnection) -> int:
-        return con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
+        return con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchall()[0][0]
 
     @staticmethod
     def _migrate(con: duckdb.DuckDBPyConnection) -> None:
@@ -464,7 +465,7 @@ class Catalog(dg.ConfigurableResource):
 
     def query(self, sql: str, params: list | None = None) -> pl.DataFrame:
         with self.read() as con:
-            return pl.from_arrow(con.sql(sql, params=params or None).to_arrow_table())
+            return _frame(con.sql(sql, params=params or None).to_arrow_table())
 
     def query_untrusted(self, sql: str) -> pl.DataFrame:
         """SQL typed by a person (``prox catalog``): on a read-only connection with DuckDB's file
@@ -493,7 +494,7 @@ class Catalog(dg.ConfigurableResource):
         relation = con.sql(sql)
         if relation is None:  # a statement without a result (CHECKPOINT, a PRAGMA, ...)
             return pl.DataFrame()
-        return pl.from_arrow(relation.to_arrow_table())
+        return _frame(relation.to_arrow_table())
 
 
 def _function_names(node) -> Iterator[str]:
@@ -512,10 +513,17 @@ def _refuse_writing_statements(con: duckdb.DuckDBPyConnection, sql: str) -> None
     """Refuse anything but queries, and queries calling DuckLake's or PostgreSQL's functions
     (DuckDB's own parser decides: a statement it cannot serialise as a SELECT is not one)."""
     for statement in con.extract_statements(sql):
-        tree = json.loads(con.execute("SELECT json_serialize_sql(?::VARCHAR)", [statement.query]).fetchone()[0])
+        tree = json.loads(con.execute("SELECT json_serialize_sql(?::VARCHAR)", [statement.query]).fetchall()[0][0])
         if tree.get("error"):
             raise duckdb.PermissionException(
                 f"Permission Error: {statement.type.name} refused: a DuckLake catalog answers queries only")
         for name in _function_names(tree):
             if name.lower().startswith(UNTRUSTED_FUNCTION_PREFIXES):
                 raise duckdb.PermissionException(f"Permission Error: {name}() refused on a DuckLake catalog")
+
+
+def _frame(table) -> pl.DataFrame:
+    """An Arrow table as a DataFrame (``pl.from_arrow`` gives a Series only for an Arrow array)."""
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    return frame

@@ -25,7 +25,7 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Literal
+from typing import Any, Literal
 
 import dagster as dg
 from pydantic import PrivateAttr
@@ -70,7 +70,9 @@ class EngineBackend(ABC):
                  progress: Progress | None = None) -> list[str]:
         """Greedy continuation of raw text (no chat template): task prompts for base models."""
 
-    tokenizer = None  # set by backends that run the model locally
+    # set by backends that run the model locally: a Hugging Face tokenizer (transformers' or vLLM's),
+    # Any because its overloads (apply_chat_template, decode) return unions these calls never get
+    tokenizer: Any = None
 
     def truncate(self, text: str, max_tokens: int) -> str:
         """The first ``max_tokens`` tokens of ``text`` (4 characters a token without a tokenizer)."""
@@ -97,7 +99,9 @@ class TransformersBackend(EngineBackend):
             self.model, self.tokenizer = loaded[0].to(device).eval(), loaded[1]
         else:
             self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-            self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
+            self.model = (
+                AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()  # type: ignore[arg-type]  # transformers' @wraps'd .to()
+            )
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -121,7 +125,8 @@ class TransformersBackend(EngineBackend):
     def _batches(self, lengths: Sequence[int], extra: int = 0) -> list[list[int]]:
         """Indices grouped longest-first so that each batch wastes little padding."""
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-        batches, current = [], []
+        batches: list[list[int]] = []
+        current: list[int] = []
         for i in order:
             width = lengths[current[0]] + extra if current else lengths[i] + extra
             if current and (len(current) >= self.max_batch_size or width * (len(current) + 1) > self.max_batch_tokens):

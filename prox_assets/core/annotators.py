@@ -152,7 +152,7 @@ def merge_programs(programs: Iterable[str]) -> str:
     for program in programs:
         for call in parse_program(program, "chunk").calls:
             if call.name == "remove_lines":
-                ranges.add((call.arg("line_start"), call.arg("line_end")))
+                ranges.add((call.int_arg("line_start"), call.int_arg("line_end")))
             elif call.name == "normalize" and all(c.args != call.args for c in normalizes):
                 normalizes.append(call)
     calls = [f"remove_lines(line_start={s}, line_end={e})" for s, e in sorted(ranges)]
@@ -176,11 +176,11 @@ def validate_chunk_program(program: str, text: str, window: Window, max_removal_
     removed: set[int] = set()
     for call in parsed.calls:
         if call.name == "remove_lines":
-            s, e = call.arg("line_start"), call.arg("line_end")
+            s, e = call.int_arg("line_start"), call.int_arg("line_end")
             if not (window.line_start <= s <= e <= window.line_end):
                 return "lines_outside_window"
             removed.update(range(s, e + 1))
-        elif call.name == "normalize" and call.arg("source_str") not in window_text:
+        elif call.name == "normalize" and call.str_arg("source_str") not in window_text:
             return "normalize_source_not_in_window"
     non_blank = sum(1 for ln in lines if ln.strip()) or 1
     ratio = sum(1 for i in removed if all_lines[i].strip()) / non_blank

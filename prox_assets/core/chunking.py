@@ -86,7 +86,8 @@ def chunk_document(text: str, count_tokens: TokenCounter, max_tokens: int = 1500
 
     windows: list[Window] = []
     shown: list[str] = []
-    start, used, truncated = 0, 0, []
+    truncated: list[int] = []
+    start, used = 0, 0
 
     def close(end: int) -> None:
         body = "\n".join(shown)

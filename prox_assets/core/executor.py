@@ -240,7 +240,7 @@ def _plan_window(
     for call in parsed.calls:
         name = call.name
         if name == "remove_lines":
-            (_, first), (_, last) = call.args  # bound in signature order by the parser
+            first, last = call.int_arg("line_start"), call.int_arg("line_end")
             if not (0 <= first < n_lines and 0 <= last < n_lines):
                 kind, msg = "line_out_of_range", f"remove_lines({first}, {last}) outside 0..{n_lines - 1}"
             elif first > last:
@@ -252,7 +252,7 @@ def _plan_window(
                 continue
             plan.errors.append(ProgramIssue(kind, msg, call.line, w))
         elif name == "normalize":
-            (_, source), (_, target) = call.args
+            source, target = call.str_arg("source_str"), call.str_arg("target_str")
             if source == "":
                 plan.errors.append(ProgramIssue("empty_source", "normalize() with empty source_str", call.line, w))
             elif call.args in seen:

@@ -61,12 +61,12 @@ def make_batch(tokenizer, prompts: Sequence[str], answers: Sequence[str] | None,
         rows.append((ids, labels))
     width = max(1, max(len(r[0]) for r in rows))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    label_ids = torch.full((len(rows), width), -100, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for r, (x, y) in enumerate(rows):
-        ids[r, : len(x)], labels[r, : len(y)], mask[r, : len(x)] = torch.tensor(x), torch.tensor(y), 1
-    return TokenBatch(ids, mask, labels)
+        input_ids[r, : len(x)], label_ids[r, : len(y)], mask[r, : len(x)] = torch.tensor(x), torch.tensor(y), 1
+    return TokenBatch(input_ids, mask, label_ids)
 
 
 def _device(model) -> torch.device:
@@ -239,7 +239,7 @@ def target_gradients(model, batch: TokenBatch, param_filter: str = DEFAULT_PARAM
     """{layer: (m, out*in)} each target example's gradient, L2-normalised over all layers."""
     grads = per_sample_grads(model, batch, param_filter, dtype)
     flat = {n: g.reshape(g.shape[0], -1) for n, g in grads.items()}
-    norms = torch.sqrt(sum((f * f).sum(1) for f in flat.values())).clamp(min=1e-30)
+    norms = torch.sqrt(torch.stack([(f * f).sum(1) for f in flat.values()]).sum(0)).clamp(min=1e-30)
     return {n: f / norms[:, None] for n, f in flat.items()}
 
 

@@ -205,13 +205,16 @@ def selection_training_evidence(model_dir, texts: Sequence[str], selected: Seque
     from prox_assets.core.training import load_checkpoint, train_lm
     from prox_resources.engine import TransformersBackend
 
+    if not train.max_steps:
+        raise ValueError("the evidence compares checkpoints under one token budget: set max_steps")
+
     def evaluate(checkpoint) -> float:
         model, tokenizer = load_checkpoint(model_dir, checkpoint)
         backend = TransformersBackend(str(model_dir), "cpu", None, loaded=(model, tokenizer))
         return heldout_loss(backend, heldout_prompts, heldout_answers)
 
     rows: dict[str, list[float]] = {"base": [evaluate(None)]}
-    seconds = {}
+    seconds: dict[str, float] = {}
     for seed in seeds:
         config = _replace(train, seed=seed)
         randoms = random.Random(1000 + seed).sample(range(len(texts)), len(selected))

@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, cast
 
 import polars as pl
 import pyarrow as pa
@@ -153,7 +153,7 @@ Raw = tuple[str, dict]
 
 def _read_jsonl(f: IO[bytes], filename: str, max_bytes: int) -> Iterator[Raw | Quarantined]:
     # a buffered reader gives readline(limit) over any binary file (s3fs's files take no limit)
-    stream = gzip.GzipFile(fileobj=f) if filename.lower().endswith(".gz") else io.BufferedReader(f, 1 << 20)
+    stream = gzip.GzipFile(fileobj=f) if filename.lower().endswith(".gz") else io.BufferedReader(cast(io.RawIOBase, f), 1 << 20)
     lineno = 0
     try:
         while True:
@@ -216,7 +216,7 @@ def _read_parquet(f: IO[bytes], filename: str, max_bytes: int) -> Iterator[Raw |
                 for record in batch.to_pylist():
                     yield f"row:{first + done}", record
                     done += 1
-        except Exception as exc:  # a corrupt page or row group: the rest of the file may be fine
+        except Exception as exc:  # noqa: BLE001  a corrupt page or row group: the rest of the file may be fine
             if done < n_rows:
                 yield Quarantined(f"rows:{first + done}-{first + n_rows - 1}", "corrupt_row_group",
                                   f"row group {group}: {_error(exc)}", n_records=n_rows - done)
@@ -229,7 +229,7 @@ def _html_to_text(data: bytes) -> tuple[str | None, str]:
     from resiliparse.parse.encoding import detect_encoding
     from resiliparse.parse.html import HTMLTree
 
-    encoding = detect_encoding(data)
+    encoding = detect_encoding(data) or "utf-8"
     try:
         html = data.decode(encoding)
     except (UnicodeDecodeError, LookupError) as exc:
@@ -281,7 +281,7 @@ def _read_warc(f: IO[bytes], filename: str, max_bytes: int) -> Iterator[Raw | Qu
         locator = f"record:{n}"
         try:
             yield _warc_document(record, rec_type, locator, max_bytes)
-        except Exception as exc:  # one odd record (headers, payload) costs only itself
+        except Exception as exc:  # noqa: BLE001  one odd record (headers, payload) costs only itself
             yield Quarantined(locator, "unreadable_record", _error(exc))
     if n_records == 0:
         raise UnreadableInput(f"{filename}: not a readable WARC file (no WARC records)")
@@ -335,7 +335,7 @@ def iter_documents(
             return
         except UnreadableInput:
             raise
-        except Exception as exc:  # a library failing on hostile bytes: keep what was read
+        except Exception as exc:  # noqa: BLE001  a library failing on hostile bytes: keep what was read
             tally.quarantine(Quarantined(f"after:{tally.n_read}", "corrupt_file", f"stopped reading: {_error(exc)}"))
             return
         if isinstance(item, Quarantined):
@@ -344,7 +344,7 @@ def iter_documents(
         locator, record = item
         try:
             doc = _normalize(record, shard, source_default, max_doc_bytes)
-        except Exception as exc:  # a record shaped in a way nothing above foresaw
+        except Exception as exc:  # noqa: BLE001  a record shaped in a way nothing above foresaw
             doc = Quarantined("", "unreadable_record", _error(exc))
         if isinstance(doc, Quarantined):
             tally.quarantine(Quarantined(locator, doc.reason, doc.detail, doc.sample))
@@ -433,7 +433,7 @@ def _normalize(record: dict, shard: str, default_source: str, max_bytes: int) ->
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     if not text.strip():
         return Quarantined("", "empty_document")
-    metadata = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
+    metadata = m if isinstance(m := record.get("metadata"), dict) else {}
     extra = {k: v for k, v in record.items() if k not in _RESERVED}
     if record.get("id") is not None:
         extra["source_id"] = record["id"]

@@ -103,6 +103,18 @@ class Call:
     def arg(self, name: str) -> Value:
         return dict(self.args)[name]
 
+    def int_arg(self, name: str) -> int:
+        value = self.arg(name)
+        if not isinstance(value, int):
+            raise TypeError(f"{self.name}({name}=…) is not an int")
+        return value
+
+    def str_arg(self, name: str) -> str:
+        value = self.arg(name)
+        if not isinstance(value, str):
+            raise TypeError(f"{self.name}({name}=…) is not a str")
+        return value
+
     def render(self) -> str:
         """Canonical text: keyword arguments, double-quoted strings with JSON escapes."""
         inner = ", ".join(
@@ -281,16 +293,20 @@ def parse_program(program: str, stage: Stage, limits: Limits = Limits()) -> Pars
             out.errors.append(ProgramIssue("syntax", f"not a call: {stmt[:80]!r}", line))
             pos = n if eol < 0 else eol + 1
             continue
-        pos = (m or fast).end()
+        matched = m or fast
+        assert matched is not None  # the no-match case continued above
+        pos = matched.end()
         if len(out.calls) + len(out.errors) >= limits.max_calls:
             out.errors.append(ProgramIssue("too_many_calls", f"> {limits.max_calls} statements"))
             out.fatal = True
             return out
         if call is None:
+            assert m is not None
             call, issue, warnings = _bind(m.group(1), m.group(2), names, stage, limits, line)
             if issue is not None:
                 out.errors.append(issue)
                 continue
+            assert call is not None  # _bind gives a call or an issue
             out.warnings.extend(warnings)
         out.calls.append(call)
     return out
@@ -368,10 +384,11 @@ def _bind(
     renamed: list[ProgramIssue] = []
     for am in _ARG_RE.finditer(raw_args):
         key, token = am.group(1), am.group(2)
+        value: Value
         if token[-1] in "'\"":
-            value: Value = _decode_string(token)
-            if len(value) > limits.max_string_chars:
-                return fail("string_too_long", f"{len(value)} chars > {limits.max_string_chars}")
+            value = string = _decode_string(token)
+            if len(string) > limits.max_string_chars:
+                return fail("string_too_long", f"{len(string)} chars > {limits.max_string_chars}")
         else:
             if len(token.lstrip("+-")) > limits.max_int_digits:
                 return fail("int_too_large", f"{token[:20]}… has too many digits")

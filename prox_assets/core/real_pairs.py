@@ -107,7 +107,7 @@ def sphinx_body(html: bytes) -> tuple[str, int, float] | None:
         f"<html><body>{markup}</body></html>", main_content=False, preserve_formatting=True,
         list_bullets=True, alt_texts=False, links=False, form_fields=False, noscript=False,
     )
-    words = len(body.text.split())
+    words = len((body.text or "").split())
     if 'class="indextable' in markup:  # genindex-*, py-modindex: an index whatever its link share
         return _lf(text), words, 1.0
     link_words = sum(len(_TAG.sub(" ", m).split()) for m in _LINK.findall(markup))
@@ -173,8 +173,11 @@ def news_pairs(downloads: Path) -> Iterator[Pair]:
             if "/tests/data/html/" in name and name.endswith(".html"):
                 gold_name = name.replace("/html/", "/txt/").removesuffix(".html") + ".txt"
                 if gold_name in members:
-                    text, _ = _html_to_text(tar.extractfile(members[name]).read())
-                    gold = tar.extractfile(members[gold_name]).read().decode("utf-8", "replace")
+                    page, gold_file = tar.extractfile(members[name]), tar.extractfile(members[gold_name])
+                    if page is None or gold_file is None:  # not regular files
+                        continue
+                    text, _ = _html_to_text(page.read())
+                    gold = gold_file.read().decode("utf-8", "replace")
                     if text:
                         text = _lf(text)
                         yield Pair(f"news:{name.rsplit('/', 1)[-1]}", "news", text, gold,

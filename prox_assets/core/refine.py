@@ -106,7 +106,7 @@ def generate_per_document(backend, chats: Sequence, max_new_tokens: int, stage: 
     try:
         got = backend.generate(flat, max_new_tokens=max_new_tokens, progress=progress)
     except Exception as exc:  # noqa: BLE001  (one prompt can fail a batch: retried one document at a time)
-        per_doc = {}
+        per_doc: dict[int, DocumentError | list] = {}
         for i in live:
             if len(live) == 1:
                 per_doc[i] = DocumentError.of(stage, exc)
@@ -220,7 +220,7 @@ def refine_documents(
     out = [DocumentRefinement(error=d) if isinstance(d, DocumentError)
            else DocumentRefinement(doc_program=d[0], doc_result=d[1]) for d in docs]
     # the probe document goes through both stages, whatever the document stage says
-    to_chunk = [i for i, r in enumerate(out) if r.error is None and (is_probe or not r.doc_result.dropped)]
+    to_chunk = [i for i, r in enumerate(out) if r.error is None and (is_probe or r.doc_result is None or not r.doc_result.dropped)]
     runs = chunk_stage(chunk_backend, [checked[i] for i in to_chunk], count_tokens, window_tokens,
                        chunk_max_new_tokens, config)
     for i, run in zip(to_chunk, runs):

@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 
 from prox_assets.core.executor import execute_doc_program
-from prox_assets.core.programs import parse_program
+from prox_assets.core.programs import Stage, parse_program
 
 
 def f1(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
@@ -22,7 +22,7 @@ def f1(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
     return precision, recall, score
 
 
-def parses(program: str, level: str) -> bool:
+def parses(program: str, level: Stage) -> bool:
     parsed = parse_program(program, level)
     return not parsed.errors and bool(parsed.calls)
 
@@ -47,7 +47,7 @@ def removed_lines(program: str, line_start: int, line_end: int) -> set[int]:
     lines: set[int] = set()
     for call in parse_program(program, "chunk").calls:
         if call.name == "remove_lines":
-            s, e = max(call.arg("line_start"), line_start), min(call.arg("line_end"), line_end)
+            s, e = max(call.int_arg("line_start"), line_start), min(call.int_arg("line_end"), line_end)
             lines.update(range(s, e + 1))
     return lines
 

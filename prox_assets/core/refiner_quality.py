@@ -208,9 +208,9 @@ def refinement_training_evidence(model_dir, variants: dict[str, Sequence[str]], 
     for seed in seeds:
         for name, texts in variants.items():
             t = time.perf_counter()
-            with tempfile.TemporaryDirectory() as out:
-                train_lm(model_dir, list(texts), replace(train, seed=seed), out)
-                rows.setdefault(name, []).append(perplexity(out))
+            with tempfile.TemporaryDirectory() as folder:
+                train_lm(model_dir, list(texts), replace(train, seed=seed), folder)
+                rows.setdefault(name, []).append(perplexity(folder))
             log(f"seed {seed} {name}: held-out perplexity {rows[name][-1]:.3f} ({time.perf_counter() - t:.0f}s)")
     summary = seed_summary(rows)
     out = {"tokens_per_checkpoint": train.max_steps * train.batch_size * train.max_seq_len, "seeds": list(seeds),

@@ -86,8 +86,9 @@ def news_pages(downloads: Path) -> list[tuple[str, bytes]]:
     pages = []
     with tarfile.open(sdists[-1]) as tar:
         for m in sorted(tar.getmembers(), key=lambda m: m.name):
-            if "/tests/data/html/" in m.name and m.name.endswith(".html"):
-                html = tar.extractfile(m).read()
+            page = tar.extractfile(m) if "/tests/data/html/" in m.name and m.name.endswith(".html") else None
+            if page is not None:
+                html = page.read()
                 found = _CANONICAL.search(html)
                 stem = m.name.rsplit("/", 1)[-1]
                 url = found.group(1).decode("latin-1") if found else f"https://news.invalid/{stem}"

@@ -16,12 +16,12 @@ from dataclasses import asdict, dataclass
 from prox_assets.core.annotators import KEEP, validate_chunk_program
 from prox_assets.core.chunking import Window
 from prox_assets.core.prompts import REFINER_PROMPT_VERSION, chunk_refiner_chat, doc_refiner_chat
-from prox_assets.core.programs import parse_program
+from prox_assets.core.programs import Stage, parse_program
 
 
 @dataclass
 class SFTExample:
-    level: str
+    level: Stage
     doc_id: str
     shard: str
     messages: str  # JSON: the chat the refiner sees, without the answer

@@ -95,7 +95,7 @@ def train_lm(model_dir: str | Path, texts: Sequence[str], config: TrainConfig, o
                              n_windows=config.max_steps * config.batch_size)
     if not windows:
         raise ValueError(f"the {len(texts)} training documents hold no token")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)  # type: ignore[arg-type]  # transformers' @wraps'd .to()
     model = attach_adapters(model, config)
     report = run_training(model, [(w, w) for w in windows], config, pad_id(tokenizer), device, progress)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -121,7 +121,7 @@ def load_checkpoint(base_dir: str | Path, checkpoint_dir: str | Path | None, dev
         return model, AutoTokenizer.from_pretrained(checkpoint_dir)
     else:
         path = Path(checkpoint_dir)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()  # type: ignore[arg-type]  # transformers' @wraps'd .to()
     return model, AutoTokenizer.from_pretrained(path)
 
 

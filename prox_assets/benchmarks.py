@@ -236,29 +236,29 @@ def _hostile_executor_timings() -> dict:
     return out
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 8) -> float:
-    """What this machine's BLAS sustains on a large fp32 matrix product: the practical ceiling."""
+def matmul_peak_gflops(n: int = 2048, repeats: int = 8, dtype: str = "float32") -> float:
+    """What this machine's BLAS sustains on a large matrix product in ``dtype``: the ceiling."""
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = (torch.randn(n, n, dtype=getattr(torch, dtype)) for _ in range(2))
     a @ b  # warm-up
     best = _best_of(lambda: [a @ b for _ in range(repeats)], 3)
     return 2 * n**3 * repeats / best / 1e9
 
 
-def refine_benchmark(texts: Sequence[str], doc_backend, chunk_backend, doc_max_tokens: int,
-                     window_tokens: int, chunk_new_tokens: int = 160, doc_new_tokens: int = 8) -> dict:
-    """Documents/s and tokens/s of both refinement stages, and model FLOPs against the peak."""
+def refine_once(texts: Sequence[str], doc_backend, chunk_backend, doc_max_tokens: int,
+                window_tokens: int, chunk_new_tokens: int = 160, doc_new_tokens: int = 8) -> dict:
+    """Both refinement stages over ``texts`` with refined_corpus's budgets: throughput, model
+    FLOPs, and what was generated (to compare precisions)."""
     from prox_assets.core.chunking import hf_token_counter
     from prox_assets.core.prompts import chunk_refiner_chat, doc_refiner_chat
     from prox_assets.core.refine import run_chunk_refiner, run_doc_refiner
 
-    peak = matmul_peak_gflops()
     tok = chunk_backend.tokenizer
     count = hf_token_counter(tok)
     shown = [doc_backend.truncate(t, doc_max_tokens) for t in texts]
     started = time.perf_counter()
-    doc_runs = run_doc_refiner(doc_backend, shown, doc_new_tokens)  # refined_corpus's budgets
+    doc_runs = run_doc_refiner(doc_backend, shown, doc_new_tokens)
     kept = [t for t, (_, r) in zip(texts, doc_runs) if not r.dropped]
     chunk_runs = run_chunk_refiner(chunk_backend, kept, count, window_tokens, chunk_new_tokens)
     seconds = time.perf_counter() - started
@@ -273,21 +273,81 @@ def refine_benchmark(texts: Sequence[str], doc_backend, chunk_backend, doc_max_t
     params = sum(p.numel() for p in chunk_backend.model.parameters())
     tokens = doc_prompt + chunk_prompt + generated
     flops = 2 * params * tokens  # weights only; attention adds a few percent at these lengths
-    doc_tokens = sum(count(list(texts)))
+    return {
+        "seconds": seconds, "flops": flops, "tokens": tokens, "generated": generated, "params": params,
+        "doc_programs": [p for p, _ in doc_runs], "kept": kept, "chunk_runs": chunk_runs,
+    }
+
+
+def program_agreement(reference: dict, other: dict) -> dict:
+    """How often two refinements of the same texts agree: per document program, and per chunk
+    window (same program text, or programs whose execution on that window gives the same text).
+    Windows are compared where both runs kept the document at the document stage."""
+    from prox_assets.core.executor import execute_chunk_programs
+
+    docs_same = sum(a == b for a, b in zip(reference["doc_programs"], other["doc_programs"]))
+    theirs = dict(zip(other["kept"], other["chunk_runs"]))
+    windows = identical = outputs_agree = 0
+    for text, mine in zip(reference["kept"], reference["chunk_runs"]):
+        if text not in theirs:
+            continue
+        for w, a, b in zip(mine.windows, mine.programs, theirs[text].programs):
+            windows += 1
+            identical += a == b
+            if a == b:
+                outputs_agree += 1
+                continue
+            ra, rb = (execute_chunk_programs(text, [(w.line_start, w.line_end, p)]) for p in (a, b))
+            outputs_agree += (ra.text, ra.dropped) == (rb.text, rb.dropped)
+    return {
+        "doc_programs_identical": round(docs_same / max(len(reference["doc_programs"]), 1), 3),
+        "windows_compared": windows,
+        "window_programs_identical": round(identical / max(windows, 1), 3),
+        "window_outputs_agree": round(outputs_agree / max(windows, 1), 3),
+    }
+
+
+def refine_benchmark(texts: Sequence[str], load: Callable[[str], tuple], doc_max_tokens: int,
+                     window_tokens: int, chunk_new_tokens: int = 160, doc_new_tokens: int = 8,
+                     dtypes: Sequence[str] = ("float32", "bfloat16")) -> dict:
+    """Documents/s and model FLOP/s of both refinement stages in each of ``dtypes`` (the first is
+    the reference), against this machine's fp32 and bf16 matmul peaks, measured in this run; and
+    how far each precision's programs agree with the reference's. ``load(dtype)`` gives the
+    (document, chunk) backends in that precision."""
+    peaks = {d: matmul_peak_gflops(dtype=d) for d in ("float32", "bfloat16")}
+    runs = {}
+    for dtype in dtypes:
+        doc_backend, chunk_backend = load(dtype)
+        refine_once(texts[:1], doc_backend, chunk_backend, doc_max_tokens, window_tokens, 4, 2)  # warm-up
+        runs[dtype] = refine_once(texts, doc_backend, chunk_backend, doc_max_tokens, window_tokens,
+                                  chunk_new_tokens, doc_new_tokens)
+    reference = runs[dtypes[0]]
+    doc_tokens = sum(len(t.split()) for t in texts)
+    by_dtype = {}
+    for dtype, run in runs.items():
+        achieved = run["flops"] / run["seconds"] / 1e9
+        by_dtype[dtype] = {
+            "seconds": round(run["seconds"], 1),
+            "documents_per_second": round(len(texts) / run["seconds"], 3),
+            "words_per_second": round(doc_tokens / run["seconds"], 1),
+            "kept_after_doc_stage": len(run["kept"]),
+            "windows": sum(len(r.windows) for r in run["chunk_runs"]),
+            "model_tokens_processed": run["tokens"],
+            "generated_tokens": run["generated"],
+            "achieved_GFLOP_per_s": round(achieved, 1),
+            "fraction_of_fp32_peak": round(achieved / peaks["float32"], 3),
+            "fraction_of_bf16_peak": round(achieved / peaks["bfloat16"], 3),
+            "speedup_vs_reference": round(reference["seconds"] / run["seconds"], 2),
+            **({} if run is reference else {"agreement_with_reference": program_agreement(reference, run)}),
+        }
     return {
         "documents": len(texts),
-        "kept_after_doc_stage": len(kept),
-        "windows": sum(len(r.windows) for r in chunk_runs),
-        "seconds": round(seconds, 1),
-        "documents_per_second": round(len(texts) / seconds, 3),
-        "document_tokens_per_second": round(doc_tokens / seconds, 1),
-        "model_tokens_processed": tokens,
-        "generated_tokens": generated,
-        "model_params": params,
-        "model_GFLOP_per_document": round(flops / len(texts) / 1e9, 1),
-        "achieved_GFLOP_per_s": round(flops / seconds / 1e9, 1),
-        "matmul_peak_GFLOP_per_s_same_run": round(peak, 1),
-        "fraction_of_peak": round(flops / seconds / 1e9 / peak, 3),
+        "reference_dtype": dtypes[0],
+        "model_params": reference["params"],
+        "model_GFLOP_per_document": round(reference["flops"] / len(texts) / 1e9, 1),
+        "matmul_peak_GFLOP_per_s_same_run": {d: round(v, 1) for d, v in peaks.items()},
+        "bf16_peak_over_fp32_peak": round(peaks["bfloat16"] / peaks["float32"], 2),
+        "by_dtype": by_dtype,
     }
 
 

@@ -694,9 +694,12 @@ def bench_ingest(shard_mb: int, as_json: bool) -> None:
 @click.option("--docs", default=16, show_default=True, help="Documents refined (both stages).")
 @click.option("--refiner-version", callback=_name_param("refiner version"),
               default=None, help="Default: the newest; the base model if none.")
+@click.option("--dtypes", default="float32,bfloat16", show_default=True,
+              help="Precisions compared, the first the reference (programs agreement is against it).")
 @click.option("--json", "as_json", is_flag=True)
-def bench_refine(docs: int, refiner_version: str | None, as_json: bool) -> None:
-    """Refinement throughput with the real model on this machine, against its matmul peak."""
+def bench_refine(docs: int, refiner_version: str | None, dtypes: str, as_json: bool) -> None:
+    """Refinement throughput with the real model in each precision on this machine, against its
+    fp32 and bf16 matmul peaks, and how often the precisions write the same programs."""
     import polars as pl
 
     from prox_assets.benchmarks import refine_benchmark
@@ -722,7 +725,12 @@ def bench_refine(docs: int, refiner_version: str | None, as_json: bool) -> None:
         sizes = (384, 384, 160)
     texts = pl.concat([store.read_parquet(k).select("text") for k in raw_paths(Catalog()).values()])
     texts = texts.sample(n=min(docs, texts.height), seed=0)["text"].to_list()
-    report = refine_benchmark(texts, engine.load(device, model=doc_model), engine.load(device, model=chunk_model), *sizes)
+
+    def load(dtype: str):
+        settings = DeviceSettings(device=device.device, dtype=dtype)
+        return engine.load(settings, model=doc_model), engine.load(settings, model=chunk_model)
+
+    report = refine_benchmark(texts, load, *sizes, dtypes=dtypes.split(","))
     report = {"refiner_version": version or f"base model {DEFAULT_MODEL}", "device": device.resolve_device(), **report}
     click.echo(json.dumps(report, indent=2) if as_json else _format_report(report))
 

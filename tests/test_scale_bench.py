@@ -39,11 +39,17 @@ def test_scale_bench_tiny(tmp_path, prox_env):
 
     daemon = report["daemon"]
     assert daemon["run_launcher"] == "ProxRunLauncher" and daemon["max_concurrent_runs"] >= 1
-    assert daemon["backfill_partitions"] == 3 and daemon["backfill_accepted_seconds"] > 0
-    assert daemon["runs_requested_in_window"] == 3
-    assert 0 < daemon["backfill_all_runs_requested_seconds"] <= daemon["window_seconds"]
-    assert daemon["runs_finished_in_window"] == daemon["runs_succeeded"] == 3, daemon
-    assert daemon["runs_per_minute"] > 0 and daemon["runs_per_minute_from_submit"] > 0
+    raw = daemon["raw_corpus_backfill"]
+    assert raw["partitions"] == raw["runs_planned"] == 3 and raw["partitions_per_run_policy"] == 1
+    assert raw["accepted_seconds"] > 0 and raw["canceled_after_window"] in (True, False)
+    assert raw["runs_requested_in_window"] == 3
+    assert 0 < raw["all_runs_requested_seconds"] <= raw["window_seconds"]
+    assert raw["runs_finished_in_window"] == raw["runs_succeeded"] == 3, raw
+    assert raw["partitions_materialized_in_window"] == 3
+    assert raw["runs_per_minute"] > 0 and raw["run_median_seconds"] > 0
+    ranged = daemon["refined_corpus_backfill_launch"]  # the model assets' policy: ranges of 32
+    assert ranged["partitions"] == 3 and ranged["partitions_per_run_policy"] == 32 and ranged["runs_planned"] == 1
+    assert ranged["runs_requested_in_window"] == 1 and ranged["all_runs_requested_seconds"] > 0
 
     ui = report["ui_partition_status_query"]
     assert ui["raw_corpus_before_backfill"]["materialized"] == 0

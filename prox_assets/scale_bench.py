@@ -435,6 +435,11 @@ def backfill_figures(url: str, instance, asset: str, partition_names: list[str],
         time.sleep(0.5)
     window = time.perf_counter() - t0
     result = graphql(url, CANCEL_BACKFILL, {"id": backfill_id})["cancelPartitionBackfill"]
+    # until the daemon has canceled its queued runs: the next measurement gets an idle daemon
+    t_cancel = time.perf_counter()
+    _wait(lambda: instance.get_backfill(backfill_id).status.value not in ("REQUESTED", "CANCELING", "FAILING"),
+          f"backfill {backfill_id} canceled", 600, servers)
+    cancel_s = time.perf_counter() - t_cancel
     figures = {
         "partitions": len(partition_names),
         "partitions_per_run_policy": per_run,
@@ -447,6 +452,7 @@ def backfill_figures(url: str, instance, asset: str, partition_names: list[str],
         "runs_requested_per_minute": round(n_requested / window * 60, 1),
         "window_seconds": round(window, 1),
         "canceled_after_window": result["__typename"] == "CancelBackfillSuccess",
+        "cancel_seconds": round(cancel_s, 1),
     }
     if all_requested is None and n_requested:
         figures["all_runs_requested_extrapolated_seconds"] = round(planned / n_requested * window)
@@ -505,7 +511,7 @@ def scale_benchmark(workdir: Path, n_partitions: int = 1000, n_documents: int = 
             # refined_corpus: the model assets' policy (a run per range of up to 32 partitions);
             # only the launch is measured (there is no refiner here: its runs would fail)
             ranged = backfill_figures(url, instance, "refined_corpus",
-                                      [f"{BENCH_REFINER_VERSION}|{s}" for s in shards], 120, servers, until="requested")
+                                      [f"{BENCH_REFINER_VERSION}|{s}" for s in shards], 300, servers, until="requested")
         report["daemon"] = {
             "instance_storage": type(instance.run_storage).__name__,
             "run_launcher": type(instance.run_launcher).__name__,

@@ -611,9 +611,9 @@ def backfill(refiner_version: str, url: str, shards: tuple[str, ...], wait: bool
 def audit(doc_id: str, as_json: bool) -> None:
     """A document's whole lineage: ingestion, seed scores, SFT use, every refiner version's programs."""
     from prox_assets.audit import audit_document, format_audit
-    from prox_resources.catalog import Catalog
+    from prox_resources.catalog import PlainCatalog
 
-    result = audit_document(Catalog(), doc_id)
+    result = audit_document(PlainCatalog(), doc_id)  # no Dagster import: starts in a fraction of a second
     click.echo(json.dumps(result, default=str, indent=2) if as_json else format_audit(result))
     if not result.get("ingested"):
         raise SystemExit(1)

@@ -3,10 +3,35 @@ the caller's PROX_HOME is left alone. Plus Dagster's staleness limit, measured o
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
-from prox_assets.scale_bench import scale_benchmark, staleness_figures
+from prox_assets.scale_bench import _synthetic_doc_ids, fill_catalog, scale_benchmark, staleness_figures
+from prox_resources.settings import REPO_ROOT
+
+
+def test_prox_audit_reads_the_catalog_without_importing_dagster(tmp_path):
+    """`prox audit` is a lookup: importing Dagster (~1 s) would be most of its time. Its catalog
+    (PlainCatalog) and the command's imports hold no Dagster module."""
+    from prox_resources.catalog import PlainCatalog
+
+    path = tmp_path / "catalog.duckdb"
+    catalog = PlainCatalog(path=str(path))
+    catalog.migrate()
+    fill_catalog(catalog, 1000, n_shards=10)
+    doc_id = _synthetic_doc_ids(1000, 1)[0]
+    env = {**os.environ, "PROX_HOME": str(tmp_path / "home"), "PROX_CATALOG": str(path),
+           "PYTHONPATH": str(REPO_ROOT)}
+    env.pop("DAGSTER_HOME", None)
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "prox_assets.cli", "audit", doc_id, "--json"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    audit = json.loads(out.stdout)
+    assert len(audit["ingested"]) == 1 and audit["refinements"][0]["refiner_version"]
+    imported = [line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")]
+    assert "duckdb" in imported and not [m for m in imported if m.split(".")[0] == "dagster"]
 
 
 def test_staleness_stops_following_at_100_upstream_partitions(prox_env):

@@ -185,7 +185,8 @@ def catalog_figures(workdir: Path, n_documents: int, n_shards: int, samples: int
         cli_times.append(time.perf_counter() - t)
         if out.returncode != 0 or doc_id not in out.stdout:
             raise RuntimeError(f"prox audit {doc_id} failed: {out.stderr[-2000:]}")
-    t = time.perf_counter()  # what every command that touches the catalog pays before it starts
+    # what `prox audit` paid on top while the catalog module imported Dagster (before PlainCatalog)
+    t = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import dagster"], env=env, check=True, capture_output=True)
     import_s = time.perf_counter() - t
     return {
@@ -200,7 +201,7 @@ def catalog_figures(workdir: Path, n_documents: int, n_shards: int, samples: int
         "audit_in_process_median_ms": round(statistics.median(times) * 1e3, 1),
         "audit_in_process_max_ms": round(max(times) * 1e3, 1),
         "audit_cli_subprocess_median_s": round(statistics.median(cli_times), 2),
-        "of_which_python_import_dagster_s": round(import_s, 2),
+        "import_dagster_s_no_longer_paid_by_audit": round(import_s, 2),
     }
 
 

@@ -435,6 +435,9 @@ def backfill_figures(url: str, instance, asset: str, partition_names: list[str],
             s.check_alive()
         time.sleep(0.5)
     window = time.perf_counter() - t0
+    # what ran in the window, read before the cancel below ends the queued runs CANCELED
+    records = instance.get_run_records(RunsFilter(tags=tags, statuses=finished)) if until == "finished" else []
+    materialized = len(instance.get_materialized_partitions(dg.AssetKey(asset)))
     result = graphql(url, CANCEL_BACKFILL, {"id": backfill_id})["cancelPartitionBackfill"]
     # until the daemon has canceled its queued runs: the next measurement gets an idle daemon
     t_cancel = time.perf_counter()
@@ -459,11 +462,9 @@ def backfill_figures(url: str, instance, asset: str, partition_names: list[str],
         figures["all_runs_requested_extrapolated_seconds"] = round(planned / n_requested * window)
     if until != "finished":
         return figures
-    records = instance.get_run_records(RunsFilter(tags=tags, statuses=finished))
     ends = sorted(r.end_time for r in records if r.end_time)
     durations = [r.end_time - r.start_time for r in records if r.end_time and r.start_time]
     statuses = [r.dagster_run.status for r in records]
-    materialized = len(instance.get_materialized_partitions(dg.AssetKey(asset)))
     return figures | {
         "runs_finished_in_window": len(records),
         "runs_succeeded": statuses.count(DagsterRunStatus.SUCCESS),

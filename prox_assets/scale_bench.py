@@ -547,5 +547,5 @@ def format_report(report: dict, indent: int = 0) -> str:
             lines.append(" " * indent + f"{k}:")
             lines.append(format_report(v, indent + 2))
         else:
-            lines.append(" " * indent + f"{k:<52} {v}")
+            lines.append(" " * indent + f"{k:<{56 - indent}} {v}")
     return "\n".join(lines)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from prox_resources.catalog import Catalog
+from prox_resources.catalog import CatalogCore
 
 # section -> (table, query); sections whose table does not exist yet are skipped
 SECTIONS = {
@@ -33,7 +33,7 @@ SECTIONS = {
 _JSON_COLUMNS = {"chunk_programs", "windows", "edits", "errors"}
 
 
-def audit_document(catalog: Catalog, doc_id: str) -> dict:
+def audit_document(catalog: CatalogCore, doc_id: str) -> dict:
     with catalog.read() as con:
         tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         out: dict = {"doc_id": doc_id}

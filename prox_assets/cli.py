@@ -611,9 +611,9 @@ def backfill(refiner_version: str, url: str, shards: tuple[str, ...], wait: bool
 def audit(doc_id: str, as_json: bool) -> None:
     """A document's whole lineage: ingestion, seed scores, SFT use, every refiner version's programs."""
     from prox_assets.audit import audit_document, format_audit
-    from prox_resources.catalog import Catalog
+    from prox_resources.catalog import PlainCatalog
 
-    result = audit_document(Catalog(), doc_id)
+    result = audit_document(PlainCatalog(), doc_id)  # no Dagster import: starts in a fraction of a second
     click.echo(json.dumps(result, default=str, indent=2) if as_json else format_audit(result))
     if not result.get("ingested"):
         raise SystemExit(1)
@@ -688,6 +688,26 @@ def bench_ingest(shard_mb: int, as_json: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="prox-bench-ingest-") as tmp:
         report = ingest_benchmark(_build_samples(), shard_mb, Path(tmp))
     click.echo(json.dumps(report, indent=2) if as_json else _format_report(report))
+
+
+@bench.command("scale")
+@click.option("--partitions", default=1000, show_default=True, type=click.IntRange(min=1),
+              help="Shard partitions registered (a tiny JSONL file each) and backfilled.")
+@click.option("--documents", default=1_000_000, show_default=True, type=click.IntRange(min=100),
+              help="Synthetic catalog documents (each with a program run) for the audit and size figures.")
+@click.option("--window-s", default=150, show_default=True, type=click.IntRange(min=10),
+              help="How long the daemon's throughput is watched (the backfill is canceled after).")
+@click.option("--json", "as_json", is_flag=True)
+def bench_scale(partitions: int, documents: int, window_s: int, as_json: bool) -> None:
+    """Backfill launch time, daemon throughput, the UI's partition status query, audit latency
+    and catalog size, in a scratch PROX_HOME (a temporary folder; yours is not touched)."""
+    import tempfile
+
+    from prox_assets.scale_bench import format_report, scale_benchmark
+
+    with tempfile.TemporaryDirectory(prefix="prox-bench-scale-") as tmp:
+        report = scale_benchmark(Path(tmp), partitions, documents, window_s)
+    click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
 
 
 @bench.command("refine")

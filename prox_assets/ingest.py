@@ -28,6 +28,7 @@ from prox_assets.core.unicode import printable
 from prox_assets.metadata import counts_table, histogram, lineage, md_table
 from prox_assets.partitions import shard_partitions
 from prox_resources.catalog import Catalog, ParquetRows
+from prox_resources.device import CPU_STEP
 from prox_resources.store import ObjectStore
 
 INCOMING = "incoming/"
@@ -141,6 +142,7 @@ class _NothingIngested(Exception):
     kinds={"parquet", "duckdb"},
     owners=["team:data-platform"],
     code_version="ingest-v1",
+    **CPU_STEP,
     description=(
         "One raw input file (JSONL, Parquet, HTML or WARC) normalised to the document schema "
         "(doc_id = content hash, source, url, text, metadata) in raw/<shard>.parquet. Every "

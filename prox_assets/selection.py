@@ -34,7 +34,7 @@ from prox_assets.partition_runs import MODEL_BACKFILL_POLICY, materialize_each
 from prox_assets.partitions import target_partitions
 from prox_assets.refine import latest_refiner_version, refined_corpus, refined_shard_keys
 from prox_resources.catalog import Catalog
-from prox_resources.device import GPU_STEP, DeviceSettings
+from prox_resources.device import CPU_STEP, GPU_STEP, DeviceSettings
 from prox_resources.models import DEFAULT_MODEL, resolve_model
 from prox_resources.store import ObjectStore
 
@@ -203,6 +203,7 @@ class SelectionConfig(dg.Config):
     kinds={"parquet"},
     owners=["team:data-platform"],
     code_version="selection-v1",
+    **CPU_STEP,
     description=(
         "The training subset chosen for a target from its influence estimates: round-robin over "
         "the target's examples (the reference's default), top-k of the mean, or the first-order "

@@ -30,7 +30,7 @@ from prox_assets.partitions import VARIANTS, checkpoint_partitions, target_parti
 from prox_assets.refine import latest_refiner_version, refined_corpus, refined_shard_keys
 from prox_assets.selection import pool_frame, selected_subset, target_prefix
 from prox_resources.catalog import Catalog
-from prox_resources.device import GPU_STEP, DeviceSettings
+from prox_resources.device import CPU_STEP, GPU_STEP, DeviceSettings
 from prox_resources.engine import TransformersBackend
 from prox_resources.models import DEFAULT_MODEL, fetch_model, resolve_model, train_into_store
 from prox_resources.settings import downloads_dir
@@ -359,6 +359,7 @@ def plot_report(summary: pl.DataFrame, evals: pl.DataFrame, title: str) -> bytes
     kinds={"parquet", "matplotlib"},
     owners=["team:data-platform"],
     code_version="report-v1",
+    **CPU_STEP,
     description=(
         "Every variant's checkpoints side by side for one target: mean and spread over seeds of "
         "held-out task loss and accuracy (or exact match / F1) and held-out prose perplexity, "

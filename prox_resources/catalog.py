@@ -44,7 +44,6 @@ from importlib import resources
 from pathlib import Path
 from typing import TypeVar
 
-import dagster as dg
 import duckdb
 import polars as pl
 
@@ -187,14 +186,19 @@ def _rollback_quietly(con: duckdb.DuckDBPyConnection) -> None:
         con.rollback()
 
 
-class Catalog(dg.ConfigurableResource):
+class CatalogCore:
     """The catalog: a DuckDB file (default: $PROX_CATALOG or $PROX_HOME/catalog.duckdb) or a
     DuckLake (``path`` / $PROX_CATALOG = ``ducklake:postgres:...``, files under ``data_path`` /
-    $PROX_CATALOG_DATA, default ``catalog/`` in the store)."""
+    $PROX_CATALOG_DATA, default ``catalog/`` in the store).
 
-    path: str | None = None
-    data_path: str | None = None
-    lock_timeout_s: float = 600.0
+    Every operation, without Dagster: ``Catalog`` (the Dagster resource, in
+    ``catalog_resource.py``) and ``PlainCatalog`` add the three settings below as fields. This
+    module imports no Dagster, so that a command that only reads the catalog (``prox audit``)
+    starts in a fraction of a second instead of paying ~1 s to import Dagster."""
+
+    path: str | None
+    data_path: str | None
+    lock_timeout_s: float
 
     @property
     def url(self) -> str:
@@ -417,7 +421,7 @@ class Catalog(dg.ConfigurableResource):
             "CREATE TABLE IF NOT EXISTS schema_migrations "
             "(version INTEGER PRIMARY KEY, name VARCHAR, applied_at TIMESTAMP DEFAULT current_timestamp)"
         )
-        current = Catalog.schema_version(con)
+        current = CatalogCore.schema_version(con)
         for version, name, sql in migrations():
             if version <= current:
                 continue
@@ -527,3 +531,19 @@ def _frame(table) -> pl.DataFrame:
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
     return frame
+
+
+class PlainCatalog(CatalogCore):
+    """The catalog outside Dagster, for commands that must start fast (``prox audit``)."""
+
+    def __init__(self, path: str | None = None, data_path: str | None = None, lock_timeout_s: float = 600.0):
+        self.path, self.data_path, self.lock_timeout_s = path, data_path, lock_timeout_s
+
+
+def __getattr__(name: str):
+    """``Catalog``, the Dagster resource, imported from here as ever, and Dagster with it only then."""
+    if name == "Catalog":
+        from prox_resources.catalog_resource import Catalog
+
+        return Catalog
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -36,6 +36,26 @@ GPU_OP_TAGS = gpu_op_tags()
 # What every model step declares, as one: `@dg.asset(..., **GPU_STEP)`.
 GPU_STEP = {"pool": GPU_POOL, "op_tags": GPU_OP_TAGS}
 
+# The pod of every other step under the Kubernetes executor. Without a tag of its own a step pod
+# gets the code location's container context, whose `resources` the Helm chart copies from the
+# code server's deployment (includeConfigInLaunchedRuns), overriding the run launcher's
+# runK8sConfig: CPU steps (ingestion of large shards, selection, reports) would run on the small
+# gRPC server's requests. PROX_CPU_K8S_CONFIG (JSON, set in the Helm values) replaces the default.
+DEFAULT_CPU_K8S_CONFIG = {
+    "container_config": {"resources": {"requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"memory": "8Gi"}}},
+}
+
+
+def cpu_op_tags() -> dict:
+    raw = os.environ.get("PROX_CPU_K8S_CONFIG")
+    return {"dagster-k8s/config": json.loads(raw) if raw else DEFAULT_CPU_K8S_CONFIG}
+
+
+CPU_OP_TAGS = cpu_op_tags()
+
+# What every step without a model declares: `@dg.asset(..., **CPU_STEP)`.
+CPU_STEP = {"op_tags": CPU_OP_TAGS}
+
 
 class DeviceSettings(dg.ConfigurableResource):
     device: str = "auto"  # auto | cpu | cuda | cuda:N

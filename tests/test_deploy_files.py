@@ -289,8 +289,11 @@ def _launched_jobs() -> dict[str, dict]:
     }})
     run_context = launcher_context.merge(code_context)
     env = {e["name"]: e.get("value") for e in deployment["env"]}
+    # a step pod: the run's context, then its op's dagster-k8s/config tag (the CPU or the GPU one)
     gpu_tag = UserDefinedDagsterK8sConfig.from_dict(json.loads(env["PROX_GPU_K8S_CONFIG"]))
-    contexts = {"run": (run_context, "run_worker"), "cpu-step": (run_context, "step_worker"),
+    cpu_tag = UserDefinedDagsterK8sConfig.from_dict(json.loads(env["PROX_CPU_K8S_CONFIG"]))
+    contexts = {"run": (run_context, "run_worker"),
+                "cpu-step": (run_context.merge(K8sContainerContext(run_k8s_config=cpu_tag)), "step_worker"),
                 "gpu-step": (run_context.merge(K8sContainerContext(run_k8s_config=gpu_tag)), "step_worker")}
     image = f"{deployment['image']['repository']}:{deployment['image']['tag']}"
     chart = SimpleNamespace(job_image=None, dagster_home=DAGSTER_HOME, instance_config_map=f"{RELEASE}-dagster-instance",
@@ -302,6 +305,29 @@ def _launched_jobs() -> dict[str, dict]:
                                         component=component)
         jobs[f"launched:{name}"] = {"apiVersion": "batch/v1", "kind": "Job", **ApiClient().sanitize_for_serialization(job)}
     return jobs
+
+
+def test_run_and_step_pods_get_their_own_resources(monkeypatch):
+    """The chart hands the code server's resources to every launched pod (includeConfigInLaunchedRuns
+    overrides runK8sConfig): a run pod, which only orchestrates, gets them; every step pod gets its
+    own from its op's tag, CPU steps PROX_CPU_K8S_CONFIG's and GPU steps PROX_GPU_K8S_CONFIG's."""
+    from prox_assets.definitions import ASSETS
+    from prox_resources.device import DEFAULT_CPU_K8S_CONFIG, cpu_op_tags
+
+    values = _values()
+    deployment = values["dagster-user-deployments"]["deployments"][0]
+    env = {e["name"]: e.get("value") for e in deployment["env"]}
+    resources = {k: j["spec"]["template"]["spec"]["containers"][0]["resources"] for k, j in _launched_jobs().items()}
+    assert resources["launched:run"] == deployment["resources"]
+    assert resources["launched:cpu-step"] == json.loads(env["PROX_CPU_K8S_CONFIG"])["container_config"]["resources"]
+    assert resources["launched:gpu-step"] == json.loads(env["PROX_GPU_K8S_CONFIG"])["container_config"]["resources"]
+    assert resources["launched:cpu-step"] != deployment["resources"]
+    assert "resources" not in values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]["containerConfig"]
+    _validate(_pod(DEFAULT_CPU_K8S_CONFIG["container_config"]))
+    monkeypatch.setenv("PROX_CPU_K8S_CONFIG", env["PROX_CPU_K8S_CONFIG"])
+    assert cpu_op_tags()["dagster-k8s/config"] == json.loads(env["PROX_CPU_K8S_CONFIG"])
+    untagged = [a.key.to_user_string() for a in ASSETS if "dagster-k8s/config" not in a.op.tags]
+    assert not untagged, f"steps that would run on the code server's resources: {untagged}"
 
 
 def _all_pods() -> dict[str, dict]:

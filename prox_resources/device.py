@@ -77,4 +77,6 @@ class DeviceSettings(dg.ConfigurableResource):
             return getattr(torch, self.dtype)
         if self.resolve_device().startswith("cuda"):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32  # CPU matmuls in half precision are slower, not faster
+        # CPU: fp32 weights; the engine and training run matmuls in bf16 autocast where the CPU has
+        # bf16 units (core.precision), which keeps norms, softmax and the residual stream in fp32.
+        return torch.float32

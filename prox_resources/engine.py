@@ -87,9 +87,12 @@ class TransformersBackend(EngineBackend):
     name = "transformers"
 
     def __init__(self, model_path: str, device: str, dtype, max_batch_size: int = 16,
-                 max_batch_tokens: int = 16384, loaded: tuple | None = None):
-        """``loaded``: an in-memory (model, tokenizer) to serve instead of loading ``model_path``
-        (a checkpoint under evaluation)."""
+                 max_batch_tokens: int = 16384, loaded: tuple | None = None, compute: str = "float32"):
+        """``dtype``: the weights' dtype. ``compute``: ``auto`` runs matmuls in bf16 autocast where
+        the hardware is fast at it (``core.precision``: the weights stay as loaded, residual
+        stream, norms and softmax in fp32); ``float32`` as loaded. ``loaded``: an in-memory
+        (model, tokenizer) to serve instead of loading ``model_path`` (a checkpoint under
+        evaluation: its metrics compare checkpoints, so it stays in fp32 by default)."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -106,6 +109,7 @@ class TransformersBackend(EngineBackend):
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.device = device
+        self.compute = compute
         # Tokens run through the model, and tokens a shared-prefix cache saved from running.
         self.usage: Counter[str] = Counter()
         self.max_batch_size = max_batch_size
@@ -114,6 +118,13 @@ class TransformersBackend(EngineBackend):
 
     def render(self, chat: Chat, prefix: str = "") -> str:
         return self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) + prefix
+
+    def _precision(self):
+        """One autocast region per call: fp32 weights are cast to bf16 once per call, not per step
+        (autocast caches the casts of parameters while its region lasts)."""
+        from prox_assets.core.precision import autocast
+
+        return autocast(self.device, self.compute)
 
     def _encode(self, texts: Sequence[str], reserve: int = 0) -> list[list[int]]:
         if not texts:
@@ -163,7 +174,7 @@ class TransformersBackend(EngineBackend):
         done = 0
         for batch in self._batches([len(e) for e in encoded], extra=max_new_tokens):
             ids, mask, _ = self._pad_left([encoded[i] for i in batch])
-            with torch.inference_mode():
+            with torch.inference_mode(), self._precision():
                 generated = self.model.generate(
                     input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                     do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
@@ -200,7 +211,7 @@ class TransformersBackend(EngineBackend):
             if cache is not None:
                 extra = self._continue_from(cache, len(batch), shared, mask)
                 mask, positions = extra.pop("attention_mask"), positions + shared
-            with torch.inference_mode():
+            with torch.inference_mode(), self._precision():
                 # Only the last position's logits are needed: skip the LM head everywhere else.
                 logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                                     logits_to_keep=1, **extra).logits[:, -1].float()
@@ -214,7 +225,7 @@ class TransformersBackend(EngineBackend):
 
     def _prefix_cache(self, prefix_ids: list[int]):
         torch = self.torch
-        with torch.inference_mode():
+        with torch.inference_mode(), self._precision():
             ids = torch.tensor([prefix_ids], device=self.device)
             return self.model(input_ids=ids, use_cache=True).past_key_values
 
@@ -244,7 +255,7 @@ class TransformersBackend(EngineBackend):
         out = [0.0] * len(seqs)
         for batch in self._batches([len(s) for s in seqs]):
             ids, mask, positions = self._pad_left([seqs[i] for i in batch])
-            with torch.inference_mode():
+            with torch.inference_mode(), self._precision():
                 logp = torch.log_softmax(
                     self.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits.float(), -1
                 )
@@ -432,7 +443,7 @@ class ModelEngine(dg.ConfigurableResource):
         else:
             backend = TransformersBackend(
                 str(resolve_model(name)), device.resolve_device(), device.resolve_dtype(),
-                self.max_batch_size, self.max_batch_tokens,
+                self.max_batch_size, self.max_batch_tokens, compute=device.dtype,
             )
         self._cache[key] = backend
         if log:

@@ -18,7 +18,8 @@ CHATS = [
 
 @pytest.fixture(scope="module")
 def backend(tiny_llama_dir):
-    return ModelEngine(model=str(tiny_llama_dir), max_batch_size=2).load(DeviceSettings(device="cpu"))
+    # fp32 compute: these tests compare with a direct fp32 forward to 1e-4
+    return ModelEngine(model=str(tiny_llama_dir), max_batch_size=2).load(DeviceSettings(device="cpu", dtype="float32"))
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +149,21 @@ def test_shared_prefix_length_leaves_every_sequence_a_token_of_its_own():
     assert shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2
     assert shared_prefix_length([[7], [7, 8]]) == 0
     assert shared_prefix_length([[1, 2], [3, 4]]) == 0
+
+
+def test_auto_precision_runs_bf16_matmuls_where_the_cpu_has_bf16_units(tiny_llama_dir, backend):
+    from prox_assets.core.precision import bf16_is_fast
+
+    auto = ModelEngine(model=str(tiny_llama_dir), max_batch_size=2).load(DeviceSettings(device="cpu"))
+    assert auto is not backend and auto.compute == "auto" and backend.compute == "float32"
+    seen = []
+    hook = auto.model.model.layers[0].mlp.down_proj.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    try:
+        got = auto.next_token_probs(CHATS, ["0", "1"], prefixes=["Score: "] * 3)
+    finally:
+        hook.remove()
+    assert seen and set(seen) == {torch.bfloat16 if bf16_is_fast("cpu") else torch.float32}
+    assert next(auto.model.parameters()).dtype == torch.float32  # weights stay as loaded
+    exact = backend.next_token_probs(CHATS, ["0", "1"], prefixes=["Score: "] * 3)
+    for a, b in zip(got, exact):
+        assert a == pytest.approx(b, abs=2e-2)

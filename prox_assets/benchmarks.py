@@ -309,7 +309,7 @@ def program_agreement(reference: dict, other: dict) -> dict:
 
 def refine_benchmark(texts: Sequence[str], load: Callable[[str], tuple], doc_max_tokens: int,
                      window_tokens: int, chunk_new_tokens: int = 160, doc_new_tokens: int = 8,
-                     dtypes: Sequence[str] = ("float32", "bfloat16")) -> dict:
+                     dtypes: Sequence[str] = ("float32", "auto")) -> dict:
     """Documents/s and model FLOP/s of both refinement stages in each of ``dtypes`` (the first is
     the reference), against this machine's fp32 and bf16 matmul peaks, measured in this run; and
     how far each precision's programs agree with the reference's. ``load(dtype)`` gives the

@@ -714,8 +714,10 @@ def bench_scale(partitions: int, documents: int, window_s: int, as_json: bool) -
 @click.option("--docs", default=16, show_default=True, help="Documents refined (both stages).")
 @click.option("--refiner-version", callback=_name_param("refiner version"),
               default=None, help="Default: the newest; the base model if none.")
-@click.option("--dtypes", default="float32,bfloat16", show_default=True,
-              help="Precisions compared, the first the reference (programs agreement is against it).")
+@click.option("--dtypes", default="float32,auto", show_default=True,
+              help="Precisions compared, the first the reference (agreement is against it): float32; "
+                   "auto (what the pipeline runs: bf16 autocast where the CPU has bf16 units); "
+                   "bfloat16 (bf16 weights).")
 @click.option("--json", "as_json", is_flag=True)
 def bench_refine(docs: int, refiner_version: str | None, dtypes: str, as_json: bool) -> None:
     """Refinement throughput with the real model in each precision on this machine, against its

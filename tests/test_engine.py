@@ -167,3 +167,34 @@ def test_auto_precision_runs_bf16_matmuls_where_the_cpu_has_bf16_units(tiny_llam
     exact = backend.next_token_probs(CHATS, ["0", "1"], prefixes=["Score: "] * 3)
     for a, b in zip(got, exact):
         assert a == pytest.approx(b, abs=2e-2)
+
+
+def test_refine_benchmark_compares_precisions_on_the_same_windows(tiny_llama_dir, sample_files):
+    from prox_assets.benchmarks import program_agreement, refine_benchmark, sample_texts
+
+    texts = sample_texts(sample_files, piece_chars=1500)[:3]
+    engine = ModelEngine(model=str(tiny_llama_dir), max_batch_size=4)
+
+    def load(dtype):
+        backend = engine.load(DeviceSettings(device="cpu", dtype=dtype))
+        return backend, backend
+
+    report = refine_benchmark(texts, load, 128, 128, chunk_new_tokens=12, doc_new_tokens=4)
+    assert set(report["by_dtype"]) == {"float32", "auto"}
+    assert report["by_dtype"]["float32"]["speedup_vs_reference"] == 1.0
+    agreement = report["by_dtype"]["auto"]["agreement_with_reference"]
+    assert agreement["windows_compared"] > 0
+    assert 0 <= agreement["window_programs_identical"] <= agreement["window_outputs_agree"] <= 1
+    assert report["matmul_peak_GFLOP_per_s_same_run"]["float32"] > 0
+
+    # the agreement measure itself: a run agrees fully with itself, and not with other programs
+    from prox_assets.benchmarks import refine_once
+
+    backend = engine.load(DeviceSettings(device="cpu", dtype="float32"))
+    run = refine_once(texts, backend, backend, 128, 128, 12, 4)
+    assert program_agreement(run, run)["window_outputs_agree"] == 1.0
+    from prox_assets.core.refine import ChunkRun
+
+    other = {**run, "chunk_runs": [ChunkRun(r.windows, ["drop_doc()"] * len(r.windows), r.result)
+                                   for r in run["chunk_runs"]]}
+    assert program_agreement(run, other)["window_programs_identical"] < 1.0

@@ -110,6 +110,10 @@ class TransformersBackend(EngineBackend):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.device = device
         self.compute = compute
+        from prox_assets.core.precision import keep_output_head_fp32, uses_bf16
+
+        if uses_bf16(device, compute):
+            keep_output_head_fp32(self.model)
         # Tokens run through the model, and tokens a shared-prefix cache saved from running.
         self.usage: Counter[str] = Counter()
         self.max_batch_size = max_batch_size

@@ -156,13 +156,16 @@ def test_auto_precision_runs_bf16_matmuls_where_the_cpu_has_bf16_units(tiny_llam
 
     auto = ModelEngine(model=str(tiny_llama_dir), max_batch_size=2).load(DeviceSettings(device="cpu"))
     assert auto is not backend and auto.compute == "auto" and backend.compute == "float32"
-    seen = []
-    hook = auto.model.model.layers[0].mlp.down_proj.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    seen, logits = [], []
+    hooks = [auto.model.model.layers[0].mlp.down_proj.register_forward_hook(lambda m, i, o: seen.append(o.dtype)),
+             auto.model.get_output_embeddings().register_forward_hook(lambda m, i, o: logits.append(o.dtype))]
     try:
         got = auto.next_token_probs(CHATS, ["0", "1"], prefixes=["Score: "] * 3)
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
     assert seen and set(seen) == {torch.bfloat16 if bf16_is_fast("cpu") else torch.float32}
+    assert logits and set(logits) == {torch.float32}  # the argmax is taken on fp32 logits
     assert next(auto.model.parameters()).dtype == torch.float32  # weights stay as loaded
     exact = backend.next_token_probs(CHATS, ["0", "1"], prefixes=["Score: "] * 3)
     for a, b in zip(got, exact):

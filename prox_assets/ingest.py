@@ -4,6 +4,14 @@ A file dropped under ``incoming/`` in the store becomes a ``shard`` partition (t
 or ``prox ingest``), and materializing that partition normalises it into
 ``raw/<shard>.parquet`` and registers every document (and every quarantined input) in the
 catalog.
+
+One run ingests many shards: a backfill, the sensor and ``prox ingest`` give a run up to
+``PROX_PARTITIONS_PER_RUN`` shards (default 32) as a partition key range
+(``INGEST_BACKFILL_POLICY``), so the run's process start and Dagster import are paid once for
+all of them. The shards of a run are ingested one after the other, each exactly as a run of its
+own would (its own raw file, its catalog rows in one commit, its stale raw files deleted after
+it, its own materialization and metadata); one that fails fails only itself (``partition_runs``).
+raw_corpus has no asset checks, so nothing reports once per run.
 """
 
 
@@ -26,6 +34,12 @@ from prox_assets.core.ingest import (
 from prox_assets.core.names import InvalidName, check_input_file_name, shard_name
 from prox_assets.core.unicode import printable
 from prox_assets.metadata import counts_table, histogram, lineage, md_table
+from prox_assets.partition_runs import (
+    INGEST_BACKFILL_POLICY,
+    PARTITIONS_PER_RUN,
+    materialize_each,
+    partition_run_request,
+)
 from prox_assets.partitions import shard_partitions
 from prox_resources.catalog import Catalog, ParquetRows
 from prox_resources.device import CPU_STEP
@@ -143,6 +157,7 @@ class _NothingIngested(Exception):
     owners=["team:data-platform"],
     code_version="ingest-v1",
     **CPU_STEP,
+    backfill_policy=INGEST_BACKFILL_POLICY,
     description=(
         "One raw input file (JSONL, Parquet, HTML or WARC) normalised to the document schema "
         "(doc_id = content hash, source, url, text, metadata) in raw/<shard>.parquet. Every "
@@ -150,10 +165,19 @@ class _NothingIngested(Exception):
     ),
 )
 def raw_corpus(context: dg.AssetExecutionContext, store: ObjectStore, catalog: Catalog) -> dg.MaterializeResult:
-    shard = context.partition_key
-    tags = lineage(context)
+    # A run may hold many shards (a backfill range, INGEST_BACKFILL_POLICY; the sensor's ranges;
+    # `prox ingest`): one process start and one Dagster import for all of them. Each shard is
+    # ingested on its own; one that fails fails only itself (materialize_each).
+    return materialize_each(context, lambda shard: ingest_shard(context, store, catalog, str(shard)))
+
+
+def ingest_shard(context: dg.AssetExecutionContext, store: ObjectStore, catalog: Catalog, shard: str) -> dict:
+    """One partition of raw_corpus: its raw file, its catalog rows (documents, quarantine, counts)
+    committed together, then the shard's stale raw files deleted; returns its metadata. Raises a
+    Failure, after recording the counts and quarantine, when nothing could be read."""
+    tags = lineage(context, partition_key=shard)
     source_file = incoming_file(store, shard)
-    context.log.info(f"reading {store.uri(source_file)}")
+    context.log.info(f"{shard}: reading {store.uri(source_file)}")
     key = raw_run_key(shard, tags["run_id"])
 
     with tempfile.TemporaryDirectory(prefix="prox-ingest-") as tmp:
@@ -173,7 +197,7 @@ def raw_corpus(context: dg.AssetExecutionContext, store: ObjectStore, catalog: C
         stats = _index_stats(index_path) if ingested else None
     _delete_stale_raw_files(store, shard, keep=key if ingested else None)
 
-    if not ingested:
+    if not ingested or stats is None:
         raise dg.Failure(
             f"nothing could be read from {store.uri(source_file)}: "
             f"{dict(tally.reasons) or 'the file holds no records'}",
@@ -185,23 +209,21 @@ def raw_corpus(context: dg.AssetExecutionContext, store: ObjectStore, catalog: C
         + (f"; {sum(duplicates.values())} documents also in other shards {dict(duplicates)}" if duplicates else "")
     )
     preview = [(d["doc_id"], d["source"], d["url"], d["n_words"], d["text"]) for d in tally.preview]
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": tally.n_ingested,
-            "path": dg.MetadataValue.path(store.uri(key)),
-            "source_file": store.uri(source_file),
-            "n_read": tally.n_read,
-            "n_ingested": tally.n_ingested,
-            "n_quarantined": tally.n_quarantined,
-            "n_quarantine_rows_not_sampled": tally.n_unsampled,
-            "quarantine_reasons": counts_table(tally.reasons, "reason"),
-            "duplicates_in_other_shards": counts_table(duplicates, "other shard"),
-            "sources": counts_table(stats["sources"], "source"),
-            "total_chars": stats["total_chars"],
-            "words_per_document": stats["words_per_document"],
-            "preview": md_table(["doc_id", "source", "url", "words", "text"], preview),
-        }
-    )
+    return {
+        "dagster/row_count": tally.n_ingested,
+        "path": dg.MetadataValue.path(store.uri(key)),
+        "source_file": store.uri(source_file),
+        "n_read": tally.n_read,
+        "n_ingested": tally.n_ingested,
+        "n_quarantined": tally.n_quarantined,
+        "n_quarantine_rows_not_sampled": tally.n_unsampled,
+        "quarantine_reasons": counts_table(tally.reasons, "reason"),
+        "duplicates_in_other_shards": counts_table(duplicates, "other shard"),
+        "sources": counts_table(stats["sources"], "source"),
+        "total_chars": stats["total_chars"],
+        "words_per_document": stats["words_per_document"],
+        "preview": md_table(["doc_id", "source", "url", "words", "text"], preview),
+    }
 
 
 def _index_stats(index_path: str) -> dict:
@@ -255,7 +277,8 @@ def _record(catalog: Catalog, shard: str, source_file: str, tally: IngestTally,
     target=[raw_corpus],
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Adds a shard partition for every new file under incoming/ and ingests it.",
+    description="Adds a shard partition for every new file under incoming/ and ingests them, up to "
+                "PROX_PARTITIONS_PER_RUN shards a run.",
 )
 def incoming_files_sensor(context: dg.SensorEvaluationContext, store: ObjectStore) -> dg.SensorResult:
     known = set(context.instance.get_dynamic_partitions(shard_partitions.name))
@@ -266,7 +289,12 @@ def incoming_files_sensor(context: dg.SensorEvaluationContext, store: ObjectStor
     new = sorted(set(scan.files) - known)
     if not new:
         return dg.SensorResult(skip_reason="; ".join(["no new files under incoming/", *problems])[:2000])
+    # As a backfill would (INGEST_BACKFILL_POLICY): runs of up to PARTITIONS_PER_RUN new shards,
+    # each a partition key range. The daemon adds the new keys in one insert, in this order, before
+    # it creates the runs, so each run's keys are a contiguous stretch of the definition. The run
+    # key names the range (a single shard keeps its key "ingest:<shard>"): nothing is asked twice.
+    runs = [new[i:i + PARTITIONS_PER_RUN] for i in range(0, len(new), PARTITIONS_PER_RUN)]
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(partition_key=s, run_key=f"ingest:{s}") for s in new],
+        run_requests=[partition_run_request("ingest", run) for run in runs],
         dynamic_partitions_requests=[shard_partitions.build_add_request(new)],
     )

@@ -462,20 +462,36 @@ def backfill_figures(url: str, instance, asset: str, partition_names: list[str],
         figures["all_runs_requested_extrapolated_seconds"] = round(planned / n_requested * window)
     if until != "finished":
         return figures
-    ends = sorted(r.end_time for r in records if r.end_time)
+    index = {k: i for i, k in enumerate(partition_names)}
+    ended = sorted((r.end_time, _run_partitions(r.dagster_run.tags, index)) for r in records if r.end_time)
+    ends = [t for t, _ in ended]
     durations = [r.end_time - r.start_time for r in records if r.end_time and r.start_time]
     statuses = [r.dagster_run.status for r in records]
+    steady = len(ends) > 2 and ends[-1] > ends[0]
     return figures | {
         "runs_finished_in_window": len(records),
         "runs_succeeded": statuses.count(DagsterRunStatus.SUCCESS),
         "runs_failed": statuses.count(DagsterRunStatus.FAILURE),
         "run_median_seconds": round(statistics.median(durations), 1) if durations else None,
         # between the first and the last run to finish: the daemon's steady rate, start-up excluded
-        "runs_per_minute": round((len(ends) - 1) / (ends[-1] - ends[0]) * 60, 1) if len(ends) > 2 else None,
+        "runs_per_minute": round((len(ends) - 1) / (ends[-1] - ends[0]) * 60, 1) if steady else None,
+        # the same, in partitions (those of the runs after the first to finish)
+        "partitions_per_minute": round(sum(n for _, n in ended[1:]) / (ends[-1] - ends[0]) * 60, 1)
+        if steady else None,
         "runs_per_minute_from_submit": round(len(records) / window * 60, 1),
         "partitions_materialized_in_window": materialized,
         "partitions_per_minute_from_submit": round(materialized / window * 60, 1),
     }
+
+
+def _run_partitions(tags: dict, index: dict[str, int]) -> int:
+    """How many partitions a run holds: its partition key range (``index``: each key's place in
+    the backfill's partitions), or its one key."""
+    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+    if ASSET_PARTITION_RANGE_START_TAG in tags:
+        return index[tags[ASSET_PARTITION_RANGE_END_TAG]] - index[tags[ASSET_PARTITION_RANGE_START_TAG]] + 1
+    return 1
 
 
 def scale_benchmark(workdir: Path, n_partitions: int = 1000, n_documents: int = 1_000_000,
@@ -507,7 +523,8 @@ def scale_benchmark(workdir: Path, n_partitions: int = 1000, n_documents: int = 
         with dagster_servers(workdir) as (url, info):
             servers = info.pop("servers")
             before = {a: partition_status_figures(url, a, n_partitions) for a in ("raw_corpus", "refined_corpus")}
-            # raw_corpus: one run per shard (no backfill policy); the runs really execute
+            # raw_corpus: a run per range of up to PROX_PARTITIONS_PER_RUN shards (its backfill
+            # policy, INGEST_BACKFILL_POLICY); the runs really execute
             daemon = backfill_figures(url, instance, "raw_corpus", shards, window_s, servers)
             after = {a: partition_status_figures(url, a, n_partitions) for a in ("raw_corpus", "refined_corpus")}
             # refined_corpus: the model assets' policy (a run per range of up to 32 partitions);

@@ -149,6 +149,7 @@ def test_case_and_script_variants_each_get_their_own_shard(tmp_path):
     before = tree(tmp_path, skip=home)
     out = prox(home, "ingest", data).stdout
     assert out.count(" ok in ") == 4, out
+    assert out.count("(one run of 4 partitions)") == 4, out  # a range run, its keys in any script
     rows = {r["source_file"]: r for r in query(home, "SELECT shard, source_file, n_read, n_ingested FROM ingestions")}
     assert {Path(k).name: (v["shard"], v["n_ingested"]) for k, v in rows.items()} == {
         "again.jsonl": ("again", 2), "AGAIN.jsonl": (shard_name("AGAIN.jsonl"), 1),

@@ -164,7 +164,9 @@ def test_a_backfill_across_two_workers_that_share_only_the_servers(
         "DAGSTER_PG_DB": postgres["db"],
         **fresh["env"],
         "PROX_EXECUTOR": "celery", "PROX_CELERY_BROKER": rabbitmq["url"],
-        "PROX_PARTITIONS_PER_RUN": "1",  # one run, so one step, per partition: steps to distribute
+        # one run, so one step, per partition (raw_corpus's and refined_corpus's backfill policy
+        # follow it; default 32 a run): steps to distribute over the workers
+        "PROX_PARTITIONS_PER_RUN": "1",
     }
     instance_yaml = _instance_yaml()
     machines = {name: _machine(tmp_path, name, shared, instance_yaml)
@@ -257,7 +259,7 @@ def test_a_backfill_across_two_workers_that_share_only_the_servers(
                 done[key] = workers_of[run.run_id][-1]
             return done
 
-        # --- 1. ingestion: a backfill, one step per shard, across the workers ----------------------
+        # --- 1. ingestion: a backfill, one step per shard (PROX_PARTITIONS_PER_RUN=1), across the workers
         t = time.monotonic()
         ingest_backfill = launch_backfill(url, ["raw_corpus"], shards, "multi-worker ingestion")
         # the daemon starts now, so that its first pass (then one every 30 s) finds the backfill

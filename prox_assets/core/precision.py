@@ -41,7 +41,7 @@ def keep_output_head_fp32(model) -> None:
 
 
 class _Fp32Head(torch.nn.Module):
-    def __init__(self, inner: torch.nn.Module):
+    def __init__(self, inner: torch.nn.Linear):
         super().__init__()
         self.inner = inner
 

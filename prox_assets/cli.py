@@ -397,6 +397,7 @@ def demo(budget: str, seeds_per_shard: int, chunk_docs_per_shard: int | None, an
         keys = [f"{version}|{shard}" for shard in shards]
         outcome |= _prefixed("refined_corpus", materialize_partitions(
             "refined_corpus", keys, {"max_docs": refine_docs, "sample_max_chars": refine_max_chars}))
+        outcome |= _prefixed("refined_pool", materialize_partitions("refined_pool", [version]))
         click.echo("== targets, landmark_influence, selected_subset (pool: the refined corpus)")
         for name, task in (("gsm8k", "gsm8k"), ("arc-challenge", "arc_challenge")):
             add_target(name, task, n_target=8, n_heldout=100, seed=0)
@@ -442,10 +443,10 @@ def _print_refiner_summary() -> None:
 
 
 def _latest_refiner_version() -> str | None:
+    """The newest registered refiner version: what refined_pool's dependents read by default."""
     from prox_assets.refine import latest_refiner_version
-    from prox_resources.catalog import Catalog
 
-    return latest_refiner_version(Catalog())
+    return latest_refiner_version(_instance())
 
 
 def _print_refined_summary() -> None:
@@ -575,7 +576,8 @@ def target_add(name: str, task: str, n_target: int, n_heldout: int, seed: int) -
               help="Only these shards (default: every shard).")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the backfill until it ends.")
 def backfill(refiner_version: str, url: str, shards: tuple[str, ...], wait: bool) -> None:
-    """Refine every shard with a refiner version: a partition backfill run by the daemon."""
+    """Refine every shard with a refiner version, then record its pool (refined_pool): one
+    backfill run by the daemon."""
     from prox_assets.backfill import BackfillError, launch_backfill, wait_for_backfill
     from prox_assets.partition_runs import partition_ranges
     from prox_assets.partitions import refiner_version_partitions, shard_partitions
@@ -592,11 +594,13 @@ def backfill(refiner_version: str, url: str, shards: tuple[str, ...], wait: bool
     per_run = refined_corpus.backfill_policy.max_partitions_per_run
     runs = len(partition_ranges(refined_corpus.partitions_def, names, per_run, instance))
     try:
+        # refined_pool[<version>] in the same backfill, once every shard is refined: what selection
+        # and training read, and what marks them stale (prox_assets.lineage)
         backfill_id = launch_backfill(url, ["refined_corpus"], names, title=f"refine with {refiner_version}",
-                                      tags={"prox/launched_by": "prox backfill"})
+                                      tags={"prox/launched_by": "prox backfill"}, downstream=[["refined_pool"]])
         click.echo(f"backfill {backfill_id}: {len(names)} partitions of refined_corpus in {runs} run(s) "
-                   f"(up to {per_run or len(names)} partitions a run, the refiners loaded once a run) "
-                   f"-> {url}/overview/backfills/{backfill_id}")
+                   f"(up to {per_run or len(names)} partitions a run, the refiners loaded once a run), "
+                   f"then refined_pool[{refiner_version}] -> {url}/overview/backfills/{backfill_id}")
         if wait:
             final = wait_for_backfill(url, backfill_id, on_status=lambda s: click.echo(f"  {s['status']}"))
             if final["status"] not in ("COMPLETED", "COMPLETED_SUCCESS"):

@@ -23,6 +23,7 @@ once for all of them; a shard that fails does not stop the others (``partition_r
 
 import json
 import time
+from dataclasses import asdict, dataclass
 
 import dagster as dg
 import polars as pl
@@ -32,9 +33,10 @@ from prox_assets.core.refine import DocumentError, DocumentRefinement, check_tex
 from prox_assets.core.scoring import seed_sample
 from prox_assets.core.unicode import printable
 from prox_assets.ingest import raw_corpus, raw_key
+from prox_assets.lineage import content_version, newest_refiner_version
 from prox_assets.metadata import histogram, md_table, with_lineage
-from prox_assets.partition_runs import MODEL_BACKFILL_POLICY, materialize_each
-from prox_assets.partitions import refined_partitions, shard_partitions
+from prox_assets.partition_runs import MODEL_BACKFILL_POLICY, PartitionOutcome, materialize_each
+from prox_assets.partitions import refined_partitions, refiner_version_partitions, shard_partitions
 from prox_assets.refiner import refiner, refiner_prefix
 from prox_resources.catalog import Catalog
 from prox_resources.device import GPU_STEP, DeviceSettings
@@ -65,16 +67,17 @@ def refined_shard_keys(store: ObjectStore, version: str) -> list[str]:
     return [k for k in store.list(f"refined/{version}/") if "/.parts/" not in k]
 
 
-def latest_refiner_version(catalog: Catalog) -> str | None:
-    """The newest registered refiner_version key (doc + chunk refiner pair), if any."""
-    rows = catalog.query("SELECT refiner_version FROM refiner_pairs ORDER BY written_at DESC LIMIT 1").rows()
-    return rows[0][0] if rows else None
+def latest_refiner_version(instance: dg.DagsterInstance) -> str | None:
+    """The newest registered refiner_version key (doc + chunk refiner pair), if any: the
+    partition that ``refined_pool``'s ``LastPartitionMapping`` dependents read."""
+    return newest_refiner_version(instance)
 
 
 def refiner_pair(catalog: Catalog, version: str) -> dict:
     """The doc and chunk refiner versions of a pair key, and the input sizes each was trained on."""
     rows = catalog.query(
-        "SELECT p.doc_version, p.chunk_version, sd.config AS doc_sft, sc.config AS chunk_sft, "
+        "SELECT p.doc_version, p.chunk_version, vd.sft_version AS doc_sft_version, "
+        "vc.sft_version AS chunk_sft_version, sd.config AS doc_sft, sc.config AS chunk_sft, "
         "vc.train_report AS chunk_report "
         "FROM refiner_pairs p "
         "JOIN refiner_versions vd ON vd.level = 'doc' AND vd.version = p.doc_version "
@@ -88,6 +91,7 @@ def refiner_pair(catalog: Catalog, version: str) -> dict:
     row = rows[0]
     return {
         "doc": row["doc_version"], "chunk": row["chunk_version"],
+        "doc_sft_version": row["doc_sft_version"], "chunk_sft_version": row["chunk_sft_version"],
         "doc_max_tokens": json.loads(row["doc_sft"])["doc_max_tokens"],
         "window_tokens": json.loads(row["chunk_sft"])["window_tokens"],
         "chunk_max_new_tokens": json.loads(row["chunk_report"] or "{}").get("max_new_tokens", 160),
@@ -228,8 +232,10 @@ def refined_corpus(
 
 
 def refine_shard(context: dg.AssetExecutionContext, config: RefineConfig, store: ObjectStore, catalog: Catalog,
-                 doc_backend, chunk_backend, shard: str, version: str, pair: dict, partition_key: str) -> dict:
-    """One partition of refined_corpus: its file, its catalog rows; returns its metadata."""
+                 doc_backend, chunk_backend, shard: str, version: str, pair: dict,
+                 partition_key: str) -> PartitionOutcome:
+    """One partition of refined_corpus: its file, its catalog rows; returns its metadata and its
+    content version (the refiner version and what became of each document)."""
     raw = store.read_parquet(raw_key(catalog, shard)).select("doc_id", "text")
     if config.max_docs:
         eligible = raw.filter(pl.col("text").str.len_chars() <= config.sample_max_chars) if config.sample_max_chars else raw
@@ -276,7 +282,7 @@ def refine_shard(context: dg.AssetExecutionContext, config: RefineConfig, store:
     stages = failures["error"].str.extract(r"^(\w+):").value_counts().rows() if errored else []
     examples = frame.filter(pl.col("kept") & (pl.col("lines_removed") > 0)).head(3)
     before = dict(raw.iter_rows())
-    return {
+    return PartitionOutcome(data_version=shard_content_version(version, frame), metadata={
         "dagster/row_count": n_in,
         "path": dg.MetadataValue.path(uri),
         "refiner_version": version,
@@ -299,7 +305,95 @@ def refine_shard(context: dg.AssetExecutionContext, config: RefineConfig, store:
         ),
         "documents_per_second": round(done_now / took, 3) if done_now else 0.0,
         "tokens_per_second": round(int(frame["n_tokens_before"].sum()) / took, 1) if done_now else 0.0,
-    }
+    })
+
+
+def shard_content_version(version: str, frame: pl.DataFrame) -> str:
+    """``<refiner_version>@<hash>`` of a refined shard: which documents, what became of each."""
+    rows = frame.select("doc_id", "status", "n_chars_after").sort("doc_id").rows()
+    return f"{version}@{content_version(version, rows)}"
+
+
+# --- the pool of one refiner version -------------------------------------------------------------
+@dataclass(frozen=True)
+class RefinedPool:
+    """What ``refined_pool[<refiner_version>]`` recorded: the finished shard files of one refiner
+    version, their counts, the refiners and SFT sets behind them. Readers of the pool read exactly
+    these files."""
+
+    refiner_version: str
+    doc_refiner: str
+    chunk_refiner: str
+    doc_sft_version: str
+    chunk_sft_version: str
+    shards: dict[str, str]  # shard -> refined file key
+    documents: int
+    kept: int
+    content_hash: str
+
+    @property
+    def data_version(self) -> str:
+        return f"{self.refiner_version}@{self.content_hash}"
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=2, sort_keys=True).encode()
+
+
+def pool_manifest_key(version: str) -> str:
+    return f"pools/refined/{version}.json"
+
+
+def read_refined_pool(store: ObjectStore, version: str) -> RefinedPool:
+    """The pool that ``refined_pool[version]`` recorded; a Failure when it was never materialized."""
+    key = pool_manifest_key(version)
+    if not store.exists(key):
+        raise dg.Failure(f"no refined pool for refiner version {version}: materialize refined_corpus for its "
+                         f"shards, then refined_pool[{version}]")
+    return RefinedPool(**json.loads(store.read_bytes(key)))
+
+
+def build_refined_pool(store: ObjectStore, catalog: Catalog, version: str) -> RefinedPool:
+    keys = refined_shard_keys(store, version)
+    if not keys:
+        raise dg.Failure(f"no refined shard for refiner version {version}: materialize refined_corpus first")
+    pair = refiner_pair(catalog, version)
+    frames = {k: store.read_parquet(k).select("doc_id", "status", "n_chars_after", "kept") for k in sorted(keys)}
+    shards = {k.rsplit("/", 1)[-1].removesuffix(".parquet"): k for k in sorted(keys)}
+    return RefinedPool(
+        refiner_version=version, doc_refiner=pair["doc"], chunk_refiner=pair["chunk"],
+        doc_sft_version=pair["doc_sft_version"], chunk_sft_version=pair["chunk_sft_version"], shards=shards,
+        documents=sum(f.height for f in frames.values()), kept=sum(int(f["kept"].sum()) for f in frames.values()),
+        content_hash=content_version(*(shard_content_version(version, frames[k]) for k in sorted(frames))),
+    )
+
+
+@dg.asset(
+    partitions_def=refiner_version_partitions,
+    deps=[dg.AssetDep(refined_corpus, partition_mapping=dg.MultiToSingleDimensionPartitionMapping(
+        partition_dimension_name="refiner_version"))],
+    group_name="refine",
+    kinds={"json"},
+    owners=["team:data-platform"],
+    code_version="pool-v1",
+    description=(
+        "The pool of one refiner version: which refined shard files it holds, their documents and "
+        "kept counts, and the refiners and SFT sets behind it (pools/refined/<refiner_version>.json). "
+        "Selection and training read a refined pool only through it, so the newest refiner version "
+        "is one partition upstream of them (their LastPartitionMapping): a backfill of a new version "
+        "marks them stale, whatever the number of shards."
+    ),
+)
+def refined_pool(context: dg.AssetExecutionContext, store: ObjectStore, catalog: Catalog) -> dg.MaterializeResult:
+    pool = build_refined_pool(store, catalog, context.partition_key)
+    uri = store.write_bytes(pool_manifest_key(pool.refiner_version), pool.to_json())
+    return dg.MaterializeResult(data_version=dg.DataVersion(pool.data_version), metadata={
+        "refiner_version": pool.refiner_version,
+        "doc_refiner": pool.doc_refiner, "chunk_refiner": pool.chunk_refiner,
+        "doc_sft_version": pool.doc_sft_version, "chunk_sft_version": pool.chunk_sft_version,
+        "shards": len(pool.shards), "documents": pool.documents, "kept": pool.kept,
+        "dagster/row_count": pool.kept,
+        "path": dg.MetadataValue.path(uri),
+    })
 
 
 @dg.sensor(
@@ -309,7 +403,7 @@ def refine_shard(context: dg.AssetExecutionContext, config: RefineConfig, store:
     description="When enabled: refines every ingested shard that the newest refiner version has not refined yet.",
 )
 def refine_new_shards_sensor(context: dg.SensorEvaluationContext, catalog: Catalog) -> dg.SensorResult:
-    version = latest_refiner_version(catalog)
+    version = latest_refiner_version(context.instance)
     if version is None:
         return dg.SensorResult(skip_reason="no refiner version yet")
     shards = set(context.instance.get_dynamic_partitions(shard_partitions.name))

@@ -11,6 +11,7 @@ import base64
 import io
 import json
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -25,10 +26,11 @@ from prox_assets.core.scoring import seed_sample
 from prox_assets.core.training import checkpoint_version, load_checkpoint, train_lm
 from prox_assets.ingest import raw_corpus, raw_paths
 from prox_assets.metadata import lineage, md_table
-from prox_assets.partition_runs import MODEL_BACKFILL_POLICY, materialize_each
+from prox_assets.partition_runs import MODEL_BACKFILL_POLICY, PartitionOutcome, materialize_each
 from prox_assets.partitions import VARIANTS, checkpoint_partitions, target_partitions
-from prox_assets.refine import latest_refiner_version, refined_corpus, refined_shard_keys
-from prox_assets.selection import pool_frame, selected_subset, target_prefix
+from prox_assets.lineage import consumed_refiner_version, content_version, recorded
+from prox_assets.refine import read_refined_pool, refined_pool
+from prox_assets.selection import pool_frame, pool_refiner_version, selected_subset, target_prefix
 from prox_resources.catalog import Catalog
 from prox_resources.device import GPU_STEP, DeviceSettings
 from prox_resources.engine import TransformersBackend
@@ -53,7 +55,7 @@ class CheckpointConfig(dg.Config):
     method: Literal["lora", "full"] = "lora"
     lora_r: int = 8
     lora_layers: int = 4  # adapters on the top N blocks; 0 = every block
-    refiner_version: str = ""  # raw / refined / rule_filtered: "" = the newest
+    refiner_version: str = ""  # raw / refined / rule_filtered: "" = the newest (refined_pool's last partition)
     eval_examples: int = 40  # held-out target examples evaluated (0 = all)
     prose_passages: int = 16
     prose_tokens: int = 256
@@ -71,48 +73,89 @@ def checkpoint_prefix(target: str, variant: str, version: str) -> str:
 
 
 def _target_task(catalog: Catalog, target: str) -> str:
-    rows = catalog.query("SELECT task FROM targets WHERE target = ? ORDER BY written_at DESC LIMIT 1",
-                         [target]).rows()
+    rows = catalog.query("SELECT task FROM targets WHERE target = ? LIMIT 1", [target]).rows()
     if not rows:
         raise dg.Failure(f"unknown target {target!r}: register it with `prox target add`")
     return rows[0][0]
 
 
-def _selection(store: ObjectStore, catalog: Catalog, target: str) -> tuple[pl.DataFrame, pl.DataFrame, str]:
-    """(the selected subset, the pool it was chosen from, the pool's spec) of the newest selection."""
-    rows = catalog.query(
-        "SELECT s.version, any_value(i.pool) FROM selections s JOIN influence_scores i USING (target, version) "
-        "WHERE s.target = ? GROUP BY s.version, s.written_at ORDER BY s.written_at DESC LIMIT 1", [target]).rows()
-    if not rows:
+@dataclass(frozen=True)
+class CheckpointLineage:
+    """What a checkpoint's documents came from; published in its materialization metadata."""
+
+    refiner_version: str | None = None
+    doc_sft_version: str | None = None
+    chunk_sft_version: str | None = None
+    selection_version: str | None = None
+    influence_version: str | None = None
+
+    @classmethod
+    def of_pool(cls, store: ObjectStore, refiner_version: str | None, **selection) -> "CheckpointLineage":
+        if refiner_version is None:
+            return cls(**selection)
+        pool = read_refined_pool(store, refiner_version)
+        return cls(refiner_version, pool.doc_sft_version, pool.chunk_sft_version, **selection)
+
+    def metadata(self) -> dict[str, str]:
+        return {k: v or "none" for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class VariantDocuments:
+    """What a variant trains on: doc_id, text, weight; raw or refined text; where it came from."""
+
+    docs: pl.DataFrame
+    text_kind: str
+    spec: str
+    lineage: CheckpointLineage
+    notes: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SelectionInput:
+    """The selection selected_subset[target] last materialized, and the pool it was chosen from."""
+
+    chosen: pl.DataFrame  # doc_id, weight
+    pool: pl.DataFrame  # doc_id, text
+    spec: str
+    lineage: CheckpointLineage
+
+
+def _selection(store: ObjectStore, catalog: Catalog, instance: dg.DagsterInstance, target: str) -> SelectionInput:
+    """The selection of selected_subset[target]'s latest materialization (its data version)."""
+    found = recorded(instance, "selected_subset", target)
+    if found is None:
         raise dg.Failure(f"no selection for {target}: materialize selected_subset[{target}]")
-    version, spec = rows[0]
+    version, pool_spec = found.value("influence_version"), found.value("pool")
     chosen = store.read_parquet(f"selections/{target}/{version}.parquet").select("doc_id", "weight")
     pool_ids = store.read_parquet(f"influence/{target}/{version}/scores.parquet").select("doc_id")
-    pool = pool_frame(store, catalog, spec).join(pool_ids, on="doc_id", how="semi")
-    return chosen, pool, f"selection:{target}/{version} of {spec}"
+    pool = pool_frame(store, catalog, pool_spec).join(pool_ids, on="doc_id", how="semi")
+    lineage = CheckpointLineage.of_pool(store, pool_refiner_version(pool_spec),
+                                        selection_version=found.value("selection_version"),
+                                        influence_version=version)
+    return SelectionInput(chosen, pool, f"selection:{target}/{version} of {pool_spec}", lineage)
 
 
 def _refinement_docs(store: ObjectStore, catalog: Catalog, version: str) -> pl.DataFrame:
-    """doc_id, raw text, refined text, kept: every document a refiner version processed."""
-    keys = refined_shard_keys(store, version)
-    if not keys:
-        raise dg.Failure(f"no refined corpus for refiner version {version}: materialize refined_corpus")
+    """doc_id, raw text, refined text, kept: every document of refined_pool[version]."""
+    keys = list(read_refined_pool(store, version).shards.values())
     refined = pl.concat([store.read_parquet(k).select("doc_id", "shard", "text", "kept") for k in keys])
     raw = pl.concat([store.read_parquet(k).select("doc_id", pl.col("text").alias("raw_text"))
                      for k in raw_paths(catalog, refined["shard"].unique().sort().to_list()).values()])
     return refined.join(raw.unique("doc_id"), on="doc_id").sort("doc_id")
 
 
-def variant_documents(store: ObjectStore, catalog: Catalog, target: str, variant: str, seed: int,
-                      config: CheckpointConfig, embedding_scores=None) -> tuple[pl.DataFrame, str, str, dict]:
-    """(doc_id, text, weight) a variant trains on, its text kind, where it came from, and notes
-    for the metadata."""
+def variant_documents(store: ObjectStore, catalog: Catalog, instance: dg.DagsterInstance, target: str,
+                      variant: str, seed: int, refiner_version: str | None,
+                      embedding_scores=None) -> VariantDocuments:
+    """The documents a variant trains on. ``refiner_version``: the refined pool the refinement
+    variants read (config, else the newest); the selection variants read their selection's pool."""
     notes: dict = {}
     if variant in ("influence", "random", "embedding", "full"):
-        chosen, pool, spec = _selection(store, catalog, target)
-        k = chosen.height
+        sel = _selection(store, catalog, instance, target)
+        pool, k = sel.pool, sel.chosen.height
         if variant == "influence":
-            docs = pool.join(chosen, on="doc_id")
+            docs = pool.join(sel.chosen, on="doc_id")
         elif variant == "random":
             ids = set(seed_sample(pool["doc_id"].to_list(), k, seed))
             docs = pool.filter(pl.col("doc_id").is_in(ids)).with_columns(weight=pl.lit(1.0))
@@ -123,12 +166,11 @@ def variant_documents(store: ObjectStore, catalog: Catalog, target: str, variant
             notes["embedding_similarity_mean"] = round(sum(scores[i] for i in order) / max(1, k), 4)
         else:
             docs = pool.with_columns(weight=pl.lit(1.0))
-        text_kind = "refined" if "of refined:" in spec else "raw"
-        return docs.select("doc_id", "text", "weight"), text_kind, spec, notes
-    version = config.refiner_version or latest_refiner_version(catalog)
-    if not version:
-        raise dg.Failure("no refiner version yet: materialize refiner and refined_corpus")
-    frame = _refinement_docs(store, catalog, version)
+        text_kind = "refined" if "of refined:" in sel.spec else "raw"
+        return VariantDocuments(docs.select("doc_id", "text", "weight"), text_kind, sel.spec, sel.lineage, notes)
+    if not refiner_version:
+        raise dg.Failure("no refiner version yet: materialize refiner, refined_corpus and refined_pool")
+    frame = _refinement_docs(store, catalog, refiner_version)
     notes["documents_refined"] = frame.height
     if variant == "refined":
         docs = frame.filter(pl.col("kept")).select("doc_id", "text")
@@ -141,8 +183,8 @@ def variant_documents(store: ObjectStore, catalog: Catalog, target: str, variant
             notes["dropped_by_rules"] = dropped.value_counts(sort=True).rows() if len(dropped) else []
             docs = docs.filter(pl.Series([r is None for r in reasons]))
             notes["kept_by_rules"] = docs.height
-    return docs.with_columns(weight=pl.lit(1.0)), "refined" if variant == "refined" else "raw", \
-        f"refiner:{version}", notes
+    return VariantDocuments(docs.with_columns(weight=pl.lit(1.0)), "refined" if variant == "refined" else "raw",
+                            f"refiner:{refiner_version}", CheckpointLineage.of_pool(store, refiner_version), notes)
 
 
 def _heldout_prose(store: ObjectStore, n: int) -> list[str]:
@@ -156,8 +198,10 @@ def _heldout_prose(store: ObjectStore, n: int) -> list[str]:
 
 @dg.asset(
     partitions_def=checkpoint_partitions,
+    # what it trains on: the target's selection, and (refinement variants) the newest refiner
+    # version's pool, one partition (a config refiner_version names another, recorded as metadata)
     deps=[dg.AssetDep(selected_subset, partition_mapping=dg.MultiToSingleDimensionPartitionMapping("target")),
-          dg.AssetDep(refined_corpus, partition_mapping=dg.AllPartitionMapping()),
+          dg.AssetDep(refined_pool, partition_mapping=dg.LastPartitionMapping()),
           dg.AssetDep(raw_corpus, partition_mapping=dg.AllPartitionMapping())],
     group_name="training",
     kinds={"pytorch", "safetensors"},
@@ -184,8 +228,9 @@ def trained_checkpoint(context: dg.AssetExecutionContext, config: CheckpointConf
 
 
 def train_variant(context: dg.AssetExecutionContext, config: CheckpointConfig, store: ObjectStore, catalog: Catalog,
-                  device: DeviceSettings, target: str, variant: str, partition_key: str) -> dict:
-    """One partition of trained_checkpoint: its checkpoints, its catalog rows; returns its metadata."""
+                  device: DeviceSettings, target: str, variant: str, partition_key: str) -> PartitionOutcome:
+    """One partition of trained_checkpoint: its checkpoints, its catalog rows; returns its metadata
+    (with what it came from: refiner version, SFT sets, selection) and its data version."""
     task = _target_task(catalog, target)
     base_path = resolve_model(config.base_model)
     dev = device.resolve_device()
@@ -218,15 +263,19 @@ def train_variant(context: dg.AssetExecutionContext, config: CheckpointConfig, s
     means: dict[str, list[float]] = {}
     # Only a random draw depends on the seed; other variants' documents are read (and scored or
     # filtered) once for all seeds.
+    refiner_version = consumed_refiner_version(context, config.refiner_version)
     shared = None if variant in ("base", "random") else variant_documents(
-        store, catalog, target, variant, seeds[0], config, embedding_scores)
+        store, catalog, context.instance, target, variant, seeds[0], refiner_version, embedding_scores)
+    lineage_of = CheckpointLineage()
     for seed in seeds:
         if variant == "base":
             version, docs, spec, text_kind, report, prefix = "base", None, config.base_model, "none", {}, None
             metrics = run_eval(None)
         else:
-            docs, text_kind, spec, notes = shared or variant_documents(
-                store, catalog, target, variant, seed, config, embedding_scores)
+            chosen = shared or variant_documents(
+                store, catalog, context.instance, target, variant, seed, refiner_version, embedding_scores)
+            docs, text_kind, spec, notes, lineage_of = (chosen.docs, chosen.text_kind, chosen.spec, chosen.notes,
+                                                         chosen.lineage)
             if docs.height == 0:
                 raise dg.Failure(f"{variant}: no document to train on ({json.dumps(notes)})")
             train_config = config.train_config(seed)
@@ -270,9 +319,12 @@ def train_variant(context: dg.AssetExecutionContext, config: CheckpointConfig, s
         ("checkpoint_documents", where, pl.concat(members) if members else None),
         ("checkpoint_evals", where, pl.DataFrame(evals)),
     ])
-    return {
+    versions = [row[1] for row in per_seed]
+    return PartitionOutcome(data_version=content_version(*versions) if variant != "base" else "base", metadata={
         "variant": variant,
         "task": task,
+        **lineage_of.metadata(),
+        "checkpoint_versions": ", ".join(versions),
         "seeds": len(seeds),
         "dagster/row_count": per_seed[0][2],
         "train_tokens_per_seed": per_seed[0][3],
@@ -280,7 +332,7 @@ def train_variant(context: dg.AssetExecutionContext, config: CheckpointConfig, s
         "per_seed": md_table(["seed", "version", "docs", "train tokens", "train s", *METRICS], per_seed),
         **{f"mean_{m}": round(sum(v) / len(v), 4) for m, v in means.items()},
         **{f"data/{k}": (json.dumps(v) if isinstance(v, list) else v) for k, v in notes.items()},
-    }
+    })
 
 
 def _existing_checkpoint(store: ObjectStore, catalog: Catalog, version: str) -> str | None:

@@ -152,6 +152,8 @@ def test_every_variant_trains_evaluates_reports_and_audits(pipeline):  # noqa: F
     version = _train_refiners(instance, model)
     for shard in ("web-00", "clean-00"):
         assert _refine(instance, version, shard).success
+    assert dg.materialize(ASSETS, selection=["refined_pool"], partition_key=version, instance=instance,
+                          resources=build_resources()).success
     add_target("arc-t", "arc_challenge", 3, 12, 0)
     influence = {"pool": "raw", "model": model, "landmarks": 6, "exact_holdout": 4, "max_len": 32,
                  "warmup_steps": 1, "batch_size": 4}

@@ -708,26 +708,25 @@ def bench_refine(docs: int, refiner_version: str | None, as_json: bool) -> None:
     from prox_assets.refine import refiner_pair
     from prox_assets.refiner import refiner_prefix
     from prox_resources.catalog import Catalog
-    from prox_resources.device import DeviceSettings
-    from prox_resources.engine import ModelEngine
-    from prox_resources.models import DEFAULT_MODEL, fetch_model
+    from prox_resources.models import fetch_model
     from prox_resources.store import ObjectStore
 
-    store, device = ObjectStore(), DeviceSettings(device=os.environ.get("PROX_DEVICE", "auto"))
-    engine = ModelEngine(backend="vllm" if os.environ.get("PROX_ENGINE_BACKEND") == "vllm" else "transformers")
+    store, device, engine = ObjectStore(), _device(), _engine()
     version = refiner_version or _latest_refiner_version()
-    if version:
+    if version:  # trained refiners are local folders: a local backend (openai falls back to transformers)
+        engine = engine.local()
         pair = refiner_pair(Catalog(), version)
         doc_model = str(fetch_model(store, refiner_prefix("doc", pair["doc"])))
         chunk_model = str(fetch_model(store, refiner_prefix("chunk", pair["chunk"])))
         sizes = (pair["doc_max_tokens"], pair["window_tokens"], pair["chunk_max_new_tokens"])
-    else:
-        doc_model = chunk_model = DEFAULT_MODEL
+    else:  # the engine's own model, wherever it runs
+        doc_model = chunk_model = engine.model
         sizes = (384, 384, 160)
     texts = pl.concat([store.read_parquet(k).select("text") for k in raw_paths(Catalog()).values()])
     texts = texts.sample(n=min(docs, texts.height), seed=0)["text"].to_list()
     report = refine_benchmark(texts, engine.load(device, model=doc_model), engine.load(device, model=chunk_model), *sizes)
-    report = {"refiner_version": version or f"base model {DEFAULT_MODEL}", "device": device.resolve_device(), **report}
+    report = {"refiner_version": version or f"base model {engine.model}", "backend": engine.backend,
+              "device": device.resolve_device(), **report}
     click.echo(json.dumps(report, indent=2) if as_json else _format_report(report))
 
 
@@ -759,14 +758,12 @@ def bench_influence(pool_size: int, landmarks: str, draws: int, embeddings: str,
     from prox_assets.core.influence_eval import influence_study
     from prox_assets.core.samples import build_sample_corpus
     from prox_assets.core.targets import load_task, split_target
-    from prox_assets.core.training import load_checkpoint
-    from prox_resources.models import DEFAULT_MODEL, resolve_model
 
     home = prox_home()
     files = build_sample_corpus(home / "samples", home / "downloads")
     texts, domains = domain_pool(files, pool_size, piece_chars)
     targets, _ = split_target(load_task(task), n_target, 0)
-    model, tokenizer = load_checkpoint(resolve_model(DEFAULT_MODEL), None)
+    model, tokenizer = _engine().local().load_model(_device())  # as landmark_influence loads it
     config = InfluenceConfig(max_len=max_len, warmup_steps=warmup_steps, dtype=dtype)
     report = influence_study(model, tokenizer, texts, domains, target_domain,
                              [t.prompt for t in targets], [t.answer for t in targets], config,
@@ -799,7 +796,6 @@ def bench_selection(pool_size: int, task: str, n_target: int, heldout: int, land
     from prox_assets.core.influence_eval import selection_experiment
     from prox_assets.core.samples import build_sample_corpus
     from prox_assets.core.targets import load_task, split_target
-    from prox_resources.models import DEFAULT_MODEL, resolve_model
 
     home = prox_home()
     files = build_sample_corpus(home / "samples", home / "downloads")
@@ -807,7 +803,7 @@ def bench_selection(pool_size: int, task: str, n_target: int, heldout: int, land
     targets, held = split_target(load_task(task), n_target, heldout)
     train = _evidence_train_config(train_steps, batch_size, seq_len, lr)
     report = selection_experiment(
-        resolve_model(DEFAULT_MODEL), texts, domains, [t.prompt for t in targets], [t.answer for t in targets],
+        *_local_models(_engine().local(), _device()), texts, domains, [t.prompt for t in targets], [t.answer for t in targets],
         [t.prompt for t in held], [t.answer for t in held], InfluenceConfig(landmarks=landmarks, max_len=128),
         train, budget_fraction, [int(x) for x in seeds.split(",")], log=lambda m: click.echo(m, err=True))
     click.echo(json.dumps(report, indent=2 if as_json else 1))
@@ -835,9 +831,7 @@ def bench_refinement(refiner_version: str | None, pages: int, heldout: int, max_
     from prox_assets.refine import refiner_pair
     from prox_assets.refiner import refiner_prefix
     from prox_resources.catalog import Catalog
-    from prox_resources.device import DeviceSettings
-    from prox_resources.engine import ModelEngine
-    from prox_resources.models import DEFAULT_MODEL, fetch_model, resolve_model
+    from prox_resources.models import fetch_model
     from prox_resources.store import ObjectStore
 
     version = refiner_version or _latest_refiner_version()
@@ -846,15 +840,14 @@ def bench_refinement(refiner_version: str | None, pages: int, heldout: int, max_
     pair = refiner_pair(Catalog(), version)
     if pair["heldout_pages"] is None:
         raise click.ClickException(f"{version}: its SFT set has no held-out docs pages; re-materialize sft_programs")
-    device = DeviceSettings(device=os.environ.get("PROX_DEVICE", "auto"))
-    backend = ModelEngine(backend="transformers").load(
-        device, model=str(fetch_model(ObjectStore(), refiner_prefix("chunk", pair["chunk"]))))
+    device, engine = _device(), _engine().local()
+    backend = engine.load(device, model=str(fetch_model(ObjectStore(), refiner_prefix("chunk", pair["chunk"]))))
     log = lambda m: click.echo(m, err=True)  # noqa: E731
     variants, held = refinement_variants(
         backend, hf_token_counter(backend.tokenizer), pair["window_tokens"], pair["chunk_max_new_tokens"], pages,
         heldout, max_chars, pair["heldout_pages"], pair["split_seed"], log)
     train = _evidence_train_config(train_steps, batch_size, seq_len, lr)
-    report = refinement_training_evidence(resolve_model(DEFAULT_MODEL), variants, held, train,
+    report = refinement_training_evidence(*_local_models(engine, device), variants, held, train,
                                           [int(x) for x in seeds.split(",")], log=log)
     click.echo(json.dumps({"refiner_version": version, **report}, indent=2 if as_json else 1))
 
@@ -865,6 +858,30 @@ def _evidence_train_config(steps: int, batch_size: int, seq_len: int, lr: float)
 
     return TrainConfig(method="lora", lora_r=8, lora_alpha=16, lora_layers=None, max_steps=steps,
                        batch_size=batch_size, lr=lr, min_lr=lr / 10, warmup_steps=2, max_seq_len=seq_len)
+
+
+def _engine():
+    """The model engine the environment names (PROX_ENGINE_BACKEND, PROX_MODEL, and for openai
+    PROX_OPENAI_BASE_URL / OPENAI_API_KEY, read where used), as Dagster runs get it."""
+    from prox_resources.engine import ModelEngine
+    from prox_resources.models import DEFAULT_MODEL
+
+    return ModelEngine(backend=os.environ.get("PROX_ENGINE_BACKEND", "transformers"),
+                       model=os.environ.get("PROX_MODEL", DEFAULT_MODEL))
+
+
+def _device():
+    from prox_resources.device import DeviceSettings
+
+    return DeviceSettings(device=os.environ.get("PROX_DEVICE", "auto"))
+
+
+def _local_models(engine, device):
+    """(load, serve) over the engine's local model, for the evidence benchmarks' core functions."""
+    def load(checkpoint=None, train=False):
+        return engine.load_model(device, adapter=checkpoint, train=train)
+
+    return load, lambda loaded: engine.serve(loaded, device)
 
 
 def _format_report(report: dict) -> str:

@@ -189,8 +189,8 @@ def refiner(
     def train_it(folder, progress):
         context.log.info(f"training {level} refiner {version} on {train.height} examples (SFT {sft_version})")
         examples = [(load_chat(m), t) for m, t in zip(train["messages"], train["target"])]
-        report = train_refiner(base_path, examples, train_config, folder, device=device.resolve_device(),
-                               progress=progress).to_dict()
+        model, tokenizer = engine.load_model(device, config.base_model, train=True)
+        report = train_refiner(model, tokenizer, examples, train_config, folder, progress=progress).to_dict()
         return {**report, "max_new_tokens": generation_budget(report["target_tokens_p99"])}
 
     report, reused = train_into_store(store, prefix, {

@@ -24,7 +24,6 @@ from prox_assets.core.influence import (
 from prox_assets.core.names import validate_name
 from prox_assets.core.precision import uses_bf16
 from prox_assets.core.scoring import seed_sample
-from prox_assets.core.training import load_checkpoint
 from prox_assets.ingest import raw_corpus, raw_paths
 from prox_assets.lineage import consumed_refiner_version, content_version, recorded
 from prox_assets.metadata import histogram, md_table, with_lineage
@@ -33,7 +32,8 @@ from prox_assets.partitions import target_partitions
 from prox_assets.refine import read_refined_pool, refined_pool
 from prox_resources.catalog import Catalog
 from prox_resources.device import GPU_STEP, DeviceSettings
-from prox_resources.models import DEFAULT_MODEL, resolve_model
+from prox_resources.engine import ModelEngine
+from prox_resources.models import DEFAULT_MODEL
 from prox_resources.store import ObjectStore
 
 
@@ -124,13 +124,13 @@ def pool_refiner_version(spec: str) -> str | None:
     ),
 )
 def landmark_influence(context: dg.AssetExecutionContext, config: InfluenceAssetConfig, store: ObjectStore,
-                       catalog: Catalog, device: DeviceSettings) -> dg.MaterializeResult:
+                       catalog: Catalog, engine: ModelEngine, device: DeviceSettings) -> dg.MaterializeResult:
     # A run may hold many targets (MODEL_BACKFILL_POLICY): the pool and the model are read once;
     # each target warms up its own copy, as the warm-up changes the weights in place.
     pool, spec = load_pool(store, catalog, config, consumed_refiner_version(context, config.refiner_version))
     dev = device.resolve_device()
     started = time.monotonic()
-    model, tokenizer = load_checkpoint(resolve_model(config.model), None, dev)
+    model, tokenizer = engine.load_model(device, config.model)  # on the device resource's device
     context.log.info(f"loaded model {config.model} (device {dev}) in {time.monotonic() - started:.1f}s")
     several = len(context.partition_keys) > 1
     return materialize_each(context, lambda target: target_influence(

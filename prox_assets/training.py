@@ -23,7 +23,7 @@ from prox_assets.core.quality_filters import rule_filter
 from prox_assets.core.refiner_training import TrainConfig
 from prox_assets.core.samples import heldout_prose
 from prox_assets.core.scoring import seed_sample
-from prox_assets.core.training import checkpoint_version, load_checkpoint, train_lm
+from prox_assets.core.training import checkpoint_version, train_lm
 from prox_assets.ingest import raw_corpus, raw_paths
 from prox_assets.metadata import lineage, md_table
 from prox_assets.partition_runs import MODEL_BACKFILL_POLICY, PartitionOutcome, materialize_each
@@ -33,8 +33,8 @@ from prox_assets.refine import read_refined_pool, refined_pool
 from prox_assets.selection import pool_frame, pool_refiner_version, selected_subset, target_prefix
 from prox_resources.catalog import Catalog
 from prox_resources.device import GPU_STEP, DeviceSettings
-from prox_resources.engine import TransformersBackend
-from prox_resources.models import DEFAULT_MODEL, fetch_model, resolve_model, train_into_store
+from prox_resources.engine import ModelEngine
+from prox_resources.models import DEFAULT_MODEL, fetch_model, train_into_store
 from prox_resources.settings import downloads_dir
 from prox_resources.store import ObjectStore
 
@@ -217,23 +217,23 @@ def _heldout_prose(store: ObjectStore, n: int) -> list[str]:
     ),
 )
 def trained_checkpoint(context: dg.AssetExecutionContext, config: CheckpointConfig, store: ObjectStore,
-                       catalog: Catalog, device: DeviceSettings) -> dg.MaterializeResult:
+                       catalog: Catalog, engine: ModelEngine, device: DeviceSettings) -> dg.MaterializeResult:
     # A run may hold many variants (MODEL_BACKFILL_POLICY). Each trains its own copy of the base
     # model and evaluates its own checkpoints: nothing to share but the run itself.
     def train(key) -> dict:
         keys = checkpoint_partitions.get_partition_key_from_str(str(key)).keys_by_dimension
-        return train_variant(context, config, store, catalog, device, keys["target"], keys["variant"], str(key))
+        return train_variant(context, config, store, catalog, engine.local(), device, keys["target"],
+                             keys["variant"], str(key))
 
     return materialize_each(context, train)
 
 
 def train_variant(context: dg.AssetExecutionContext, config: CheckpointConfig, store: ObjectStore, catalog: Catalog,
-                  device: DeviceSettings, target: str, variant: str, partition_key: str) -> PartitionOutcome:
+                  engine: ModelEngine, device: DeviceSettings, target: str, variant: str,
+                  partition_key: str) -> PartitionOutcome:
     """One partition of trained_checkpoint: its checkpoints, its catalog rows; returns its metadata
     (with what it came from: refiner version, SFT sets, selection) and its data version."""
     task = _target_task(catalog, target)
-    base_path = resolve_model(config.base_model)
-    dev = device.resolve_device()
     heldout = store.read_parquet(f"{target_prefix(target)}/heldout.parquet")
     if config.eval_examples:
         heldout = heldout.head(config.eval_examples)
@@ -242,7 +242,7 @@ def train_variant(context: dg.AssetExecutionContext, config: CheckpointConfig, s
     def embedding_scores(pool: pl.DataFrame) -> list[float]:
         from prox_assets.core.influence import representation_similarity
 
-        model, tokenizer = load_checkpoint(base_path, None, dev)
+        model, tokenizer = engine.load_model(device, config.base_model)
         examples = store.read_parquet(f"{target_prefix(target)}/target.parquet")
         return representation_similarity(model, tokenizer, pool["text"].to_list(),
                                          [p + a for p, a in zip(examples["prompt"], examples["answer"])],
@@ -250,7 +250,7 @@ def train_variant(context: dg.AssetExecutionContext, config: CheckpointConfig, s
 
     def run_eval(checkpoint_dir: Path | None) -> dict[str, float]:
         started = time.monotonic()
-        backend = TransformersBackend(str(base_path), dev, None, loaded=load_checkpoint(base_path, checkpoint_dir, dev))
+        backend = engine.serve(engine.load_model(device, config.base_model, adapter=checkpoint_dir), device)
         metrics = evaluate(backend, task, heldout.to_dicts(), prose, config.max_new_tokens, config.prose_tokens)
         context.log.info(f"evaluated in {time.monotonic() - started:.0f}s: "
                          + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
@@ -285,8 +285,9 @@ def train_variant(context: dg.AssetExecutionContext, config: CheckpointConfig, s
 
             def train_it(folder, progress):
                 context.log.info(f"seed {seed}: training {version} on {docs.height} documents ({spec}, {text_kind})")
-                return train_lm(base_path, docs["text"].to_list(), train_config, folder, docs["weight"].to_list(),
-                                device=dev, progress=progress).to_dict()
+                model, tokenizer = engine.load_model(device, config.base_model, train=True)
+                return train_lm(model, tokenizer, docs["text"].to_list(), train_config, folder,
+                                docs["weight"].to_list(), progress=progress).to_dict()
 
             report, reused = train_into_store(store, prefix, {
                 "target": target, "variant": variant, "seed": seed, "version": version,

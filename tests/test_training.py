@@ -26,7 +26,7 @@ from prox_assets.core.training import (
 )
 from prox_assets.definitions import ASSETS, build_resources
 from prox_assets.partitions import VARIANTS
-from prox_assets.training import comparisons, summarize
+from prox_assets.core.report import comparisons, summarize
 from prox_resources.catalog import Catalog
 from prox_resources.device import DeviceSettings
 from prox_resources.engine import ModelEngine

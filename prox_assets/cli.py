@@ -429,14 +429,19 @@ def demo(budget: str, seeds_per_shard: int, chunk_docs_per_shard: int | None, an
 
 
 def _print_refiner_summary() -> None:
+    """The evaluations of the refiners of the newest refiner version (Dagster's, as the assets read it)."""
+    from prox_assets.refine import refiner_pair
     from prox_resources.catalog import Catalog
 
+    version = _latest_refiner_version()
+    if not version:
+        return
+    pair = refiner_pair(Catalog(), version)
     rows = Catalog().query(
-        "SELECT e.level, e.version, e.model, e.dataset, e.metric, e.value FROM refiner_evals e "
-        "JOIN (SELECT level, version FROM refiner_versions QUALIFY row_number() OVER "
-        "(PARTITION BY level ORDER BY written_at DESC) = 1) v USING (level, version) "
-        "WHERE e.metric IN ('macro_f1', 'line_f1', 'parse_rate', 'noise_removed', 'gold_text_kept', "
-        "'tokens_kept', 'docs_dropped') ORDER BY 1, 4, 5, 3"
+        "SELECT level, version, model, dataset, metric, value FROM refiner_evals "
+        "WHERE ((level = 'doc' AND version = ?) OR (level = 'chunk' AND version = ?)) "
+        "AND metric IN ('macro_f1', 'line_f1', 'parse_rate', 'noise_removed', 'gold_text_kept', "
+        "'tokens_kept', 'docs_dropped') ORDER BY 1, 4, 5, 3", [pair.doc, pair.chunk]
     ).rows()
     for level, version, model, dataset, metric, value in rows:
         click.echo(f"refiner[{level}] {version} {dataset:>19} {metric:>14} {model:>16} = {value:.3f}")
@@ -486,16 +491,22 @@ def _print_synthesis_summary() -> None:
     ).row(0, named=True)
     click.echo(f"seed_scores: {scores['n']} documents in {scores['shards']} shards, mean expected edu "
                f"{scores['edu'] or 0:.2f}, format {scores['fmt'] or 0:.2f}, keep ratio {scores['keep'] or 0:.2f}")
-    sets = catalog.query(
-        "SELECT level, sft_version, n_train, n_val, n_rejected FROM sft_sets "
-        "QUALIFY row_number() OVER (PARTITION BY level ORDER BY written_at DESC) = 1 ORDER BY level"
-    )
+    # the SFT set of each level's latest sft_programs materialization (what the refiners read)
+    from prox_assets.lineage import recorded
+
+    instance = _instance()
+    current = [(level, found.value("sft_version")) for level in ("chunk", "doc")
+               if (found := recorded(instance, "sft_programs", level))]
+    sets = [catalog.query("SELECT level, sft_version, n_train, n_val, n_rejected FROM sft_sets "
+                          "WHERE level = ? AND sft_version = ?", [level, version]).rows()[0]
+            for level, version in current]
     labels = dict(
         ((lvl, lab), n) for lvl, lab, n in catalog.query(
-            "SELECT e.level, e.label, count(*) FROM sft_examples e JOIN sft_sets s USING (level, sft_version) "
-            "WHERE e.status = 'accepted' GROUP BY 1, 2").rows()
+            "SELECT level, label, count(*) FROM sft_examples WHERE status = 'accepted' AND ("
+            + (" OR ".join("(level = ? AND sft_version = ?)" for _ in current) or "false")
+            + ") GROUP BY 1, 2", [x for pair in current for x in pair]).rows()
     )
-    for level, version, n_train, n_val, n_rejected in sets.rows():
+    for level, version, n_train, n_val, n_rejected in sets:
         mix = ", ".join(f"{lab}={n}" for (lvl, lab), n in sorted(labels.items()) if lvl == level)
         click.echo(f"sft_programs[{level}] {version}: train {n_train}, val {n_val}, rejected {n_rejected}; {mix}")
 
@@ -716,9 +727,9 @@ def bench_refine(docs: int, refiner_version: str | None, as_json: bool) -> None:
     if version:  # trained refiners are local folders: a local backend (openai falls back to transformers)
         engine = engine.local()
         pair = refiner_pair(Catalog(), version)
-        doc_model = str(fetch_model(store, refiner_prefix("doc", pair["doc"])))
-        chunk_model = str(fetch_model(store, refiner_prefix("chunk", pair["chunk"])))
-        sizes = (pair["doc_max_tokens"], pair["window_tokens"], pair["chunk_max_new_tokens"])
+        doc_model = str(fetch_model(store, refiner_prefix("doc", pair.doc)))
+        chunk_model = str(fetch_model(store, refiner_prefix("chunk", pair.chunk)))
+        sizes = (pair.doc_max_tokens, pair.window_tokens, pair.chunk_max_new_tokens)
     else:  # the engine's own model, wherever it runs
         doc_model = chunk_model = engine.model
         sizes = (384, 384, 160)
@@ -838,14 +849,14 @@ def bench_refinement(refiner_version: str | None, pages: int, heldout: int, max_
     if not version:
         raise click.ClickException("no refiner version: materialize refiner[doc] and refiner[chunk] (or run prox demo)")
     pair = refiner_pair(Catalog(), version)
-    if pair["heldout_pages"] is None:
+    if pair.heldout_pages is None:
         raise click.ClickException(f"{version}: its SFT set has no held-out docs pages; re-materialize sft_programs")
     device, engine = _device(), _engine().local()
-    backend = engine.load(device, model=str(fetch_model(ObjectStore(), refiner_prefix("chunk", pair["chunk"]))))
+    backend = engine.load(device, model=str(fetch_model(ObjectStore(), refiner_prefix("chunk", pair.chunk))))
     log = lambda m: click.echo(m, err=True)  # noqa: E731
     variants, held = refinement_variants(
-        backend, hf_token_counter(backend.tokenizer), pair["window_tokens"], pair["chunk_max_new_tokens"], pages,
-        heldout, max_chars, pair["heldout_pages"], pair["split_seed"], log)
+        backend, hf_token_counter(backend.tokenizer), pair.window_tokens, pair.chunk_max_new_tokens, pages,
+        heldout, max_chars, pair.heldout_pages, pair.split_seed, log)
     train = _evidence_train_config(train_steps, batch_size, seq_len, lr)
     report = refinement_training_evidence(*_local_models(engine, device), variants, held, train,
                                           [int(x) for x in seeds.split(",")], log=log)

@@ -1,6 +1,6 @@
 """Which upstream version a step consumes, as Dagster recorded it.
 
-Every input of a step is explicit in the asset graph (see ARCHITECTURE in the README):
+Every input of a step is explicit in the asset graph (README: "Refiners, refinement, backfills, audits"):
 
 - the refined pool a step reads is ``refined_pool[<refiner_version>]``, reached through a
   ``LastPartitionMapping`` (the newest registered refiner version: one partition, so Dagster's

@@ -37,7 +37,7 @@ def _causes(instance, asset, key):
             for c in get_stale_status_resolver(instance, ASSETS).get_stale_causes(dg.AssetKey(asset), key)]
 
 
-def test_a_new_refiner_version_marks_selection_and_checkpoints_stale(pipeline):  # noqa: F811
+def test_a_new_refiner_version_marks_selection_and_checkpoints_stale(pipeline, capsys):  # noqa: F811
     from prox_assets.cli import add_target
 
     instance, store, model = pipeline
@@ -114,3 +114,20 @@ def test_a_new_refiner_version_marks_selection_and_checkpoints_stale(pipeline): 
     provenance = extract_data_provenance_from_entry(record.event_log_entry)
     assert {dg.AssetKey("selected_subset"), dg.AssetKey("refined_pool")} <= set(provenance.input_data_versions)
     assert provenance.is_user_provided
+
+    # the catalog's view agrees: the CLI summaries show the versions Dagster recorded, and the audit
+    # of a trained document names the selection and the refiner version
+    from prox_assets.audit import audit_document, format_audit
+    from prox_assets.cli import _print_refiner_summary, _print_synthesis_summary
+    from prox_resources.catalog import Catalog
+
+    _print_refiner_summary()
+    _print_synthesis_summary()
+    printed = capsys.readouterr().out
+    assert f"refiner[doc] {pool.value('doc_refiner')}" in printed
+    assert f"refiner[chunk] {pool.value('chunk_refiner')}" in printed
+    for level in ("doc", "chunk"):
+        assert f"sft_programs[{level}] {pool.value(f'{level}_sft_version')}:" in printed
+    doc_id = Catalog().query("SELECT doc_id FROM checkpoint_documents WHERE variant = 'influence' AND version = ?",
+                             [influence_ckpt.value("checkpoint_versions")])["doc_id"][0]
+    assert f"of refined:{v2}" in format_audit(audit_document(Catalog(), doc_id))

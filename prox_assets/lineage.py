@@ -34,6 +34,7 @@ class Recorded:
     data_version: str | None
     metadata: Mapping[str, object]
     run_id: str
+    storage_id: int
 
     def value(self, key: str) -> str:
         if key not in self.metadata:
@@ -54,6 +55,7 @@ def recorded(instance: dg.DagsterInstance, asset: str, partition: str | None) ->
     return Recorded(
         asset=asset, partition=partition, data_version=(event.tags or {}).get("dagster/data_version"),
         metadata={k: getattr(v, "value", v) for k, v in event.metadata.items()}, run_id=records[0].run_id,
+        storage_id=records[0].storage_id,
     )
 
 

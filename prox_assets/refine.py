@@ -32,7 +32,7 @@ from prox_assets.core.chunking import hf_token_counter
 from prox_assets.core.refine import refined_rows
 from prox_assets.core.scoring import seed_sample
 from prox_assets.ingest import raw_corpus, raw_key
-from prox_assets.lineage import content_version, newest_refiner_version
+from prox_assets.lineage import content_version, newest_refiner_version, recorded
 from prox_assets.metadata import histogram, md_table, with_lineage
 from prox_assets.partition_runs import MODEL_BACKFILL_POLICY, PartitionOutcome, materialize_each
 from prox_assets.partitions import refined_partitions, refiner_version_partitions, shard_partitions
@@ -376,3 +376,30 @@ def refine_new_shards_sensor(context: dg.SensorEvaluationContext, catalog: Catal
         dg.RunRequest(partition_key=dg.MultiPartitionKey({"shard": s, "refiner_version": version}),
                       run_key=f"refine:{version}:{s}") for s in todo
     ])
+
+
+@dg.sensor(
+    target=[refined_pool],
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description=("When enabled: records refined_pool[<newest refiner version>] once every shard is refined by "
+                 "that version and a shard is newer than the pool (with refine_new_shards_sensor: new shards "
+                 "reach selection and training, which the pool then marks stale)."),
+)
+def refined_pool_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    version = latest_refiner_version(context.instance)
+    if version is None:
+        return dg.SensorResult(skip_reason="no refiner version yet")
+    shards = context.instance.get_dynamic_partitions(shard_partitions.name)
+    keys = [str(dg.MultiPartitionKey({"shard": s, "refiner_version": version})) for s in shards]
+    done = context.instance.get_materialized_partitions(refined_corpus.key)
+    missing = [k for k in keys if k not in done]
+    if not keys or missing:
+        return dg.SensorResult(skip_reason=f"{len(missing)} of {len(keys)} shards not refined by {version} yet")
+    newest = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=refined_corpus.key, asset_partitions=keys), limit=1).records[0]
+    pool = recorded(context.instance, "refined_pool", version)
+    if pool is not None and pool.storage_id > newest.storage_id:
+        return dg.SensorResult(skip_reason=f"refined_pool[{version}] is newer than its shards")
+    return dg.SensorResult(run_requests=[dg.RunRequest(partition_key=version,
+                                                       run_key=f"pool:{version}:{newest.storage_id}")])

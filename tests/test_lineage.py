@@ -7,6 +7,7 @@ from dagster._utils.test.data_versions import get_stale_status_resolver
 
 from prox_assets.definitions import ASSETS, build_resources
 from prox_assets.lineage import recorded
+from prox_assets.refine import refined_pool_sensor
 from tests.test_refined_corpus import REFINER, _refine, _train_refiners
 from tests.test_synthesis_assets import _run, pipeline  # noqa: F401  (the fixture)
 
@@ -66,7 +67,11 @@ def test_a_new_refiner_version_marks_selection_and_checkpoints_stale(pipeline, c
     assert v2 != v1
     for shard in ("web-00", "clean-00"):
         assert _refine(instance, v2, shard).success
+    # (refined_pool_sensor, when enabled, asks for the pool once every shard is refined)
+    asks = refined_pool_sensor(dg.build_sensor_context(instance=instance))
+    assert [r.partition_key for r in asks.run_requests] == [v2]
     _materialize(instance, "refined_pool", v2)
+    assert not refined_pool_sensor(dg.build_sensor_context(instance=instance)).run_requests
 
     # what read v1's pool directly is stale now, through the refined_pool dependency
     assert _status(instance, "landmark_influence", TARGET) == StaleStatus.STALE

@@ -814,7 +814,8 @@ def bench_selection(pool_size: int, task: str, n_target: int, heldout: int, land
     targets, held = split_target(load_task(task), n_target, heldout)
     train = _evidence_train_config(train_steps, batch_size, seq_len, lr)
     report = selection_experiment(
-        *_local_models(_engine().local(), _device()), texts, domains, [t.prompt for t in targets], [t.answer for t in targets],
+        *_local_models(_engine().local(), _device()), texts, domains, [t.prompt for t in targets],
+        [t.answer for t in targets],
         [t.prompt for t in held], [t.answer for t in held], InfluenceConfig(landmarks=landmarks, max_len=128),
         train, budget_fraction, [int(x) for x in seeds.split(",")], log=lambda m: click.echo(m, err=True))
     click.echo(json.dumps(report, indent=2 if as_json else 1))

@@ -1,8 +1,9 @@
 """Stage 6, data selection: a pool x a target -> ``landmark_influence[target]`` -> ``selected_subset[target]``.
 
 The pool is the refined corpus of one refiner version (``refined_pool[<version>]``; default: the
-newest, the partition the dependency maps to; kept documents only) or the raw corpus. Influence is computed exactly on landmark samples and propagated to the pool
-through JVP embeddings (``core/influence.py``); the subset is chosen from the estimates.
+newest, the partition the dependency maps to; kept documents only) or the raw corpus. Influence is
+computed exactly on landmark samples and propagated to the pool through JVP embeddings
+(``core/influence.py``); the subset is chosen from the estimates.
 """
 
 import copy
@@ -235,7 +236,9 @@ def selected_subset(context: dg.AssetExecutionContext, config: SelectionConfig, 
         "budget": [k] * len(picked.chosen),
         "score": [float(mean[i]) for i in picked.chosen],
     })
-    selection_version = f"{version}-{content_version(config.model_dump_json(), frame.select('doc_id', 'weight').rows())[:6]}"
+    # the selection's data version: the influence version and what was chosen from it
+    picked_hash = content_version(config.model_dump_json(), frame.select("doc_id", "weight").rows())
+    selection_version = f"{version}-{picked_hash[:6]}"
     uri = store.write_parquet(f"selections/{target}/{version}.parquet", frame)
     catalog.replace_rows("selections", {"target": target, "version": version}, with_lineage(
         frame.drop("score"), context, target=target, version=version, method=config.method))

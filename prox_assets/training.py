@@ -282,7 +282,8 @@ def train_variant(context: dg.AssetExecutionContext, config: CheckpointConfig, s
         "per_seed": md_table(["seed", "version", "docs", "train tokens", "train s", *METRICS],
                              [r.table_row() for r in results]),
         **{f"mean_{m}": round(sum(v) / len(v), 4) for m, v in means.items()},
-        **{f"data/{k}": (json.dumps(v) if isinstance(v, list) else v) for k, v in (chosen.notes if chosen else {}).items()},
+        **{f"data/{k}": (json.dumps(v) if isinstance(v, list) else v)
+           for k, v in (chosen.notes if chosen else {}).items()},
     })
 
 

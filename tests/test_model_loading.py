@@ -21,7 +21,8 @@ def test_no_module_but_the_loader_imports_model_classes():
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ("transformers", "peft"):
-                offenders += [f"{path.relative_to(REPO)}: {a.name}" for a in node.names if MODEL_CLASS.fullmatch(a.name)]
+                offenders += [f"{path.relative_to(REPO)}: {a.name}" for a in node.names
+                              if MODEL_CLASS.fullmatch(a.name)]
     assert not offenders
 
 

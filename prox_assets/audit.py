@@ -27,7 +27,8 @@ SECTIONS = {
     "influence": ("influence_scores", "SELECT * FROM influence_scores WHERE doc_id = ?"),
     "selections": ("selections", "SELECT * FROM selections WHERE doc_id = ?"),
     "checkpoints": ("checkpoint_documents",
-                    "SELECT d.target, d.variant, d.seed, d.version, d.weight, c.text_kind, c.train_tokens, c.path, "
+                    "SELECT d.target, d.variant, d.seed, d.version, d.weight, c.text_kind, c.data_spec, "
+                    "c.train_tokens, c.path, "
                     "d.run_id FROM checkpoint_documents d LEFT JOIN checkpoints c "
                     "USING (target, variant, seed, version) WHERE d.doc_id = ? ORDER BY 1, 2, 3"),
 }
@@ -98,5 +99,6 @@ def format_audit(audit: dict) -> str:
             lines.append(f"  {section}: {r}")
     for r in audit.get("checkpoints", []):
         lines.append(f"  trained checkpoint {r['version']} ({r['target']}|{r['variant']}, seed {r['seed']}) on its "
-                     f"{r['text_kind']} text, weight {r['weight']:g}; {r['path']}, run {r['run_id']}")
+                     f"{r['text_kind']} text, weight {r['weight']:g}, from {r['data_spec']}; {r['path']}, "
+                     f"run {r['run_id']}")
     return "\n".join(lines)

@@ -58,9 +58,11 @@ def graphql(url: str, query: str, variables: dict, timeout: float = 60.0) -> dic
 
 
 def launch_backfill(url: str, asset_key: list[str], partition_names: list[str], title: str,
-                    tags: dict[str, str] | None = None) -> str:
+                    tags: dict[str, str] | None = None, downstream: list[list[str]] | None = None) -> str:
+    """A backfill of ``partition_names`` of ``asset_key``; ``downstream`` assets in the same
+    backfill get the partitions their partition mappings give (Dagster runs them afterwards)."""
     params = {
-        "assetSelection": [{"path": asset_key}],
+        "assetSelection": [{"path": asset_key}] + [{"path": k} for k in downstream or []],
         "partitionNames": partition_names,
         "title": title,
         "tags": [{"key": k, "value": v} for k, v in (tags or {}).items()],

@@ -397,6 +397,7 @@ def demo(budget: str, seeds_per_shard: int, chunk_docs_per_shard: int | None, an
         keys = [f"{version}|{shard}" for shard in shards]
         outcome |= _prefixed("refined_corpus", materialize_partitions(
             "refined_corpus", keys, {"max_docs": refine_docs, "sample_max_chars": refine_max_chars}))
+        outcome |= _prefixed("refined_pool", materialize_partitions("refined_pool", [version]))
         click.echo("== targets, landmark_influence, selected_subset (pool: the refined corpus)")
         for name, task in (("gsm8k", "gsm8k"), ("arc-challenge", "arc_challenge")):
             add_target(name, task, n_target=8, n_heldout=100, seed=0)
@@ -428,24 +429,29 @@ def demo(budget: str, seeds_per_shard: int, chunk_docs_per_shard: int | None, an
 
 
 def _print_refiner_summary() -> None:
+    """The evaluations of the refiners of the newest refiner version (Dagster's, as the assets read it)."""
+    from prox_assets.refine import refiner_pair
     from prox_resources.catalog import Catalog
 
+    version = _latest_refiner_version()
+    if not version:
+        return
+    pair = refiner_pair(Catalog(), version)
     rows = Catalog().query(
-        "SELECT e.level, e.version, e.model, e.dataset, e.metric, e.value FROM refiner_evals e "
-        "JOIN (SELECT level, version FROM refiner_versions QUALIFY row_number() OVER "
-        "(PARTITION BY level ORDER BY written_at DESC) = 1) v USING (level, version) "
-        "WHERE e.metric IN ('macro_f1', 'line_f1', 'parse_rate', 'noise_removed', 'gold_text_kept', "
-        "'tokens_kept', 'docs_dropped') ORDER BY 1, 4, 5, 3"
+        "SELECT level, version, model, dataset, metric, value FROM refiner_evals "
+        "WHERE ((level = 'doc' AND version = ?) OR (level = 'chunk' AND version = ?)) "
+        "AND metric IN ('macro_f1', 'line_f1', 'parse_rate', 'noise_removed', 'gold_text_kept', "
+        "'tokens_kept', 'docs_dropped') ORDER BY 1, 4, 5, 3", [pair.doc, pair.chunk]
     ).rows()
     for level, version, model, dataset, metric, value in rows:
         click.echo(f"refiner[{level}] {version} {dataset:>19} {metric:>14} {model:>16} = {value:.3f}")
 
 
 def _latest_refiner_version() -> str | None:
+    """The newest registered refiner version: what refined_pool's dependents read by default."""
     from prox_assets.refine import latest_refiner_version
-    from prox_resources.catalog import Catalog
 
-    return latest_refiner_version(Catalog())
+    return latest_refiner_version(_instance())
 
 
 def _print_refined_summary() -> None:
@@ -485,16 +491,22 @@ def _print_synthesis_summary() -> None:
     ).row(0, named=True)
     click.echo(f"seed_scores: {scores['n']} documents in {scores['shards']} shards, mean expected edu "
                f"{scores['edu'] or 0:.2f}, format {scores['fmt'] or 0:.2f}, keep ratio {scores['keep'] or 0:.2f}")
-    sets = catalog.query(
-        "SELECT level, sft_version, n_train, n_val, n_rejected FROM sft_sets "
-        "QUALIFY row_number() OVER (PARTITION BY level ORDER BY written_at DESC) = 1 ORDER BY level"
+    # the SFT set of each level's latest sft_programs materialization (what the refiners read)
+    from prox_assets.lineage import recorded
+
+    instance = _instance()
+    current = [(level, found.value("sft_version")) for level in ("chunk", "doc")
+               if (found := recorded(instance, "sft_programs", level))]
+    sets = [catalog.query("SELECT level, sft_version, n_train, n_val, n_rejected FROM sft_sets "
+                          "WHERE level = ? AND sft_version = ?", [level, version]).rows()[0]
+            for level, version in current]
+    labels = dict(
+        ((lvl, lab), n) for lvl, lab, n in catalog.query(
+            "SELECT level, label, count(*) FROM sft_examples WHERE status = 'accepted' AND ("
+            + (" OR ".join("(level = ? AND sft_version = ?)" for _ in current) or "false")
+            + ") GROUP BY 1, 2", [x for pair in current for x in pair]).rows()
     )
-    labels = {
-        (lvl, lab): n for lvl, lab, n in catalog.query(
-            "SELECT e.level, e.label, count(*) FROM sft_examples e JOIN sft_sets s USING (level, sft_version) "
-            "WHERE e.status = 'accepted' GROUP BY 1, 2").rows()
-    }
-    for level, version, n_train, n_val, n_rejected in sets.rows():
+    for level, version, n_train, n_val, n_rejected in sets:
         mix = ", ".join(f"{lab}={n}" for (lvl, lab), n in sorted(labels.items()) if lvl == level)
         click.echo(f"sft_programs[{level}] {version}: train {n_train}, val {n_val}, rejected {n_rejected}; {mix}")
 
@@ -575,7 +587,8 @@ def target_add(name: str, task: str, n_target: int, n_heldout: int, seed: int) -
               help="Only these shards (default: every shard).")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the backfill until it ends.")
 def backfill(refiner_version: str, url: str, shards: tuple[str, ...], wait: bool) -> None:
-    """Refine every shard with a refiner version: a partition backfill run by the daemon."""
+    """Refine every shard with a refiner version, then record its pool (refined_pool): one
+    backfill run by the daemon."""
     from prox_assets.backfill import BackfillError, launch_backfill, wait_for_backfill
     from prox_assets.partition_runs import partition_ranges
     from prox_assets.partitions import refiner_version_partitions, shard_partitions
@@ -592,11 +605,13 @@ def backfill(refiner_version: str, url: str, shards: tuple[str, ...], wait: bool
     per_run = refined_corpus.backfill_policy.max_partitions_per_run
     runs = len(partition_ranges(refined_corpus.partitions_def, names, per_run, instance))
     try:
+        # refined_pool[<version>] in the same backfill, once every shard is refined: what selection
+        # and training read, and what marks them stale (prox_assets.lineage)
         backfill_id = launch_backfill(url, ["refined_corpus"], names, title=f"refine with {refiner_version}",
-                                      tags={"prox/launched_by": "prox backfill"})
+                                      tags={"prox/launched_by": "prox backfill"}, downstream=[["refined_pool"]])
         click.echo(f"backfill {backfill_id}: {len(names)} partitions of refined_corpus in {runs} run(s) "
-                   f"(up to {per_run or len(names)} partitions a run, the refiners loaded once a run) "
-                   f"-> {url}/overview/backfills/{backfill_id}")
+                   f"(up to {per_run or len(names)} partitions a run, the refiners loaded once a run), "
+                   f"then refined_pool[{refiner_version}] -> {url}/overview/backfills/{backfill_id}")
         if wait:
             final = wait_for_backfill(url, backfill_id, on_status=lambda s: click.echo(f"  {s['status']}"))
             if final["status"] not in ("COMPLETED", "COMPLETED_SUCCESS"):
@@ -730,20 +745,19 @@ def bench_refine(docs: int, refiner_version: str | None, dtypes: str, as_json: b
     from prox_assets.refiner import refiner_prefix
     from prox_resources.catalog import Catalog
     from prox_resources.device import DeviceSettings
-    from prox_resources.engine import ModelEngine
-    from prox_resources.models import DEFAULT_MODEL, fetch_model
+    from prox_resources.models import fetch_model
     from prox_resources.store import ObjectStore
 
-    store, device = ObjectStore(), DeviceSettings(device=os.environ.get("PROX_DEVICE", "auto"))
-    engine = ModelEngine(backend="vllm" if os.environ.get("PROX_ENGINE_BACKEND") == "vllm" else "transformers")
+    store, device, engine = ObjectStore(), _device(), _engine()
     version = refiner_version or _latest_refiner_version()
-    if version:
+    if version:  # trained refiners are local folders: a local backend (openai falls back to transformers)
+        engine = engine.local()
         pair = refiner_pair(Catalog(), version)
-        doc_model = str(fetch_model(store, refiner_prefix("doc", pair["doc"])))
-        chunk_model = str(fetch_model(store, refiner_prefix("chunk", pair["chunk"])))
-        sizes = (pair["doc_max_tokens"], pair["window_tokens"], pair["chunk_max_new_tokens"])
-    else:
-        doc_model = chunk_model = DEFAULT_MODEL
+        doc_model = str(fetch_model(store, refiner_prefix("doc", pair.doc)))
+        chunk_model = str(fetch_model(store, refiner_prefix("chunk", pair.chunk)))
+        sizes = (pair.doc_max_tokens, pair.window_tokens, pair.chunk_max_new_tokens)
+    else:  # the engine's own model, wherever it runs
+        doc_model = chunk_model = engine.model
         sizes = (384, 384, 160)
     texts = pl.concat([store.read_parquet(k).select("text") for k in raw_paths(Catalog()).values()])
     texts = texts.sample(n=min(docs, texts.height), seed=0)["text"].to_list()
@@ -753,7 +767,8 @@ def bench_refine(docs: int, refiner_version: str | None, dtypes: str, as_json: b
         return engine.load(settings, model=doc_model), engine.load(settings, model=chunk_model)
 
     report = refine_benchmark(texts, load, *sizes, dtypes=dtypes.split(","))
-    report = {"refiner_version": version or f"base model {DEFAULT_MODEL}", "device": device.resolve_device(), **report}
+    report = {"refiner_version": version or f"base model {engine.model}", "backend": engine.backend,
+              "device": device.resolve_device(), **report}
     click.echo(json.dumps(report, indent=2) if as_json else _format_report(report))
 
 
@@ -785,14 +800,12 @@ def bench_influence(pool_size: int, landmarks: str, draws: int, embeddings: str,
     from prox_assets.core.influence_eval import influence_study
     from prox_assets.core.samples import build_sample_corpus
     from prox_assets.core.targets import load_task, split_target
-    from prox_assets.core.training import load_checkpoint
-    from prox_resources.models import DEFAULT_MODEL, resolve_model
 
     home = prox_home()
     files = build_sample_corpus(home / "samples", home / "downloads")
     texts, domains = domain_pool(files, pool_size, piece_chars)
     targets, _ = split_target(load_task(task), n_target, 0)
-    model, tokenizer = load_checkpoint(resolve_model(DEFAULT_MODEL), None)
+    model, tokenizer = _engine().local().load_model(_device())  # as landmark_influence loads it
     config = InfluenceConfig(max_len=max_len, warmup_steps=warmup_steps, dtype=dtype)
     report = influence_study(model, tokenizer, texts, domains, target_domain,
                              [t.prompt for t in targets], [t.answer for t in targets], config,
@@ -825,7 +838,6 @@ def bench_selection(pool_size: int, task: str, n_target: int, heldout: int, land
     from prox_assets.core.influence_eval import selection_experiment
     from prox_assets.core.samples import build_sample_corpus
     from prox_assets.core.targets import load_task, split_target
-    from prox_resources.models import DEFAULT_MODEL, resolve_model
 
     home = prox_home()
     files = build_sample_corpus(home / "samples", home / "downloads")
@@ -833,7 +845,8 @@ def bench_selection(pool_size: int, task: str, n_target: int, heldout: int, land
     targets, held = split_target(load_task(task), n_target, heldout)
     train = _evidence_train_config(train_steps, batch_size, seq_len, lr)
     report = selection_experiment(
-        resolve_model(DEFAULT_MODEL), texts, domains, [t.prompt for t in targets], [t.answer for t in targets],
+        *_local_models(_engine().local(), _device()), texts, domains, [t.prompt for t in targets],
+        [t.answer for t in targets],
         [t.prompt for t in held], [t.answer for t in held], InfluenceConfig(landmarks=landmarks, max_len=128),
         train, budget_fraction, [int(x) for x in seeds.split(",")], log=lambda m: click.echo(m, err=True))
     click.echo(json.dumps(report, indent=2 if as_json else 1))
@@ -861,26 +874,23 @@ def bench_refinement(refiner_version: str | None, pages: int, heldout: int, max_
     from prox_assets.refine import refiner_pair
     from prox_assets.refiner import refiner_prefix
     from prox_resources.catalog import Catalog
-    from prox_resources.device import DeviceSettings
-    from prox_resources.engine import ModelEngine
-    from prox_resources.models import DEFAULT_MODEL, fetch_model, resolve_model
+    from prox_resources.models import fetch_model
     from prox_resources.store import ObjectStore
 
     version = refiner_version or _latest_refiner_version()
     if not version:
         raise click.ClickException("no refiner version: materialize refiner[doc] and refiner[chunk] (or run prox demo)")
     pair = refiner_pair(Catalog(), version)
-    if pair["heldout_pages"] is None:
+    if pair.heldout_pages is None:
         raise click.ClickException(f"{version}: its SFT set has no held-out docs pages; re-materialize sft_programs")
-    device = DeviceSettings(device=os.environ.get("PROX_DEVICE", "auto"))
-    backend = ModelEngine(backend="transformers").load(
-        device, model=str(fetch_model(ObjectStore(), refiner_prefix("chunk", pair["chunk"]))))
+    device, engine = _device(), _engine().local()
+    backend = engine.load(device, model=str(fetch_model(ObjectStore(), refiner_prefix("chunk", pair.chunk))))
     log = lambda m: click.echo(m, err=True)  # noqa: E731
     variants, held = refinement_variants(
-        backend, hf_token_counter(backend.tokenizer), pair["window_tokens"], pair["chunk_max_new_tokens"], pages,
-        heldout, max_chars, pair["heldout_pages"], pair["split_seed"], log)
+        backend, hf_token_counter(backend.tokenizer), pair.window_tokens, pair.chunk_max_new_tokens, pages,
+        heldout, max_chars, pair.heldout_pages, pair.split_seed, log)
     train = _evidence_train_config(train_steps, batch_size, seq_len, lr)
-    report = refinement_training_evidence(resolve_model(DEFAULT_MODEL), variants, held, train,
+    report = refinement_training_evidence(*_local_models(engine, device), variants, held, train,
                                           [int(x) for x in seeds.split(",")], log=log)
     click.echo(json.dumps({"refiner_version": version, **report}, indent=2 if as_json else 1))
 
@@ -891,6 +901,30 @@ def _evidence_train_config(steps: int, batch_size: int, seq_len: int, lr: float)
 
     return TrainConfig(method="lora", lora_r=8, lora_alpha=16, lora_layers=None, max_steps=steps,
                        batch_size=batch_size, lr=lr, min_lr=lr / 10, warmup_steps=2, max_seq_len=seq_len)
+
+
+def _engine():
+    """The model engine the environment names (PROX_ENGINE_BACKEND, PROX_MODEL, and for openai
+    PROX_OPENAI_BASE_URL / OPENAI_API_KEY, read where used), as Dagster runs get it."""
+    from prox_resources.engine import ModelEngine
+    from prox_resources.models import DEFAULT_MODEL
+
+    return ModelEngine(backend=os.environ.get("PROX_ENGINE_BACKEND", "transformers"),
+                       model=os.environ.get("PROX_MODEL", DEFAULT_MODEL))
+
+
+def _device():
+    from prox_resources.device import DeviceSettings
+
+    return DeviceSettings(device=os.environ.get("PROX_DEVICE", "auto"), dtype=os.environ.get("PROX_DTYPE", "auto"))
+
+
+def _local_models(engine, device):
+    """(load, serve) over the engine's local model, for the evidence benchmarks' core functions."""
+    def load(checkpoint=None, train=False):
+        return engine.load_model(device, adapter=checkpoint, train=train)
+
+    return load, lambda loaded: engine.serve(loaded, device)
 
 
 def _format_report(report: dict) -> str:

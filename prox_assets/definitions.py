@@ -8,7 +8,7 @@ import dagster as dg
 
 from prox_assets.ingest import incoming_files_sensor, raw_corpus
 from prox_assets.partitions import shard_partitions
-from prox_assets.refine import refine_new_shards_sensor, refined_corpus
+from prox_assets.refine import refine_new_shards_sensor, refined_corpus, refined_pool, refined_pool_sensor
 from prox_assets.refiner import refiner
 from prox_assets.scoring import seed_scores
 from prox_assets.selection import landmark_influence, selected_subset
@@ -21,9 +21,9 @@ from prox_resources.models import DEFAULT_MODEL
 from prox_resources.store import ObjectStore
 
 # In data-flow order.
-ASSETS = [raw_corpus, seed_scores, sft_programs, refiner, refined_corpus, landmark_influence, selected_subset,
-          trained_checkpoint, evaluation_report]
-SENSORS = [incoming_files_sensor, refine_new_shards_sensor]
+ASSETS = [raw_corpus, seed_scores, sft_programs, refiner, refined_corpus, refined_pool, landmark_influence,
+          selected_subset, trained_checkpoint, evaluation_report]
+SENSORS = [incoming_files_sensor, refine_new_shards_sensor, refined_pool_sensor]
 JOBS = [
     dg.define_asset_job(
         "ingest_job", selection=[raw_corpus], partitions_def=shard_partitions,

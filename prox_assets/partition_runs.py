@@ -22,13 +22,20 @@ ones are recorded as materialized (their files and catalog rows are written) and
 naming the failed ones: a backfill counts only those as failed, and its retry re-runs only them.
 A run of one partition fails exactly as before, with the partition's own exception. A run killed
 outright (out of memory, lost machine) records nothing: the backfill re-runs its partitions.
+
+Data versions: ``work`` may return a ``PartitionOutcome`` carrying the partition's content version.
+A run of one partition publishes it as its Dagster data version; Dagster gives every partition of
+a run the same data version, so a run of several publishes a hash of all of theirs (a partition
+whose run-mates changed may then look changed downstream: conservative, never stale-blind).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
@@ -48,18 +55,43 @@ INGEST_BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=PART
 ONE_PARTITION_PER_RUN = dg.BackfillPolicy.multi_run(max_partitions_per_run=1)
 
 
-def materialize_each(context: dg.AssetExecutionContext, work: Callable[[Any], Mapping[str, Any]],
+@dataclass(frozen=True)
+class PartitionOutcome:
+    """What one partition of a run publishes: its metadata and its content version."""
+
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    data_version: str | None = None
+
+
+def run_data_version(versions: Mapping[str, str | None]) -> dg.DataVersion | None:
+    """The data version of a run's partitions: the one partition's own, or a hash of them all
+    (None when a partition has none)."""
+    if not versions or any(v is None for v in versions.values()):
+        return None
+    if len(versions) == 1:
+        return dg.DataVersion(next(iter(versions.values())))
+    joined = "\n".join(f"{k}={v}" for k, v in sorted(versions.items()))
+    return dg.DataVersion(hashlib.sha256(joined.encode()).hexdigest()[:16])
+
+
+def materialize_each(context: dg.AssetExecutionContext,
+                     work: Callable[[Any], Mapping[str, Any] | PartitionOutcome],
                      keys: Sequence[Any] | None = None) -> dg.MaterializeResult:
     """Runs ``work(partition_key)`` for every partition of the run (``context.partition_keys``:
-    one key, or a range), each returning its materialization metadata; see the module docstring
-    for what a failure does."""
+    one key, or a range), each returning its materialization metadata (or a ``PartitionOutcome``
+    with its data version); see the module docstring for what a failure does."""
     keys = list(context.partition_keys if keys is None else keys)
     done: dict[str, Mapping[str, Any]] = {}
+    versions: dict[str, str | None] = {}
     failed: dict[str, str] = {}
     for i, key in enumerate(keys, 1):
         started = time.monotonic()
         try:
-            done[str(key)] = work(key)
+            outcome = work(key)
+            if not isinstance(outcome, PartitionOutcome):
+                outcome = PartitionOutcome(outcome)
+            done[str(key)] = outcome.metadata
+            versions[str(key)] = outcome.data_version
         except Exception as exc:
             if len(keys) == 1:
                 raise  # a one-partition run: the step fails with the partition's own error
@@ -84,7 +116,7 @@ def materialize_each(context: dg.AssetExecutionContext, work: Callable[[Any], Ma
         )
     for key, metadata in done.items():
         context.add_asset_metadata(dict(metadata), partition_key=key)
-    return dg.MaterializeResult()
+    return dg.MaterializeResult(data_version=run_data_version(versions))
 
 
 def partition_run_request(run_key_prefix: str, keys: Sequence[str]) -> dg.RunRequest:

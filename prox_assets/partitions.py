@@ -2,6 +2,8 @@
 
 import dagster as dg
 
+from prox_assets.core.variants import VARIANTS
+
 # One partition per raw input file, added when the file arrives (sensor or `prox ingest`).
 shard_partitions = dg.DynamicPartitionsDefinition(name="shard")
 
@@ -30,7 +32,6 @@ target_partitions = dg.DynamicPartitionsDefinition(name="target")
 # same size, the embedding-similarity subset of the same size, the whole pool. Refinement: the
 # documents a refiner version saw, as raw text, as refined text, or raw text that passes the
 # rule-based quality filters. `base` is the untrained model: the reference row.
-VARIANTS = ["base", "influence", "random", "embedding", "full", "raw", "refined", "rule_filtered"]
 variant_partitions = dg.StaticPartitionsDefinition(VARIANTS)
 
 # Keys "<target>|<variant>".

@@ -23,24 +23,26 @@ once for all of them; a shard that fails does not stop the others (``partition_r
 
 import json
 import time
+from dataclasses import asdict, dataclass
 
 import dagster as dg
 import polars as pl
 
 from prox_assets.core.chunking import hf_token_counter
-from prox_assets.core.refine import DocumentError, DocumentRefinement, check_text, refine_documents
+from prox_assets.core.refine import refined_rows
 from prox_assets.core.scoring import seed_sample
-from prox_assets.core.unicode import printable
 from prox_assets.ingest import raw_corpus, raw_key
+from prox_assets.lineage import content_version, newest_refiner_version, recorded
 from prox_assets.metadata import histogram, md_table, with_lineage
 from prox_assets.partition_runs import (
     MODEL_BACKFILL_POLICY,
     PARTITIONS_PER_RUN,
+    PartitionOutcome,
     materialize_each,
     partition_ranges,
     partition_run_request,
 )
-from prox_assets.partitions import refined_partitions, shard_partitions
+from prox_assets.partitions import refined_partitions, refiner_version_partitions, shard_partitions
 from prox_assets.refiner import refiner, refiner_prefix
 from prox_resources.catalog import Catalog
 from prox_resources.device import GPU_STEP, DeviceSettings
@@ -71,16 +73,33 @@ def refined_shard_keys(store: ObjectStore, version: str) -> list[str]:
     return [k for k in store.list(f"refined/{version}/") if "/.parts/" not in k]
 
 
-def latest_refiner_version(catalog: Catalog) -> str | None:
-    """The newest registered refiner_version key (doc + chunk refiner pair), if any."""
-    rows = catalog.query("SELECT refiner_version FROM refiner_pairs ORDER BY written_at DESC LIMIT 1").rows()
-    return rows[0][0] if rows else None
+def latest_refiner_version(instance: dg.DagsterInstance) -> str | None:
+    """The newest registered refiner_version key (doc + chunk refiner pair), if any: the
+    partition that ``refined_pool``'s ``LastPartitionMapping`` dependents read."""
+    return newest_refiner_version(instance)
 
 
-def refiner_pair(catalog: Catalog, version: str) -> dict:
+@dataclass(frozen=True)
+class RefinerPair:
+    """A refiner_version key's doc and chunk refiners, their SFT sets, and the input sizes each
+    was trained on."""
+
+    doc: str
+    chunk: str
+    doc_sft_version: str
+    chunk_sft_version: str
+    doc_max_tokens: int
+    window_tokens: int
+    chunk_max_new_tokens: int
+    heldout_pages: float | None  # the docs pages the chunk SFT set left out (None: no page split)
+    split_seed: int
+
+
+def refiner_pair(catalog: Catalog, version: str) -> RefinerPair:
     """The doc and chunk refiner versions of a pair key, and the input sizes each was trained on."""
     rows = catalog.query(
-        "SELECT p.doc_version, p.chunk_version, sd.config AS doc_sft, sc.config AS chunk_sft, "
+        "SELECT p.doc_version, p.chunk_version, vd.sft_version AS doc_sft_version, "
+        "vc.sft_version AS chunk_sft_version, sd.config AS doc_sft, sc.config AS chunk_sft, "
         "vc.train_report AS chunk_report "
         "FROM refiner_pairs p "
         "JOIN refiner_versions vd ON vd.level = 'doc' AND vd.version = p.doc_version "
@@ -92,15 +111,14 @@ def refiner_pair(catalog: Catalog, version: str) -> dict:
     if not rows:
         raise dg.Failure(f"unknown refiner_version {version!r}: materialize refiner[doc] and refiner[chunk]")
     row = rows[0]
-    return {
-        "doc": row["doc_version"], "chunk": row["chunk_version"],
-        "doc_max_tokens": json.loads(row["doc_sft"])["doc_max_tokens"],
-        "window_tokens": json.loads(row["chunk_sft"])["window_tokens"],
-        "chunk_max_new_tokens": json.loads(row["chunk_report"] or "{}").get("max_new_tokens", 160),
-        # which docs pages the chunk refiner's SFT set left out (its held-out evaluation pages)
-        "heldout_pages": json.loads(row["chunk_sft"]).get("heldout_pages"),  # None: no page split
-        "split_seed": json.loads(row["chunk_sft"]).get("seed", 0),
-    }
+    doc_sft, chunk_sft = json.loads(row["doc_sft"]), json.loads(row["chunk_sft"])
+    return RefinerPair(
+        doc=row["doc_version"], chunk=row["chunk_version"],
+        doc_sft_version=row["doc_sft_version"], chunk_sft_version=row["chunk_sft_version"],
+        doc_max_tokens=doc_sft["doc_max_tokens"], window_tokens=chunk_sft["window_tokens"],
+        chunk_max_new_tokens=json.loads(row["chunk_report"] or "{}").get("max_new_tokens", 160),
+        heldout_pages=chunk_sft.get("heldout_pages"), split_seed=chunk_sft.get("seed", 0),
+    )
 
 
 ROW_SCHEMA = {
@@ -110,72 +128,20 @@ ROW_SCHEMA = {
     "errors": pl.String, "program_ignored": pl.Boolean, "windows_ignored": pl.Int64, "lines_removed": pl.Int64,
     "n_chars_before": pl.Int64, "n_chars_after": pl.Int64, "n_tokens_before": pl.Int64, "n_tokens_after": pl.Int64,
 }
-ERROR_REASON = "refine_error"
 
 
-def _row(doc_id: str, text: str, ref: DocumentRefinement, count) -> dict:
-    doc_result, run = ref.doc_result, ref.chunk
-    refined = check_text(run.result.text if run else text)  # never a text the writers reject
-    dropped = doc_result.dropped or (run is not None and run.result.dropped)
-    reason = doc_result.reason if doc_result.dropped else (run.result.reason if run else None)
-    tokens_before, tokens_after = count([text, refined])
-    return {
-        "text": refined, "kept": not dropped, "status": "dropped" if dropped else "kept", "reason": reason,
-        "error": None,
-        "doc_program": printable(ref.doc_program),
-        "chunk_programs": json.dumps(run.programs if run else []),
-        "windows": json.dumps([[w.line_start, w.line_end] for w in run.windows] if run else []),
-        "edits": json.dumps([e.to_dict() for e in run.result.edits] if run else []),
-        "errors": json.dumps([e.to_dict() for e in ref.issues]),
-        "program_ignored": bool(run and run.result.ignored),
-        "windows_ignored": len(run.result.ignored_windows) if run else 0,
-        "lines_removed": sum(e.line_end - e.line_start + 1 for e in run.result.edits if e.kind == "remove_lines") if run else 0,
-        "n_chars_before": len(text), "n_chars_after": len(refined) if not dropped else 0,
-        "n_tokens_before": tokens_before, "n_tokens_after": tokens_after if not dropped else 0,
-    }
-
-
-def _error_row(text, ref: DocumentRefinement, count) -> dict:
-    """A document that could not be refined: not kept (nothing downstream trains on it), its raw
-    text kept for the audit and a rerun, the stage and exception in ``error``."""
-    shown = printable(text) if isinstance(text, str) else ""
-    try:
-        tokens_before = count([shown])[0]
-    except Exception:  # noqa: BLE001  (the tokenizer may be what failed on this text)
-        tokens_before = 0
-    return {
-        "text": shown, "kept": False, "status": "error", "reason": ERROR_REASON, "error": str(ref.error),
-        "doc_program": printable(ref.doc_program) if isinstance(ref.doc_program, str) else None,
-        "chunk_programs": "[]", "windows": "[]", "edits": "[]",
-        "errors": json.dumps([e.to_dict() for e in ref.issues + [ref.error.to_issue()]]),
-        "program_ignored": False, "windows_ignored": 0, "lines_removed": 0,
-        "n_chars_before": len(shown), "n_chars_after": 0, "n_tokens_before": tokens_before, "n_tokens_after": 0,
-    }
-
-
-def refine_batch(doc_backend, chunk_backend, batch: pl.DataFrame, shard: str, version: str, pair: dict,
+def refine_batch(doc_backend, chunk_backend, batch: pl.DataFrame, shard: str, version: str, pair: RefinerPair,
                  config: RefineConfig) -> pl.DataFrame:
-    """One row per document of ``batch``, in order: kept, dropped, or (status ``error``) a
-    document one of whose stages raised; the others are refined all the same."""
-    texts = batch["text"].to_list()
-    count = hf_token_counter(chunk_backend.tokenizer)
-    refinements = refine_documents(
-        doc_backend, chunk_backend, texts, doc_max_tokens=pair["doc_max_tokens"],
-        window_tokens=pair["window_tokens"], doc_max_new_tokens=config.doc_max_new_tokens,
-        chunk_max_new_tokens=config.chunk_max_new_tokens or pair["chunk_max_new_tokens"], count_tokens=count,
+    """One row per document of ``batch``, in order (``core.refine.refined_rows``): kept, dropped,
+    or (status ``error``) a document one of whose stages raised; the others are refined all the same."""
+    rows = refined_rows(
+        doc_backend, chunk_backend, batch["text"].to_list(), doc_max_tokens=pair.doc_max_tokens,
+        window_tokens=pair.window_tokens, doc_max_new_tokens=config.doc_max_new_tokens,
+        chunk_max_new_tokens=config.chunk_max_new_tokens or pair.chunk_max_new_tokens,
+        count_tokens=hf_token_counter(chunk_backend.tokenizer),
     )
-    rows = []
-    for doc_id, text, ref in zip(batch["doc_id"], texts, refinements):
-        row = None
-        if ref.error is None:
-            try:
-                row = _row(doc_id, text, ref, count)
-            except Exception as exc:  # noqa: BLE001  (this document's error, not the batch's)
-                ref.error = DocumentError.of("row", exc)
-        if row is None:
-            row = _error_row(text, ref, count)
-        rows.append({"doc_id": doc_id, "shard": shard, "refiner_version": version, **row})
-    return pl.DataFrame(rows, schema=ROW_SCHEMA)
+    return pl.DataFrame([{"doc_id": doc_id, "shard": shard, "refiner_version": version, **row.to_dict()}
+                         for doc_id, row in zip(batch["doc_id"], rows)], schema=ROW_SCHEMA)
 
 
 def _conform(part: pl.DataFrame) -> pl.DataFrame:
@@ -215,7 +181,7 @@ def refined_corpus(
     # A run may hold many partitions (a backfill range, MODEL_BACKFILL_POLICY): the partitions of
     # one refiner version share its two models, loaded once per run (the engine caches them).
     local = engine.local()
-    pairs: dict[str, dict] = {}
+    pairs: dict[str, RefinerPair] = {}
 
     def refine(key) -> dict:
         keys = refined_partitions.get_partition_key_from_str(str(key)).keys_by_dimension
@@ -223,9 +189,9 @@ def refined_corpus(
         if version not in pairs:
             pairs[version] = refiner_pair(catalog, version)
         pair = pairs[version]
-        doc_backend = local.load(device, model=str(fetch_model(store, refiner_prefix("doc", pair["doc"]))),
+        doc_backend = local.load(device, model=str(fetch_model(store, refiner_prefix("doc", pair.doc))),
                                  log=context.log.info)
-        chunk_backend = local.load(device, model=str(fetch_model(store, refiner_prefix("chunk", pair["chunk"]))),
+        chunk_backend = local.load(device, model=str(fetch_model(store, refiner_prefix("chunk", pair.chunk))),
                                    log=context.log.info)
         return refine_shard(context, config, store, catalog, doc_backend, chunk_backend, shard, version, pair,
                             str(key))
@@ -234,8 +200,10 @@ def refined_corpus(
 
 
 def refine_shard(context: dg.AssetExecutionContext, config: RefineConfig, store: ObjectStore, catalog: Catalog,
-                 doc_backend, chunk_backend, shard: str, version: str, pair: dict, partition_key: str) -> dict:
-    """One partition of refined_corpus: its file, its catalog rows; returns its metadata."""
+                 doc_backend, chunk_backend, shard: str, version: str, pair: RefinerPair,
+                 partition_key: str) -> PartitionOutcome:
+    """One partition of refined_corpus: its file, its catalog rows; returns its metadata and its
+    content version (the refiner version and what became of each document)."""
     raw = store.read_parquet(raw_key(catalog, shard)).select("doc_id", "text")
     if config.max_docs:
         eligible = raw.filter(pl.col("text").str.len_chars() <= config.sample_max_chars) if config.sample_max_chars else raw
@@ -282,11 +250,11 @@ def refine_shard(context: dg.AssetExecutionContext, config: RefineConfig, store:
     stages = failures["error"].str.extract(r"^(\w+):").value_counts().rows() if errored else []
     examples = frame.filter(pl.col("kept") & (pl.col("lines_removed") > 0)).head(3)
     before = dict(raw.iter_rows())
-    return {
+    return PartitionOutcome(data_version=shard_content_version(version, frame), metadata={
         "dagster/row_count": n_in,
         "path": dg.MetadataValue.path(uri),
         "refiner_version": version,
-        "doc_refiner": pair["doc"], "chunk_refiner": pair["chunk"],
+        "doc_refiner": pair.doc, "chunk_refiner": pair.chunk,
         "documents_in": n_in, "kept": kept, "dropped": dropped, "errored": errored,
         "kept_ratio": round(kept / max(n_in, 1), 3),
         "tokens_kept_ratio": round(int(frame["n_tokens_after"].sum()) / max(int(frame["n_tokens_before"].sum()), 1), 3),
@@ -305,7 +273,95 @@ def refine_shard(context: dg.AssetExecutionContext, config: RefineConfig, store:
         ),
         "documents_per_second": round(done_now / took, 3) if done_now else 0.0,
         "tokens_per_second": round(int(frame["n_tokens_before"].sum()) / took, 1) if done_now else 0.0,
-    }
+    })
+
+
+def shard_content_version(version: str, frame: pl.DataFrame) -> str:
+    """``<refiner_version>@<hash>`` of a refined shard: which documents, what became of each."""
+    rows = frame.select("doc_id", "status", "n_chars_after").sort("doc_id").rows()
+    return f"{version}@{content_version(version, rows)}"
+
+
+# --- the pool of one refiner version -------------------------------------------------------------
+@dataclass(frozen=True)
+class RefinedPool:
+    """What ``refined_pool[<refiner_version>]`` recorded: the finished shard files of one refiner
+    version, their counts, the refiners and SFT sets behind them. Readers of the pool read exactly
+    these files."""
+
+    refiner_version: str
+    doc_refiner: str
+    chunk_refiner: str
+    doc_sft_version: str
+    chunk_sft_version: str
+    shards: dict[str, str]  # shard -> refined file key
+    documents: int
+    kept: int
+    content_hash: str
+
+    @property
+    def data_version(self) -> str:
+        return f"{self.refiner_version}@{self.content_hash}"
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=2, sort_keys=True).encode()
+
+
+def pool_manifest_key(version: str) -> str:
+    return f"pools/refined/{version}.json"
+
+
+def read_refined_pool(store: ObjectStore, version: str) -> RefinedPool:
+    """The pool that ``refined_pool[version]`` recorded; a Failure when it was never materialized."""
+    key = pool_manifest_key(version)
+    if not store.exists(key):
+        raise dg.Failure(f"no refined pool for refiner version {version}: materialize refined_corpus for its "
+                         f"shards, then refined_pool[{version}]")
+    return RefinedPool(**json.loads(store.read_bytes(key)))
+
+
+def build_refined_pool(store: ObjectStore, catalog: Catalog, version: str) -> RefinedPool:
+    keys = refined_shard_keys(store, version)
+    if not keys:
+        raise dg.Failure(f"no refined shard for refiner version {version}: materialize refined_corpus first")
+    pair = refiner_pair(catalog, version)
+    frames = {k: store.read_parquet(k).select("doc_id", "status", "n_chars_after", "kept") for k in sorted(keys)}
+    shards = {k.rsplit("/", 1)[-1].removesuffix(".parquet"): k for k in sorted(keys)}
+    return RefinedPool(
+        refiner_version=version, doc_refiner=pair.doc, chunk_refiner=pair.chunk,
+        doc_sft_version=pair.doc_sft_version, chunk_sft_version=pair.chunk_sft_version, shards=shards,
+        documents=sum(f.height for f in frames.values()), kept=sum(int(f["kept"].sum()) for f in frames.values()),
+        content_hash=content_version(*(shard_content_version(version, frames[k]) for k in sorted(frames))),
+    )
+
+
+@dg.asset(
+    partitions_def=refiner_version_partitions,
+    deps=[dg.AssetDep(refined_corpus, partition_mapping=dg.MultiToSingleDimensionPartitionMapping(
+        partition_dimension_name="refiner_version"))],
+    group_name="refine",
+    kinds={"json"},
+    owners=["team:data-platform"],
+    code_version="pool-v1",
+    description=(
+        "The pool of one refiner version: which refined shard files it holds, their documents and "
+        "kept counts, and the refiners and SFT sets behind it (pools/refined/<refiner_version>.json). "
+        "Selection and training read a refined pool only through it, so the newest refiner version "
+        "is one partition upstream of them (their LastPartitionMapping): a backfill of a new version "
+        "marks them stale, whatever the number of shards."
+    ),
+)
+def refined_pool(context: dg.AssetExecutionContext, store: ObjectStore, catalog: Catalog) -> dg.MaterializeResult:
+    pool = build_refined_pool(store, catalog, context.partition_key)
+    uri = store.write_bytes(pool_manifest_key(pool.refiner_version), pool.to_json())
+    return dg.MaterializeResult(data_version=dg.DataVersion(pool.data_version), metadata={
+        "refiner_version": pool.refiner_version,
+        "doc_refiner": pool.doc_refiner, "chunk_refiner": pool.chunk_refiner,
+        "doc_sft_version": pool.doc_sft_version, "chunk_sft_version": pool.chunk_sft_version,
+        "shards": len(pool.shards), "documents": pool.documents, "kept": pool.kept,
+        "dagster/row_count": pool.kept,
+        "path": dg.MetadataValue.path(uri),
+    })
 
 
 @dg.sensor(
@@ -315,7 +371,7 @@ def refine_shard(context: dg.AssetExecutionContext, config: RefineConfig, store:
     description="When enabled: refines every ingested shard that the newest refiner version has not refined yet.",
 )
 def refine_new_shards_sensor(context: dg.SensorEvaluationContext, catalog: Catalog) -> dg.SensorResult:
-    version = latest_refiner_version(catalog)
+    version = latest_refiner_version(context.instance)
     if version is None:
         return dg.SensorResult(skip_reason="no refiner version yet")
     shards = set(context.instance.get_dynamic_partitions(shard_partitions.name))
@@ -335,3 +391,30 @@ def refine_new_shards_sensor(context: dg.SensorEvaluationContext, catalog: Catal
         run_requests=[partition_run_request(f"refine:{version}", run) for run in runs],
         cursor=json.dumps({"version": version, "requested": sorted(requested | set(todo))}),
     )
+
+
+@dg.sensor(
+    target=[refined_pool],
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description=("When enabled: records refined_pool[<newest refiner version>] once every shard is refined by "
+                 "that version and a shard is newer than the pool (with refine_new_shards_sensor: new shards "
+                 "reach selection and training, which the pool then marks stale)."),
+)
+def refined_pool_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    version = latest_refiner_version(context.instance)
+    if version is None:
+        return dg.SensorResult(skip_reason="no refiner version yet")
+    shards = context.instance.get_dynamic_partitions(shard_partitions.name)
+    keys = [str(dg.MultiPartitionKey({"shard": s, "refiner_version": version})) for s in shards]
+    done = context.instance.get_materialized_partitions(refined_corpus.key)
+    missing = [k for k in keys if k not in done]
+    if not keys or missing:
+        return dg.SensorResult(skip_reason=f"{len(missing)} of {len(keys)} shards not refined by {version} yet")
+    newest = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=refined_corpus.key, asset_partitions=keys), limit=1).records[0]
+    pool = recorded(context.instance, "refined_pool", version)
+    if pool is not None and pool.storage_id > newest.storage_id:
+        return dg.SensorResult(skip_reason=f"refined_pool[{version}] is newer than its shards")
+    return dg.SensorResult(run_requests=[dg.RunRequest(partition_key=version,
+                                                       run_key=f"pool:{version}:{newest.storage_id}")])

@@ -28,6 +28,7 @@ from prox_assets.core.refiner_quality import (
 )
 from prox_assets.core.refiner_eval import chunk_metrics, doc_metrics, load_chat, with_shots
 from prox_assets.core.refiner_training import TrainConfig, train_refiner, version_id
+from prox_assets.lineage import recorded
 from prox_assets.metadata import lineage, md_table
 from prox_assets.partition_runs import ONE_PARTITION_PER_RUN
 from prox_assets.partitions import level_partitions, refiner_pair_key, refiner_version_partitions
@@ -69,13 +70,13 @@ def refiner_prefix(level: str, version: str) -> str:
     return f"models/refiner/{level}/{version}"
 
 
-def latest_sft_set(catalog: Catalog, level: str) -> tuple[str, str]:
-    rows = catalog.query(
-        "SELECT sft_version, path FROM sft_sets WHERE level = ? ORDER BY written_at DESC LIMIT 1", [level]
-    ).rows()
-    if not rows:
+def consumed_sft_version(instance: dg.DagsterInstance, level: str) -> str:
+    """The SFT set of sft_programs[level]'s latest materialization: what this refiner depends on
+    (the event log, not the newest catalog row)."""
+    found = recorded(instance, "sft_programs", level)
+    if found is None:
         raise dg.Failure(f"no SFT set for level {level!r}: materialize sft_programs[{level}] first")
-    return rows[0]
+    return found.value("sft_version")
 
 
 def _train_config(config: RefinerConfig) -> TrainConfig:
@@ -176,7 +177,7 @@ def refiner(
     engine: ModelEngine, device: DeviceSettings,
 ) -> dg.MaterializeResult:
     level = context.partition_key
-    sft_version, _ = latest_sft_set(catalog, level)
+    sft_version = consumed_sft_version(context.instance, level)
     train = store.read_parquet(f"{sft_prefix(level, sft_version)}/train.parquet")
     val = store.read_parquet(f"{sft_prefix(level, sft_version)}/val.parquet")
     train_config = _train_config(config)
@@ -188,8 +189,8 @@ def refiner(
     def train_it(folder, progress):
         context.log.info(f"training {level} refiner {version} on {train.height} examples (SFT {sft_version})")
         examples = [(load_chat(m), t) for m, t in zip(train["messages"], train["target"])]
-        report = train_refiner(base_path, examples, train_config, folder, device=device.resolve_device(),
-                               progress=progress).to_dict()
+        model, tokenizer = engine.load_model(device, config.base_model, train=True)
+        report = train_refiner(model, tokenizer, examples, train_config, folder, progress=progress).to_dict()
         return {**report, "max_new_tokens": generation_budget(report["target_tokens_p99"])}
 
     report, reused = train_into_store(store, prefix, {
@@ -231,7 +232,7 @@ def refiner(
         for model, datasets in quality.items() for dataset, values in datasets.items() for k, v in values.items()
     ]
     catalog.replace_rows("refiner_evals", {"level": level, "version": version}, pl.DataFrame(eval_rows))
-    pair = _register_pair(context, catalog)
+    pair = _register_pair(context, catalog, level, version)
 
     headline, anchor = PAPER_ANCHORS[level]
     keys = sorted(set(metrics["refiner"]) | set(metrics["base-few-shot"]))
@@ -240,6 +241,7 @@ def refiner(
     losses = report.get("losses", [])
     beats = metrics["refiner"][headline] > metrics["base-few-shot"][headline]
     return dg.MaterializeResult(
+        data_version=dg.DataVersion(version),
         metadata={
             "refiner_version": version,
             "refiner_pair": pair or "waiting for the other level",
@@ -277,19 +279,19 @@ def _quality_metadata(level: str, quality: dict) -> dict:
     return {"heldout_quality": md_table(["dataset metric", *MODELS], rows), **headline}
 
 
-def _register_pair(context: dg.AssetExecutionContext, catalog: Catalog) -> str | None:
-    """The newest doc and chunk refiners as one refiner_version partition key (once both exist)."""
-    latest = dict(catalog.query(
-        "SELECT level, version FROM refiner_versions "
-        "QUALIFY row_number() OVER (PARTITION BY level ORDER BY written_at DESC) = 1"
-    ).rows())
-    if not {"doc", "chunk"} <= set(latest):
+def _register_pair(context: dg.AssetExecutionContext, catalog: Catalog, level: str, version: str) -> str | None:
+    """This refiner and the other level's (its latest materialization in the event log) as one
+    refiner_version partition key, once both exist; a new pair becomes the newest key."""
+    other = "chunk" if level == "doc" else "doc"
+    found = recorded(context.instance, "refiner", other)
+    if found is None:
         return None
-    key = refiner_pair_key(latest["doc"], latest["chunk"])
+    versions = {level: version, other: found.value("refiner_version")}
+    key = refiner_pair_key(versions["doc"], versions["chunk"])
     if not context.instance.has_dynamic_partition(refiner_version_partitions.name, key):
         context.instance.add_dynamic_partitions(refiner_version_partitions.name, [key])
     catalog.replace_rows("refiner_pairs", {"refiner_version": key}, pl.DataFrame([{
-        "refiner_version": key, "doc_version": latest["doc"], "chunk_version": latest["chunk"],
+        "refiner_version": key, "doc_version": versions["doc"], "chunk_version": versions["chunk"],
         "run_id": context.run.run_id,
     }]))
     return key

@@ -1,8 +1,9 @@
 """Stage 6, data selection: a pool x a target -> ``landmark_influence[target]`` -> ``selected_subset[target]``.
 
-The pool is the refined corpus of one refiner version (default: the newest; kept documents only)
-or the raw corpus. Influence is computed exactly on landmark samples and propagated to the pool
-through JVP embeddings (``core/influence.py``); the subset is chosen from the estimates.
+The pool is the refined corpus of one refiner version (``refined_pool[<version>]``; default: the
+newest, the partition the dependency maps to; kept documents only) or the raw corpus. Influence is
+computed exactly on landmark samples and propagated to the pool through JVP embeddings
+(``core/influence.py``); the subset is chosen from the estimates.
 """
 
 import copy
@@ -19,23 +20,21 @@ from prox_assets.core.influence import (
     InfluenceConfig,
     compute_influence,
     flops_ratio,
-    lambda_for_k,
-    round_robin,
-    simplex_weights,
-    top_k,
+    select_subset,
 )
 from prox_assets.core.names import validate_name
 from prox_assets.core.precision import uses_bf16
 from prox_assets.core.scoring import seed_sample
-from prox_assets.core.training import load_checkpoint
 from prox_assets.ingest import raw_corpus, raw_paths
+from prox_assets.lineage import consumed_refiner_version, content_version, recorded
 from prox_assets.metadata import histogram, md_table, with_lineage
-from prox_assets.partition_runs import MODEL_BACKFILL_POLICY, materialize_each
+from prox_assets.partition_runs import MODEL_BACKFILL_POLICY, PartitionOutcome, materialize_each
 from prox_assets.partitions import target_partitions
-from prox_assets.refine import latest_refiner_version, refined_corpus, refined_shard_keys
+from prox_assets.refine import read_refined_pool, refined_pool
 from prox_resources.catalog import Catalog
 from prox_resources.device import CPU_STEP, GPU_STEP, DeviceSettings
-from prox_resources.models import DEFAULT_MODEL, resolve_model
+from prox_resources.engine import ModelEngine
+from prox_resources.models import DEFAULT_MODEL
 from prox_resources.store import ObjectStore
 
 
@@ -72,24 +71,24 @@ class InfluenceAssetConfig(dg.Config):
 
 def pool_frame(store: ObjectStore, catalog: Catalog, spec: str) -> pl.DataFrame:
     """doc_id, text of a pool: ``raw`` (every raw shard) or ``refined:<version>`` (the kept
-    documents of a refined corpus, refined text)."""
+    documents of the shard files ``refined_pool[<version>]`` recorded, refined text)."""
     if spec.startswith("refined:"):
-        version = spec.split(":", 1)[1]
-        keys = refined_shard_keys(store, version)
-        if not keys:
-            raise dg.Failure("no refined corpus yet: materialize refined_corpus, or set pool: raw")
-        frame = pl.concat([store.read_parquet(k).filter(pl.col("kept")).select("doc_id", "text") for k in keys])
+        pool = read_refined_pool(store, spec.split(":", 1)[1])
+        frame = pl.concat([store.read_parquet(k).filter(pl.col("kept")).select("doc_id", "text")
+                           for k in pool.shards.values()])
     else:
         frame = pl.concat([store.read_parquet(k).select("doc_id", "text") for k in raw_paths(catalog).values()])
     return frame.unique("doc_id", keep="first").sort("doc_id")
 
 
-def load_pool(store: ObjectStore, catalog: Catalog, config: InfluenceAssetConfig) -> tuple[pl.DataFrame, str]:
+def load_pool(store: ObjectStore, catalog: Catalog, config: InfluenceAssetConfig,
+              refiner_version: str | None) -> tuple[pl.DataFrame, str]:
+    """The pool and its spec; ``refiner_version``: the version this step consumes (its config's,
+    else the refined_pool partition its dependency maps to)."""
     if config.pool == "refined":
-        version = config.refiner_version or latest_refiner_version(catalog)
-        if not version:
-            raise dg.Failure("no refined corpus yet: materialize refined_corpus, or set pool: raw")
-        spec = f"refined:{version}"
+        if not refiner_version:
+            raise dg.Failure("no refined corpus yet: materialize refined_corpus and refined_pool, or set pool: raw")
+        spec = f"refined:{refiner_version}"
     else:
         spec = "raw"
     frame = pool_frame(store, catalog, spec)
@@ -101,9 +100,15 @@ def load_pool(store: ObjectStore, catalog: Catalog, config: InfluenceAssetConfig
     return frame, spec
 
 
+def pool_refiner_version(spec: str) -> str | None:
+    return spec.split(":", 1)[1] if spec.startswith("refined:") else None
+
+
 @dg.asset(
     partitions_def=target_partitions,
-    deps=[dg.AssetDep(refined_corpus, partition_mapping=dg.AllPartitionMapping()),
+    # the refined pool it reads: the newest refiner version's (one partition, so a backfill of a new
+    # version marks every target stale); a config refiner_version names another, recorded as metadata
+    deps=[dg.AssetDep(refined_pool, partition_mapping=dg.LastPartitionMapping()),
           dg.AssetDep(raw_corpus, partition_mapping=dg.AllPartitionMapping())],
     group_name="selection",
     kinds={"pytorch", "parquet"},
@@ -120,13 +125,13 @@ def load_pool(store: ObjectStore, catalog: Catalog, config: InfluenceAssetConfig
     ),
 )
 def landmark_influence(context: dg.AssetExecutionContext, config: InfluenceAssetConfig, store: ObjectStore,
-                       catalog: Catalog, device: DeviceSettings) -> dg.MaterializeResult:
+                       catalog: Catalog, engine: ModelEngine, device: DeviceSettings) -> dg.MaterializeResult:
     # A run may hold many targets (MODEL_BACKFILL_POLICY): the pool and the model are read once;
     # each target warms up its own copy, as the warm-up changes the weights in place.
-    pool, spec = load_pool(store, catalog, config)
+    pool, spec = load_pool(store, catalog, config, consumed_refiner_version(context, config.refiner_version))
     dev = device.resolve_device()
     started = time.monotonic()
-    model, tokenizer = load_checkpoint(resolve_model(config.model), None, dev)
+    model, tokenizer = engine.load_model(device, config.model)  # on the device resource's device
     context.log.info(f"loaded model {config.model} (device {dev}) in {time.monotonic() - started:.1f}s")
     several = len(context.partition_keys) > 1
     return materialize_each(context, lambda target: target_influence(
@@ -136,8 +141,9 @@ def landmark_influence(context: dg.AssetExecutionContext, config: InfluenceAsset
 
 def target_influence(context: dg.AssetExecutionContext, config: InfluenceAssetConfig, store: ObjectStore,
                      catalog: Catalog, model, tokenizer, pool: pl.DataFrame, spec: str, dev: str,
-                     target: str) -> dict:
-    """One partition of landmark_influence: its files, its catalog rows; returns its metadata."""
+                     target: str) -> PartitionOutcome:
+    """One partition of landmark_influence: its files, its catalog rows; returns its metadata and
+    its data version (the influence version)."""
     examples = store.read_parquet(f"{target_prefix(target)}/target.parquet")
     icfg = config.influence()
     context.log.info(f"{target}: pool {spec} with {pool.height} documents, {examples.height} target examples, "
@@ -170,10 +176,11 @@ def target_influence(context: dg.AssetExecutionContext, config: InfluenceAssetCo
 
     timings = result.timings
     n_layers = model.config.num_hidden_layers
-    return {
+    return PartitionOutcome(data_version=version, metadata={
         "influence_version": version,
         "path": dg.MetadataValue.path(uri),
         "pool": spec,
+        "refiner_version": pool_refiner_version(spec) or "none (raw pool)",
         "device": dev,
         "dagster/row_count": frame.height,
         "landmarks": len(landmarks),
@@ -186,7 +193,7 @@ def target_influence(context: dg.AssetExecutionContext, config: InfluenceAssetCo
         "wall_clock_vs_exact": round(timings["exact_method_estimate_s"] / max(timings["landmark_method_s"], 1e-9), 2),
         "flops_vs_rds_model": round(flops_ratio(n_layers, icfg.jvp_blocks, icfg.jvp_directions, len(landmarks),
                                                 frame.height), 3),
-    }
+    })
 
 
 class SelectionConfig(dg.Config):
@@ -213,37 +220,34 @@ class SelectionConfig(dg.Config):
 def selected_subset(context: dg.AssetExecutionContext, config: SelectionConfig, store: ObjectStore,
                     catalog: Catalog) -> dg.MaterializeResult:
     target = context.partition_key
-    rows = catalog.query("SELECT version FROM influence_scores WHERE target = ? ORDER BY written_at DESC LIMIT 1",
-                         [target]).rows()
-    if not rows:
+    # the influence scores landmark_influence[target] last materialized (its data version)
+    influence = recorded(context.instance, "landmark_influence", target)
+    if influence is None:
         raise dg.Failure(f"no influence scores for {target}: materialize landmark_influence[{target}]")
-    version = rows[0][0]
+    version, spec = influence.value("influence_version"), influence.value("pool")
     scores = store.read_parquet(f"influence/{target}/{version}/scores.parquet")
-    n = scores.height
-    k = min(config.budget or max(1, round(config.budget_fraction * n)), n)
-    mean = torch.tensor(scores["score"].to_list())
-    if config.method == "round_robin":
-        chosen = round_robin(torch.tensor(scores["scores_per_example"].to_list()), k, seed=config.seed)
-        weights = {i: n / k for i in chosen}  # uniform over the support, summing to |S|
-    else:
-        chosen = top_k(mean, k)
-        if config.method == "simplex" and k < n:
-            w = simplex_weights(mean, lambda_for_k(mean, k, float(n)), float(n))
-            weights = {i: float(w[i]) for i in chosen}
-        else:
-            weights = {i: n / k for i in chosen}
+    picked = select_subset(torch.tensor(scores["score"].to_list()),
+                           torch.tensor(scores["scores_per_example"].to_list()),
+                           config.method, config.budget, config.budget_fraction, config.seed)
+    n, k, mean = picked.pool_size, picked.budget, picked.mean
     frame = pl.DataFrame({
-        "doc_id": [scores["doc_id"][i] for i in chosen],
-        "weight": [weights[i] for i in chosen],
-        "rank": list(range(1, len(chosen) + 1)),
-        "budget": [k] * len(chosen),
-        "score": [float(mean[i]) for i in chosen],
+        "doc_id": [scores["doc_id"][i] for i in picked.chosen],
+        "weight": picked.weights,
+        "rank": list(range(1, len(picked.chosen) + 1)),
+        "budget": [k] * len(picked.chosen),
+        "score": [float(mean[i]) for i in picked.chosen],
     })
+    # the selection's data version: the influence version and what was chosen from it
+    picked_hash = content_version(config.model_dump_json(), frame.select("doc_id", "weight").rows())
+    selection_version = f"{version}-{picked_hash[:6]}"
     uri = store.write_parquet(f"selections/{target}/{version}.parquet", frame)
     catalog.replace_rows("selections", {"target": target, "version": version}, with_lineage(
         frame.drop("score"), context, target=target, version=version, method=config.method))
-    return dg.MaterializeResult(metadata={
+    return dg.MaterializeResult(data_version=dg.DataVersion(selection_version), metadata={
+        "selection_version": selection_version,
         "influence_version": version,
+        "pool": spec,
+        "refiner_version": pool_refiner_version(spec) or "none (raw pool)",
         "path": dg.MetadataValue.path(uri),
         "dagster/row_count": frame.height,
         "budget": k,

@@ -238,6 +238,7 @@ def sft_programs(
     minority = min(labels.values()) if len(labels) == 2 else 0
     preview = accepted.head(4).select("doc_id", "label", "target").rows()
     return dg.MaterializeResult(
+        data_version=dg.DataVersion(version),  # what refiner[level] consumes (prox_assets.lineage)
         metadata={
             "sft_version": version,
             "path": dg.MetadataValue.path(store.uri(prefix)),

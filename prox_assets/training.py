@@ -8,9 +8,10 @@ target reuses them and only evaluates.
 """
 
 import base64
-import io
 import json
 import time
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -18,28 +19,27 @@ import dagster as dg
 import polars as pl
 
 from prox_assets.core.evaluation import evaluate
-from prox_assets.core.quality_filters import rule_filter
+from prox_assets.core.influence import representation_similarity
 from prox_assets.core.refiner_training import TrainConfig
+from prox_assets.core.report import METRICS, comparisons, plot_report, summarize
 from prox_assets.core.samples import heldout_prose
-from prox_assets.core.scoring import seed_sample
-from prox_assets.core.training import checkpoint_version, load_checkpoint, train_lm
+from prox_assets.core.training import checkpoint_version, train_lm
+from prox_assets.core.variants import SELECTION_VARIANTS, refinement_documents, selection_documents
 from prox_assets.ingest import raw_corpus, raw_paths
 from prox_assets.metadata import lineage, md_table
-from prox_assets.partition_runs import MODEL_BACKFILL_POLICY, materialize_each
+from prox_assets.partition_runs import MODEL_BACKFILL_POLICY, PartitionOutcome, materialize_each
 from prox_assets.partitions import VARIANTS, checkpoint_partitions, target_partitions
-from prox_assets.refine import latest_refiner_version, refined_corpus, refined_shard_keys
-from prox_assets.selection import pool_frame, selected_subset, target_prefix
+from prox_assets.lineage import consumed_refiner_version, content_version, recorded
+from prox_assets.refine import read_refined_pool, refined_pool
+from prox_assets.selection import pool_frame, pool_refiner_version, selected_subset, target_prefix
 from prox_resources.catalog import Catalog
 from prox_resources.device import CPU_STEP, GPU_STEP, DeviceSettings
-from prox_resources.engine import TransformersBackend
-from prox_resources.models import DEFAULT_MODEL, fetch_model, resolve_model, train_into_store
+from prox_resources.engine import ModelEngine
+from prox_resources.models import DEFAULT_MODEL, fetch_model, train_into_store
 from prox_resources.settings import downloads_dir
 from prox_resources.store import ObjectStore
 
 PROSE_KEY = "eval/heldout_prose.parquet"
-# metric -> True when higher is better
-METRICS = {"heldout_loss": False, "accuracy": True, "acc_per_char": True, "exact_match": True, "f1": True,
-           "prose_perplexity": False}
 
 
 class CheckpointConfig(dg.Config):
@@ -53,7 +53,7 @@ class CheckpointConfig(dg.Config):
     method: Literal["lora", "full"] = "lora"
     lora_r: int = 8
     lora_layers: int = 4  # adapters on the top N blocks; 0 = every block
-    refiner_version: str = ""  # raw / refined / rule_filtered: "" = the newest
+    refiner_version: str = ""  # raw / refined / rule_filtered: "" = the newest (refined_pool's last partition)
     eval_examples: int = 40  # held-out target examples evaluated (0 = all)
     prose_passages: int = 16
     prose_tokens: int = 256
@@ -71,78 +71,94 @@ def checkpoint_prefix(target: str, variant: str, version: str) -> str:
 
 
 def _target_task(catalog: Catalog, target: str) -> str:
-    rows = catalog.query("SELECT task FROM targets WHERE target = ? ORDER BY written_at DESC LIMIT 1",
-                         [target]).rows()
+    rows = catalog.query("SELECT task FROM targets WHERE target = ? LIMIT 1", [target]).rows()
     if not rows:
         raise dg.Failure(f"unknown target {target!r}: register it with `prox target add`")
     return rows[0][0]
 
 
-def _selection(store: ObjectStore, catalog: Catalog, target: str) -> tuple[pl.DataFrame, pl.DataFrame, str]:
-    """(the selected subset, the pool it was chosen from, the pool's spec) of the newest selection."""
-    rows = catalog.query(
-        "SELECT s.version, any_value(i.pool) FROM selections s JOIN influence_scores i USING (target, version) "
-        "WHERE s.target = ? GROUP BY s.version, s.written_at ORDER BY s.written_at DESC LIMIT 1", [target]).rows()
-    if not rows:
+@dataclass(frozen=True)
+class CheckpointLineage:
+    """What a checkpoint's documents came from; published in its materialization metadata."""
+
+    refiner_version: str | None = None
+    doc_sft_version: str | None = None
+    chunk_sft_version: str | None = None
+    selection_version: str | None = None
+    influence_version: str | None = None
+
+    @classmethod
+    def of_pool(cls, store: ObjectStore, refiner_version: str | None, **selection) -> "CheckpointLineage":
+        if refiner_version is None:
+            return cls(**selection)
+        pool = read_refined_pool(store, refiner_version)
+        return cls(refiner_version, pool.doc_sft_version, pool.chunk_sft_version, **selection)
+
+    def metadata(self) -> dict[str, str]:
+        return {k: v or "none" for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class VariantDocuments:
+    """What a variant trains on: doc_id, text, weight; raw or refined text; where it came from."""
+
+    docs: pl.DataFrame
+    text_kind: str
+    spec: str
+    lineage: CheckpointLineage
+    notes: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SelectionInput:
+    """The selection selected_subset[target] last materialized, and the pool it was chosen from."""
+
+    chosen: pl.DataFrame  # doc_id, weight
+    pool: pl.DataFrame  # doc_id, text
+    spec: str
+    lineage: CheckpointLineage
+
+
+def _selection(store: ObjectStore, catalog: Catalog, instance: dg.DagsterInstance, target: str) -> SelectionInput:
+    """The selection of selected_subset[target]'s latest materialization (its data version)."""
+    found = recorded(instance, "selected_subset", target)
+    if found is None:
         raise dg.Failure(f"no selection for {target}: materialize selected_subset[{target}]")
-    version, spec = rows[0]
+    version, pool_spec = found.value("influence_version"), found.value("pool")
     chosen = store.read_parquet(f"selections/{target}/{version}.parquet").select("doc_id", "weight")
     pool_ids = store.read_parquet(f"influence/{target}/{version}/scores.parquet").select("doc_id")
-    pool = pool_frame(store, catalog, spec).join(pool_ids, on="doc_id", how="semi")
-    return chosen, pool, f"selection:{target}/{version} of {spec}"
+    pool = pool_frame(store, catalog, pool_spec).join(pool_ids, on="doc_id", how="semi")
+    lineage = CheckpointLineage.of_pool(store, pool_refiner_version(pool_spec),
+                                        selection_version=found.value("selection_version"),
+                                        influence_version=version)
+    return SelectionInput(chosen, pool, f"selection:{target}/{version} of {pool_spec}", lineage)
 
 
 def _refinement_docs(store: ObjectStore, catalog: Catalog, version: str) -> pl.DataFrame:
-    """doc_id, raw text, refined text, kept: every document a refiner version processed."""
-    keys = refined_shard_keys(store, version)
-    if not keys:
-        raise dg.Failure(f"no refined corpus for refiner version {version}: materialize refined_corpus")
+    """doc_id, raw text, refined text, kept: every document of refined_pool[version]."""
+    keys = list(read_refined_pool(store, version).shards.values())
     refined = pl.concat([store.read_parquet(k).select("doc_id", "shard", "text", "kept") for k in keys])
     raw = pl.concat([store.read_parquet(k).select("doc_id", pl.col("text").alias("raw_text"))
                      for k in raw_paths(catalog, refined["shard"].unique().sort().to_list()).values()])
     return refined.join(raw.unique("doc_id"), on="doc_id").sort("doc_id")
 
 
-def variant_documents(store: ObjectStore, catalog: Catalog, target: str, variant: str, seed: int,
-                      config: CheckpointConfig, embedding_scores=None) -> tuple[pl.DataFrame, str, str, dict]:
-    """(doc_id, text, weight) a variant trains on, its text kind, where it came from, and notes
-    for the metadata."""
-    notes: dict = {}
-    if variant in ("influence", "random", "embedding", "full"):
-        chosen, pool, spec = _selection(store, catalog, target)
-        k = chosen.height
-        if variant == "influence":
-            docs = pool.join(chosen, on="doc_id")
-        elif variant == "random":
-            ids = set(seed_sample(pool["doc_id"].to_list(), k, seed))
-            docs = pool.filter(pl.col("doc_id").is_in(ids)).with_columns(weight=pl.lit(1.0))
-        elif variant == "embedding":
-            scores = embedding_scores(pool)
-            order = sorted(range(pool.height), key=lambda i: -scores[i])[:k]
-            docs = pool[sorted(order)].with_columns(weight=pl.lit(1.0))
-            notes["embedding_similarity_mean"] = round(sum(scores[i] for i in order) / max(1, k), 4)
-        else:
-            docs = pool.with_columns(weight=pl.lit(1.0))
-        text_kind = "refined" if "of refined:" in spec else "raw"
-        return docs.select("doc_id", "text", "weight"), text_kind, spec, notes
-    version = config.refiner_version or latest_refiner_version(catalog)
-    if not version:
-        raise dg.Failure("no refiner version yet: materialize refiner and refined_corpus")
-    frame = _refinement_docs(store, catalog, version)
-    notes["documents_refined"] = frame.height
-    if variant == "refined":
-        docs = frame.filter(pl.col("kept")).select("doc_id", "text")
-        notes["kept_by_refiner"] = docs.height
-    else:
-        docs = frame.select("doc_id", pl.col("raw_text").alias("text"))
-        if variant == "rule_filtered":
-            reasons = rule_filter(docs["text"].to_list())
-            dropped = pl.Series([r for r in reasons if r])
-            notes["dropped_by_rules"] = dropped.value_counts(sort=True).rows() if len(dropped) else []
-            docs = docs.filter(pl.Series([r is None for r in reasons]))
-            notes["kept_by_rules"] = docs.height
-    return docs.with_columns(weight=pl.lit(1.0)), "refined" if variant == "refined" else "raw", \
-        f"refiner:{version}", notes
+def variant_documents(store: ObjectStore, catalog: Catalog, instance: dg.DagsterInstance, target: str,
+                      variant: str, seed: int, refiner_version: str | None,
+                      embedding_scores=None) -> VariantDocuments:
+    """The documents a variant trains on (``core/variants.py``). ``refiner_version``: the refined
+    pool the refinement variants read (config, else the newest); the selection variants read their
+    selection's pool."""
+    if variant in SELECTION_VARIANTS:
+        sel = _selection(store, catalog, instance, target)
+        text_kind = "refined" if "of refined:" in sel.spec else "raw"
+        chosen = selection_documents(variant, sel.pool, sel.chosen, seed, text_kind, embedding_scores)
+        return VariantDocuments(chosen.docs, chosen.text_kind, sel.spec, sel.lineage, chosen.notes)
+    if not refiner_version:
+        raise dg.Failure("no refiner version yet: materialize refiner, refined_corpus and refined_pool")
+    chosen = refinement_documents(variant, _refinement_docs(store, catalog, refiner_version))
+    return VariantDocuments(chosen.docs, chosen.text_kind, f"refiner:{refiner_version}",
+                            CheckpointLineage.of_pool(store, refiner_version), chosen.notes)
 
 
 def _heldout_prose(store: ObjectStore, n: int) -> list[str]:
@@ -156,8 +172,10 @@ def _heldout_prose(store: ObjectStore, n: int) -> list[str]:
 
 @dg.asset(
     partitions_def=checkpoint_partitions,
+    # what it trains on: the target's selection, and (refinement variants) the newest refiner
+    # version's pool, one partition (a config refiner_version names another, recorded as metadata)
     deps=[dg.AssetDep(selected_subset, partition_mapping=dg.MultiToSingleDimensionPartitionMapping("target")),
-          dg.AssetDep(refined_corpus, partition_mapping=dg.AllPartitionMapping()),
+          dg.AssetDep(refined_pool, partition_mapping=dg.LastPartitionMapping()),
           dg.AssetDep(raw_corpus, partition_mapping=dg.AllPartitionMapping())],
     group_name="training",
     kinds={"pytorch", "safetensors"},
@@ -173,115 +191,169 @@ def _heldout_prose(store: ObjectStore, n: int) -> list[str]:
     ),
 )
 def trained_checkpoint(context: dg.AssetExecutionContext, config: CheckpointConfig, store: ObjectStore,
-                       catalog: Catalog, device: DeviceSettings) -> dg.MaterializeResult:
+                       catalog: Catalog, engine: ModelEngine, device: DeviceSettings) -> dg.MaterializeResult:
     # A run may hold many variants (MODEL_BACKFILL_POLICY). Each trains its own copy of the base
     # model and evaluates its own checkpoints: nothing to share but the run itself.
     def train(key) -> dict:
         keys = checkpoint_partitions.get_partition_key_from_str(str(key)).keys_by_dimension
-        return train_variant(context, config, store, catalog, device, keys["target"], keys["variant"], str(key))
+        return train_variant(context, config, store, catalog, engine.local(), device, keys["target"],
+                             keys["variant"], str(key))
 
     return materialize_each(context, train)
 
 
+@dataclass(frozen=True)
+class EvaluationSets:
+    """What every checkpoint of a target is evaluated on."""
+
+    task: str
+    heldout: pl.DataFrame
+    prose: list[str]
+
+    def n(self, metric: str) -> int:
+        return len(self.prose) if metric == "prose_perplexity" else self.heldout.height
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    """One seed of a variant: its checkpoint (none for base) and its metrics."""
+
+    seed: int
+    version: str
+    metrics: dict[str, float]
+    n_docs: int = 0
+    report: dict = field(default_factory=dict)  # the train report
+    checkpoint: dict | None = None  # its `checkpoints` row
+    members: pl.DataFrame | None = None  # its `checkpoint_documents` rows
+
+    def table_row(self) -> list:
+        return [self.seed, self.version, self.n_docs, self.report.get("tokens_seen", 0), self.report.get("seconds", 0),
+                *[round(self.metrics.get(m, float("nan")), 4) for m in METRICS]]
+
+
 def train_variant(context: dg.AssetExecutionContext, config: CheckpointConfig, store: ObjectStore, catalog: Catalog,
-                  device: DeviceSettings, target: str, variant: str, partition_key: str) -> dict:
-    """One partition of trained_checkpoint: its checkpoints, its catalog rows; returns its metadata."""
-    task = _target_task(catalog, target)
-    base_path = resolve_model(config.base_model)
-    dev = device.resolve_device()
-    heldout = store.read_parquet(f"{target_prefix(target)}/heldout.parquet")
-    if config.eval_examples:
-        heldout = heldout.head(config.eval_examples)
-    prose = _heldout_prose(store, config.prose_passages)
-
-    def embedding_scores(pool: pl.DataFrame) -> list[float]:
-        from prox_assets.core.influence import representation_similarity
-
-        model, tokenizer = load_checkpoint(base_path, None, dev)
-        examples = store.read_parquet(f"{target_prefix(target)}/target.parquet")
-        return representation_similarity(model, tokenizer, pool["text"].to_list(),
-                                         [p + a for p, a in zip(examples["prompt"], examples["answer"])],
-                                         max_len=config.seq_len).tolist()
-
-    def run_eval(checkpoint_dir: Path | None) -> dict[str, float]:
-        started = time.monotonic()
-        backend = TransformersBackend(str(base_path), dev, None, loaded=load_checkpoint(base_path, checkpoint_dir, dev))
-        metrics = evaluate(backend, task, heldout.to_dicts(), prose, config.max_new_tokens, config.prose_tokens)
-        context.log.info(f"evaluated in {time.monotonic() - started:.0f}s: "
-                         + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-        return metrics
-
+                  engine: ModelEngine, device: DeviceSettings, target: str, variant: str,
+                  partition_key: str) -> PartitionOutcome:
+    """One partition of trained_checkpoint: its checkpoints, its catalog rows; returns its metadata
+    (with what it came from: refiner version, SFT sets, selection) and its data version."""
+    sets = _evaluation_sets(store, catalog, target, config)
     tags = lineage(context, partition_key)
-    checkpoints, members, evals, per_seed = [], [], [], []
-    seeds = [config.seeds[0]] if variant == "base" else config.seeds  # the base model has no seed
-    notes: dict = {}
-    means: dict[str, list[float]] = {}
-    # Only a random draw depends on the seed; other variants' documents are read (and scored or
-    # filtered) once for all seeds.
-    shared = None if variant in ("base", "random") else variant_documents(
-        store, catalog, target, variant, seeds[0], config, embedding_scores)
-    for seed in seeds:
-        if variant == "base":
-            version, docs, spec, text_kind, report, prefix = "base", None, config.base_model, "none", {}, None
-            metrics = run_eval(None)
-        else:
-            docs, text_kind, spec, notes = shared or variant_documents(
-                store, catalog, target, variant, seed, config, embedding_scores)
-            if docs.height == 0:
-                raise dg.Failure(f"{variant}: no document to train on ({json.dumps(notes)})")
-            train_config = config.train_config(seed)
-            version = checkpoint_version(config.base_model, list(zip(docs["doc_id"], docs["weight"])), text_kind,
-                                         train_config)
-            prefix = _existing_checkpoint(store, catalog, version) or checkpoint_prefix(target, variant, version)
-
-            def train_it(folder, progress, seed=seed, version=version, docs=docs, spec=spec,
-                         text_kind=text_kind, train_config=train_config):
-                context.log.info(f"seed {seed}: training {version} on {docs.height} documents ({spec}, {text_kind})")
-                return train_lm(base_path, docs["text"].to_list(), train_config, folder, docs["weight"].to_list(),
-                                device=dev, progress=progress).to_dict()
-
-            report, reused = train_into_store(store, prefix, {
-                "target": target, "variant": variant, "seed": seed, "version": version,
-                "base_model": config.base_model, "data_spec": spec, "text_kind": text_kind,
-                "train_config": train_config.to_dict()}, train_it, context.log.info, log_every=4)
-            if reused:
-                context.log.info(f"seed {seed}: checkpoint {version} exists ({prefix}): evaluating only")
-            metrics = run_eval(Path(fetch_model(store, prefix)))
-            checkpoints.append({
-                "target": target, "variant": variant, "seed": seed, "version": version,
-                "base_model": config.base_model, "data_spec": spec, "text_kind": text_kind, "n_docs": docs.height,
-                "train_tokens": report["tokens_seen"], "steps": report["steps"],
-                "final_loss": report["losses"][-1] if report["losses"] else None, "seconds": report["seconds"],
-                "config": json.dumps(train_config.to_dict()), "path": store.uri(prefix), **tags})
-            members.append(docs.select("doc_id", "weight").with_columns(
-                version=pl.lit(version), target=pl.lit(target), variant=pl.lit(variant), seed=pl.lit(seed),
-                **{k: pl.lit(v) for k, v in tags.items()}))
-        evals += [{"target": target, "variant": variant, "seed": seed, "version": version, "task": task,
-                   "metric": m, "value": v, "n": len(prose) if m == "prose_perplexity" else heldout.height, **tags}
-                  for m, v in metrics.items()]
-        for m, v in metrics.items():
-            means.setdefault(m, []).append(v)
-        per_seed.append((seed, version, docs.height if docs is not None else 0,
-                         report.get("tokens_seen", 0), report.get("seconds", 0),
-                         *[round(metrics.get(m, float("nan")), 4) for m in METRICS]))
-
+    chosen = None
+    if variant == "base":  # the untrained model: no seed, no documents
+        results = [SeedResult(config.seeds[0], "base", _evaluate(context, engine, device, config, sets, None))]
+    else:
+        refiner_version = consumed_refiner_version(context, config.refiner_version)
+        scores = partial(_embedding_scores, engine, device, config,
+                         store.read_parquet(f"{target_prefix(target)}/target.parquet"))
+        choose = partial(variant_documents, store, catalog, context.instance, target, variant,
+                         refiner_version=refiner_version, embedding_scores=scores)
+        # Only a random draw depends on the seed; other variants' documents are read (and scored
+        # or filtered) once for all seeds.
+        shared = None if variant == "random" else choose(seed=config.seeds[0])
+        results = []
+        for seed in config.seeds:
+            chosen = shared or choose(seed=seed)
+            results.append(_train_seed(context, config, store, catalog, engine, device, sets, target, variant,
+                                       seed, chosen, tags))
     where = {"target": target, "variant": variant}
+    checkpoints = [r.checkpoint for r in results if r.checkpoint]
+    members = [r.members for r in results if r.members is not None]
     catalog.replace_many([
         ("checkpoints", where, pl.DataFrame(checkpoints) if checkpoints else None),
         ("checkpoint_documents", where, pl.concat(members) if members else None),
-        ("checkpoint_evals", where, pl.DataFrame(evals)),
+        ("checkpoint_evals", where, pl.DataFrame([
+            {"target": target, "variant": variant, "seed": r.seed, "version": r.version, "task": sets.task,
+             "metric": m, "value": v, "n": sets.n(m), **tags} for r in results for m, v in r.metrics.items()])),
     ])
-    return {
+    versions = [r.version for r in results]
+    means: dict[str, list[float]] = {}
+    for r in results:
+        for m, v in r.metrics.items():
+            means.setdefault(m, []).append(v)
+    return PartitionOutcome(data_version=content_version(*versions) if variant != "base" else "base", metadata={
         "variant": variant,
-        "task": task,
-        "seeds": len(seeds),
-        "dagster/row_count": per_seed[0][2],
-        "train_tokens_per_seed": per_seed[0][3],
+        "task": sets.task,
+        **(chosen.lineage if chosen else CheckpointLineage()).metadata(),
+        "checkpoint_versions": ", ".join(versions),
+        "seeds": len(results),
+        "dagster/row_count": results[0].n_docs,
+        "train_tokens_per_seed": results[0].report.get("tokens_seen", 0),
         "path": dg.MetadataValue.path(store.uri(checkpoint_prefix(target, variant, ""))),
-        "per_seed": md_table(["seed", "version", "docs", "train tokens", "train s", *METRICS], per_seed),
+        "per_seed": md_table(["seed", "version", "docs", "train tokens", "train s", *METRICS],
+                             [r.table_row() for r in results]),
         **{f"mean_{m}": round(sum(v) / len(v), 4) for m, v in means.items()},
-        **{f"data/{k}": (json.dumps(v) if isinstance(v, list) else v) for k, v in notes.items()},
-    }
+        **{f"data/{k}": (json.dumps(v) if isinstance(v, list) else v)
+           for k, v in (chosen.notes if chosen else {}).items()},
+    })
+
+
+def _evaluation_sets(store: ObjectStore, catalog: Catalog, target: str, config: CheckpointConfig) -> EvaluationSets:
+    heldout = store.read_parquet(f"{target_prefix(target)}/heldout.parquet")
+    if config.eval_examples:
+        heldout = heldout.head(config.eval_examples)
+    return EvaluationSets(_target_task(catalog, target), heldout, _heldout_prose(store, config.prose_passages))
+
+
+def _evaluate(context: dg.AssetExecutionContext, engine: ModelEngine, device: DeviceSettings,
+              config: CheckpointConfig, sets: EvaluationSets, checkpoint_dir: Path | None) -> dict[str, float]:
+    """The base model with ``checkpoint_dir`` on top (None: untrained) on the evaluation sets."""
+    started = time.monotonic()
+    backend = engine.serve(engine.load_model(device, config.base_model, adapter=checkpoint_dir), device)
+    metrics = evaluate(backend, sets.task, sets.heldout.to_dicts(), sets.prose, config.max_new_tokens,
+                       config.prose_tokens)
+    context.log.info(f"evaluated in {time.monotonic() - started:.0f}s: "
+                     + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    return metrics
+
+
+def _embedding_scores(engine: ModelEngine, device: DeviceSettings, config: CheckpointConfig,
+                      examples: pl.DataFrame, pool: pl.DataFrame) -> list[float]:
+    """Each pool document's similarity to the target examples in the base model's hidden states."""
+    model, tokenizer = engine.load_model(device, config.base_model)
+    return representation_similarity(model, tokenizer, pool["text"].to_list(),
+                                     [p + a for p, a in zip(examples["prompt"], examples["answer"])],
+                                     max_len=config.seq_len).tolist()
+
+
+def _train(engine: ModelEngine, device: DeviceSettings, config: CheckpointConfig, docs: pl.DataFrame,
+           train_config: TrainConfig, folder: str, progress) -> dict:
+    model, tokenizer = engine.load_model(device, config.base_model, train=True)
+    return train_lm(model, tokenizer, docs["text"].to_list(), train_config, folder, docs["weight"].to_list(),
+                    progress=progress).to_dict()
+
+
+def _train_seed(context: dg.AssetExecutionContext, config: CheckpointConfig, store: ObjectStore, catalog: Catalog,
+                engine: ModelEngine, device: DeviceSettings, sets: EvaluationSets, target: str, variant: str,
+                seed: int, chosen: VariantDocuments, tags: dict) -> SeedResult:
+    """One seed's checkpoint, trained once (an existing one of the same version is reused), then
+    evaluated."""
+    docs = chosen.docs
+    if docs.height == 0:
+        raise dg.Failure(f"{variant}: no document to train on ({json.dumps(chosen.notes)})")
+    train_config = config.train_config(seed)
+    version = checkpoint_version(config.base_model, list(zip(docs["doc_id"], docs["weight"])), chosen.text_kind,
+                                 train_config)
+    prefix = _existing_checkpoint(store, catalog, version) or checkpoint_prefix(target, variant, version)
+    manifest = {"target": target, "variant": variant, "seed": seed, "version": version,
+                "base_model": config.base_model, "data_spec": chosen.spec, "text_kind": chosen.text_kind,
+                "train_config": train_config.to_dict()}
+    if not store.exists(f"{prefix}/manifest.json"):
+        context.log.info(f"seed {seed}: training {version} on {docs.height} documents ({chosen.spec}, "
+                         f"{chosen.text_kind})")
+    report, reused = train_into_store(store, prefix, manifest,
+                                      partial(_train, engine, device, config, docs, train_config),
+                                      context.log.info, log_every=4)
+    if reused:
+        context.log.info(f"seed {seed}: checkpoint {version} exists ({prefix}): evaluating only")
+    metrics = _evaluate(context, engine, device, config, sets, Path(fetch_model(store, prefix)))
+    row = {**manifest, "n_docs": docs.height, "train_tokens": report["tokens_seen"], "steps": report["steps"],
+           "final_loss": report["losses"][-1] if report["losses"] else None, "seconds": report["seconds"],
+           "config": json.dumps(train_config.to_dict()), "path": store.uri(prefix), **tags}
+    del row["train_config"]
+    members = docs.select("doc_id", "weight").with_columns(
+        version=pl.lit(version), target=pl.lit(target), variant=pl.lit(variant), seed=pl.lit(seed),
+        **{k: pl.lit(v) for k, v in tags.items()})
+    return SeedResult(seed, version, metrics, docs.height, report, row, members)
 
 
 def _existing_checkpoint(store: ObjectStore, catalog: Catalog, version: str) -> str | None:
@@ -291,65 +363,6 @@ def _existing_checkpoint(store: ObjectStore, catalog: Catalog, version: str) -> 
         if prefix and store.exists(f"{prefix}/manifest.json"):
             return prefix
     return None
-
-
-# --- the report ----------------------------------------------------------------------------------
-def summarize(evals: pl.DataFrame) -> pl.DataFrame:
-    """variant, metric, mean, std (over seeds; 0 with one seed), seeds."""
-    return (evals.group_by("variant", "metric")
-            .agg(mean=pl.col("value").mean(), std=pl.col("value").std(ddof=1).fill_null(0.0), seeds=pl.len())
-            .sort("variant", "metric"))
-
-
-def comparisons(summary: pl.DataFrame) -> list[tuple]:
-    """The contrasts the report exists for: (contrast, metric, difference, better?)."""
-    values = {(r["variant"], r["metric"]): r["mean"] for r in summary.iter_rows(named=True)}
-    out = []
-    for a, b in (("influence", "random"), ("influence", "embedding"), ("influence", "full"),
-                 ("refined", "raw"), ("refined", "rule_filtered"), ("rule_filtered", "raw")):
-        for metric, higher in METRICS.items():
-            if (a, metric) in values and (b, metric) in values:
-                diff = values[(a, metric)] - values[(b, metric)]
-                out.append((f"{a} − {b}", metric, round(diff, 4), "yes" if (diff > 0) == higher and diff else "no"))
-    return out
-
-
-def plot_report(summary: pl.DataFrame, evals: pl.DataFrame, title: str) -> bytes:
-    """One panel per metric: mean over seeds (bar), spread (error bar), each seed (dot)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metrics = [m for m in METRICS if m in set(summary["metric"])]
-    variants = [v for v in VARIANTS if v in set(summary["variant"])]
-    ncols = min(2, len(metrics))  # two panels a row: fits the UI's metadata dialog
-    nrows = -(-len(metrics) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.4 * nrows), squeeze=False)
-    for ax in axes.flat[len(metrics):]:
-        ax.set_visible(False)
-    for ax, metric in zip(axes.flat, metrics):
-        rows = {r["variant"]: r for r in summary.filter(pl.col("metric") == metric).iter_rows(named=True)}
-        xs = [v for v in variants if v in rows]
-        ax.bar(range(len(xs)), [rows[v]["mean"] for v in xs], yerr=[rows[v]["std"] for v in xs],
-               color=["#999999" if v == "base" else "#4477aa" if v in ("influence", "refined") else "#bbccee"
-                      for v in xs], capsize=3)
-        for i, v in enumerate(xs):
-            seeds = evals.filter((pl.col("metric") == metric) & (pl.col("variant") == v))["value"].to_list()
-            ax.scatter([i] * len(seeds), seeds, color="black", s=8, zorder=3)
-        low = min(min(rows[v]["mean"] - rows[v]["std"] for v in xs), 0 if METRICS[metric] else float("inf"))
-        high = max(rows[v]["mean"] + rows[v]["std"] for v in xs)
-        if not METRICS[metric]:  # losses and perplexities: zoom on the differences
-            pad = (high - low) * 0.5 or 0.01
-            ax.set_ylim(low - pad, high + pad)
-        ax.set_xticks(range(len(xs)), xs, rotation=40, ha="right", fontsize=8)
-        ax.set_title(f"{metric} ({'higher' if METRICS[metric] else 'lower'} is better)", fontsize=9)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return buf.getvalue()
 
 
 @dg.asset(

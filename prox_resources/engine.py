@@ -31,6 +31,7 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from prox_resources.device import DeviceSettings
+from prox_resources.loader import LoadedModel, load_causal_lm
 from prox_resources.models import DEFAULT_MODEL, resolve_model
 
 Chat = list[dict[str, str]]
@@ -94,17 +95,13 @@ class TransformersBackend(EngineBackend):
         (model, tokenizer) to serve instead of loading ``model_path`` (a checkpoint under
         evaluation: its metrics compare checkpoints, so it stays in fp32 by default)."""
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.torch = torch
         self.model_id = str(model_path)
         if loaded:
             self.model, self.tokenizer = loaded[0].to(device).eval(), loaded[1]
         else:
-            self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-            self.model = (
-                AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()  # type: ignore[arg-type]  # transformers' @wraps'd .to()
-            )
+            self.model, self.tokenizer = load_causal_lm(model_path, device, dtype)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -424,6 +421,21 @@ class ModelEngine(dg.ConfigurableResource):
             return self
         return ModelEngine(backend="transformers", max_batch_size=self.max_batch_size,
                            max_batch_tokens=self.max_batch_tokens)
+
+    def load_model(self, device: DeviceSettings | None = None, model: str | None = None,
+                   adapter: str | os.PathLike | None = None, train: bool = False) -> LoadedModel:
+        """A model's weights in this process, float32, on the device resource's device: for
+        training, influence and evaluation (``load`` serves generation). ``model``: an alias or
+        folder (default: this engine's local model); ``adapter``: a checkpoint on top of it."""
+        name = model or self.local().model
+        return load_causal_lm(resolve_model(name), (device or DeviceSettings()).resolve_device(),
+                              adapter=None if adapter is None else os.fspath(adapter), train=train)
+
+    def serve(self, loaded: LoadedModel, device: DeviceSettings | None = None) -> EngineBackend:
+        """A generation/scoring backend over an in-memory model (a checkpoint under evaluation)."""
+        return TransformersBackend(getattr(loaded.model, "name_or_path", "in-memory"),
+                                   (device or DeviceSettings()).resolve_device(), None, self.max_batch_size,
+                                   self.max_batch_tokens, loaded=loaded)
 
     def load(self, device: DeviceSettings | None = None, model: str | None = None,
              log: Callable[[str], None] | None = None) -> EngineBackend:

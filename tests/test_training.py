@@ -20,16 +20,16 @@ from prox_assets.core.quality_filters import rule_filter
 from prox_assets.core.refiner_training import TrainConfig
 from prox_assets.core.training import (
     checkpoint_version,
-    load_checkpoint,
     pack_documents,
     repeat_counts,
     train_lm,
 )
 from prox_assets.definitions import ASSETS, build_resources
 from prox_assets.partitions import VARIANTS
-from prox_assets.training import comparisons, summarize
+from prox_assets.core.report import comparisons, summarize
 from prox_resources.catalog import Catalog
-from prox_resources.engine import TransformersBackend
+from prox_resources.device import DeviceSettings
+from prox_resources.engine import ModelEngine
 from tests.test_refined_corpus import _refine, _train_refiners
 from tests.test_synthesis_assets import _run, pipeline  # noqa: F401  (the fixture)
 
@@ -78,22 +78,24 @@ def test_version_depends_on_documents_text_and_seed():
 def test_train_lm_saves_an_adapter_that_changes_the_model(tiny_llama_dir, tmp_path):
     cfg = TrainConfig(method="lora", lora_r=4, lora_alpha=8, lora_layers=1, max_steps=3, batch_size=2,
                       lr=5e-3, warmup_steps=1, max_seq_len=32, seed=0)
-    report = train_lm(tiny_llama_dir, [PROSE] * 3, cfg, tmp_path / "ckpt")
+    engine, cpu = ModelEngine(model=str(tiny_llama_dir)), DeviceSettings(device="cpu")
+    report = train_lm(*engine.load_model(cpu, train=True), [PROSE] * 3, cfg, tmp_path / "ckpt")
     assert report.steps == 3 and report.tokens_seen > 0
     assert (tmp_path / "ckpt" / "adapter_model.safetensors").exists()
     assert not (tmp_path / "ckpt" / "model.safetensors").exists()  # an adapter, not a copy of the base
-    base, _ = load_checkpoint(tiny_llama_dir, None)
-    tuned, tok = load_checkpoint(tiny_llama_dir, tmp_path / "ckpt")
+    base, _ = engine.load_model(cpu)
+    tuned, tok = engine.load_model(cpu, adapter=tmp_path / "ckpt")
     ids = tok(PROSE, return_tensors="pt")["input_ids"]
     with torch.no_grad():
         assert not torch.allclose(base(ids).logits, tuned(ids).logits)
-    again = train_lm(tiny_llama_dir, [PROSE] * 3, cfg, tmp_path / "again")  # seeded: reproducible
+    again = train_lm(*engine.load_model(cpu, train=True), [PROSE] * 3, cfg, tmp_path / "again")  # seeded
     assert again.losses == report.losses
 
 
 def test_metrics_equal_direct_computation(tiny_llama_dir):
-    model, tok = load_checkpoint(tiny_llama_dir, None)
-    backend = TransformersBackend(str(tiny_llama_dir), "cpu", None, loaded=(model, tok))
+    engine, cpu = ModelEngine(model=str(tiny_llama_dir)), DeviceSettings(device="cpu")
+    model, tok = loaded = engine.load_model(cpu)
+    backend = engine.serve(loaded, cpu)
     ids = tok(PROSE, add_special_tokens=False, return_tensors="pt")["input_ids"]
     with torch.no_grad():
         nll = torch.nn.functional.cross_entropy(model(ids).logits[0, :-1], ids[0, 1:])
@@ -152,6 +154,8 @@ def test_every_variant_trains_evaluates_reports_and_audits(pipeline):  # noqa: F
     version = _train_refiners(instance, model)
     for shard in ("web-00", "clean-00"):
         assert _refine(instance, version, shard).success
+    assert dg.materialize(ASSETS, selection=["refined_pool"], partition_key=version, instance=instance,
+                          resources=build_resources()).success
     add_target("arc-t", "arc_challenge", 3, 12, 0)
     influence = {"pool": "raw", "model": model, "landmarks": 6, "exact_holdout": 4, "max_len": 32,
                  "warmup_steps": 1, "batch_size": 4}

@@ -399,6 +399,39 @@ def round_robin(scores: torch.Tensor, k: int, seed: int = 0) -> list[int]:
     return chosen
 
 
+@dataclass(frozen=True)
+class Selection:
+    """A subset chosen from influence estimates: row indices in rank order and their weights."""
+
+    chosen: list[int]
+    weights: list[float]
+    budget: int
+    pool_size: int
+    mean: torch.Tensor  # the mean estimate of every pool row
+
+
+def select_subset(mean: torch.Tensor, per_example: torch.Tensor, method: str, budget: int = 0,
+                  budget_fraction: float = 0.25, seed: int = 0) -> Selection:
+    """``budget`` rows (or ``budget_fraction`` of the pool) by ``method``: ``round_robin`` over
+    the target examples (``per_example``: n x m), ``top_k`` of the mean, or ``simplex`` (top-k
+    support, first-order simplex weights). Uniform weights sum to the pool size."""
+    n = len(mean)
+    k = min(budget or max(1, round(budget_fraction * n)), n)
+    if method == "round_robin":
+        chosen = round_robin(per_example, k, seed=seed)
+        weights = [n / k] * len(chosen)  # uniform over the support, summing to |S|
+    elif method in ("top_k", "simplex"):
+        chosen = top_k(mean, k)
+        if method == "simplex" and k < n:
+            w = simplex_weights(mean, lambda_for_k(mean, k, float(n)), float(n))
+            weights = [float(w[i]) for i in chosen]
+        else:
+            weights = [n / k] * len(chosen)
+    else:
+        raise ValueError(f"unknown selection method {method!r}")
+    return Selection(chosen=chosen, weights=weights, budget=k, pool_size=n, mean=mean)
+
+
 def second_order_weights(p: torch.Tensor, q_matvec: Callable[[torch.Tensor], torch.Tensor], eta: float,
                          lam: float, total: float, steps: int = 200, lr: float | None = None) -> torch.Tensor:
     """Projected gradient descent on f(w) = -p.w + eta/2 w.Qw + lam/2 |w|^2 over the scaled

@@ -188,7 +188,7 @@ def influence_study(model, tokenizer, texts: Sequence[str], domains: Sequence[st
     return report
 
 
-def selection_training_evidence(model_dir, texts: Sequence[str], selected: Sequence[int],
+def selection_training_evidence(load, serve, texts: Sequence[str], selected: Sequence[int],
                                 heldout_prompts: Sequence[str], heldout_answers: Sequence[str],
                                 train: "TrainConfig", seeds: Sequence[int] = (0, 1),
                                 log: Callable[[str], None] = print) -> dict:
@@ -196,22 +196,20 @@ def selection_training_evidence(model_dir, texts: Sequence[str], selected: Seque
     samples and on a random subset of the same size (a new draw per seed), each evaluated by
     the held-out target loss (NLL per answer token); the untrained model is the reference row.
     Reports mean and std over seeds per variant and whether influence beats random by more than
-    the sum of both spreads."""
+    the sum of both spreads. ``load(checkpoint=None, train=False)``: the base model (with a
+    checkpoint on top) as (model, tokenizer); ``serve(loaded)``: an engine backend over it."""
     import random
     import tempfile
     from dataclasses import replace as _replace
 
     from prox_assets.core.evaluation import heldout_loss
-    from prox_assets.core.training import load_checkpoint, train_lm
-    from prox_resources.engine import TransformersBackend
+    from prox_assets.core.training import train_lm
 
     if not train.max_steps:
         raise ValueError("the evidence compares checkpoints under one token budget: set max_steps")
 
     def evaluate(checkpoint) -> float:
-        model, tokenizer = load_checkpoint(model_dir, checkpoint)
-        backend = TransformersBackend(str(model_dir), "cpu", None, loaded=(model, tokenizer))
-        return heldout_loss(backend, heldout_prompts, heldout_answers)
+        return heldout_loss(serve(load(checkpoint)), heldout_prompts, heldout_answers)
 
     rows: dict[str, list[float]] = {"base": [evaluate(None)]}
     seconds: dict[str, float] = {}
@@ -221,7 +219,8 @@ def selection_training_evidence(model_dir, texts: Sequence[str], selected: Seque
         for variant, subset in (("influence", list(selected)), ("random", randoms)):
             t = time.perf_counter()
             with tempfile.TemporaryDirectory() as out:
-                train_lm(model_dir, [texts[i] for i in subset], config, out)
+                model, tokenizer = load(None, train=True)
+                train_lm(model, tokenizer, [texts[i] for i in subset], config, out)
                 loss = evaluate(out)
             seconds[variant] = seconds.get(variant, 0.0) + time.perf_counter() - t
             rows.setdefault(variant, []).append(loss)
@@ -236,23 +235,23 @@ def selection_training_evidence(model_dir, texts: Sequence[str], selected: Seque
             "train_seconds": {k: round(v, 1) for k, v in seconds.items()}}
 
 
-def selection_experiment(model_dir, texts: Sequence[str], domains: Sequence[str], prompts: Sequence[str],
+def selection_experiment(load, serve, texts: Sequence[str], domains: Sequence[str], prompts: Sequence[str],
                          answers: Sequence[str], heldout_prompts: Sequence[str], heldout_answers: Sequence[str],
                          config: InfluenceConfig, train: "TrainConfig", budget_fraction: float = 0.25,
                          seeds: Sequence[int] = (0, 1), log: Callable[[str], None] = print) -> dict:
     """The method end to end as ``landmark_influence`` + ``selected_subset`` run it (landmark
-    estimates, round robin over target examples), then ``selection_training_evidence``."""
+    estimates, round robin over target examples), then ``selection_training_evidence`` (``load``,
+    ``serve``: as there)."""
     from prox_assets.core.influence import compute_influence, round_robin
-    from prox_assets.core.training import load_checkpoint
 
-    model, tokenizer = load_checkpoint(model_dir, None)
+    model, tokenizer = load(None)
     result = compute_influence(model, tokenizer, texts, prompts, answers, config, log=log)
     k = max(1, round(budget_fraction * len(texts)))
     selected = round_robin(result.scores, k, seed=config.seed)
     composition = {d: sum(domains[i] == d for i in selected) for d in sorted(set(domains))}
     log(f"selected {k} of {len(texts)}: {composition}")
     del model
-    evidence = selection_training_evidence(model_dir, texts, selected, heldout_prompts, heldout_answers, train,
+    evidence = selection_training_evidence(load, serve, texts, selected, heldout_prompts, heldout_answers, train,
                                            seeds, log)
     return {"selected_domains": composition, "pool_domains": {d: domains.count(d) for d in sorted(set(domains))},
             "influence_accuracy": {k: round(v, 4) for k, v in result.accuracy.items()},

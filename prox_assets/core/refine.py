@@ -16,8 +16,9 @@ exception fails the caller. ``run_doc_refiner`` and ``run_chunk_refiner`` are th
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from prox_assets.core.chunking import TokenCounter, Window, chunk_document
 from prox_assets.core.executor import (
@@ -240,3 +241,97 @@ def refine_documents(
         if check[0].error:
             raise DocumentFailed(check[0].error)
     return out
+
+
+# --- one row per document -------------------------------------------------------------------------
+ERROR_REASON = "refine_error"
+
+
+@dataclass(frozen=True)
+class RefinedRow:
+    """What became of one document: the columns of a refined shard after doc_id, shard and
+    refiner_version (``refine.ROW_SCHEMA``), JSON-encoded where a column holds a list."""
+
+    text: str
+    kept: bool
+    status: str  # kept | dropped | error
+    reason: str | None
+    error: str | None
+    doc_program: str | None
+    chunk_programs: str
+    windows: str
+    edits: str
+    errors: str
+    program_ignored: bool
+    windows_ignored: int
+    lines_removed: int
+    n_chars_before: int
+    n_chars_after: int
+    n_tokens_before: int
+    n_tokens_after: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def refined_row(text: str, ref: DocumentRefinement, count: TokenCounter) -> RefinedRow:
+    """The row of a document both stages went through (kept or dropped)."""
+    doc_result, run = ref.doc_result, ref.chunk
+    assert doc_result is not None and ref.doc_program is not None  # both stages ran
+    refined = check_text(run.result.text if run else text)  # never a text the writers reject
+    dropped = doc_result.dropped or (run is not None and run.result.dropped)
+    reason = doc_result.reason if doc_result.dropped else (run.result.reason if run else None)
+    tokens_before, tokens_after = count([text, refined])
+    return RefinedRow(
+        text=refined, kept=not dropped, status="dropped" if dropped else "kept", reason=reason, error=None,
+        doc_program=printable(ref.doc_program),
+        chunk_programs=json.dumps(run.programs if run else []),
+        windows=json.dumps([[w.line_start, w.line_end] for w in run.windows] if run else []),
+        edits=json.dumps([e.to_dict() for e in run.result.edits] if run else []),
+        errors=json.dumps([e.to_dict() for e in ref.issues]),
+        program_ignored=bool(run and run.result.ignored),
+        windows_ignored=len(run.result.ignored_windows) if run else 0,
+        lines_removed=sum(e.line_end - e.line_start + 1 for e in run.result.edits
+                          if e.kind == "remove_lines") if run else 0,
+        n_chars_before=len(text), n_chars_after=len(refined) if not dropped else 0,
+        n_tokens_before=tokens_before, n_tokens_after=tokens_after if not dropped else 0,
+    )
+
+
+def error_row(text, ref: DocumentRefinement, count: TokenCounter) -> RefinedRow:
+    """A document that could not be refined: not kept (nothing downstream trains on it), its raw
+    text kept for the audit and a rerun, the stage and exception in ``error``."""
+    shown = printable(text) if isinstance(text, str) else ""
+    try:
+        tokens_before = count([shown])[0]
+    except Exception:  # noqa: BLE001  (the tokenizer may be what failed on this text)
+        tokens_before = 0
+    return RefinedRow(
+        text=shown, kept=False, status="error", reason=ERROR_REASON, error=str(ref.error),
+        doc_program=printable(ref.doc_program) if isinstance(ref.doc_program, str) else None,
+        chunk_programs="[]", windows="[]", edits="[]",
+        errors=json.dumps([e.to_dict() for e in ref.issues + ([ref.error.to_issue()] if ref.error else [])]),
+        program_ignored=False, windows_ignored=0, lines_removed=0,
+        n_chars_before=len(shown), n_chars_after=0, n_tokens_before=tokens_before, n_tokens_after=0,
+    )
+
+
+def refined_rows(doc_backend, chunk_backend, texts: Sequence, *, doc_max_tokens: int, window_tokens: int,
+                 doc_max_new_tokens: int, chunk_max_new_tokens: int, count_tokens: TokenCounter) -> list[RefinedRow]:
+    """One row per text, in order: kept, dropped, or (status ``error``) a document one of whose
+    stages raised, or whose row could not be made; the others are refined all the same."""
+    refinements = refine_documents(
+        doc_backend, chunk_backend, texts, doc_max_tokens=doc_max_tokens, window_tokens=window_tokens,
+        doc_max_new_tokens=doc_max_new_tokens, chunk_max_new_tokens=chunk_max_new_tokens,
+        count_tokens=count_tokens,
+    )
+    rows = []
+    for text, ref in zip(texts, refinements):
+        row = None
+        if ref.error is None:
+            try:
+                row = refined_row(text, ref, count_tokens)
+            except Exception as exc:  # noqa: BLE001  (this document's error, not the batch's)
+                ref.error = DocumentError.of("row", exc)
+        rows.append(row if row is not None else error_row(text, ref, count_tokens))
+    return rows

@@ -183,25 +183,24 @@ def build_quality_set(downloads, n_pages: int = 6, n_news: int = 4, n_clean: int
     return qset
 
 
-def refinement_training_evidence(model_dir, variants: dict[str, Sequence[str]], heldout: Sequence[str],
+def refinement_training_evidence(load, serve, variants: dict[str, Sequence[str]], heldout: Sequence[str],
                                  train, seeds: Sequence[int] = (0, 1), prose_tokens: int = 256,
                                  log: Callable[[str], None] = print) -> dict:
     """What ProX is for: the base model trained under one token budget on the same pages as
     ``raw`` text, as ``refined`` text and as their ``clean`` sources (the ceiling), each seed,
     evaluated by the perplexity of ``heldout`` clean text (pages no variant trained on).
-    Refined works when it lands between raw and clean, closer to clean, by more than the spread."""
+    Refined works when it lands between raw and clean, closer to clean, by more than the spread.
+    ``load(checkpoint=None, train=False)``: the base model (with a checkpoint on top) as (model,
+    tokenizer); ``serve(loaded)``: an engine backend over it."""
     import tempfile
     import time
     from dataclasses import replace
 
     from prox_assets.core.evaluation import prose_perplexity
-    from prox_assets.core.training import load_checkpoint, seed_summary, train_lm
-    from prox_resources.engine import TransformersBackend
+    from prox_assets.core.training import seed_summary, train_lm
 
     def perplexity(checkpoint) -> float:
-        model, tokenizer = load_checkpoint(model_dir, checkpoint)
-        return prose_perplexity(TransformersBackend(str(model_dir), "cpu", None, loaded=(model, tokenizer)),
-                                heldout, prose_tokens)
+        return prose_perplexity(serve(load(checkpoint)), heldout, prose_tokens)
 
     rows: dict[str, list[float]] = {"base": [perplexity(None)]}
     log(f"base model: held-out perplexity {rows['base'][0]:.3f}")
@@ -209,7 +208,8 @@ def refinement_training_evidence(model_dir, variants: dict[str, Sequence[str]], 
         for name, texts in variants.items():
             t = time.perf_counter()
             with tempfile.TemporaryDirectory() as folder:
-                train_lm(model_dir, list(texts), replace(train, seed=seed), folder)
+                model, tokenizer = load(None, train=True)
+                train_lm(model, tokenizer, list(texts), replace(train, seed=seed), folder)
                 rows.setdefault(name, []).append(perplexity(folder))
             log(f"seed {seed} {name}: held-out perplexity {rows[name][-1]:.3f} ({time.perf_counter() - t:.0f}s)")
     summary = seed_summary(rows)

@@ -89,19 +89,17 @@ def lr_at(step: int, total: int, config: TrainConfig) -> float:
 
 
 def train_refiner(
-    model_dir: str | Path, examples: Sequence[tuple[Chat, str]], config: TrainConfig, out_dir: str | Path,
-    device: str = "cpu", progress: Callable[[int, int, float], None] | None = None,
+    model, tokenizer, examples: Sequence[tuple[Chat, str]], config: TrainConfig, out_dir: str | Path,
+    progress: Callable[[int, int, float], None] | None = None,
 ) -> TrainReport:
-    """Fine-tune the model in ``model_dir`` on ``examples`` and save it, merged, to ``out_dir``
-    in ``save_pretrained`` layout (safetensors, tokenizer, chat template)."""
+    """Fine-tune ``model`` (float32, on its device; the engine loads it) on ``examples`` and save
+    it, merged, to ``out_dir`` in ``save_pretrained`` layout (safetensors, tokenizer, chat template)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     started = time.monotonic()
     random.seed(config.seed)
     torch.manual_seed(config.seed)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)  # type: ignore[arg-type]  # transformers' @wraps'd .to()
+    device = str(next(model.parameters()).device)
 
     report = TrainReport()
     encoded = []

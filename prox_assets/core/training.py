@@ -77,25 +77,24 @@ def pack_documents(tokenizer, texts: Sequence[str], seq_len: int, weights: Seque
     return [w for w in windows if len(w) >= MIN_WINDOW_TOKENS]
 
 
-def train_lm(model_dir: str | Path, texts: Sequence[str], config: TrainConfig, out_dir: str | Path,
-             weights: Sequence[float] | None = None, device: str = "cpu",
+def train_lm(model, tokenizer, texts: Sequence[str], config: TrainConfig, out_dir: str | Path,
+             weights: Sequence[float] | None = None,
              progress: Callable[[int, int, float], None] | None = None) -> TrainReport:
-    """Next-token training on every token of the packed documents for ``config.max_steps``
-    steps; the checkpoint (adapter or full model) and the tokenizer are saved to ``out_dir``."""
+    """Next-token training of ``model`` (float32, on its device; the engine loads it) on every
+    token of the packed documents for ``config.max_steps`` steps; the checkpoint (adapter or full
+    model) and the tokenizer are saved to ``out_dir``."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not config.max_steps:
         raise ValueError("continued pre-training needs max_steps: the token budget is fixed, not the epochs")
     started = time.monotonic()
     random.seed(config.seed)
     torch.manual_seed(config.seed)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     windows = pack_documents(tokenizer, texts, config.max_seq_len, weights, config.seed,
                              n_windows=config.max_steps * config.batch_size)
     if not windows:
         raise ValueError(f"the {len(texts)} training documents hold no token")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)  # type: ignore[arg-type]  # transformers' @wraps'd .to()
+    device = str(next(model.parameters()).device)
     model = attach_adapters(model, config)
     report = run_training(model, [(w, w) for w in windows], config, pad_id(tokenizer), device, progress)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -103,26 +102,6 @@ def train_lm(model_dir: str | Path, texts: Sequence[str], config: TrainConfig, o
     tokenizer.save_pretrained(out_dir)
     report.seconds = round(time.monotonic() - started, 1)
     return report
-
-
-def load_checkpoint(base_dir: str | Path, checkpoint_dir: str | Path | None, device: str = "cpu"):
-    """(model, tokenizer) of a checkpoint: an adapter merged into its base, a full model, or
-    (``checkpoint_dir=None``) the base model itself."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if checkpoint_dir is None:
-        path = Path(base_dir)
-    elif (Path(checkpoint_dir) / "adapter_config.json").exists():
-        from peft import PeftModel
-
-        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-        model = PeftModel.from_pretrained(base, str(checkpoint_dir)).merge_and_unload().to(device).eval()
-        return model, AutoTokenizer.from_pretrained(checkpoint_dir)
-    else:
-        path = Path(checkpoint_dir)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()  # type: ignore[arg-type]  # transformers' @wraps'd .to()
-    return model, AutoTokenizer.from_pretrained(path)
 
 
 def mean_std(values: Sequence[float]) -> dict[str, float]:

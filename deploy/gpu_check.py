@@ -19,9 +19,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from prox_assets.core import influence as inf  # noqa: E402
-from prox_assets.core.precision import bf16_is_fast  # noqa: E402
-from prox_assets.core.refiner_training import TrainConfig, attach_adapters, run_training  # noqa: E402
+from prox_assets.core import influence as inf
+from prox_assets.core.precision import bf16_is_fast
+from prox_assets.core.refiner_training import TrainConfig, attach_adapters, run_training
 
 
 def _sync():
@@ -32,7 +32,9 @@ def _model(config_dir: str, dtype=torch.float32):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(config_dir), dtype=dtype).cuda()
+    return AutoModelForCausalLM.from_config(
+        AutoConfig.from_pretrained(config_dir), dtype=dtype
+    ).cuda()
 
 
 def training(config_dir: str) -> dict:
@@ -41,16 +43,35 @@ def training(config_dir: str) -> dict:
     enc = [(list(range(1000, 1520)), [-100] * 480 + list(range(1000, 1040))) for _ in range(64)]
     for method, layers in (("lora", 10), ("full", None)):
         for dtype in ("float32", "auto"):
-            model = attach_adapters(_model(config_dir), TrainConfig(method=method, lora_layers=layers))
-            cfg = TrainConfig(method=method, lora_layers=layers, max_steps=2, batch_size=16, dtype=dtype, warmup_steps=1)
+            model = attach_adapters(
+                _model(config_dir), TrainConfig(method=method, lora_layers=layers)
+            )
+            cfg = TrainConfig(
+                method=method,
+                lora_layers=layers,
+                max_steps=2,
+                batch_size=16,
+                dtype=dtype,
+                warmup_steps=1,
+            )
             run_training(model, enc, cfg, 0, device="cuda")  # warm-up: kernels, allocator
             _sync()
-            cfg = TrainConfig(method=method, lora_layers=layers, max_steps=10, batch_size=16, dtype=dtype, warmup_steps=1)
+            cfg = TrainConfig(
+                method=method,
+                lora_layers=layers,
+                max_steps=10,
+                batch_size=16,
+                dtype=dtype,
+                warmup_steps=1,
+            )
             t = time.perf_counter()
             report = run_training(model, enc, cfg, 0, device="cuda")
             _sync()
             dt = (time.perf_counter() - t) / 10
-            out[f"{method}_{dtype}"] = {"s_per_step": round(dt, 4), "tokens_per_s": round(report.tokens_seen / 10 / dt)}
+            out[f"{method}_{dtype}"] = {
+                "s_per_step": round(dt, 4),
+                "tokens_per_s": round(report.tokens_seen / 10 / dt),
+            }
             del model
             torch.cuda.empty_cache()
     return out
@@ -65,17 +86,28 @@ def generation(config_dir: str) -> dict:
         ids = torch.randint(1000, 20000, (128, 480), device="cuda")
         mask = torch.ones_like(ids)
         with torch.inference_mode():
-            model.generate(input_ids=ids[:8], attention_mask=mask[:8], max_new_tokens=4, do_sample=False)
+            model.generate(
+                input_ids=ids[:8], attention_mask=mask[:8], max_new_tokens=4, do_sample=False
+            )
             _sync()
             t = time.perf_counter()
-            gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=96, min_new_tokens=96,
-                                 do_sample=False, pad_token_id=0)
+            gen = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=96,
+                min_new_tokens=96,
+                do_sample=False,
+                pad_token_id=0,
+            )
             _sync()
         dt = time.perf_counter() - t
         new = gen.shape[1] - ids.shape[1]
         out[str(dtype).removeprefix("torch.")] = {
-            "seconds": round(dt, 3), "windows_per_s": round(128 / dt, 1),
-            "generated_tokens_per_s": round(128 * new / dt), "all_tokens_per_s": round(128 * (480 + new) / dt)}
+            "seconds": round(dt, 3),
+            "windows_per_s": round(128 / dt, 1),
+            "generated_tokens_per_s": round(128 * new / dt),
+            "all_tokens_per_s": round(128 * (480 + new) / dt),
+        }
         del model
         torch.cuda.empty_cache()
     return out
@@ -88,34 +120,67 @@ def influence(config_dir: str) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(config_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    words = "the a of model data gradient loss train token layer value score sample target pool".split()
+    words = [
+        "the",
+        "a",
+        "of",
+        "model",
+        "data",
+        "gradient",
+        "loss",
+        "train",
+        "token",
+        "layer",
+        "value",
+        "score",
+        "sample",
+        "target",
+        "pool",
+    ]
     g = torch.Generator().manual_seed(0)
-    pool = [" ".join(words[int(i)] for i in torch.randint(len(words), (60,), generator=g)) for _ in range(256)]
+    pool = [
+        " ".join(words[int(i)] for i in torch.randint(len(words), (60,), generator=g))
+        for _ in range(256)
+    ]
     prompts = [f"Question {i}: what is {i} + {i}?" for i in range(16)]
     answers = [f" {2 * i}" for i in range(16)]
     out, scores = {}, {}
     for dtype in ("float32", "bfloat16"):
         model = _model(config_dir)
-        cfg = inf.InfluenceConfig(landmarks=32, exact_holdout=32, warmup_steps=4, batch_size=16, dtype=dtype)
+        cfg = inf.InfluenceConfig(
+            landmarks=32, exact_holdout=32, warmup_steps=4, batch_size=16, dtype=dtype
+        )
         t = time.perf_counter()
-        result = inf.compute_influence(model, tokenizer, pool, prompts, answers, cfg, log=lambda m: None)
+        result = inf.compute_influence(
+            model, tokenizer, pool, prompts, answers, cfg, log=lambda m: None
+        )
         _sync()
-        out[dtype] = {"seconds": round(time.perf_counter() - t, 2),
-                      "timings": {k: round(v, 3) for k, v in result.timings.items()},
-                      "accuracy": {k: round(v, 3) for k, v in result.accuracy.items()}}
+        out[dtype] = {
+            "seconds": round(time.perf_counter() - t, 2),
+            "timings": {k: round(v, 3) for k, v in result.timings.items()},
+            "accuracy": {k: round(v, 3) for k, v in result.accuracy.items()},
+        }
         scores[dtype] = result.exact_landmarks.float().cpu()
         del model
         torch.cuda.empty_cache()
     out["exact_landmark_scores_bf16_vs_fp32_spearman"] = round(
-        inf.spearman(scores["float32"].flatten(), scores["bfloat16"].flatten()), 4)
+        inf.spearman(scores["float32"].flatten(), scores["bfloat16"].flatten()), 4
+    )
     return out
 
 
 def main() -> None:
     config_dir, out_path = sys.argv[1], sys.argv[2]
-    report = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
-              "bf16_is_fast": bf16_is_fast("cuda")}
-    for name, check in (("training", training), ("generation", generation), ("influence", influence)):
+    report = {
+        "device": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "bf16_is_fast": bf16_is_fast("cuda"),
+    }
+    for name, check in (
+        ("training", training),
+        ("generation", generation),
+        ("influence", influence),
+    ):
         t = time.perf_counter()
         try:
             report[name] = check(config_dir)

@@ -39,7 +39,8 @@ class BackfillError(RuntimeError):
 
 def graphql(url: str, query: str, variables: dict, timeout: float = 60.0) -> dict:
     request = urllib.request.Request(
-        f"{url.rstrip('/')}/graphql", method="POST",
+        f"{url.rstrip('/')}/graphql",
+        method="POST",
         data=json.dumps({"query": query, "variables": variables}).encode(),
         headers={"Content-Type": "application/json"},
     )
@@ -57,8 +58,14 @@ def graphql(url: str, query: str, variables: dict, timeout: float = 60.0) -> dic
     return body["data"]
 
 
-def launch_backfill(url: str, asset_key: list[str], partition_names: list[str], title: str,
-                    tags: dict[str, str] | None = None, downstream: list[list[str]] | None = None) -> str:
+def launch_backfill(
+    url: str,
+    asset_key: list[str],
+    partition_names: list[str],
+    title: str,
+    tags: dict[str, str] | None = None,
+    downstream: list[list[str]] | None = None,
+) -> str:
     """A backfill of ``partition_names`` of ``asset_key``; ``downstream`` assets in the same
     backfill get the partitions their partition mappings give (Dagster runs them afterwards)."""
     params = {
@@ -80,8 +87,9 @@ def backfill_status(url: str, backfill_id: str) -> dict:
     return result
 
 
-def wait_for_backfill(url: str, backfill_id: str, timeout_s: float = 3600, poll_s: float = 2.0,
-                      on_status=None) -> dict:
+def wait_for_backfill(
+    url: str, backfill_id: str, timeout_s: float = 3600, poll_s: float = 2.0, on_status=None
+) -> dict:
     deadline = time.monotonic() + timeout_s
     while True:
         status = backfill_status(url, backfill_id)
@@ -90,5 +98,7 @@ def wait_for_backfill(url: str, backfill_id: str, timeout_s: float = 3600, poll_
         if status["status"] in TERMINAL:
             return status
         if time.monotonic() > deadline:
-            raise BackfillError(f"backfill {backfill_id} still {status['status']} after {timeout_s:.0f}s")
+            raise BackfillError(
+                f"backfill {backfill_id} still {status['status']} after {timeout_s:.0f}s"
+            )
         time.sleep(poll_s)

@@ -120,7 +120,9 @@ def executor_against_reference(docs: Sequence[str], seed: int = 0, repeats: int 
     rng = random.Random(seed)
     docs = [t for t in docs if t.split()]  # the reference divides by the word count
     programs = [realistic_program(t, rng) for t in docs]
-    identical = sum(project_output(t, p) == execute_meta_operations(t, p) for t, p in zip(docs, programs))
+    identical = sum(
+        project_output(t, p) == execute_meta_operations(t, p) for t, p in zip(docs, programs)
+    )
 
     def reference() -> None:
         for t, p in zip(docs, programs):
@@ -192,12 +194,14 @@ def _hostile_parse_timings() -> dict:
     """Worst inputs we know for a regex parser, at two sizes: the time ratio shows linearity."""
     cases = {
         "unbalanced_args": lambda n: "remove_lines(" + "1, " * (n // 3),
-        "unterminated_string": lambda n: 'normalize("' + "a\\\"" * (n // 3),
+        "unterminated_string": lambda n: 'normalize("' + 'a\\"' * (n // 3),
         "nested_parens": lambda n: "keep_chunk" + "(" * n,
         "many_statements": lambda n: "keep_chunk()\n" * (n // 13),
         # the canonical fast path's worst: scanned to the end, then parsed the general way
         "long_bare_name": lambda n: "a" * n + "()",
-        "long_string_then_escape": lambda n: 'normalize(source_str="' + "a" * n + '\\t", target_str="")',
+        "long_string_then_escape": lambda n: (
+            'normalize(source_str="' + "a" * n + '\\t", target_str="")'
+        ),
         "canonical_unterminated": lambda n: 'normalize(source_str="' + "a" * n,
     }
     out = {}
@@ -216,14 +220,20 @@ def _hostile_executor_timings() -> dict:
     def many_windows(n: int) -> tuple[str, list]:
         # one window per line, each removing its own line or normalizing in it
         text = "\n".join(f"w{i} some words here" for i in range(n))
-        progs = [f"remove_lines(line_start={i}, line_end={i})" if i % 2 else
-                 f'normalize(source_str="w{i} ", target_str="")' for i in range(n)]
+        progs = [
+            f"remove_lines(line_start={i}, line_end={i})"
+            if i % 2
+            else f'normalize(source_str="w{i} ", target_str="")'
+            for i in range(n)
+        ]
         return text, [(i, i, p) for i, p in enumerate(progs)]
 
     def many_calls(n: int) -> tuple[str, list]:
         # the call limit's worth of one-line removals over a long document, one window
         text = "\n".join(f"line {i} of text" for i in range(n))
-        prog = "\n".join(f"remove_lines(line_start={i}, line_end={i})" for i in range(0, n, max(1, n // 500)))
+        prog = "\n".join(
+            f"remove_lines(line_start={i}, line_end={i})" for i in range(0, n, max(1, n // 500))
+        )
         return text, [(0, n - 1, prog)]
 
     out = {}
@@ -246,8 +256,15 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 8, dtype: str = "float32") 
     return 2 * n**3 * repeats / best / 1e9
 
 
-def refine_once(texts: Sequence[str], doc_backend, chunk_backend, doc_max_tokens: int,
-                window_tokens: int, chunk_new_tokens: int = 160, doc_new_tokens: int = 8) -> dict:
+def refine_once(
+    texts: Sequence[str],
+    doc_backend,
+    chunk_backend,
+    doc_max_tokens: int,
+    window_tokens: int,
+    chunk_new_tokens: int = 160,
+    doc_new_tokens: int = 8,
+) -> dict:
     """Both refinement stages over ``texts`` with refined_corpus's budgets: throughput, model
     FLOPs, and what was generated (to compare precisions)."""
     from prox_assets.core.chunking import hf_token_counter
@@ -264,18 +281,30 @@ def refine_once(texts: Sequence[str], doc_backend, chunk_backend, doc_max_tokens
     seconds = time.perf_counter() - started
 
     def prompt_tokens(chats) -> int:
-        rendered = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
+        rendered = [
+            tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats
+        ]
         return sum(count(rendered))
 
     doc_prompt = prompt_tokens([doc_refiner_chat(t) for t in shown])
-    chunk_prompt = prompt_tokens([chunk_refiner_chat(w.text) for r in chunk_runs for w in r.windows])
-    generated = sum(count([p for p, _ in doc_runs])) + sum(count([p for r in chunk_runs for p in r.programs]))
+    chunk_prompt = prompt_tokens(
+        [chunk_refiner_chat(w.text) for r in chunk_runs for w in r.windows]
+    )
+    generated = sum(count([p for p, _ in doc_runs])) + sum(
+        count([p for r in chunk_runs for p in r.programs])
+    )
     params = sum(p.numel() for p in chunk_backend.model.parameters())
     tokens = doc_prompt + chunk_prompt + generated
     flops = 2 * params * tokens  # weights only; attention adds a few percent at these lengths
     return {
-        "seconds": seconds, "flops": flops, "tokens": tokens, "generated": generated, "params": params,
-        "doc_programs": [p for p, _ in doc_runs], "kept": kept, "chunk_runs": chunk_runs,
+        "seconds": seconds,
+        "flops": flops,
+        "tokens": tokens,
+        "generated": generated,
+        "params": params,
+        "doc_programs": [p for p, _ in doc_runs],
+        "kept": kept,
+        "chunk_runs": chunk_runs,
     }
 
 
@@ -307,9 +336,15 @@ def program_agreement(reference: dict, other: dict) -> dict:
     }
 
 
-def refine_benchmark(texts: Sequence[str], load: Callable[[str], tuple], doc_max_tokens: int,
-                     window_tokens: int, chunk_new_tokens: int = 160, doc_new_tokens: int = 8,
-                     dtypes: Sequence[str] = ("float32", "auto")) -> dict:
+def refine_benchmark(
+    texts: Sequence[str],
+    load: Callable[[str], tuple],
+    doc_max_tokens: int,
+    window_tokens: int,
+    chunk_new_tokens: int = 160,
+    doc_new_tokens: int = 8,
+    dtypes: Sequence[str] = ("float32", "auto"),
+) -> dict:
     """Documents/s and model FLOP/s of both refinement stages in each of ``dtypes`` (the first is
     the reference), against this machine's fp32 and bf16 matmul peaks, measured in this run; and
     how far each precision's programs agree with the reference's. ``load(dtype)`` gives the
@@ -318,9 +353,18 @@ def refine_benchmark(texts: Sequence[str], load: Callable[[str], tuple], doc_max
     runs = {}
     for dtype in dtypes:
         doc_backend, chunk_backend = load(dtype)
-        refine_once(texts[:1], doc_backend, chunk_backend, doc_max_tokens, window_tokens, 4, 2)  # warm-up
-        runs[dtype] = refine_once(texts, doc_backend, chunk_backend, doc_max_tokens, window_tokens,
-                                  chunk_new_tokens, doc_new_tokens)
+        refine_once(
+            texts[:1], doc_backend, chunk_backend, doc_max_tokens, window_tokens, 4, 2
+        )  # warm-up
+        runs[dtype] = refine_once(
+            texts,
+            doc_backend,
+            chunk_backend,
+            doc_max_tokens,
+            window_tokens,
+            chunk_new_tokens,
+            doc_new_tokens,
+        )
     reference = runs[dtypes[0]]
     doc_tokens = sum(len(t.split()) for t in texts)
     by_dtype = {}
@@ -338,7 +382,11 @@ def refine_benchmark(texts: Sequence[str], load: Callable[[str], tuple], doc_max
             "fraction_of_fp32_peak": round(achieved / peaks["float32"], 3),
             "fraction_of_bf16_peak": round(achieved / peaks["bfloat16"], 3),
             "speedup_vs_reference": round(reference["seconds"] / run["seconds"], 2),
-            **({} if run is reference else {"agreement_with_reference": program_agreement(reference, run)}),
+            **(
+                {}
+                if run is reference
+                else {"agreement_with_reference": program_agreement(reference, run)}
+            ),
         }
     return {
         "documents": len(texts),
@@ -354,8 +402,9 @@ def refine_benchmark(texts: Sequence[str], load: Callable[[str], tuple], doc_max
 DOMAINS = {"pydocs": "pydocs-", "news": "news-", "austen": "austen-", "math": "math-"}
 
 
-def domain_pool(files: Sequence[Path], total: int, piece_chars: int = 600, seed: int = 0
-                ) -> tuple[list[str], list[str]]:
+def domain_pool(
+    files: Sequence[Path], total: int, piece_chars: int = 600, seed: int = 0
+) -> tuple[list[str], list[str]]:
     """A pool of ``total`` line-aligned pieces of ~``piece_chars`` from the four domains of the
     sample corpus (Python docs pages, news pages, Austen, MATH), with each piece's domain: equal
     shares, a domain with fewer pieces than its share giving the rest to the others."""
@@ -412,8 +461,12 @@ def ingest_in_subprocess(path: Path) -> dict:
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", _INGEST_RSS_SCRIPT, str(path)], capture_output=True, text=True,
-                         timeout=3600)
+    out = subprocess.run(
+        [sys.executable, "-c", _INGEST_RSS_SCRIPT, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"ingesting {path} failed: {out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -424,8 +477,15 @@ def jsonl_shard(path: Path, mb: int) -> int:
     n = size = 0
     with open(path, "w") as f:
         while size < mb << 20:
-            line = json.dumps({"text": f"document {n} " + "lorem ipsum dolor sit amet " * (20 + n % 200),
-                               "url": f"http://x.example/{n}"}) + "\n"
+            line = (
+                json.dumps(
+                    {
+                        "text": f"document {n} " + "lorem ipsum dolor sit amet " * (20 + n % 200),
+                        "url": f"http://x.example/{n}",
+                    }
+                )
+                + "\n"
+            )
             f.write(line)
             size += len(line)
             n += 1
@@ -447,9 +507,14 @@ def warc_header_bomb(path: Path, header_mb: int = 512) -> None:
 
     body = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n<p>kept</p>"
     with gzip.open(path, "wb", compresslevel=9) as f:
-        f.write(b"WARC/1.0\r\nWARC-Type: response\r\nWARC-Target-URI: http://a.example/\r\n"
-                b"Content-Type: application/http; msgtype=response\r\nContent-Length: "
-                + str(len(body)).encode() + b"\r\n\r\n" + body + b"\r\n\r\n")
+        f.write(
+            b"WARC/1.0\r\nWARC-Type: response\r\nWARC-Target-URI: http://a.example/\r\n"
+            b"Content-Type: application/http; msgtype=response\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
+            + b"\r\n\r\n"
+        )
         f.write(b"WARC/1.0\r\nWARC-Type: response\r\nX-Big: ")
         chunk = b"a" * (1 << 20)
         for _ in range(header_mb):
@@ -472,13 +537,17 @@ def ingest_benchmark(files: Sequence[Path], shard_mb: int, workdir: Path) -> dic
     def streaming() -> None:
         for p in files:
             with open(p, "rb") as f, tempfile.TemporaryDirectory() as tmp:
-                write_shard(f, p.name, "s", os.path.join(tmp, "d.parquet"), os.path.join(tmp, "i.parquet"))
+                write_shard(
+                    f, p.name, "s", os.path.join(tmp, "d.parquet"), os.path.join(tmp, "i.parquet")
+                )
 
     def whole_file() -> None:  # what raw_corpus did before streaming: read all, then write
         for p in files:
             with open(p, "rb") as f, tempfile.TemporaryDirectory() as tmp:
                 result = read_documents(f, p.name, "s")
-                pl.DataFrame(result.documents).write_parquet(os.path.join(tmp, "d.parquet"), compression="zstd")
+                pl.DataFrame(result.documents).write_parquet(
+                    os.path.join(tmp, "d.parquet"), compression="zstd"
+                )
 
     whole_s, stream_s = _best_of(whole_file), _best_of(streaming)
     shard = workdir / f"shard-{shard_mb}mb.jsonl"
@@ -493,7 +562,18 @@ def ingest_benchmark(files: Sequence[Path], shard_mb: int, workdir: Path) -> dic
         "whole_file_mb_per_s": round(total_mb / whole_s, 1),
         "streaming_mb_per_s": round(total_mb / stream_s, 1),
         "streaming_vs_whole_file": round(whole_s / stream_s, 2),
-        "shard": {"mb": shard_mb, "documents": n_docs, **big, "mb_per_s": round(shard_mb / big["seconds"], 1)},
-        "gzip_bomb": {"file_kb": round(bomb.stat().st_size / 1024, 1), **ingest_in_subprocess(bomb)},
-        "warc_header_bomb": {"file_kb": round(header.stat().st_size / 1024, 1), **ingest_in_subprocess(header)},
+        "shard": {
+            "mb": shard_mb,
+            "documents": n_docs,
+            **big,
+            "mb_per_s": round(shard_mb / big["seconds"], 1),
+        },
+        "gzip_bomb": {
+            "file_kb": round(bomb.stat().st_size / 1024, 1),
+            **ingest_in_subprocess(bomb),
+        },
+        "warc_header_bomb": {
+            "file_kb": round(header.stat().st_size / 1024, 1),
+            **ingest_in_subprocess(header),
+        },
     }

@@ -30,12 +30,14 @@ def _user_error(exc: Exception) -> str | None:
         return first
     remote = "://" in store_url()
     if isinstance(exc, PermissionError) and remote:
-        return (f"{store_url()}: access denied ({first}); check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY "
-                "and the bucket's policy")
+        return (
+            f"{store_url()}: access denied ({first}); check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY "
+            "and the bucket's policy"
+        )
     try:
         from botocore.exceptions import BotoCoreError, ClientError
     except ImportError:  # no S3 support installed
-        BotoCoreError = ClientError = ()  # noqa: N806
+        BotoCoreError = ClientError = ()
     if isinstance(exc, (BotoCoreError, ClientError)):
         return f"{store_url()}: {first}"
     if isinstance(exc, OSError):
@@ -99,7 +101,9 @@ def _input_files(paths: list[Path]) -> list[Path]:
     files: list[Path] = []
     for p in paths:
         if p.is_symlink():
-            raise click.ClickException(f"{p}: a symbolic link; give the file itself (links are not followed)")
+            raise click.ClickException(
+                f"{p}: a symbolic link; give the file itself (links are not followed)"
+            )
         if p.is_dir():
             for root, dirs, names in os.walk(p):  # does not descend into linked folders
                 dirs.sort()
@@ -107,7 +111,11 @@ def _input_files(paths: list[Path]) -> list[Path]:
                     q = Path(root) / name
                     if q.is_symlink() and (name in dirs or format_of(name)):
                         raise click.ClickException(f"{q}: a symbolic link; links are not followed")
-                files += [Path(root) / n for n in sorted(names) if format_of(n) and (Path(root) / n).is_file()]
+                files += [
+                    Path(root) / n
+                    for n in sorted(names)
+                    if format_of(n) and (Path(root) / n).is_file()
+                ]
         elif p.is_file():
             files.append(p)
         else:
@@ -130,7 +138,9 @@ def _same_content(store, key: str, path: Path) -> bool:
     return digests[0] == digests[1]
 
 
-def ingest_paths(paths: list[Path], run: bool = True, echo=click.echo, replace: bool = False) -> dict[str, str]:
+def ingest_paths(
+    paths: list[Path], run: bool = True, echo=click.echo, replace: bool = False
+) -> dict[str, str]:
     """Upload files to incoming/, add their shard partitions, and (optionally) ingest them.
 
     Returns shard -> "ok" | "failed: <message>" | "registered". Everything is checked before
@@ -167,13 +177,19 @@ def ingest_paths(paths: list[Path], run: bool = True, echo=click.echo, replace: 
         scan = scan_incoming(store)
         for shard, (f, key) in plan.items():
             if shard in scan.collisions:
-                raise click.ClickException(f"{f}: shard {shard!r} is ambiguous in incoming/: "
-                                           f"{', '.join(scan.collisions[shard])}; remove all but one")
+                raise click.ClickException(
+                    f"{f}: shard {shard!r} is ambiguous in incoming/: "
+                    f"{', '.join(scan.collisions[shard])}; remove all but one"
+                )
             other = scan.files.get(shard)
             if other is not None and other != key:
-                raise click.ClickException(f"{f}: shard {shard!r} already comes from {store.uri(other)}")
+                raise click.ClickException(
+                    f"{f}: shard {shard!r} already comes from {store.uri(other)}"
+                )
             if key in scan.refused:
-                raise click.ClickException(f"{f}: {store.uri(key)} exists and is refused: {scan.refused[key]}")
+                raise click.ClickException(
+                    f"{f}: {store.uri(key)} exists and is refused: {scan.refused[key]}"
+                )
         try:
             for f, key in plan.values():
                 if not store.exists(key):
@@ -188,7 +204,8 @@ def ingest_paths(paths: list[Path], run: bool = True, echo=click.echo, replace: 
                     continue
                 if not replace:
                     raise click.ClickException(
-                        f"{f}: {store.uri(key)} exists with other content; rename the file, or pass --replace")
+                        f"{f}: {store.uri(key)} exists with other content; rename the file, or pass --replace"
+                    )
                 with open(f, "rb", opener=_no_follow) as src, store.open_write(key) as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
             instance.add_dynamic_partitions(shard_partitions.name, list(plan))
@@ -199,7 +216,7 @@ def ingest_paths(paths: list[Path], run: bool = True, echo=click.echo, replace: 
     shards = list(plan)
     echo(f"registered {len(shards)} shard(s) under {store.uri(INCOMING)}")
     if not run:
-        return {s: "registered" for s in shards}
+        return dict.fromkeys(shards, "registered")
     return materialize_partitions("raw_corpus", shards, echo=echo)
 
 
@@ -208,29 +225,68 @@ SUMMARY_KEYS = {
     "raw_corpus": ("n_read", "n_ingested", "n_quarantined"),
     "seed_scores": ("dagster/row_count", "keep_ratio", "mean_edu_expected", "documents_per_second"),
     "sft_programs": ("sft_version", "n_train", "n_val", "n_rejected"),
-    "refined_corpus": ("documents_in", "kept", "dropped", "errored", "tokens_kept_ratio", "lines_removed",
-                       "executor_errors", "documents_per_second"),
-    "landmark_influence": ("dagster/row_count", "landmarks", "wall_clock_vs_exact", "flops_vs_rds_model"),
+    "refined_corpus": (
+        "documents_in",
+        "kept",
+        "dropped",
+        "errored",
+        "tokens_kept_ratio",
+        "lines_removed",
+        "executor_errors",
+        "documents_per_second",
+    ),
+    "landmark_influence": (
+        "dagster/row_count",
+        "landmarks",
+        "wall_clock_vs_exact",
+        "flops_vs_rds_model",
+    ),
     "selected_subset": ("budget", "pool_size", "selected_score_mean", "pool_score_mean"),
-    "refiner": ("refiner_version", "train_seconds", "loss_first_last", "refiner_macro_f1", "base_macro_f1",
-                "refiner_line_f1", "base_line_f1", "heldout_doc_labelled_macro_f1", "heldout_pydocs_heldout_line_f1",
-                "heldout_pydocs_heldout_gold_text_kept", "heldout_news_heldout_gold_text_kept",
-                "heldout_clean_austen_tokens_kept", "refiner_pair"),
-    "trained_checkpoint": ("dagster/row_count", "train_tokens_per_seed", "mean_heldout_loss", "mean_accuracy",
-                           "mean_exact_match", "mean_f1", "mean_prose_perplexity"),
+    "refiner": (
+        "refiner_version",
+        "train_seconds",
+        "loss_first_last",
+        "refiner_macro_f1",
+        "base_macro_f1",
+        "refiner_line_f1",
+        "base_line_f1",
+        "heldout_doc_labelled_macro_f1",
+        "heldout_pydocs_heldout_line_f1",
+        "heldout_pydocs_heldout_gold_text_kept",
+        "heldout_news_heldout_gold_text_kept",
+        "heldout_clean_austen_tokens_kept",
+        "refiner_pair",
+    ),
+    "trained_checkpoint": (
+        "dagster/row_count",
+        "train_tokens_per_seed",
+        "mean_heldout_loss",
+        "mean_accuracy",
+        "mean_exact_match",
+        "mean_f1",
+        "mean_prose_perplexity",
+    ),
     "evaluation_report": ("variants", "missing_variants"),
 }
 
 
-def materialize_partitions(asset: str, partition_keys: list[str], config: dict | None = None,
-                           echo=click.echo, per_run: int | None = 0) -> dict[str, str]:
+def materialize_partitions(
+    asset: str,
+    partition_keys: list[str],
+    config: dict | None = None,
+    echo=click.echo,
+    per_run: int | None = 0,
+) -> dict[str, str]:
     """Materialize partitions of one asset in-process, with progress lines. An asset whose
     backfill policy takes several partitions per run (the model assets: they load their models
     once per run) gets one run per partition range of up to that many partitions, as a backfill
     would; others one run per partition. ``per_run``: 0 follows the policy, 1 forces a run per
     partition, None no bound."""
     import dagster as dg
-    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+    from dagster._core.storage.tags import (
+        ASSET_PARTITION_RANGE_END_TAG,
+        ASSET_PARTITION_RANGE_START_TAG,
+    )
 
     from prox_assets.definitions import ASSETS, build_resources
     from prox_assets.partition_runs import partition_ranges
@@ -245,18 +301,30 @@ def materialize_partitions(asset: str, partition_keys: list[str], config: dict |
     if per_run == 0:
         policy = assets_def.backfill_policy
         per_run = policy.max_partitions_per_run if policy else 1
-    runs = [[k] for k in partition_keys] if per_run == 1 or len(partition_keys) < 2 else \
-        partition_ranges(assets_def.partitions_def, partition_keys, per_run, instance)
+    runs = (
+        [[k] for k in partition_keys]
+        if per_run == 1 or len(partition_keys) < 2
+        else partition_ranges(assets_def.partitions_def, partition_keys, per_run, instance)
+    )
     outcome: dict[str, str] = {}
     i = 0
     for keys in runs:
         started = time.monotonic()
         tags = {"prox/launched_by": "cli", **worker_tags()}
         if len(keys) > 1:  # a partition key range: what a backfill run of this asset gets
-            tags |= {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
+            tags |= {
+                ASSET_PARTITION_RANGE_START_TAG: keys[0],
+                ASSET_PARTITION_RANGE_END_TAG: keys[-1],
+            }
         result = dg.materialize(
-            ASSETS, selection=[asset], partition_key=keys[0] if len(keys) == 1 else None, instance=instance,
-            resources=resources, run_config=run_config, raise_on_error=False, tags=tags,
+            ASSETS,
+            selection=[asset],
+            partition_key=keys[0] if len(keys) == 1 else None,
+            instance=instance,
+            resources=resources,
+            run_config=run_config,
+            raise_on_error=False,
+            tags=tags,
         )
         took = time.monotonic() - started
         metadata = _materialization_metadata(instance, result.run_id)
@@ -265,11 +333,19 @@ def materialize_partitions(asset: str, partition_keys: list[str], config: dict |
         shared = f" (one run of {len(keys)} partitions)" if len(keys) > 1 else ""
         for key in keys:
             i += 1
-            meta = metadata.get(key)  # a run that failed may still have materialized some of its partitions
+            meta = metadata.get(
+                key
+            )  # a run that failed may still have materialized some of its partitions
             if meta is not None:
                 outcome[key] = "ok"
-                detail = ", ".join(f"{k.split('/')[-1]}={meta[k]}" for k in SUMMARY_KEYS.get(asset, ()) if k in meta)
-                echo(f"[{i}/{len(partition_keys)}] {asset}[{key}] ok in {took:.1f}s{shared}  {detail}")
+                detail = ", ".join(
+                    f"{k.split('/')[-1]}={meta[k]}"
+                    for k in SUMMARY_KEYS.get(asset, ())
+                    if k in meta
+                )
+                echo(
+                    f"[{i}/{len(partition_keys)}] {asset}[{key}] ok in {took:.1f}s{shared}  {detail}"
+                )
             else:
                 outcome[key] = f"failed: {msg}"
                 echo(f"[{i}/{len(partition_keys)}] {asset}[{key}] FAILED: {msg}")
@@ -282,15 +358,22 @@ def _materialization_metadata(instance, run_id: str) -> dict[str, dict]:
     import dagster as dg
 
     records = instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
-    return {str(e.asset_materialization.partition): {k: v.value for k, v in e.asset_materialization.metadata.items()}
-            for e in records}
+    return {
+        str(e.asset_materialization.partition): {
+            k: v.value for k, v in e.asset_materialization.metadata.items()
+        }
+        for e in records
+    }
 
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--no-run", is_flag=True, help="Only upload and register partitions.")
-@click.option("--replace", is_flag=True,
-              help="Replace a file already in incoming/ under the same name by different content.")
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Replace a file already in incoming/ under the same name by different content.",
+)
 def ingest(paths: tuple[Path, ...], no_run: bool, replace: bool) -> None:
     """Add files (or folders of files) as raw_corpus shard partitions and ingest them."""
     outcome = ingest_paths(list(paths), run=not no_run, replace=replace)
@@ -308,7 +391,9 @@ def _print_ingest_summary() -> None:
         "SELECT count(*) AS shards, sum(n_read) AS n_read, sum(n_ingested) AS n_ingested, "
         "sum(n_quarantined) AS n_quarantined FROM ingestions"
     ).row(0, named=True)
-    reasons = catalog.query("SELECT reason, count(*) AS n FROM quarantine GROUP BY 1 ORDER BY 2 DESC")
+    reasons = catalog.query(
+        "SELECT reason, count(*) AS n FROM quarantine GROUP BY 1 ORDER BY 2 DESC"
+    )
     click.echo(
         f"catalog: {counts['shards']} shards, read {counts['n_read']} = ingested {counts['n_ingested']}"
         f" + quarantined {counts['n_quarantined']}"
@@ -318,7 +403,9 @@ def _print_ingest_summary() -> None:
 
 
 @main.command()
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Default: $PROX_HOME/samples")
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="Default: $PROX_HOME/samples"
+)
 def samples(out: Path | None) -> None:
     """Assemble the real sample corpus from the installed data packages."""
     for p in _build_samples(out):
@@ -337,35 +424,102 @@ def _build_samples(out: Path | None = None) -> list[Path]:
 # Refiner budgets: `demo` fits the demo's ~20 minutes on a 2-core CPU; `cpu-large` is about 45
 # minutes of refiner training and a larger held-out evaluation on the same machine (README).
 BUDGETS = {
-    "demo": {"sft": {"chunk_docs_per_shard": 12}, "steps": {"doc": 80, "chunk": 64},
-             "refiner": {"quality_pages": 4, "quality_news": 2, "quality_clean": 4, "quality_doc_pages": 12,
-                         "quality_max_chars": 5000, "eval_examples": 8}},
-    "cpu-large": {"sft": {"chunk_docs_per_shard": 60}, "steps": {"doc": 120, "chunk": 450},
-                  "refiner": {"quality_pages": 24, "quality_news": 8, "quality_clean": 12, "quality_doc_pages": 40,
-                              "quality_max_chars": 10000}},
+    "demo": {
+        "sft": {"chunk_docs_per_shard": 12},
+        "steps": {"doc": 80, "chunk": 64},
+        "refiner": {
+            "quality_pages": 4,
+            "quality_news": 2,
+            "quality_clean": 4,
+            "quality_doc_pages": 12,
+            "quality_max_chars": 5000,
+            "eval_examples": 8,
+        },
+    },
+    "cpu-large": {
+        "sft": {"chunk_docs_per_shard": 60},
+        "steps": {"doc": 120, "chunk": 450},
+        "refiner": {
+            "quality_pages": 24,
+            "quality_news": 8,
+            "quality_clean": 12,
+            "quality_doc_pages": 40,
+            "quality_max_chars": 10000,
+        },
+    },
 }
 
 
 @main.command()
-@click.option("--budget", type=click.Choice(sorted(BUDGETS)), default="demo", show_default=True,
-              help="Refiner budget: SFT documents, training steps and held-out evaluation size.")
-@click.option("--seeds-per-shard", default=6, show_default=True, help="Seed documents scored per shard.")
-@click.option("--chunk-docs-per-shard", type=int, default=None, help="Documents per shard for chunk SFT (overrides --budget).")
-@click.option("--annotator", type=click.Choice(["rules", "llm", "both"]), default="rules", show_default=True,
-              help="Chunk labels for pages without gold labels.")
-@click.option("--refiner-steps", type=int, default=None, help="Fine-tuning steps per refiner level (overrides --budget).")
-@click.option("--refine-docs", default=4, show_default=True, help="Documents refined per shard (0 = all).")
-@click.option("--refine-max-chars", default=4000, show_default=True,
-              help="Sample refined documents among those this short (0 = any length).")
-@click.option("--checkpoint-targets", default="arc-challenge", show_default=True,
-              help="Comma-separated targets (gsm8k, arc-challenge) to train and evaluate every variant for; "
-                   "'' skips training.")
-@click.option("--train-steps", default=6, show_default=True,
-              help="Training steps per checkpoint (x 4 windows x 128 tokens: the token budget of every variant).")
-@click.option("--eval-examples", default=32, show_default=True, help="Held-out target examples per evaluation.")
-def demo(budget: str, seeds_per_shard: int, chunk_docs_per_shard: int | None, annotator: str,
-         refiner_steps: int | None, refine_docs: int, refine_max_chars: int, checkpoint_targets: str,
-         train_steps: int, eval_examples: int) -> None:
+@click.option(
+    "--budget",
+    type=click.Choice(sorted(BUDGETS)),
+    default="demo",
+    show_default=True,
+    help="Refiner budget: SFT documents, training steps and held-out evaluation size.",
+)
+@click.option(
+    "--seeds-per-shard", default=6, show_default=True, help="Seed documents scored per shard."
+)
+@click.option(
+    "--chunk-docs-per-shard",
+    type=int,
+    default=None,
+    help="Documents per shard for chunk SFT (overrides --budget).",
+)
+@click.option(
+    "--annotator",
+    type=click.Choice(["rules", "llm", "both"]),
+    default="rules",
+    show_default=True,
+    help="Chunk labels for pages without gold labels.",
+)
+@click.option(
+    "--refiner-steps",
+    type=int,
+    default=None,
+    help="Fine-tuning steps per refiner level (overrides --budget).",
+)
+@click.option(
+    "--refine-docs", default=4, show_default=True, help="Documents refined per shard (0 = all)."
+)
+@click.option(
+    "--refine-max-chars",
+    default=4000,
+    show_default=True,
+    help="Sample refined documents among those this short (0 = any length).",
+)
+@click.option(
+    "--checkpoint-targets",
+    default="arc-challenge",
+    show_default=True,
+    help="Comma-separated targets (gsm8k, arc-challenge) to train and evaluate every variant for; "
+    "'' skips training.",
+)
+@click.option(
+    "--train-steps",
+    default=6,
+    show_default=True,
+    help="Training steps per checkpoint (x 4 windows x 128 tokens: the token budget of every variant).",
+)
+@click.option(
+    "--eval-examples",
+    default=32,
+    show_default=True,
+    help="Held-out target examples per evaluation.",
+)
+def demo(
+    budget: str,
+    seeds_per_shard: int,
+    chunk_docs_per_shard: int | None,
+    annotator: str,
+    refiner_steps: int | None,
+    refine_docs: int,
+    refine_max_chars: int,
+    checkpoint_targets: str,
+    train_steps: int,
+    eval_examples: int,
+) -> None:
     """Build the sample corpus and materialize every asset of the graph on it."""
     from prox_assets.ingest import incoming_files
     from prox_resources.store import ObjectStore
@@ -379,43 +533,78 @@ def demo(budget: str, seeds_per_shard: int, chunk_docs_per_shard: int | None, an
     outcome = ingest_paths(files)
     shards = sorted(incoming_files(ObjectStore()))
     click.echo(f"== seed_scores ({seeds_per_shard} seeds per shard through the model)")
-    outcome |= _prefixed("seed_scores", materialize_partitions(
-        "seed_scores", shards, {"seeds_per_shard": seeds_per_shard}))
+    outcome |= _prefixed(
+        "seed_scores",
+        materialize_partitions("seed_scores", shards, {"seeds_per_shard": seeds_per_shard}),
+    )
     click.echo("== sft_programs")
     sft = {**BUDGETS[budget]["sft"], "annotator": annotator}
     steps = {level: refiner_steps or n for level, n in BUDGETS[budget]["steps"].items()}
     if chunk_docs_per_shard is not None:
         sft["chunk_docs_per_shard"] = chunk_docs_per_shard
-    outcome |= _prefixed("sft_programs", materialize_partitions("sft_programs", ["doc", "chunk"], sft))
-    click.echo(f"== refiner (LoRA, {steps['doc']} + {steps['chunk']} steps on this machine, budget {budget})")
+    outcome |= _prefixed(
+        "sft_programs", materialize_partitions("sft_programs", ["doc", "chunk"], sft)
+    )
+    click.echo(
+        f"== refiner (LoRA, {steps['doc']} + {steps['chunk']} steps on this machine, budget {budget})"
+    )
     for level in ("doc", "chunk"):
-        outcome |= _prefixed("refiner", materialize_partitions(
-            "refiner", [level], {**BUDGETS[budget]["refiner"], "max_steps": steps[level]}))
+        outcome |= _prefixed(
+            "refiner",
+            materialize_partitions(
+                "refiner", [level], {**BUDGETS[budget]["refiner"], "max_steps": steps[level]}
+            ),
+        )
     version = _latest_refiner_version()
     if version:
         click.echo(f"== refined_corpus (refiner {version}, {refine_docs} documents per shard)")
         keys = [f"{version}|{shard}" for shard in shards]
-        outcome |= _prefixed("refined_corpus", materialize_partitions(
-            "refined_corpus", keys, {"max_docs": refine_docs, "sample_max_chars": refine_max_chars}))
+        outcome |= _prefixed(
+            "refined_corpus",
+            materialize_partitions(
+                "refined_corpus",
+                keys,
+                {"max_docs": refine_docs, "sample_max_chars": refine_max_chars},
+            ),
+        )
         outcome |= _prefixed("refined_pool", materialize_partitions("refined_pool", [version]))
         click.echo("== targets, landmark_influence, selected_subset (pool: the refined corpus)")
         for name, task in (("gsm8k", "gsm8k"), ("arc-challenge", "arc_challenge")):
             add_target(name, task, n_target=8, n_heldout=100, seed=0)
         influence = {"landmarks": 8, "exact_holdout": 8, "max_len": 96, "warmup_steps": 8}
-        outcome |= _prefixed("landmark_influence", materialize_partitions(
-            "landmark_influence", ["gsm8k", "arc-challenge"], influence))
-        outcome |= _prefixed("selected_subset", materialize_partitions(
-            "selected_subset", ["gsm8k", "arc-challenge"], {"budget_fraction": 0.25}))
+        outcome |= _prefixed(
+            "landmark_influence",
+            materialize_partitions("landmark_influence", ["gsm8k", "arc-challenge"], influence),
+        )
+        outcome |= _prefixed(
+            "selected_subset",
+            materialize_partitions(
+                "selected_subset", ["gsm8k", "arc-challenge"], {"budget_fraction": 0.25}
+            ),
+        )
         trained = [t.strip() for t in checkpoint_targets.split(",") if t.strip()]
         if trained:
             from prox_assets.partitions import VARIANTS
 
-            click.echo(f"== trained_checkpoint ({len(VARIANTS)} variants x 2 seeds, {train_steps} steps each), "
-                       "evaluation_report")
-            outcome |= _prefixed("trained_checkpoint", materialize_partitions(
-                "trained_checkpoint", [f"{t}|{v}" for t in trained for v in VARIANTS],
-                {"max_steps": train_steps, "eval_examples": eval_examples, "prose_passages": 12}))
-            outcome |= _prefixed("evaluation_report", materialize_partitions("evaluation_report", trained))
+            click.echo(
+                f"== trained_checkpoint ({len(VARIANTS)} variants x 2 seeds, {train_steps} steps each), "
+                "evaluation_report"
+            )
+            outcome |= _prefixed(
+                "trained_checkpoint",
+                materialize_partitions(
+                    "trained_checkpoint",
+                    [f"{t}|{v}" for t in trained for v in VARIANTS],
+                    {
+                        "max_steps": train_steps,
+                        "eval_examples": eval_examples,
+                        "prose_passages": 12,
+                    },
+                ),
+            )
+            outcome |= _prefixed(
+                "evaluation_report", materialize_partitions("evaluation_report", trained)
+            )
     click.echo("== summary")
     _print_ingest_summary()
     _print_synthesis_summary()
@@ -437,14 +626,21 @@ def _print_refiner_summary() -> None:
     if not version:
         return
     pair = refiner_pair(Catalog(), version)
-    rows = Catalog().query(
-        "SELECT level, version, model, dataset, metric, value FROM refiner_evals "
-        "WHERE ((level = 'doc' AND version = ?) OR (level = 'chunk' AND version = ?)) "
-        "AND metric IN ('macro_f1', 'line_f1', 'parse_rate', 'noise_removed', 'gold_text_kept', "
-        "'tokens_kept', 'docs_dropped') ORDER BY 1, 4, 5, 3", [pair.doc, pair.chunk]
-    ).rows()
+    rows = (
+        Catalog()
+        .query(
+            "SELECT level, version, model, dataset, metric, value FROM refiner_evals "
+            "WHERE ((level = 'doc' AND version = ?) OR (level = 'chunk' AND version = ?)) "
+            "AND metric IN ('macro_f1', 'line_f1', 'parse_rate', 'noise_removed', 'gold_text_kept', "
+            "'tokens_kept', 'docs_dropped') ORDER BY 1, 4, 5, 3",
+            [pair.doc, pair.chunk],
+        )
+        .rows()
+    )
     for level, version, model, dataset, metric, value in rows:
-        click.echo(f"refiner[{level}] {version} {dataset:>19} {metric:>14} {model:>16} = {value:.3f}")
+        click.echo(
+            f"refiner[{level}] {version} {dataset:>19} {metric:>14} {model:>16} = {value:.3f}"
+        )
 
 
 def _latest_refiner_version() -> str | None:
@@ -457,24 +653,37 @@ def _latest_refiner_version() -> str | None:
 def _print_refined_summary() -> None:
     from prox_resources.catalog import Catalog
 
-    rows = Catalog().query(
-        "SELECT refiner_version, count(*) AS n, count(*) FILTER (status = 'kept') AS kept, "
-        "count(*) FILTER (status = 'dropped') AS dropped, count(*) FILTER (status = 'error') AS errored, "
-        "sum(n_chars_after) / sum(n_chars_before) AS chars_kept FROM program_runs GROUP BY 1 ORDER BY 1"
-    ).rows()
+    rows = (
+        Catalog()
+        .query(
+            "SELECT refiner_version, count(*) AS n, count(*) FILTER (status = 'kept') AS kept, "
+            "count(*) FILTER (status = 'dropped') AS dropped, count(*) FILTER (status = 'error') AS errored, "
+            "sum(n_chars_after) / sum(n_chars_before) AS chars_kept FROM program_runs GROUP BY 1 ORDER BY 1"
+        )
+        .rows()
+    )
     for version, n, kept, dropped, errored, chars in rows:
-        click.echo(f"refined_corpus[{version}]: {n} documents = kept {kept} + dropped {dropped} + errored {errored}; "
-                   f"{chars or 0:.1%} of characters kept")
+        click.echo(
+            f"refined_corpus[{version}]: {n} documents = kept {kept} + dropped {dropped} + errored {errored}; "
+            f"{chars or 0:.1%} of characters kept"
+        )
 
 
 def _print_evaluation_summary() -> None:
     from prox_resources.catalog import Catalog
 
-    rows = Catalog().query(
-        "SELECT target, variant, metric, avg(value) AS mean, coalesce(stddev_samp(value), 0) AS std, count(*) AS n "
-        "FROM checkpoint_evals GROUP BY ALL ORDER BY target, metric, variant").rows()
+    rows = (
+        Catalog()
+        .query(
+            "SELECT target, variant, metric, avg(value) AS mean, coalesce(stddev_samp(value), 0) AS std, count(*) AS n "
+            "FROM checkpoint_evals GROUP BY ALL ORDER BY target, metric, variant"
+        )
+        .rows()
+    )
     for target, variant, metric, mean, std, n in rows:
-        click.echo(f"evaluation[{target}] {metric:>16} {variant:>14} = {mean:.4f} ± {std:.4f} (seeds {n})")
+        click.echo(
+            f"evaluation[{target}] {metric:>16} {variant:>14} = {mean:.4f} ± {std:.4f} (seeds {n})"
+        )
 
 
 def _prefixed(asset: str, outcome: dict[str, str]) -> dict[str, str]:
@@ -489,26 +698,41 @@ def _print_synthesis_summary() -> None:
         "SELECT count(*) AS n, count(DISTINCT shard) AS shards, avg(edu_expected) AS edu, "
         "avg(format_expected) AS fmt, avg(keep::INT) AS keep FROM seed_scores"
     ).row(0, named=True)
-    click.echo(f"seed_scores: {scores['n']} documents in {scores['shards']} shards, mean expected edu "
-               f"{scores['edu'] or 0:.2f}, format {scores['fmt'] or 0:.2f}, keep ratio {scores['keep'] or 0:.2f}")
+    click.echo(
+        f"seed_scores: {scores['n']} documents in {scores['shards']} shards, mean expected edu "
+        f"{scores['edu'] or 0:.2f}, format {scores['fmt'] or 0:.2f}, keep ratio {scores['keep'] or 0:.2f}"
+    )
     # the SFT set of each level's latest sft_programs materialization (what the refiners read)
     from prox_assets.lineage import recorded
 
     instance = _instance()
-    current = [(level, found.value("sft_version")) for level in ("chunk", "doc")
-               if (found := recorded(instance, "sft_programs", level))]
-    sets = [catalog.query("SELECT level, sft_version, n_train, n_val, n_rejected FROM sft_sets "
-                          "WHERE level = ? AND sft_version = ?", [level, version]).rows()[0]
-            for level, version in current]
-    labels = dict(
-        ((lvl, lab), n) for lvl, lab, n in catalog.query(
+    current = [
+        (level, found.value("sft_version"))
+        for level in ("chunk", "doc")
+        if (found := recorded(instance, "sft_programs", level))
+    ]
+    sets = [
+        catalog.query(
+            "SELECT level, sft_version, n_train, n_val, n_rejected FROM sft_sets "
+            "WHERE level = ? AND sft_version = ?",
+            [level, version],
+        ).rows()[0]
+        for level, version in current
+    ]
+    labels = {
+        (lvl, lab): n
+        for lvl, lab, n in catalog.query(
             "SELECT level, label, count(*) FROM sft_examples WHERE status = 'accepted' AND ("
             + (" OR ".join("(level = ? AND sft_version = ?)" for _ in current) or "false")
-            + ") GROUP BY 1, 2", [x for pair in current for x in pair]).rows()
-    )
+            + ") GROUP BY 1, 2",
+            [x for pair in current for x in pair],
+        ).rows()
+    }
     for level, version, n_train, n_val, n_rejected in sets:
         mix = ", ".join(f"{lab}={n}" for (lvl, lab), n in sorted(labels.items()) if lvl == level)
-        click.echo(f"sft_programs[{level}] {version}: train {n_train}, val {n_val}, rejected {n_rejected}; {mix}")
+        click.echo(
+            f"sft_programs[{level}] {version}: train {n_train}, val {n_val}, rejected {n_rejected}; {mix}"
+        )
 
 
 # --- targets ----------------------------------------------------------------------------------
@@ -549,9 +773,22 @@ def add_target(name: str, task: str, n_target: int, n_heldout: int, seed: int) -
     prefix = target_prefix(name)
     store.write_parquet(f"{prefix}/target.parquet", pl.DataFrame([e.to_dict() for e in target]))
     store.write_parquet(f"{prefix}/heldout.parquet", pl.DataFrame([e.to_dict() for e in heldout]))
-    Catalog().replace_rows("targets", {"target": name}, pl.DataFrame([{
-        "target": name, "task": task, "n_target": n_target, "n_heldout": n_heldout, "seed": seed,
-        "path": store.uri(prefix)}]))
+    Catalog().replace_rows(
+        "targets",
+        {"target": name},
+        pl.DataFrame(
+            [
+                {
+                    "target": name,
+                    "task": task,
+                    "n_target": n_target,
+                    "n_heldout": n_heldout,
+                    "seed": seed,
+                    "path": store.uri(prefix),
+                }
+            ]
+        ),
+    )
     _instance().add_dynamic_partitions(target_partitions.name, [name])
     return store.uri(prefix)
 
@@ -563,11 +800,23 @@ def target() -> None:
 
 @target.command("add")
 @click.argument("name", callback=_name_param("target name"))
-@click.option("--task", required=True, help="gsm8k | squad | arc_challenge | arc_easy | sciq | mmlu | math")
-@click.option("--n-target", default=8, show_default=True, type=click.IntRange(min=1),
-              help="Examples that selection optimises for.")
-@click.option("--n-heldout", default=200, show_default=True, type=click.IntRange(min=0),
-              help="Disjoint examples for evaluation.")
+@click.option(
+    "--task", required=True, help="gsm8k | squad | arc_challenge | arc_easy | sciq | mmlu | math"
+)
+@click.option(
+    "--n-target",
+    default=8,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Examples that selection optimises for.",
+)
+@click.option(
+    "--n-heldout",
+    default=200,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Disjoint examples for evaluation.",
+)
 @click.option("--seed", default=0, show_default=True)
 def target_add(name: str, task: str, n_target: int, n_heldout: int, seed: int) -> None:
     """Register a target: a small set of task examples plus a disjoint held-out set."""
@@ -580,12 +829,25 @@ def target_add(name: str, task: str, n_target: int, n_heldout: int, seed: int) -
 
 # --- refinement: backfills and audits -----------------------------------------------------------
 @main.command()
-@click.option("--refiner-version", callback=_name_param("refiner version"),
-              required=True, help="The refiner_version partition key (d…-c…).")
-@click.option("--url", default="http://127.0.0.1:3000", show_default=True, help="The Dagster webserver.")
-@click.option("--shard", "shards", multiple=True, callback=_name_param("shard"),
-              help="Only these shards (default: every shard).")
-@click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the backfill until it ends.")
+@click.option(
+    "--refiner-version",
+    callback=_name_param("refiner version"),
+    required=True,
+    help="The refiner_version partition key (d…-c…).",
+)
+@click.option(
+    "--url", default="http://127.0.0.1:3000", show_default=True, help="The Dagster webserver."
+)
+@click.option(
+    "--shard",
+    "shards",
+    multiple=True,
+    callback=_name_param("shard"),
+    help="Only these shards (default: every shard).",
+)
+@click.option(
+    "--wait/--no-wait", default=True, show_default=True, help="Follow the backfill until it ends."
+)
 def backfill(refiner_version: str, url: str, shards: tuple[str, ...], wait: bool) -> None:
     """Refine every shard with a refiner version, then record its pool (refined_pool): one
     backfill run by the daemon."""
@@ -607,13 +869,23 @@ def backfill(refiner_version: str, url: str, shards: tuple[str, ...], wait: bool
     try:
         # refined_pool[<version>] in the same backfill, once every shard is refined: what selection
         # and training read, and what marks them stale (prox_assets.lineage)
-        backfill_id = launch_backfill(url, ["refined_corpus"], names, title=f"refine with {refiner_version}",
-                                      tags={"prox/launched_by": "prox backfill"}, downstream=[["refined_pool"]])
-        click.echo(f"backfill {backfill_id}: {len(names)} partitions of refined_corpus in {runs} run(s) "
-                   f"(up to {per_run or len(names)} partitions a run, the refiners loaded once a run), "
-                   f"then refined_pool[{refiner_version}] -> {url}/overview/backfills/{backfill_id}")
+        backfill_id = launch_backfill(
+            url,
+            ["refined_corpus"],
+            names,
+            title=f"refine with {refiner_version}",
+            tags={"prox/launched_by": "prox backfill"},
+            downstream=[["refined_pool"]],
+        )
+        click.echo(
+            f"backfill {backfill_id}: {len(names)} partitions of refined_corpus in {runs} run(s) "
+            f"(up to {per_run or len(names)} partitions a run, the refiners loaded once a run), "
+            f"then refined_pool[{refiner_version}] -> {url}/overview/backfills/{backfill_id}"
+        )
         if wait:
-            final = wait_for_backfill(url, backfill_id, on_status=lambda s: click.echo(f"  {s['status']}"))
+            final = wait_for_backfill(
+                url, backfill_id, on_status=lambda s: click.echo(f"  {s['status']}")
+            )
             if final["status"] not in ("COMPLETED", "COMPLETED_SUCCESS"):
                 raise click.ClickException(f"backfill {backfill_id} ended {final['status']}")
     except (BackfillError, OSError) as exc:
@@ -628,7 +900,9 @@ def audit(doc_id: str, as_json: bool) -> None:
     from prox_assets.audit import audit_document, format_audit
     from prox_resources.catalog import PlainCatalog
 
-    result = audit_document(PlainCatalog(), doc_id)  # no Dagster import: starts in a fraction of a second
+    result = audit_document(
+        PlainCatalog(), doc_id
+    )  # no Dagster import: starts in a fraction of a second
     click.echo(json.dumps(result, default=str, indent=2) if as_json else format_audit(result))
     if not result.get("ingested"):
         raise SystemExit(1)
@@ -642,11 +916,17 @@ def program() -> None:
 
 @program.command("run")
 @click.option("--stage", type=click.Choice(["doc", "chunk"]), required=True)
-@click.option("--text-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
-@click.option("--program-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
+@click.option(
+    "--text-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True
+)
+@click.option(
+    "--program-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True
+)
 @click.option("--normalize-scope", type=click.Choice(["window", "document"]), default="window")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def program_run(stage: str, text_file: Path, program_file: Path, normalize_scope: str, as_json: bool) -> None:
+def program_run(
+    stage: str, text_file: Path, program_file: Path, normalize_scope: str, as_json: bool
+) -> None:
     """Run one program against one document and print text, dropped, reason, edits, errors."""
     from prox_assets.core.executor import ExecutorConfig, execute_chunk_program, execute_doc_program
 
@@ -691,7 +971,12 @@ def bench_executor(docs: int, as_json: bool) -> None:
 
 
 @bench.command("ingest")
-@click.option("--shard-mb", default=2048, show_default=True, help="Size of the generated JSONL shard whose peak RSS is measured.")
+@click.option(
+    "--shard-mb",
+    default=2048,
+    show_default=True,
+    help="Size of the generated JSONL shard whose peak RSS is measured.",
+)
 @click.option("--json", "as_json", is_flag=True)
 def bench_ingest(shard_mb: int, as_json: bool) -> None:
     """Streaming ingestion against the whole-file reader on the sample corpus (same run), and the
@@ -706,12 +991,27 @@ def bench_ingest(shard_mb: int, as_json: bool) -> None:
 
 
 @bench.command("scale")
-@click.option("--partitions", default=1000, show_default=True, type=click.IntRange(min=1),
-              help="Shard partitions registered (a tiny JSONL file each) and backfilled.")
-@click.option("--documents", default=1_000_000, show_default=True, type=click.IntRange(min=100),
-              help="Synthetic catalog documents (each with a program run) for the audit and size figures.")
-@click.option("--window-s", default=150, show_default=True, type=click.IntRange(min=10),
-              help="How long the daemon's throughput is watched (the backfill is canceled after).")
+@click.option(
+    "--partitions",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Shard partitions registered (a tiny JSONL file each) and backfilled.",
+)
+@click.option(
+    "--documents",
+    default=1_000_000,
+    show_default=True,
+    type=click.IntRange(min=100),
+    help="Synthetic catalog documents (each with a program run) for the audit and size figures.",
+)
+@click.option(
+    "--window-s",
+    default=150,
+    show_default=True,
+    type=click.IntRange(min=10),
+    help="How long the daemon's throughput is watched (the backfill is canceled after).",
+)
 @click.option("--json", "as_json", is_flag=True)
 def bench_scale(partitions: int, documents: int, window_s: int, as_json: bool) -> None:
     """Backfill launch time, daemon throughput, the UI's partition status query, audit latency
@@ -727,12 +1027,20 @@ def bench_scale(partitions: int, documents: int, window_s: int, as_json: bool) -
 
 @bench.command("refine")
 @click.option("--docs", default=16, show_default=True, help="Documents refined (both stages).")
-@click.option("--refiner-version", callback=_name_param("refiner version"),
-              default=None, help="Default: the newest; the base model if none.")
-@click.option("--dtypes", default="float32,auto", show_default=True,
-              help="Precisions compared, the first the reference (agreement is against it): float32; "
-                   "auto (what the pipeline runs: bf16 autocast where the CPU has bf16 units); "
-                   "bfloat16 (bf16 weights).")
+@click.option(
+    "--refiner-version",
+    callback=_name_param("refiner version"),
+    default=None,
+    help="Default: the newest; the base model if none.",
+)
+@click.option(
+    "--dtypes",
+    default="float32,auto",
+    show_default=True,
+    help="Precisions compared, the first the reference (agreement is against it): float32; "
+    "auto (what the pipeline runs: bf16 autocast where the CPU has bf16 units); "
+    "bfloat16 (bf16 weights).",
+)
 @click.option("--json", "as_json", is_flag=True)
 def bench_refine(docs: int, refiner_version: str | None, dtypes: str, as_json: bool) -> None:
     """Refinement throughput with the real model in each precision on this machine, against its
@@ -750,7 +1058,9 @@ def bench_refine(docs: int, refiner_version: str | None, dtypes: str, as_json: b
 
     store, device, engine = ObjectStore(), _device(), _engine()
     version = refiner_version or _latest_refiner_version()
-    if version:  # trained refiners are local folders: a local backend (openai falls back to transformers)
+    if (
+        version
+    ):  # trained refiners are local folders: a local backend (openai falls back to transformers)
         engine = engine.local()
         pair = refiner_pair(Catalog(), version)
         doc_model = str(fetch_model(store, refiner_prefix("doc", pair.doc)))
@@ -767,32 +1077,77 @@ def bench_refine(docs: int, refiner_version: str | None, dtypes: str, as_json: b
         return engine.load(settings, model=doc_model), engine.load(settings, model=chunk_model)
 
     report = refine_benchmark(texts, load, *sizes, dtypes=dtypes.split(","))
-    report = {"refiner_version": version or f"base model {engine.model}", "backend": engine.backend,
-              "device": device.resolve_device(), **report}
+    report = {
+        "refiner_version": version or f"base model {engine.model}",
+        "backend": engine.backend,
+        "device": device.resolve_device(),
+        **report,
+    }
     click.echo(json.dumps(report, indent=2) if as_json else _format_report(report))
 
 
 @bench.command("influence")
-@click.option("--pool", "pool_size", default=400, show_default=True,
-              help="Pool samples, split evenly over four domains (pydocs, news, Austen, MATH); all get exact scores.")
-@click.option("--landmarks", default="12,24,48,96", show_default=True, help="Landmark counts to compare.")
-@click.option("--draws", default=5, show_default=True, help="Landmark draws per count (mean and spread).")
-@click.option("--embeddings", default="jvp-mean,jvp-last,hidden-mean", show_default=True,
-              help="Comma-separated: jvp-mean, jvp-last, hidden-mean.")
-@click.option("--task", default="math", show_default=True, help="Target task (math: held-out MATH problems).")
-@click.option("--target-domain", default="math", show_default=True, help="The pool domain the target belongs to.")
+@click.option(
+    "--pool",
+    "pool_size",
+    default=400,
+    show_default=True,
+    help="Pool samples, split evenly over four domains (pydocs, news, Austen, MATH); all get exact scores.",
+)
+@click.option(
+    "--landmarks", default="12,24,48,96", show_default=True, help="Landmark counts to compare."
+)
+@click.option(
+    "--draws", default=5, show_default=True, help="Landmark draws per count (mean and spread)."
+)
+@click.option(
+    "--embeddings",
+    default="jvp-mean,jvp-last,hidden-mean",
+    show_default=True,
+    help="Comma-separated: jvp-mean, jvp-last, hidden-mean.",
+)
+@click.option(
+    "--task", default="math", show_default=True, help="Target task (math: held-out MATH problems)."
+)
+@click.option(
+    "--target-domain",
+    default="math",
+    show_default=True,
+    help="The pool domain the target belongs to.",
+)
 @click.option("--n-target", default=8, show_default=True)
 @click.option("--max-len", default=128, show_default=True)
 @click.option("--piece-chars", default=600, show_default=True)
 @click.option("--warmup-steps", default=16, show_default=True)
-@click.option("--stability-samples", default=200, show_default=True,
-              help="Samples re-scored under a second warm-up seed (0 = the whole pool).")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
-              help="auto: bf16 autocast where this CPU or GPU runs bf16 fast, else fp32.")
+@click.option(
+    "--stability-samples",
+    default=200,
+    show_default=True,
+    help="Samples re-scored under a second warm-up seed (0 = the whole pool).",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "float32", "bfloat16"]),
+    default="auto",
+    show_default=True,
+    help="auto: bf16 autocast where this CPU or GPU runs bf16 fast, else fp32.",
+)
 @click.option("--json", "as_json", is_flag=True)
-def bench_influence(pool_size: int, landmarks: str, draws: int, embeddings: str, task: str, target_domain: str,
-                    n_target: int, max_len: int, piece_chars: int, warmup_steps: int, stability_samples: int,
-                    dtype: str, as_json: bool) -> None:
+def bench_influence(
+    pool_size: int,
+    landmarks: str,
+    draws: int,
+    embeddings: str,
+    task: str,
+    target_domain: str,
+    n_target: int,
+    max_len: int,
+    piece_chars: int,
+    warmup_steps: int,
+    stability_samples: int,
+    dtype: str,
+    as_json: bool,
+) -> None:
     """Exact influence (stability, domain AUROC), landmark estimates against it per embedding
     and landmark count, the embedding baseline and the cost, in one run on this machine."""
     from prox_assets.benchmarks import domain_pool
@@ -807,19 +1162,37 @@ def bench_influence(pool_size: int, landmarks: str, draws: int, embeddings: str,
     targets, _ = split_target(load_task(task), n_target, 0)
     model, tokenizer = _engine().local().load_model(_device())  # as landmark_influence loads it
     config = InfluenceConfig(max_len=max_len, warmup_steps=warmup_steps, dtype=dtype)
-    report = influence_study(model, tokenizer, texts, domains, target_domain,
-                             [t.prompt for t in targets], [t.answer for t in targets], config,
-                             [int(x) for x in landmarks.split(",")], draws, embeddings.split(","),
-                             stability_samples=stability_samples, log=lambda m: click.echo(m, err=True))
+    report = influence_study(
+        model,
+        tokenizer,
+        texts,
+        domains,
+        target_domain,
+        [t.prompt for t in targets],
+        [t.answer for t in targets],
+        config,
+        [int(x) for x in landmarks.split(",")],
+        draws,
+        embeddings.split(","),
+        stability_samples=stability_samples,
+        log=lambda m: click.echo(m, err=True),
+    )
     report.pop("exact_scores")
     click.echo(json.dumps(report, indent=2 if as_json else 1))
 
 
 @bench.command("selection")
-@click.option("--pool", "pool_size", default=400, show_default=True, help="Pool samples over four domains.")
+@click.option(
+    "--pool", "pool_size", default=400, show_default=True, help="Pool samples over four domains."
+)
 @click.option("--task", default="math", show_default=True)
 @click.option("--n-target", default=8, show_default=True)
-@click.option("--heldout", default=60, show_default=True, help="Held-out target examples the checkpoints are scored on.")
+@click.option(
+    "--heldout",
+    default=60,
+    show_default=True,
+    help="Held-out target examples the checkpoints are scored on.",
+)
 @click.option("--landmarks", default=24, show_default=True)
 @click.option("--budget-fraction", default=0.25, show_default=True)
 @click.option("--train-steps", default=24, show_default=True)
@@ -828,8 +1201,20 @@ def bench_influence(pool_size: int, landmarks: str, draws: int, embeddings: str,
 @click.option("--lr", default=1e-3, show_default=True)
 @click.option("--seeds", default="0,1", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def bench_selection(pool_size: int, task: str, n_target: int, heldout: int, landmarks: int, budget_fraction: float,
-                    train_steps: int, batch_size: int, seq_len: int, lr: float, seeds: str, as_json: bool) -> None:
+def bench_selection(
+    pool_size: int,
+    task: str,
+    n_target: int,
+    heldout: int,
+    landmarks: int,
+    budget_fraction: float,
+    train_steps: int,
+    batch_size: int,
+    seq_len: int,
+    lr: float,
+    seeds: str,
+    as_json: bool,
+) -> None:
     """Does influence selection help? Select from a four-domain pool for a target, train the
     base model on the selection and on a random subset of the same size (same token budget,
     several seeds), and compare the held-out target loss."""
@@ -845,27 +1230,59 @@ def bench_selection(pool_size: int, task: str, n_target: int, heldout: int, land
     targets, held = split_target(load_task(task), n_target, heldout)
     train = _evidence_train_config(train_steps, batch_size, seq_len, lr)
     report = selection_experiment(
-        *_local_models(_engine().local(), _device()), texts, domains, [t.prompt for t in targets],
+        *_local_models(_engine().local(), _device()),
+        texts,
+        domains,
+        [t.prompt for t in targets],
         [t.answer for t in targets],
-        [t.prompt for t in held], [t.answer for t in held], InfluenceConfig(landmarks=landmarks, max_len=128),
-        train, budget_fraction, [int(x) for x in seeds.split(",")], log=lambda m: click.echo(m, err=True))
+        [t.prompt for t in held],
+        [t.answer for t in held],
+        InfluenceConfig(landmarks=landmarks, max_len=128),
+        train,
+        budget_fraction,
+        [int(x) for x in seeds.split(",")],
+        log=lambda m: click.echo(m, err=True),
+    )
     click.echo(json.dumps(report, indent=2 if as_json else 1))
 
 
 @bench.command("refinement")
-@click.option("--refiner-version", callback=_name_param("refiner version"),
-              default=None, help="refiner_version key (default: the newest).")
-@click.option("--pages", default=48, show_default=True, help="Docs pages (from no SFT set) to train on.")
-@click.option("--heldout", default=16, show_default=True, help="Other such pages whose clean text is the evaluation.")
-@click.option("--max-chars", default=8000, show_default=True, help="Pages at most this long (a CPU budget).")
+@click.option(
+    "--refiner-version",
+    callback=_name_param("refiner version"),
+    default=None,
+    help="refiner_version key (default: the newest).",
+)
+@click.option(
+    "--pages", default=48, show_default=True, help="Docs pages (from no SFT set) to train on."
+)
+@click.option(
+    "--heldout",
+    default=16,
+    show_default=True,
+    help="Other such pages whose clean text is the evaluation.",
+)
+@click.option(
+    "--max-chars", default=8000, show_default=True, help="Pages at most this long (a CPU budget)."
+)
 @click.option("--train-steps", default=40, show_default=True)
 @click.option("--batch-size", default=4, show_default=True)
 @click.option("--seq-len", default=256, show_default=True)
 @click.option("--lr", default=1e-3, show_default=True)
 @click.option("--seeds", default="0,1", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def bench_refinement(refiner_version: str | None, pages: int, heldout: int, max_chars: int, train_steps: int,
-                     batch_size: int, seq_len: int, lr: float, seeds: str, as_json: bool) -> None:
+def bench_refinement(
+    refiner_version: str | None,
+    pages: int,
+    heldout: int,
+    max_chars: int,
+    train_steps: int,
+    batch_size: int,
+    seq_len: int,
+    lr: float,
+    seeds: str,
+    as_json: bool,
+) -> None:
     """Does refinement help? The chunk refiner cleans docs pages; the base model is trained on
     the same pages as raw, refined and clean (layout gold) text under one token budget, several
     seeds, and scored by perplexity on the clean text of held-out pages."""
@@ -879,19 +1296,40 @@ def bench_refinement(refiner_version: str | None, pages: int, heldout: int, max_
 
     version = refiner_version or _latest_refiner_version()
     if not version:
-        raise click.ClickException("no refiner version: materialize refiner[doc] and refiner[chunk] (or run prox demo)")
+        raise click.ClickException(
+            "no refiner version: materialize refiner[doc] and refiner[chunk] (or run prox demo)"
+        )
     pair = refiner_pair(Catalog(), version)
     if pair.heldout_pages is None:
-        raise click.ClickException(f"{version}: its SFT set has no held-out docs pages; re-materialize sft_programs")
+        raise click.ClickException(
+            f"{version}: its SFT set has no held-out docs pages; re-materialize sft_programs"
+        )
     device, engine = _device(), _engine().local()
-    backend = engine.load(device, model=str(fetch_model(ObjectStore(), refiner_prefix("chunk", pair.chunk))))
+    backend = engine.load(
+        device, model=str(fetch_model(ObjectStore(), refiner_prefix("chunk", pair.chunk)))
+    )
     log = lambda m: click.echo(m, err=True)  # noqa: E731
     variants, held = refinement_variants(
-        backend, hf_token_counter(backend.tokenizer), pair.window_tokens, pair.chunk_max_new_tokens, pages,
-        heldout, max_chars, pair.heldout_pages, pair.split_seed, log)
+        backend,
+        hf_token_counter(backend.tokenizer),
+        pair.window_tokens,
+        pair.chunk_max_new_tokens,
+        pages,
+        heldout,
+        max_chars,
+        pair.heldout_pages,
+        pair.split_seed,
+        log,
+    )
     train = _evidence_train_config(train_steps, batch_size, seq_len, lr)
-    report = refinement_training_evidence(*_local_models(engine, device), variants, held, train,
-                                          [int(x) for x in seeds.split(",")], log=log)
+    report = refinement_training_evidence(
+        *_local_models(engine, device),
+        variants,
+        held,
+        train,
+        [int(x) for x in seeds.split(",")],
+        log=log,
+    )
     click.echo(json.dumps({"refiner_version": version, **report}, indent=2 if as_json else 1))
 
 
@@ -899,8 +1337,18 @@ def _evidence_train_config(steps: int, batch_size: int, seq_len: int, lr: float)
     """The evidence benchmarks' checkpoints: LoRA r=8 on every block, one token budget."""
     from prox_assets.core.refiner_training import TrainConfig
 
-    return TrainConfig(method="lora", lora_r=8, lora_alpha=16, lora_layers=None, max_steps=steps,
-                       batch_size=batch_size, lr=lr, min_lr=lr / 10, warmup_steps=2, max_seq_len=seq_len)
+    return TrainConfig(
+        method="lora",
+        lora_r=8,
+        lora_alpha=16,
+        lora_layers=None,
+        max_steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        min_lr=lr / 10,
+        warmup_steps=2,
+        max_seq_len=seq_len,
+    )
 
 
 def _engine():
@@ -909,18 +1357,23 @@ def _engine():
     from prox_resources.engine import ModelEngine
     from prox_resources.models import DEFAULT_MODEL
 
-    return ModelEngine(backend=os.environ.get("PROX_ENGINE_BACKEND", "transformers"),
-                       model=os.environ.get("PROX_MODEL", DEFAULT_MODEL))
+    return ModelEngine(
+        backend=os.environ.get("PROX_ENGINE_BACKEND", "transformers"),
+        model=os.environ.get("PROX_MODEL", DEFAULT_MODEL),
+    )
 
 
 def _device():
     from prox_resources.device import DeviceSettings
 
-    return DeviceSettings(device=os.environ.get("PROX_DEVICE", "auto"), dtype=os.environ.get("PROX_DTYPE", "auto"))
+    return DeviceSettings(
+        device=os.environ.get("PROX_DEVICE", "auto"), dtype=os.environ.get("PROX_DTYPE", "auto")
+    )
 
 
 def _local_models(engine, device):
     """(load, serve) over the engine's local model, for the evidence benchmarks' core functions."""
+
     def load(checkpoint=None, train=False):
         return engine.load_model(device, adapter=checkpoint, train=train)
 
@@ -963,8 +1416,18 @@ def catalog(sql: str, as_json: bool) -> None:
 @click.option("--port", default=3000, show_default=True)
 def ui(host: str, port: int) -> None:
     """Start the Dagster web UI and daemon (dagster dev) on this project."""
-    cmd = [sys.executable, "-m", "dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml"),
-           "-h", host, "-p", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dagster",
+        "dev",
+        "-w",
+        str(REPO_ROOT / "workspace.yaml"),
+        "-h",
+        host,
+        "-p",
+        str(port),
+    ]
     click.echo(f"DAGSTER_HOME={os.environ.get('DAGSTER_HOME')}  ->  http://{host}:{port}")
     raise SystemExit(subprocess.call(cmd, cwd=REPO_ROOT))
 

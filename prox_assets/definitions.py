@@ -8,7 +8,12 @@ import dagster as dg
 
 from prox_assets.ingest import incoming_files_sensor, raw_corpus
 from prox_assets.partitions import shard_partitions
-from prox_assets.refine import refine_new_shards_sensor, refined_corpus, refined_pool, refined_pool_sensor
+from prox_assets.refine import (
+    refine_new_shards_sensor,
+    refined_corpus,
+    refined_pool,
+    refined_pool_sensor,
+)
 from prox_assets.refiner import refiner
 from prox_assets.scoring import seed_scores
 from prox_assets.selection import landmark_influence, selected_subset
@@ -21,12 +26,24 @@ from prox_resources.models import DEFAULT_MODEL
 from prox_resources.store import ObjectStore
 
 # In data-flow order.
-ASSETS = [raw_corpus, seed_scores, sft_programs, refiner, refined_corpus, refined_pool, landmark_influence,
-          selected_subset, trained_checkpoint, evaluation_report]
+ASSETS = [
+    raw_corpus,
+    seed_scores,
+    sft_programs,
+    refiner,
+    refined_corpus,
+    refined_pool,
+    landmark_influence,
+    selected_subset,
+    trained_checkpoint,
+    evaluation_report,
+]
 SENSORS = [incoming_files_sensor, refine_new_shards_sensor, refined_pool_sensor]
 JOBS = [
     dg.define_asset_job(
-        "ingest_job", selection=[raw_corpus], partitions_def=shard_partitions,
+        "ingest_job",
+        selection=[raw_corpus],
+        partitions_def=shard_partitions,
         description="Ingest one shard: raw input file -> raw_corpus partition.",
     )
 ]
@@ -49,7 +66,9 @@ def build_resources() -> dict:
             secret_access_key=_env("AWS_SECRET_ACCESS_KEY"),
         ),
         "catalog": Catalog(path=_env("PROX_CATALOG")),
-        "device": DeviceSettings(device=os.environ.get("PROX_DEVICE", "auto"), dtype=os.environ.get("PROX_DTYPE", "auto")),
+        "device": DeviceSettings(
+            device=os.environ.get("PROX_DEVICE", "auto"), dtype=os.environ.get("PROX_DTYPE", "auto")
+        ),
         # PROX_ENGINE_BACKEND = transformers | vllm | openai; PROX_MODEL = alias or folder
         "engine": ModelEngine(
             backend=os.environ.get("PROX_ENGINE_BACKEND", "transformers"),
@@ -81,7 +100,9 @@ def celery_executor_config() -> dict:
 
     return {
         "broker": {"env": "PROX_CELERY_BROKER"},
-        "backend": {"env": "PROX_CELERY_BACKEND"} if os.environ.get("PROX_CELERY_BACKEND") else "rpc://",
+        "backend": {"env": "PROX_CELERY_BACKEND"}
+        if os.environ.get("PROX_CELERY_BACKEND")
+        else "rpc://",
         "config_source": {
             "task_acks_late": True,
             "task_reject_on_worker_lost": True,
@@ -89,8 +110,11 @@ def celery_executor_config() -> dict:
             "broker_transport_options": {
                 **broker_transport_options,  # dagster-celery's own (retries)
                 # Redis only: when a step of a lost worker goes back to the queue, checked every 10 s
-                "visibility_timeout": int(os.environ.get("PROX_CELERY_VISIBILITY_TIMEOUT", "21600")),
-                "unacked_restore_interval": 10, "unacked_restore_throttle": 1,
+                "visibility_timeout": int(
+                    os.environ.get("PROX_CELERY_VISIBILITY_TIMEOUT", "21600")
+                ),
+                "unacked_restore_interval": 10,
+                "unacked_restore_throttle": 1,
             },
         },
     }
@@ -113,8 +137,13 @@ def build_executor():
     return None
 
 
-defs = dg.Definitions(assets=ASSETS, sensors=SENSORS, jobs=JOBS, resources=build_resources(),
-                      executor=build_executor())
+defs = dg.Definitions(
+    assets=ASSETS,
+    sensors=SENSORS,
+    jobs=JOBS,
+    resources=build_resources(),
+    executor=build_executor(),
+)
 
 
 def resolved_job(name: str) -> dg.JobDefinition:

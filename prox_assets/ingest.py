@@ -14,7 +14,6 @@ it, its own materialization and metadata); one that fails fails only itself (``p
 raw_corpus has no asset checks, so nothing reports once per run.
 """
 
-
 import os
 import re
 import tempfile
@@ -53,12 +52,17 @@ class IncomingScan:
     """What incoming/ holds: the files that are shard sources, and those that cannot be."""
 
     files: dict[str, str] = field(default_factory=dict)  # shard -> store key
-    collisions: dict[str, list[str]] = field(default_factory=dict)  # shard -> keys that all map to it
+    collisions: dict[str, list[str]] = field(
+        default_factory=dict
+    )  # shard -> keys that all map to it
     refused: dict[str, str] = field(default_factory=dict)  # key -> why it is no shard source
 
     def problems(self) -> list[str]:
-        out = [f"shard {shard!r} is ambiguous: {', '.join(keys)} all map to it; none is ingested "
-               "until all but one are removed" for shard, keys in sorted(self.collisions.items())]
+        out = [
+            f"shard {shard!r} is ambiguous: {', '.join(keys)} all map to it; none is ingested "
+            "until all but one are removed"
+            for shard, keys in sorted(self.collisions.items())
+        ]
         return out + [f"{key}: refused, {why}" for key, why in sorted(self.refused.items())]
 
 
@@ -99,11 +103,15 @@ def incoming_file(store: ObjectStore, shard: str) -> str:
     if shard in scan.files:
         return scan.files[shard]
     if shard in scan.collisions:
-        raise dg.Failure(f"shard {shard!r} is ambiguous: {', '.join(scan.collisions[shard])} all map to it; "
-                         "remove all but one from incoming/")
+        raise dg.Failure(
+            f"shard {shard!r} is ambiguous: {', '.join(scan.collisions[shard])} all map to it; "
+            "remove all but one from incoming/"
+        )
     refused = [f"{key}: {why}" for key, why in scan.refused.items() if shard_name(key) == shard]
-    raise dg.Failure(f"no file for shard {shard!r} under {store.uri(INCOMING)}"
-                     + (f" ({'; '.join(refused)})" if refused else ""))
+    raise dg.Failure(
+        f"no file for shard {shard!r} under {store.uri(INCOMING)}"
+        + (f" ({'; '.join(refused)})" if refused else "")
+    )
 
 
 def raw_run_key(shard: str, run_id: str) -> str:
@@ -115,7 +123,9 @@ def raw_run_key(shard: str, run_id: str) -> str:
 
 def raw_paths(catalog: Catalog, shards: list[str] | None = None) -> dict[str, str]:
     """shard -> store key of its current raw file, for every ingested shard (or ``shards``)."""
-    rows = catalog.query("SELECT shard, raw_path FROM ingestions WHERE raw_path IS NOT NULL ORDER BY shard")
+    rows = catalog.query(
+        "SELECT shard, raw_path FROM ingestions WHERE raw_path IS NOT NULL ORDER BY shard"
+    )
     paths = dict(rows.rows())
     return paths if shards is None else {s: paths[s] for s in shards if s in paths}
 
@@ -124,7 +134,9 @@ def raw_key(catalog: Catalog, shard: str) -> str:
     """The current raw file of ``shard``; a clear failure if it was never ingested."""
     path = raw_paths(catalog, [shard]).get(shard)
     if path is None:
-        raise dg.Failure(f"shard {shard!r} has no ingested documents: materialize raw_corpus[{shard}] first")
+        raise dg.Failure(
+            f"shard {shard!r} has no ingested documents: materialize raw_corpus[{shard}] first"
+        )
     return path
 
 
@@ -133,16 +145,34 @@ def default_source(shard: str) -> str:
     return re.sub(r"[-_]?\d+$", "", shard) or shard
 
 
-def _quarantine_frame(items: list[Quarantined], shard: str, source_file: str, tags: dict) -> pl.DataFrame:
+def _quarantine_frame(
+    items: list[Quarantined], shard: str, source_file: str, tags: dict
+) -> pl.DataFrame:
     return pl.DataFrame(
         [
-            {"shard": shard, "source_file": source_file, "locator": q.locator, "reason": q.reason,
-             "detail": printable(q.detail[:1000]), "sample": printable(q.sample), "n_records": q.n_records, **tags}
+            {
+                "shard": shard,
+                "source_file": source_file,
+                "locator": q.locator,
+                "reason": q.reason,
+                "detail": printable(q.detail[:1000]),
+                "sample": printable(q.sample),
+                "n_records": q.n_records,
+                **tags,
+            }
             for q in items
         ],
-        schema={"shard": pl.String, "source_file": pl.String, "locator": pl.String, "reason": pl.String,
-                "detail": pl.String, "sample": pl.String, "n_records": pl.Int64, "run_id": pl.String,
-                "partition_key": pl.String},
+        schema={
+            "shard": pl.String,
+            "source_file": pl.String,
+            "locator": pl.String,
+            "reason": pl.String,
+            "detail": pl.String,
+            "sample": pl.String,
+            "n_records": pl.Int64,
+            "run_id": pl.String,
+            "partition_key": pl.String,
+        },
     )
 
 
@@ -164,14 +194,20 @@ class _NothingIngested(Exception):
         "document is registered in the catalog; unreadable inputs are quarantined with a reason."
     ),
 )
-def raw_corpus(context: dg.AssetExecutionContext, store: ObjectStore, catalog: Catalog) -> dg.MaterializeResult:
+def raw_corpus(
+    context: dg.AssetExecutionContext, store: ObjectStore, catalog: Catalog
+) -> dg.MaterializeResult:
     # A run may hold many shards (a backfill range, INGEST_BACKFILL_POLICY; the sensor's ranges;
     # `prox ingest`): one process start and one Dagster import for all of them. Each shard is
     # ingested on its own; one that fails fails only itself (materialize_each).
-    return materialize_each(context, lambda shard: ingest_shard(context, store, catalog, str(shard)))
+    return materialize_each(
+        context, lambda shard: ingest_shard(context, store, catalog, str(shard))
+    )
 
 
-def ingest_shard(context: dg.AssetExecutionContext, store: ObjectStore, catalog: Catalog, shard: str) -> dict:
+def ingest_shard(
+    context: dg.AssetExecutionContext, store: ObjectStore, catalog: Catalog, shard: str
+) -> dict:
     """One partition of raw_corpus: its raw file, its catalog rows (documents, quarantine, counts)
     committed together, then the shard's stale raw files deleted; returns its metadata. Raises a
     Failure, after recording the counts and quarantine, when nothing could be read."""
@@ -184,7 +220,9 @@ def ingest_shard(context: dg.AssetExecutionContext, store: ObjectStore, catalog:
         index_path = os.path.join(tmp, "index.parquet")
         try:
             with store.open_read(source_file) as f, store.open_write(key) as out:
-                tally = write_shard(f, source_file, shard, out, index_path, default_source=default_source(shard))
+                tally = write_shard(
+                    f, source_file, shard, out, index_path, default_source=default_source(shard)
+                )
                 if tally.n_ingested == 0:
                     raise _NothingIngested
         except UnreadableInput as exc:
@@ -206,7 +244,11 @@ def ingest_shard(context: dg.AssetExecutionContext, store: ObjectStore, catalog:
     duplicates = duplicates_in_other_shards(catalog, shard)
     context.log.info(
         f"{shard}: read {tally.n_read}, ingested {tally.n_ingested}, quarantined {tally.n_quarantined}"
-        + (f"; {sum(duplicates.values())} documents also in other shards {dict(duplicates)}" if duplicates else "")
+        + (
+            f"; {sum(duplicates.values())} documents also in other shards {dict(duplicates)}"
+            if duplicates
+            else ""
+        )
     )
     preview = [(d["doc_id"], d["source"], d["url"], d["n_words"], d["text"]) for d in tally.preview]
     return {
@@ -242,31 +284,56 @@ def duplicates_in_other_shards(catalog: Catalog, shard: str) -> Counter:
     """other shard -> documents of ``shard`` it holds too (both are kept; this is a report)."""
     rows = catalog.query(
         "SELECT o.shard, count(*) FROM documents d JOIN documents o ON o.doc_id = d.doc_id "
-        "WHERE d.shard = ? AND o.shard <> ? GROUP BY 1 ORDER BY 2 DESC", [shard, shard])
+        "WHERE d.shard = ? AND o.shard <> ? GROUP BY 1 ORDER BY 2 DESC",
+        [shard, shard],
+    )
     return Counter(dict(rows.rows()))
 
 
 def _delete_stale_raw_files(store: ObjectStore, shard: str, keep: str | None) -> None:
     """Remove the raw files of ``shard`` other than ``keep`` (earlier or killed runs)."""
-    for stale in [*store.list(f"raw/{shard}/"), f"raw/{shard}.parquet"]:  # and the old one-file layout
+    for stale in [
+        *store.list(f"raw/{shard}/"),
+        f"raw/{shard}.parquet",
+    ]:  # and the old one-file layout
         if stale != keep:
             store.delete(stale)
 
 
-def _record(catalog: Catalog, shard: str, source_file: str, tally: IngestTally,
-            index_path: str | None, key: str, tags: dict) -> None:
+def _record(
+    catalog: Catalog,
+    shard: str,
+    source_file: str,
+    tally: IngestTally,
+    index_path: str | None,
+    key: str,
+    tags: dict,
+) -> None:
     """Documents, quarantine and counts of this shard, replacing any earlier ingestion of it.
 
     A failed ingestion (``index_path`` None) leaves the shard without documents: the shard is what
     its file holds now. Its counts and quarantine are recorded all the same.
     """
-    counts = pl.DataFrame([{
-        "shard": shard, "source_file": source_file, "n_read": tally.n_read,
-        "n_ingested": tally.n_ingested, "n_quarantined": tally.n_quarantined,
-        "n_quarantine_unsampled": tally.n_unsampled, "raw_path": key if index_path else None, **tags,
-    }])
+    counts = pl.DataFrame(
+        [
+            {
+                "shard": shard,
+                "source_file": source_file,
+                "n_read": tally.n_read,
+                "n_ingested": tally.n_ingested,
+                "n_quarantined": tally.n_quarantined,
+                "n_quarantine_unsampled": tally.n_unsampled,
+                "raw_path": key if index_path else None,
+                **tags,
+            }
+        ]
+    )
     writes = [
-        ("quarantine", {"shard": shard}, _quarantine_frame(tally.samples, shard, source_file, tags)),
+        (
+            "quarantine",
+            {"shard": shard},
+            _quarantine_frame(tally.samples, shard, source_file, tags),
+        ),
         ("ingestions", {"shard": shard}, counts),
     ]
     documents = ParquetRows(index_path, {"raw_path": key, **tags}) if index_path else None
@@ -278,9 +345,11 @@ def _record(catalog: Catalog, shard: str, source_file: str, tally: IngestTally,
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Adds a shard partition for every new file under incoming/ and ingests them, up to "
-                "PROX_PARTITIONS_PER_RUN shards a run.",
+    "PROX_PARTITIONS_PER_RUN shards a run.",
 )
-def incoming_files_sensor(context: dg.SensorEvaluationContext, store: ObjectStore) -> dg.SensorResult:
+def incoming_files_sensor(
+    context: dg.SensorEvaluationContext, store: ObjectStore
+) -> dg.SensorResult:
     known = set(context.instance.get_dynamic_partitions(shard_partitions.name))
     scan = scan_incoming(store)
     problems = scan.problems()
@@ -288,12 +357,14 @@ def incoming_files_sensor(context: dg.SensorEvaluationContext, store: ObjectStor
         context.log.warning(problem)
     new = sorted(set(scan.files) - known)
     if not new:
-        return dg.SensorResult(skip_reason="; ".join(["no new files under incoming/", *problems])[:2000])
+        return dg.SensorResult(
+            skip_reason="; ".join(["no new files under incoming/", *problems])[:2000]
+        )
     # As a backfill would (INGEST_BACKFILL_POLICY): runs of up to PARTITIONS_PER_RUN new shards,
     # each a partition key range. The daemon adds the new keys in one insert, in this order, before
     # it creates the runs, so each run's keys are a contiguous stretch of the definition. The run
     # key names the range (a single shard keeps its key "ingest:<shard>"): nothing is asked twice.
-    runs = [new[i:i + PARTITIONS_PER_RUN] for i in range(0, len(new), PARTITIONS_PER_RUN)]
+    runs = [new[i : i + PARTITIONS_PER_RUN] for i in range(0, len(new), PARTITIONS_PER_RUN)]
     return dg.SensorResult(
         run_requests=[partition_run_request("ingest", run) for run in runs],
         dynamic_partitions_requests=[shard_partitions.build_add_request(new)],

@@ -39,22 +39,29 @@ class Recorded:
     def value(self, key: str) -> str:
         if key not in self.metadata:
             where = f"{self.asset}[{self.partition}]" if self.partition else self.asset
-            raise dg.Failure(f"{where} (run {self.run_id}) records no {key!r}: materialize it again")
+            raise dg.Failure(
+                f"{where} (run {self.run_id}) records no {key!r}: materialize it again"
+            )
         return str(self.metadata[key])
 
 
 def recorded(instance: dg.DagsterInstance, asset: str, partition: str | None) -> Recorded | None:
     """The latest materialization of ``asset[partition]`` in the event log, if any."""
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None),
+        dg.AssetRecordsFilter(
+            asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None
+        ),
         limit=1,
     ).records
     if not records:
         return None
     event = records[0].asset_materialization
     return Recorded(
-        asset=asset, partition=partition, data_version=(event.tags or {}).get("dagster/data_version"),
-        metadata={k: getattr(v, "value", v) for k, v in event.metadata.items()}, run_id=records[0].run_id,
+        asset=asset,
+        partition=partition,
+        data_version=(event.tags or {}).get("dagster/data_version"),
+        metadata={k: getattr(v, "value", v) for k, v in event.metadata.items()},
+        run_id=records[0].run_id,
         storage_id=records[0].storage_id,
     )
 

@@ -17,10 +17,13 @@ def lineage(context: dg.AssetExecutionContext, partition_key=None) -> dict[str, 
     return {"run_id": context.run.run_id, "partition_key": str(key)}
 
 
-def with_lineage(frame: pl.DataFrame, context: dg.AssetExecutionContext, *, partition_key=None,
-                 **columns) -> pl.DataFrame:
+def with_lineage(
+    frame: pl.DataFrame, context: dg.AssetExecutionContext, *, partition_key=None, **columns
+) -> pl.DataFrame:
     """``frame`` plus constant ``columns`` and the lineage columns."""
-    return frame.with_columns(**{k: pl.lit(v) for k, v in {**columns, **lineage(context, partition_key)}.items()})
+    return frame.with_columns(
+        **{k: pl.lit(v) for k, v in {**columns, **lineage(context, partition_key)}.items()}
+    )
 
 
 def _cell(value: object, width: int = 80) -> str:
@@ -38,14 +41,19 @@ def counts_table(counter: Counter, key_name: str) -> dg.MetadataValue:
     return md_table([key_name, "count"], counter.most_common())
 
 
-def histogram(values: Sequence[float], bins: int = 12, log: bool = True, unit: str = "") -> dg.MetadataValue:
+def histogram(
+    values: Sequence[float], bins: int = 12, log: bool = True, unit: str = ""
+) -> dg.MetadataValue:
     """A text histogram (log-spaced bins by default) that renders anywhere Markdown does."""
     values = [v for v in values if v is not None]
     if not values:
         return dg.MetadataValue.md("_no values_")
     lo, hi = min(values), max(values)
     if log and lo > 0:
-        edges = [math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * i / bins) for i in range(bins + 1)]
+        edges = [
+            math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * i / bins)
+            for i in range(bins + 1)
+        ]
     else:
         edges = [lo + (hi - lo) * i / bins for i in range(bins + 1)]
     counts = [0] * bins

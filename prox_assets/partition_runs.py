@@ -74,9 +74,11 @@ def run_data_version(versions: Mapping[str, str | None]) -> dg.DataVersion | Non
     return dg.DataVersion(hashlib.sha256(joined.encode()).hexdigest()[:16])
 
 
-def materialize_each(context: dg.AssetExecutionContext,
-                     work: Callable[[Any], Mapping[str, Any] | PartitionOutcome],
-                     keys: Sequence[Any] | None = None) -> dg.MaterializeResult:
+def materialize_each(
+    context: dg.AssetExecutionContext,
+    work: Callable[[Any], Mapping[str, Any] | PartitionOutcome],
+    keys: Sequence[Any] | None = None,
+) -> dg.MaterializeResult:
     """Runs ``work(partition_key)`` for every partition of the run (``context.partition_keys``:
     one key, or a range), each returning its materialization metadata (or a ``PartitionOutcome``
     with its data version); see the module docstring for what a failure does."""
@@ -96,22 +98,30 @@ def materialize_each(context: dg.AssetExecutionContext,
             if len(keys) == 1:
                 raise  # a one-partition run: the step fails with the partition's own error
             failed[str(key)] = f"{type(exc).__name__}: {exc}"
-            context.log.exception(f"partition {i}/{len(keys)} {key} failed; the run goes on with the others")
+            context.log.exception(
+                f"partition {i}/{len(keys)} {key} failed; the run goes on with the others"
+            )
             continue
         if len(keys) > 1:
-            context.log.info(f"partition {i}/{len(keys)} {key} done in {time.monotonic() - started:.1f}s")
+            context.log.info(
+                f"partition {i}/{len(keys)} {key} done in {time.monotonic() - started:.1f}s"
+            )
     if failed:
         # Dagster emits the output's materializations only when the step succeeds: record the
         # finished partitions here, so that the backfill counts only the failed ones as failed.
         code_version = context.assets_def.code_versions_by_key.get(context.asset_key)
         for key, metadata in done.items():
-            context.log_event(dg.AssetMaterialization(
-                asset_key=context.asset_key, partition=key, metadata=dict(metadata),
-                tags={"dagster/code_version": code_version} if code_version else None,
-            ))
+            context.log_event(
+                dg.AssetMaterialization(
+                    asset_key=context.asset_key,
+                    partition=key,
+                    metadata=dict(metadata),
+                    tags={"dagster/code_version": code_version} if code_version else None,
+                )
+            )
         raise dg.Failure(
-            description=f"{len(failed)} of {len(keys)} partitions failed: " + "; ".join(
-                f"{k}: {v}" for k, v in failed.items())[:4000],
+            description=f"{len(failed)} of {len(keys)} partitions failed: "
+            + "; ".join(f"{k}: {v}" for k, v in failed.items())[:4000],
             metadata={"failed_partitions": sorted(failed), "materialized_partitions": sorted(done)},
         )
     for key, metadata in done.items():
@@ -122,7 +132,10 @@ def materialize_each(context: dg.AssetExecutionContext,
 def partition_run_request(run_key_prefix: str, keys: Sequence[str]) -> dg.RunRequest:
     """A sensor's request for one run of ``keys`` (one key, or a contiguous range of them, as
     ``partition_ranges`` cuts them); the run key names the range, so it is requested once."""
-    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+    from dagster._core.storage.tags import (
+        ASSET_PARTITION_RANGE_END_TAG,
+        ASSET_PARTITION_RANGE_START_TAG,
+    )
 
     if len(keys) == 1:
         return dg.RunRequest(partition_key=keys[0], run_key=f"{run_key_prefix}:{keys[0]}")
@@ -132,8 +145,12 @@ def partition_run_request(run_key_prefix: str, keys: Sequence[str]) -> dg.RunReq
     )
 
 
-def partition_ranges(partitions_def: dg.PartitionsDefinition, keys: Sequence[str], per_run: int | None,
-                     instance: dg.DagsterInstance) -> list[list[str]]:
+def partition_ranges(
+    partitions_def: dg.PartitionsDefinition,
+    keys: Sequence[str],
+    per_run: int | None,
+    instance: dg.DagsterInstance,
+) -> list[list[str]]:
     """``keys`` cut into the runs a backfill would make of them: contiguous ranges of the
     definition (one dimension fixed for a two-dimensional one), at most ``per_run`` keys each
     (None: no bound). Each run's keys in the definition's order; a key the definition does not
@@ -146,6 +163,6 @@ def partition_ranges(partitions_def: dg.PartitionsDefinition, keys: Sequence[str
         for key_range in subset.get_partition_key_ranges(partitions_def):
             in_range = [str(k) for k in partitions_def.get_partition_keys_in_range(key_range)]
             step = per_run or len(in_range)
-            runs += [in_range[i:i + step] for i in range(0, len(in_range), step)]
+            runs += [in_range[i : i + step] for i in range(0, len(in_range), step)]
     covered = {k for run in runs for k in run}
     return runs + [[k] for k in keys if k not in covered]

@@ -18,6 +18,7 @@ refiner_version_partitions = dg.DynamicPartitionsDefinition(name="refiner_versio
 def refiner_pair_key(doc_version: str, chunk_version: str) -> str:
     return f"d{doc_version[:8]}-c{chunk_version[:8]}"
 
+
 # The refined corpus: every shard under every refiner version. Keys join the dimensions in
 # alphabetical order of their names: "<refiner_version>|<shard>".
 refined_partitions = dg.MultiPartitionsDefinition(
@@ -35,4 +36,6 @@ target_partitions = dg.DynamicPartitionsDefinition(name="target")
 variant_partitions = dg.StaticPartitionsDefinition(VARIANTS)
 
 # Keys "<target>|<variant>".
-checkpoint_partitions = dg.MultiPartitionsDefinition({"target": target_partitions, "variant": variant_partitions})
+checkpoint_partitions = dg.MultiPartitionsDefinition(
+    {"target": target_partitions, "variant": variant_partitions}
+)

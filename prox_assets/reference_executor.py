@@ -101,7 +101,13 @@ def execute_operations(text, operations):
             num_error_op += 1
             interval = [interval[0], len(lines) - 1]
         remove_operations.append([interval[0], interval[1]])
-    return "\n".join(processed_lines), normalization_pairs, noise_lines, remove_operations, num_error_op
+    return (
+        "\n".join(processed_lines),
+        normalization_pairs,
+        noise_lines,
+        remove_operations,
+        num_error_op,
+    )
 
 
 def merge_intervals(intervals):
@@ -122,8 +128,8 @@ def execute_meta_operations(text, operations, threshold_1=0.0, threshold_2=0.95,
     """The refined text, or "" for a dropped document (raises on a text without words, as the
     reference does)."""
     program = operations.strip(" ").split("\n")
-    processed_text, normalization_pairs, noise_lines, remove_operations, num_error_op = execute_operations(
-        text, program
+    processed_text, normalization_pairs, noise_lines, remove_operations, num_error_op = (
+        execute_operations(text, program)
     )
     len_processed_text = len(processed_text.split())
     len_text = len(text.split())

@@ -16,6 +16,7 @@ import dagster as dg
 import polars as pl
 
 from prox_assets.core.chunking import hf_token_counter
+from prox_assets.core.refiner_eval import chunk_metrics, doc_metrics, load_chat, with_shots
 from prox_assets.core.refiner_quality import (
     MODELS,
     build_quality_set,
@@ -26,7 +27,6 @@ from prox_assets.core.refiner_quality import (
     noise_rate,
     random_writers,
 )
-from prox_assets.core.refiner_eval import chunk_metrics, doc_metrics, load_chat, with_shots
 from prox_assets.core.refiner_training import TrainConfig, train_refiner, version_id
 from prox_assets.lineage import recorded
 from prox_assets.metadata import lineage, md_table
@@ -81,9 +81,16 @@ def consumed_sft_version(instance: dg.DagsterInstance, level: str) -> str:
 
 def _train_config(config: RefinerConfig) -> TrainConfig:
     return TrainConfig(
-        method=config.method, lora_r=config.lora_r, lora_alpha=2 * config.lora_r,
-        lora_layers=config.lora_layers or None, epochs=config.epochs, max_steps=config.max_steps or None,
-        batch_size=config.batch_size, lr=config.lr, min_lr=config.lr / 10, max_seq_len=config.max_seq_len,
+        method=config.method,
+        lora_r=config.lora_r,
+        lora_alpha=2 * config.lora_r,
+        lora_layers=config.lora_layers or None,
+        epochs=config.epochs,
+        max_steps=config.max_steps or None,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        min_lr=config.lr / 10,
+        max_seq_len=config.max_seq_len,
         seed=config.seed,
     )
 
@@ -92,7 +99,7 @@ def _shots(train: pl.DataFrame, level: str, n: int, seed: int) -> list[tuple[lis
     """Worked examples for the base model, one per label where possible."""
     rng = random.Random(seed)
     shots = []
-    for label in (("drop", "keep") if level == "doc" else ("remove", "keep")):
+    for label in ("drop", "keep") if level == "doc" else ("remove", "keep"):
         rows = train.filter(pl.col("label") == label)
         if rows.height:
             i = rng.randrange(rows.height)
@@ -122,18 +129,30 @@ def _quality(tuned, level: str, config: RefinerConfig, sft_config: dict, new_tok
     imitator and the random control."""
     heldout = sft_config.get("heldout_pages")  # None: an SFT set from before the page split
     qset = build_quality_set(
-        downloads_dir(), config.quality_pages if heldout else 0, config.quality_news, config.quality_clean,
-        config.quality_doc_pages if heldout else 0, config.quality_max_chars, heldout or 0.0,
-        sft_config.get("seed", 0))
+        downloads_dir(),
+        config.quality_pages if heldout else 0,
+        config.quality_news,
+        config.quality_clean,
+        config.quality_doc_pages if heldout else 0,
+        config.quality_max_chars,
+        heldout or 0.0,
+        sft_config.get("seed", 0),
+    )
     writers = {
         "refiner": model_writers(tuned, new_tokens),
         "perfect-imitator": imitator_writers(),
-        "random-control": random_writers(noise_rate(qset.pages),
-                                         sum(not k for _, _, k in qset.docs) / max(len(qset.docs), 1), config.seed),
+        "random-control": random_writers(
+            noise_rate(qset.pages),
+            sum(not k for _, _, k in qset.docs) / max(len(qset.docs), 1),
+            config.seed,
+        ),
     }
     if level == "doc":
         limit = sft_config.get("doc_max_tokens", 384)
-        return {m: doc_stage_quality(w[0], qset, lambda t: tuned.truncate(t, limit)) for m, w in writers.items()}
+        return {
+            m: doc_stage_quality(w[0], qset, lambda t: tuned.truncate(t, limit))
+            for m, w in writers.items()
+        }
     count = hf_token_counter(tuned.tokenizer)
     window = sft_config.get("window_tokens", 384)
     return {m: chunk_stage_quality(w[1], qset, count, window) for m, w in writers.items()}
@@ -141,12 +160,25 @@ def _quality(tuned, level: str, config: RefinerConfig, sft_config: dict, new_tok
 
 # The figures issue readers look for first, per level: (dataset, metric).
 HEADLINES = {
-    "doc": [("doc-labelled", "macro_f1"), ("docs-pydocs-index", "docs_dropped"), ("docs-austen", "docs_dropped"),
-            ("docs-math", "docs_dropped"), ("docs-news", "docs_dropped"), ("docs-pydocs-content", "docs_dropped")],
-    "chunk": [("pydocs-heldout", "line_f1"), ("pydocs-heldout", "gold_text_kept"), ("pydocs-heldout", "noise_removed"),
-              ("news-heldout", "gold_text_kept"), ("news-heldout", "noise_removed"),
-              ("clean-austen", "tokens_kept"), ("clean-math", "tokens_kept"),
-              ("clean-austen", "docs_dropped"), ("clean-math", "docs_dropped")],
+    "doc": [
+        ("doc-labelled", "macro_f1"),
+        ("docs-pydocs-index", "docs_dropped"),
+        ("docs-austen", "docs_dropped"),
+        ("docs-math", "docs_dropped"),
+        ("docs-news", "docs_dropped"),
+        ("docs-pydocs-content", "docs_dropped"),
+    ],
+    "chunk": [
+        ("pydocs-heldout", "line_f1"),
+        ("pydocs-heldout", "gold_text_kept"),
+        ("pydocs-heldout", "noise_removed"),
+        ("news-heldout", "gold_text_kept"),
+        ("news-heldout", "noise_removed"),
+        ("clean-austen", "tokens_kept"),
+        ("clean-math", "tokens_kept"),
+        ("clean-austen", "docs_dropped"),
+        ("clean-math", "docs_dropped"),
+    ],
 }
 
 
@@ -160,10 +192,13 @@ HEADLINES = {
     # one level per run: its asset checks report once per step (and a level's work dwarfs a load)
     backfill_policy=ONE_PARTITION_PER_RUN,
     code_version="refiner-v2",
-    check_specs=[dg.AssetCheckSpec(
-        "beats_base_model", asset="refiner",
-        description="The fine-tuned refiner scores higher on held-out F1 than the base model prompted few-shot.",
-    )],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "beats_base_model",
+            asset="refiner",
+            description="The fine-tuned refiner scores higher on held-out F1 than the base model prompted few-shot.",
+        )
+    ],
     description=(
         "A refiner for one ProX level, fine-tuned (LoRA by default) on sft_programs[level] with the "
         "loss on program tokens only. Checkpoint in save_pretrained layout under "
@@ -173,8 +208,12 @@ HEADLINES = {
     ),
 )
 def refiner(
-    context: dg.AssetExecutionContext, config: RefinerConfig, store: ObjectStore, catalog: Catalog,
-    engine: ModelEngine, device: DeviceSettings,
+    context: dg.AssetExecutionContext,
+    config: RefinerConfig,
+    store: ObjectStore,
+    catalog: Catalog,
+    engine: ModelEngine,
+    device: DeviceSettings,
 ) -> dg.MaterializeResult:
     level = context.partition_key
     sft_version = consumed_sft_version(context.instance, level)
@@ -187,28 +226,57 @@ def refiner(
     base_path = resolve_model(config.base_model)
 
     def train_it(folder, progress):
-        context.log.info(f"training {level} refiner {version} on {train.height} examples (SFT {sft_version})")
+        context.log.info(
+            f"training {level} refiner {version} on {train.height} examples (SFT {sft_version})"
+        )
         examples = [(load_chat(m), t) for m, t in zip(train["messages"], train["target"])]
         model, tokenizer = engine.load_model(device, config.base_model, train=True)
-        report = train_refiner(model, tokenizer, examples, train_config, folder, progress=progress).to_dict()
+        report = train_refiner(
+            model, tokenizer, examples, train_config, folder, progress=progress
+        ).to_dict()
         return {**report, "max_new_tokens": generation_budget(report["target_tokens_p99"])}
 
-    report, reused = train_into_store(store, prefix, {
-        "level": level, "version": version, "base_model": config.base_model, "sft_version": sft_version,
-        "train_config": train_config.to_dict()}, train_it, context.log.info)
+    report, reused = train_into_store(
+        store,
+        prefix,
+        {
+            "level": level,
+            "version": version,
+            "base_model": config.base_model,
+            "sft_version": sft_version,
+            "train_config": train_config.to_dict(),
+        },
+        train_it,
+        context.log.info,
+    )
     if reused:
         context.log.info(f"refiner {level}/{version} already trained: reusing it")
-    catalog.replace_rows("refiner_versions", {"level": level, "version": version}, pl.DataFrame([{
-        "level": level, "version": version, "base_model": config.base_model, "sft_version": sft_version,
-        "train_config": json.dumps(train_config.to_dict()), "train_report": json.dumps(report),
-        "path": store.uri(prefix), **tags,
-    }]))
+    catalog.replace_rows(
+        "refiner_versions",
+        {"level": level, "version": version},
+        pl.DataFrame(
+            [
+                {
+                    "level": level,
+                    "version": version,
+                    "base_model": config.base_model,
+                    "sft_version": sft_version,
+                    "train_config": json.dumps(train_config.to_dict()),
+                    "train_report": json.dumps(report),
+                    "path": store.uri(prefix),
+                    **tags,
+                }
+            ]
+        ),
+    )
 
     # --- evaluation: the refiner and the few-shot base model on the same held-out examples
     local = engine.local()
     tuned = local.load(device, model=str(fetch_model(store, prefix)))
     base = local.load(device, model=str(base_path))
-    val_sample = val.sample(n=min(config.eval_examples, val.height), seed=config.seed) if val.height else val
+    val_sample = (
+        val.sample(n=min(config.eval_examples, val.height), seed=config.seed) if val.height else val
+    )
     shots = _shots(train, level, config.few_shot, config.seed)
     context.log.info(f"evaluating on {val_sample.height} held-out examples")
     program_tokens = config.max_new_tokens or report.get("max_new_tokens", 160)
@@ -219,25 +287,61 @@ def refiner(
     }
     quality = {}
     if config.quality_pages or config.quality_clean:
-        sft_config = json.loads(catalog.query(
-            "SELECT config FROM sft_sets WHERE level = ? AND sft_version = ?", [level, sft_version])["config"][0])
-        context.log.info(f"evaluating {level} on held-out real data: refiner, perfect imitator, random control")
+        sft_config = json.loads(
+            catalog.query(
+                "SELECT config FROM sft_sets WHERE level = ? AND sft_version = ?",
+                [level, sft_version],
+            )["config"][0]
+        )
+        context.log.info(
+            f"evaluating {level} on held-out real data: refiner, perfect imitator, random control"
+        )
         quality = _quality(tuned, level, config, sft_config, new_tokens)
 
     eval_rows = [
-        {"level": level, "version": version, "model": model, "dataset": "sft-val", "metric": k, "value": float(v), **tags}
-        for model, values in metrics.items() for k, v in values.items()
+        {
+            "level": level,
+            "version": version,
+            "model": model,
+            "dataset": "sft-val",
+            "metric": k,
+            "value": float(v),
+            **tags,
+        }
+        for model, values in metrics.items()
+        for k, v in values.items()
     ] + [
-        {"level": level, "version": version, "model": model, "dataset": dataset, "metric": k, "value": float(v), **tags}
-        for model, datasets in quality.items() for dataset, values in datasets.items() for k, v in values.items()
+        {
+            "level": level,
+            "version": version,
+            "model": model,
+            "dataset": dataset,
+            "metric": k,
+            "value": float(v),
+            **tags,
+        }
+        for model, datasets in quality.items()
+        for dataset, values in datasets.items()
+        for k, v in values.items()
     ]
-    catalog.replace_rows("refiner_evals", {"level": level, "version": version}, pl.DataFrame(eval_rows))
+    catalog.replace_rows(
+        "refiner_evals", {"level": level, "version": version}, pl.DataFrame(eval_rows)
+    )
     pair = _register_pair(context, catalog, level, version)
 
     headline, anchor = PAPER_ANCHORS[level]
     keys = sorted(set(metrics["refiner"]) | set(metrics["base-few-shot"]))
-    table = md_table(["metric", "refiner", "base model, few-shot"],
-                     [(k, round(metrics["refiner"].get(k, 0), 3), round(metrics["base-few-shot"].get(k, 0), 3)) for k in keys])
+    table = md_table(
+        ["metric", "refiner", "base model, few-shot"],
+        [
+            (
+                k,
+                round(metrics["refiner"].get(k, 0), 3),
+                round(metrics["base-few-shot"].get(k, 0), 3),
+            )
+            for k in keys
+        ],
+    )
     losses = report.get("losses", [])
     beats = metrics["refiner"][headline] > metrics["base-few-shot"][headline]
     return dg.MaterializeResult(
@@ -261,25 +365,41 @@ def refiner(
             "program_tokens_p99": report.get("target_tokens_p99", 0),
             **_quality_metadata(level, quality),
         },
-        check_results=[dg.AssetCheckResult(
-            check_name="beats_base_model", passed=beats, severity=dg.AssetCheckSeverity.WARN,
-            metadata={"refiner": round(metrics["refiner"][headline], 3),
-                      "base_few_shot": round(metrics["base-few-shot"][headline], 3)},
-        )],
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="beats_base_model",
+                passed=beats,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={
+                    "refiner": round(metrics["refiner"][headline], 3),
+                    "base_few_shot": round(metrics["base-few-shot"][headline], 3),
+                },
+            )
+        ],
     )
 
 
 def _quality_metadata(level: str, quality: dict) -> dict:
     if not quality:
         return {}
-    rows = [(f"{d} {m}", *(round(quality[model].get(d, {}).get(m, float("nan")), 3) for model in MODELS))
-            for d, m in HEADLINES[level]]
-    headline = {f"heldout_{d}_{m}".replace("-", "_"): round(quality["refiner"][d][m], 3)
-                for d, m in HEADLINES[level] if m in quality["refiner"].get(d, {})}
+    rows = [
+        (
+            f"{d} {m}",
+            *(round(quality[model].get(d, {}).get(m, float("nan")), 3) for model in MODELS),
+        )
+        for d, m in HEADLINES[level]
+    ]
+    headline = {
+        f"heldout_{d}_{m}".replace("-", "_"): round(quality["refiner"][d][m], 3)
+        for d, m in HEADLINES[level]
+        if m in quality["refiner"].get(d, {})
+    }
     return {"heldout_quality": md_table(["dataset metric", *MODELS], rows), **headline}
 
 
-def _register_pair(context: dg.AssetExecutionContext, catalog: Catalog, level: str, version: str) -> str | None:
+def _register_pair(
+    context: dg.AssetExecutionContext, catalog: Catalog, level: str, version: str
+) -> str | None:
     """This refiner and the other level's (its latest materialization in the event log) as one
     refiner_version partition key, once both exist; a new pair becomes the newest key."""
     other = "chunk" if level == "doc" else "doc"
@@ -290,8 +410,18 @@ def _register_pair(context: dg.AssetExecutionContext, catalog: Catalog, level: s
     key = refiner_pair_key(versions["doc"], versions["chunk"])
     if not context.instance.has_dynamic_partition(refiner_version_partitions.name, key):
         context.instance.add_dynamic_partitions(refiner_version_partitions.name, [key])
-    catalog.replace_rows("refiner_pairs", {"refiner_version": key}, pl.DataFrame([{
-        "refiner_version": key, "doc_version": versions["doc"], "chunk_version": versions["chunk"],
-        "run_id": context.run.run_id,
-    }]))
+    catalog.replace_rows(
+        "refiner_pairs",
+        {"refiner_version": key},
+        pl.DataFrame(
+            [
+                {
+                    "refiner_version": key,
+                    "doc_version": versions["doc"],
+                    "chunk_version": versions["chunk"],
+                    "run_id": context.run.run_id,
+                }
+            ]
+        ),
+    )
     return key

@@ -37,7 +37,13 @@ def scores_key(shard: str) -> str:
 def _score_table(frame: pl.DataFrame) -> dg.MetadataValue:
     rows = []
     for value in range(6):
-        rows.append((value, int((frame["edu_score"] == value).sum()), int((frame["format_score"] == value).sum())))
+        rows.append(
+            (
+                value,
+                int((frame["edu_score"] == value).sum()),
+                int((frame["format_score"] == value).sum()),
+            )
+        )
     return md_table(["score", "educational value", "format quality"], rows)
 
 
@@ -57,31 +63,48 @@ def _score_table(frame: pl.DataFrame) -> dg.MetadataValue:
     ),
 )
 def seed_scores(
-    context: dg.AssetExecutionContext, config: SeedScoresConfig, store: ObjectStore,
-    catalog: Catalog, engine: ModelEngine, device: DeviceSettings,
+    context: dg.AssetExecutionContext,
+    config: SeedScoresConfig,
+    store: ObjectStore,
+    catalog: Catalog,
+    engine: ModelEngine,
+    device: DeviceSettings,
 ) -> dg.MaterializeResult:
     # A run may hold many shards (a backfill range, MODEL_BACKFILL_POLICY): one model load for all.
     backend = engine.load(device, log=context.log.info)
-    return materialize_each(context, lambda shard: score_shard(context, config, store, catalog, backend, shard))
+    return materialize_each(
+        context, lambda shard: score_shard(context, config, store, catalog, backend, shard)
+    )
 
 
-def score_shard(context: dg.AssetExecutionContext, config: SeedScoresConfig, store: ObjectStore,
-                catalog: Catalog, backend, shard: str) -> dict:
+def score_shard(
+    context: dg.AssetExecutionContext,
+    config: SeedScoresConfig,
+    store: ObjectStore,
+    catalog: Catalog,
+    backend,
+    shard: str,
+) -> dict:
     """One partition of seed_scores: its file, its catalog rows; returns its metadata."""
     raw = store.read_parquet(raw_key(catalog, shard)).select("doc_id", "text")
     chosen = set(seed_sample(raw["doc_id"].to_list(), config.seeds_per_shard, config.seed))
     seeds = raw.filter(pl.col("doc_id").is_in(chosen)).sort("doc_id")
     shown = [backend.truncate(t, config.max_doc_tokens) for t in seeds["text"]]
-    context.log.info(f"{shard}: scoring {seeds.height} seed documents with {backend.model_id} ({backend.name})")
+    context.log.info(
+        f"{shard}: scoring {seeds.height} seed documents with {backend.model_id} ({backend.name})"
+    )
 
     started = time.monotonic()
     usage_before = Counter(getattr(backend, "usage", {}))
     results = {}
     for rubric in ("edu", "format"):
+
         def progress(done, total, rubric=rubric):
             context.log.info(f"{rubric} rubric: {done}/{total} documents")
-        results[rubric] = score_documents(backend, shown, rubric, config.with_critique,
-                                          config.critique_tokens, progress=progress)
+
+        results[rubric] = score_documents(
+            backend, shown, rubric, config.with_critique, config.critique_tokens, progress=progress
+        )
     took = time.monotonic() - started
     usage = Counter(getattr(backend, "usage", {}))
     usage.subtract(usage_before)
@@ -89,20 +112,40 @@ def score_shard(context: dg.AssetExecutionContext, config: SeedScoresConfig, sto
     rows = []
     for i, doc_id in enumerate(seeds["doc_id"]):
         edu, fmt = results["edu"][i], results["format"][i]
-        rows.append({
-            "doc_id": doc_id, "shard": shard,
-            "edu_score": edu.score, "edu_expected": edu.expected, "edu_probs": list(edu.probs),
-            "edu_mass": edu.mass, "edu_method": edu.method, "edu_critique": edu.critique,
-            "format_score": fmt.score, "format_expected": fmt.expected, "format_probs": list(fmt.probs),
-            "format_mass": fmt.mass, "format_method": fmt.method, "format_critique": fmt.critique,
-            "keep": prox_keep(edu.score, fmt.score), "model": backend.model_id, "backend": backend.name,
-            "prompt_version": SCORE_PROMPT_VERSION,
-        })
-    frame = pl.DataFrame(rows, schema_overrides={"edu_critique": pl.String, "format_critique": pl.String})
+        rows.append(
+            {
+                "doc_id": doc_id,
+                "shard": shard,
+                "edu_score": edu.score,
+                "edu_expected": edu.expected,
+                "edu_probs": list(edu.probs),
+                "edu_mass": edu.mass,
+                "edu_method": edu.method,
+                "edu_critique": edu.critique,
+                "format_score": fmt.score,
+                "format_expected": fmt.expected,
+                "format_probs": list(fmt.probs),
+                "format_mass": fmt.mass,
+                "format_method": fmt.method,
+                "format_critique": fmt.critique,
+                "keep": prox_keep(edu.score, fmt.score),
+                "model": backend.model_id,
+                "backend": backend.name,
+                "prompt_version": SCORE_PROMPT_VERSION,
+            }
+        )
+    frame = pl.DataFrame(
+        rows, schema_overrides={"edu_critique": pl.String, "format_critique": pl.String}
+    )
     uri = store.write_parquet(scores_key(shard), frame)
     catalog.replace_rows(
-        "seed_scores", {"shard": shard},
-        with_lineage(frame.drop("edu_probs", "format_probs", "edu_mass", "format_mass"), context, partition_key=shard),
+        "seed_scores",
+        {"shard": shard},
+        with_lineage(
+            frame.drop("edu_probs", "format_probs", "edu_mass", "format_mass"),
+            context,
+            partition_key=shard,
+        ),
     )
     methods = Counter(frame["edu_method"].to_list() + frame["format_method"].to_list())
     return {
@@ -114,7 +157,9 @@ def score_shard(context: dg.AssetExecutionContext, config: SeedScoresConfig, sto
         "score_histogram": _score_table(frame),
         "mean_edu_expected": round(float(frame["edu_expected"].mean()), 3),
         "mean_format_expected": round(float(frame["format_expected"].mean()), 3),
-        "mean_digit_probability_mass": round(float((frame["edu_mass"].mean() + frame["format_mass"].mean()) / 2), 3),
+        "mean_digit_probability_mass": round(
+            float((frame["edu_mass"].mean() + frame["format_mass"].mean()) / 2), 3
+        ),
         "score_methods": dict(methods),
         "keep_ratio": round(float(frame["keep"].mean()), 3),
         "documents_per_second": round(frame.height / took, 3),

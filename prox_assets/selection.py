@@ -74,26 +74,37 @@ def pool_frame(store: ObjectStore, catalog: Catalog, spec: str) -> pl.DataFrame:
     documents of the shard files ``refined_pool[<version>]`` recorded, refined text)."""
     if spec.startswith("refined:"):
         pool = read_refined_pool(store, spec.split(":", 1)[1])
-        frame = pl.concat([store.read_parquet(k).filter(pl.col("kept")).select("doc_id", "text")
-                           for k in pool.shards.values()])
+        frame = pl.concat(
+            [
+                store.read_parquet(k).filter(pl.col("kept")).select("doc_id", "text")
+                for k in pool.shards.values()
+            ]
+        )
     else:
-        frame = pl.concat([store.read_parquet(k).select("doc_id", "text") for k in raw_paths(catalog).values()])
+        frame = pl.concat(
+            [store.read_parquet(k).select("doc_id", "text") for k in raw_paths(catalog).values()]
+        )
     return frame.unique("doc_id", keep="first").sort("doc_id")
 
 
-def load_pool(store: ObjectStore, catalog: Catalog, config: InfluenceAssetConfig,
-              refiner_version: str | None) -> tuple[pl.DataFrame, str]:
+def load_pool(
+    store: ObjectStore, catalog: Catalog, config: InfluenceAssetConfig, refiner_version: str | None
+) -> tuple[pl.DataFrame, str]:
     """The pool and its spec; ``refiner_version``: the version this step consumes (its config's,
     else the refined_pool partition its dependency maps to)."""
     if config.pool == "refined":
         if not refiner_version:
-            raise dg.Failure("no refined corpus yet: materialize refined_corpus and refined_pool, or set pool: raw")
+            raise dg.Failure(
+                "no refined corpus yet: materialize refined_corpus and refined_pool, or set pool: raw"
+            )
         spec = f"refined:{refiner_version}"
     else:
         spec = "raw"
     frame = pool_frame(store, catalog, spec)
     if frame.height < 2:
-        raise dg.Failure(f"the {spec} pool holds {frame.height} document(s): refine more shards or set pool: raw")
+        raise dg.Failure(
+            f"the {spec} pool holds {frame.height} document(s): refine more shards or set pool: raw"
+        )
     if config.pool_size and config.pool_size < frame.height:
         chosen = set(seed_sample(frame["doc_id"].to_list(), config.pool_size, config.seed))
         frame = frame.filter(pl.col("doc_id").is_in(chosen))
@@ -108,8 +119,10 @@ def pool_refiner_version(spec: str) -> str | None:
     partitions_def=target_partitions,
     # the refined pool it reads: the newest refiner version's (one partition, so a backfill of a new
     # version marks every target stale); a config refiner_version names another, recorded as metadata
-    deps=[dg.AssetDep(refined_pool, partition_mapping=dg.LastPartitionMapping()),
-          dg.AssetDep(raw_corpus, partition_mapping=dg.AllPartitionMapping())],
+    deps=[
+        dg.AssetDep(refined_pool, partition_mapping=dg.LastPartitionMapping()),
+        dg.AssetDep(raw_corpus, partition_mapping=dg.AllPartitionMapping()),
+    ],
     group_name="selection",
     kinds={"pytorch", "parquet"},
     owners=["team:data-platform"],
@@ -124,76 +137,145 @@ def pool_refiner_version(spec: str) -> str | None:
         "score (mean and per target example), landmark flag, exact score where computed."
     ),
 )
-def landmark_influence(context: dg.AssetExecutionContext, config: InfluenceAssetConfig, store: ObjectStore,
-                       catalog: Catalog, engine: ModelEngine, device: DeviceSettings) -> dg.MaterializeResult:
+def landmark_influence(
+    context: dg.AssetExecutionContext,
+    config: InfluenceAssetConfig,
+    store: ObjectStore,
+    catalog: Catalog,
+    engine: ModelEngine,
+    device: DeviceSettings,
+) -> dg.MaterializeResult:
     # A run may hold many targets (MODEL_BACKFILL_POLICY): the pool and the model are read once;
     # each target warms up its own copy, as the warm-up changes the weights in place.
-    pool, spec = load_pool(store, catalog, config, consumed_refiner_version(context, config.refiner_version))
+    pool, spec = load_pool(
+        store, catalog, config, consumed_refiner_version(context, config.refiner_version)
+    )
     dev = device.resolve_device()
     started = time.monotonic()
     model, tokenizer = engine.load_model(device, config.model)  # on the device resource's device
-    context.log.info(f"loaded model {config.model} (device {dev}) in {time.monotonic() - started:.1f}s")
+    context.log.info(
+        f"loaded model {config.model} (device {dev}) in {time.monotonic() - started:.1f}s"
+    )
     several = len(context.partition_keys) > 1
-    return materialize_each(context, lambda target: target_influence(
-        context, config, store, catalog, copy.deepcopy(model) if several else model, tokenizer, pool, spec, dev,
-        target))
+    return materialize_each(
+        context,
+        lambda target: target_influence(
+            context,
+            config,
+            store,
+            catalog,
+            copy.deepcopy(model) if several else model,
+            tokenizer,
+            pool,
+            spec,
+            dev,
+            target,
+        ),
+    )
 
 
-def target_influence(context: dg.AssetExecutionContext, config: InfluenceAssetConfig, store: ObjectStore,
-                     catalog: Catalog, model, tokenizer, pool: pl.DataFrame, spec: str, dev: str,
-                     target: str) -> PartitionOutcome:
+def target_influence(
+    context: dg.AssetExecutionContext,
+    config: InfluenceAssetConfig,
+    store: ObjectStore,
+    catalog: Catalog,
+    model,
+    tokenizer,
+    pool: pl.DataFrame,
+    spec: str,
+    dev: str,
+    target: str,
+) -> PartitionOutcome:
     """One partition of landmark_influence: its files, its catalog rows; returns its metadata and
     its data version (the influence version)."""
     examples = store.read_parquet(f"{target_prefix(target)}/target.parquet")
     icfg = config.influence()
-    context.log.info(f"{target}: pool {spec} with {pool.height} documents, {examples.height} target examples, "
-                     f"model on {dev}")
+    context.log.info(
+        f"{target}: pool {spec} with {pool.height} documents, {examples.height} target examples, "
+        f"model on {dev}"
+    )
     texts, doc_ids = pool["text"].to_list(), pool["doc_id"].to_list()
-    result = compute_influence(model, tokenizer, texts, examples["prompt"].to_list(), examples["answer"].to_list(),
-                               icfg, log=context.log.info)
+    result = compute_influence(
+        model,
+        tokenizer,
+        texts,
+        examples["prompt"].to_list(),
+        examples["answer"].to_list(),
+        icfg,
+        log=context.log.info,
+    )
 
     scores = result.scores
     exact = {i: float(v) for i, v in zip(result.landmarks, result.exact_landmarks.mean(1))}
     exact |= {i: float(v) for i, v in zip(result.holdout, result.exact_holdout.mean(1))}
     landmarks = set(result.landmarks)
-    frame = pl.DataFrame({
-        "doc_id": doc_ids,
-        "score": scores.mean(1).tolist(),
-        "scores_per_example": scores.tolist(),
-        "is_landmark": [i in landmarks for i in range(len(doc_ids))],
-        "exact_score": [exact.get(i) for i in range(len(doc_ids))],
-    }, schema_overrides={"exact_score": pl.Float64})
+    frame = pl.DataFrame(
+        {
+            "doc_id": doc_ids,
+            "score": scores.mean(1).tolist(),
+            "scores_per_example": scores.tolist(),
+            "is_landmark": [i in landmarks for i in range(len(doc_ids))],
+            "exact_score": [exact.get(i) for i in range(len(doc_ids))],
+        },
+        schema_overrides={"exact_score": pl.Float64},
+    )
     # the device and whether bf16 autocast ran change the numbers a little: part of the version
     bf16 = uses_bf16(dev, icfg.dtype)
-    version = hashlib.sha256(json.dumps([target, spec, sorted(doc_ids), config.model_dump(), dev, bf16],
-                                        sort_keys=True).encode()).hexdigest()[:12]
+    version = hashlib.sha256(
+        json.dumps(
+            [target, spec, sorted(doc_ids), config.model_dump(), dev, bf16], sort_keys=True
+        ).encode()
+    ).hexdigest()[:12]
     prefix = f"influence/{target}/{version}"
     uri = store.write_parquet(f"{prefix}/scores.parquet", frame)
     store.write_parquet(f"{prefix}/landmarks.parquet", frame.filter(pl.col("is_landmark")))
-    catalog.replace_rows("influence_scores", {"target": target, "version": version}, with_lineage(
-        frame.select("doc_id", "score", "is_landmark", "exact_score"), context, partition_key=target, target=target,
-        version=version, pool=spec))
+    catalog.replace_rows(
+        "influence_scores",
+        {"target": target, "version": version},
+        with_lineage(
+            frame.select("doc_id", "score", "is_landmark", "exact_score"),
+            context,
+            partition_key=target,
+            target=target,
+            version=version,
+            pool=spec,
+        ),
+    )
 
     timings = result.timings
     n_layers = model.config.num_hidden_layers
-    return PartitionOutcome(data_version=version, metadata={
-        "influence_version": version,
-        "path": dg.MetadataValue.path(uri),
-        "pool": spec,
-        "refiner_version": pool_refiner_version(spec) or "none (raw pool)",
-        "device": dev,
-        "dagster/row_count": frame.height,
-        "landmarks": len(landmarks),
-        "target_examples": examples.height,
-        "score_histogram": histogram(frame["score"].to_list(), log=False),
-        "approximation_on_held_out_non_landmarks": md_table(
-            ["metric", "value"], [(k, round(v, 3)) for k, v in result.accuracy.items()]),
-        "warmup_adam_factor": md_table(["statistic", "value"], [(k, f"{v:.4g}") for k, v in result.adam.items()]),
-        "timings_s": md_table(["phase", "seconds"], [(k, round(v, 1)) for k, v in timings.items()]),
-        "wall_clock_vs_exact": round(timings["exact_method_estimate_s"] / max(timings["landmark_method_s"], 1e-9), 2),
-        "flops_vs_rds_model": round(flops_ratio(n_layers, icfg.jvp_blocks, icfg.jvp_directions, len(landmarks),
-                                                frame.height), 3),
-    })
+    return PartitionOutcome(
+        data_version=version,
+        metadata={
+            "influence_version": version,
+            "path": dg.MetadataValue.path(uri),
+            "pool": spec,
+            "refiner_version": pool_refiner_version(spec) or "none (raw pool)",
+            "device": dev,
+            "dagster/row_count": frame.height,
+            "landmarks": len(landmarks),
+            "target_examples": examples.height,
+            "score_histogram": histogram(frame["score"].to_list(), log=False),
+            "approximation_on_held_out_non_landmarks": md_table(
+                ["metric", "value"], [(k, round(v, 3)) for k, v in result.accuracy.items()]
+            ),
+            "warmup_adam_factor": md_table(
+                ["statistic", "value"], [(k, f"{v:.4g}") for k, v in result.adam.items()]
+            ),
+            "timings_s": md_table(
+                ["phase", "seconds"], [(k, round(v, 1)) for k, v in timings.items()]
+            ),
+            "wall_clock_vs_exact": round(
+                timings["exact_method_estimate_s"] / max(timings["landmark_method_s"], 1e-9), 2
+            ),
+            "flops_vs_rds_model": round(
+                flops_ratio(
+                    n_layers, icfg.jvp_blocks, icfg.jvp_directions, len(landmarks), frame.height
+                ),
+                3,
+            ),
+        },
+    )
 
 
 class SelectionConfig(dg.Config):
@@ -217,45 +299,69 @@ class SelectionConfig(dg.Config):
         "simplex weights. doc_id, weight, rank, budget k."
     ),
 )
-def selected_subset(context: dg.AssetExecutionContext, config: SelectionConfig, store: ObjectStore,
-                    catalog: Catalog) -> dg.MaterializeResult:
+def selected_subset(
+    context: dg.AssetExecutionContext, config: SelectionConfig, store: ObjectStore, catalog: Catalog
+) -> dg.MaterializeResult:
     target = context.partition_key
     # the influence scores landmark_influence[target] last materialized (its data version)
     influence = recorded(context.instance, "landmark_influence", target)
     if influence is None:
-        raise dg.Failure(f"no influence scores for {target}: materialize landmark_influence[{target}]")
+        raise dg.Failure(
+            f"no influence scores for {target}: materialize landmark_influence[{target}]"
+        )
     version, spec = influence.value("influence_version"), influence.value("pool")
     scores = store.read_parquet(f"influence/{target}/{version}/scores.parquet")
-    picked = select_subset(torch.tensor(scores["score"].to_list()),
-                           torch.tensor(scores["scores_per_example"].to_list()),
-                           config.method, config.budget, config.budget_fraction, config.seed)
+    picked = select_subset(
+        torch.tensor(scores["score"].to_list()),
+        torch.tensor(scores["scores_per_example"].to_list()),
+        config.method,
+        config.budget,
+        config.budget_fraction,
+        config.seed,
+    )
     n, k, mean = picked.pool_size, picked.budget, picked.mean
-    frame = pl.DataFrame({
-        "doc_id": [scores["doc_id"][i] for i in picked.chosen],
-        "weight": picked.weights,
-        "rank": list(range(1, len(picked.chosen) + 1)),
-        "budget": [k] * len(picked.chosen),
-        "score": [float(mean[i]) for i in picked.chosen],
-    })
+    frame = pl.DataFrame(
+        {
+            "doc_id": [scores["doc_id"][i] for i in picked.chosen],
+            "weight": picked.weights,
+            "rank": list(range(1, len(picked.chosen) + 1)),
+            "budget": [k] * len(picked.chosen),
+            "score": [float(mean[i]) for i in picked.chosen],
+        }
+    )
     # the selection's data version: the influence version and what was chosen from it
     picked_hash = content_version(config.model_dump_json(), frame.select("doc_id", "weight").rows())
     selection_version = f"{version}-{picked_hash[:6]}"
     uri = store.write_parquet(f"selections/{target}/{version}.parquet", frame)
-    catalog.replace_rows("selections", {"target": target, "version": version}, with_lineage(
-        frame.drop("score"), context, target=target, version=version, method=config.method))
-    return dg.MaterializeResult(data_version=dg.DataVersion(selection_version), metadata={
-        "selection_version": selection_version,
-        "influence_version": version,
-        "pool": spec,
-        "refiner_version": pool_refiner_version(spec) or "none (raw pool)",
-        "path": dg.MetadataValue.path(uri),
-        "dagster/row_count": frame.height,
-        "budget": k,
-        "pool_size": n,
-        "method": config.method,
-        "selected_score_mean": round(float(frame["score"].mean()), 6),
-        "pool_score_mean": round(float(mean.mean()), 6),
-        "top": md_table(["rank", "doc_id", "weight", "score"],
-                        [(r, d, round(w, 3), round(s, 6)) for r, d, w, s in frame.head(8).select(
-                            "rank", "doc_id", "weight", "score").iter_rows()]),
-    })
+    catalog.replace_rows(
+        "selections",
+        {"target": target, "version": version},
+        with_lineage(
+            frame.drop("score"), context, target=target, version=version, method=config.method
+        ),
+    )
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(selection_version),
+        metadata={
+            "selection_version": selection_version,
+            "influence_version": version,
+            "pool": spec,
+            "refiner_version": pool_refiner_version(spec) or "none (raw pool)",
+            "path": dg.MetadataValue.path(uri),
+            "dagster/row_count": frame.height,
+            "budget": k,
+            "pool_size": n,
+            "method": config.method,
+            "selected_score_mean": round(float(frame["score"].mean()), 6),
+            "pool_score_mean": round(float(mean.mean()), 6),
+            "top": md_table(
+                ["rank", "doc_id", "weight", "score"],
+                [
+                    (r, d, round(w, 3), round(s, 6))
+                    for r, d, w, s in frame.head(8)
+                    .select("rank", "doc_id", "weight", "score")
+                    .iter_rows()
+                ],
+            ),
+        },
+    )

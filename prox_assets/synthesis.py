@@ -56,7 +56,9 @@ class SFTConfig(dg.Config):
     chunk_docs_per_shard: int = 12
     annotator: Literal["rules", "llm", "both"] = "rules"  # for pages without gold labels
     max_removal_ratio: float = 0.75  # caps what rule/LLM labels remove; gold labels have no cap
-    eval_only_shards: list[str] = ["news-*"]  # a held-out domain: in no SFT set, only in evaluations
+    eval_only_shards: list[str] = [
+        "news-*"
+    ]  # a held-out domain: in no SFT set, only in evaluations
     heldout_pages: float = 0.3  # gold pages kept out of every SFT set: the evaluation's pages
     clean_sources: list[str] = ["janeaustenr", "math"]  # clean text: keep_chunk() / keep_doc()
     keep_fraction: float = 0.6  # chunk examples without a removal, at most (clean windows included)
@@ -80,7 +82,10 @@ def _eval_only(shard: str, config: SFTConfig) -> bool:
 def _heldout(url: str | None, config: SFTConfig) -> bool:
     """A docs page the evaluation keeps out of every SFT set."""
     rel = pydocs_rel(url)
-    return rel is not None and page_split(f"pydocs:{rel}", config.heldout_pages, config.seed) == "heldout"
+    return (
+        rel is not None
+        and page_split(f"pydocs:{rel}", config.heldout_pages, config.seed) == "heldout"
+    )
 
 
 def _gold_pair(url: str | None, text: str) -> Pair | None:
@@ -98,7 +103,9 @@ def _raw_shards(store: ObjectStore, catalog: Catalog, config: SFTConfig, log):
         yield key, raw
 
 
-def _doc_examples(store: ObjectStore, catalog: Catalog, config: SFTConfig, tokenizer, log) -> tuple[list[SFTExample], dict]:
+def _doc_examples(
+    store: ObjectStore, catalog: Catalog, config: SFTConfig, tokenizer, log
+) -> tuple[list[SFTExample], dict]:
     """Distant labels where a document has them (the docs' layout: index and near-empty pages
     are drops; clean sources are keeps), the seed rubric scores elsewhere."""
     rubric = {}
@@ -125,47 +132,82 @@ def _doc_examples(store: ObjectStore, catalog: Catalog, config: SFTConfig, token
             example = doc_example(doc_id, shard, shown, keep, model)
             example.annotator = annotator
             examples.append(example)
-    report = {"rubric_vs_distant_agreement": round(sum(agree) / len(agree), 3) if agree else None,
-              "rubric_vs_distant_compared": len(agree)}
+    report = {
+        "rubric_vs_distant_agreement": round(sum(agree) / len(agree), 3) if agree else None,
+        "rubric_vs_distant_compared": len(agree),
+    }
     return balance_doc_examples(examples, config.doc_keep_per_drop, config.seed), report
 
 
-def _chunk_examples(store, catalog: Catalog, config: SFTConfig, tokenizer, engine: ModelEngine, device, log) -> list[SFTExample]:
+def _chunk_examples(
+    store, catalog: Catalog, config: SFTConfig, tokenizer, engine: ModelEngine, device, log
+) -> list[SFTExample]:
     count = hf_token_counter(tokenizer)
     backend = engine.load(device) if config.annotator in ("llm", "both") else None
-    heuristic = {"rules": "rules-v2", "llm": f"llm-{ANNOTATOR_PROMPT_VERSION}",
-                 "both": f"rules-v2+llm-{ANNOTATOR_PROMPT_VERSION}"}[config.annotator]
+    heuristic = {
+        "rules": "rules-v2",
+        "llm": f"llm-{ANNOTATOR_PROMPT_VERSION}",
+        "both": f"rules-v2+llm-{ANNOTATOR_PROMPT_VERSION}",
+    }[config.annotator]
     examples = []
     for key, raw in _raw_shards(store, catalog, config, log):
         rules = RuleAnnotator.for_shard(raw["text"])
         eligible = [d for d, u in zip(raw["doc_id"], raw["url"]) if not _heldout(u, config)]
         chosen = set(seed_sample(eligible, config.chunk_docs_per_shard, config.seed + 1))
-        for doc_id, shard, source, url, text in raw.filter(pl.col("doc_id").is_in(chosen)).iter_rows():
+        for doc_id, shard, source, url, text in raw.filter(
+            pl.col("doc_id").is_in(chosen)
+        ).iter_rows():
             windows = chunk_document(text, count, config.window_tokens)
             pair = _gold_pair(url, text)
             if pair is not None:
                 if not pair.keep:  # an index page: the document stage's to drop
                     continue
                 programs = [gold_program(text, pair.labels, w) for w in windows]
-                examples += chunk_examples(doc_id, shard, text, windows, programs, "layout-gold", "none", None)
-                body = chunk_document(pair.gold_text, count, config.window_tokens)  # the clean body alone
+                examples += chunk_examples(
+                    doc_id, shard, text, windows, programs, "layout-gold", "none", None
+                )
+                body = chunk_document(
+                    pair.gold_text, count, config.window_tokens
+                )  # the clean body alone
                 clean = [True] * len(split_lines(pair.gold_text))
-                examples += chunk_examples(f"{doc_id}:body", shard, pair.gold_text, body,
-                                           [gold_program(pair.gold_text, clean, w) for w in body],
-                                           "layout-gold-body", "none", None)
+                examples += chunk_examples(
+                    f"{doc_id}:body",
+                    shard,
+                    pair.gold_text,
+                    body,
+                    [gold_program(pair.gold_text, clean, w) for w in body],
+                    "layout-gold-body",
+                    "none",
+                    None,
+                )
                 continue
             if source in config.clean_sources:
                 clean = [True] * len(split_lines(text))
-                examples += chunk_examples(doc_id, shard, text, windows,
-                                           [gold_program(text, clean, w) for w in windows], "clean-source", "none", None)
+                examples += chunk_examples(
+                    doc_id,
+                    shard,
+                    text,
+                    windows,
+                    [gold_program(text, clean, w) for w in windows],
+                    "clean-source",
+                    "none",
+                    None,
+                )
                 continue
-            programs = [rules.annotate(text, w) for w in windows] if config.annotator != "llm" else []
+            programs = (
+                [rules.annotate(text, w) for w in windows] if config.annotator != "llm" else []
+            )
             if backend is not None:
                 llm = llm_annotate(backend, [w.text for w in windows])
-                programs = llm if config.annotator == "llm" else [merge_programs(p) for p in zip(programs, llm)]
+                programs = (
+                    llm
+                    if config.annotator == "llm"
+                    else [merge_programs(p) for p in zip(programs, llm)]
+                )
             model = backend.model_id if backend is not None else "none"
-            examples += chunk_examples(doc_id, shard, text, windows, programs, heuristic, model,
-                                       config.max_removal_ratio)
+            examples += chunk_examples(
+                doc_id, shard, text, windows, programs, heuristic, model, config.max_removal_ratio
+            )
         log.info(f"{key}: {len(examples)} chunk examples so far")
     return balance_chunk_examples(examples, config.keep_fraction, config.seed)
 
@@ -184,10 +226,16 @@ def _chunk_examples(store, catalog: Catalog, config: SFTConfig, tokenizer, engin
     backfill_policy=ONE_PARTITION_PER_RUN,
     code_version="sft-v2",
     check_specs=[
-        dg.AssetCheckSpec("targets_parse", asset="sft_programs",
-                          description="Every accepted target program parses cleanly at its level."),
-        dg.AssetCheckSpec("label_balance", asset="sft_programs",
-                          description="Both labels occur; a one-class set fails."),
+        dg.AssetCheckSpec(
+            "targets_parse",
+            asset="sft_programs",
+            description="Every accepted target program parses cleanly at its level.",
+        ),
+        dg.AssetCheckSpec(
+            "label_balance",
+            asset="sft_programs",
+            description="Both labels occur; a one-class set fails.",
+        ),
     ],
     description=(
         "The synthetic function-call SFT set of one refiner level, as chat examples in exactly "
@@ -197,8 +245,12 @@ def _chunk_examples(store, catalog: Catalog, config: SFTConfig, tokenizer, engin
     ),
 )
 def sft_programs(
-    context: dg.AssetExecutionContext, config: SFTConfig, store: ObjectStore, catalog: Catalog,
-    engine: ModelEngine, device: DeviceSettings,
+    context: dg.AssetExecutionContext,
+    config: SFTConfig,
+    store: ObjectStore,
+    catalog: Catalog,
+    engine: ModelEngine,
+    device: DeviceSettings,
 ) -> dg.MaterializeResult:
     level = context.partition_key
     tokenizer = _tokenizer(config.refiner_base_model)
@@ -208,12 +260,16 @@ def sft_programs(
     else:
         examples = _chunk_examples(store, catalog, config, tokenizer, engine, device, context.log)
     if not examples:
-        raise dg.Failure(f"no {level} examples: materialize {'seed_scores' if level == 'doc' else 'raw_corpus'} first")
+        raise dg.Failure(
+            f"no {level} examples: materialize {'seed_scores' if level == 'doc' else 'raw_corpus'} first"
+        )
 
     assign_splits(examples, config.val_fraction, config.seed)
     version = sft_version(level, config.model_dump(), examples)
     finalize(examples, version)
-    frame = pl.DataFrame([e.to_dict() for e in examples], schema_overrides={"reject_reason": pl.String})
+    frame = pl.DataFrame(
+        [e.to_dict() for e in examples], schema_overrides={"reject_reason": pl.String}
+    )
     accepted = frame.filter(pl.col("status") == "accepted")
     prefix = sft_prefix(level, version)
     for split in ("train", "val"):
@@ -224,14 +280,33 @@ def sft_programs(
     n_train = int((accepted["split"] == "train").sum())
     n_val = accepted.height - n_train
     n_rejected = frame.height - accepted.height
-    catalog.replace_many([
-        ("sft_examples", {"level": level, "sft_version": version},
-         with_lineage(frame.drop("messages"), context, sft_version=version)),
-        ("sft_sets", {"level": level, "sft_version": version}, pl.DataFrame([{
-            "level": level, "sft_version": version, "path": store.uri(prefix), "n_train": n_train,
-            "n_val": n_val, "n_rejected": n_rejected, "config": json.dumps(config.model_dump()), **tags,
-        }])),
-    ])
+    catalog.replace_many(
+        [
+            (
+                "sft_examples",
+                {"level": level, "sft_version": version},
+                with_lineage(frame.drop("messages"), context, sft_version=version),
+            ),
+            (
+                "sft_sets",
+                {"level": level, "sft_version": version},
+                pl.DataFrame(
+                    [
+                        {
+                            "level": level,
+                            "sft_version": version,
+                            "path": store.uri(prefix),
+                            "n_train": n_train,
+                            "n_val": n_val,
+                            "n_rejected": n_rejected,
+                            "config": json.dumps(config.model_dump()),
+                            **tags,
+                        }
+                    ]
+                ),
+            ),
+        ]
+    )
 
     labels = Counter(accepted["label"].to_list())
     bad = unparsable_targets(examples)
@@ -247,18 +322,33 @@ def sft_programs(
             "n_val": n_val,
             "n_rejected": n_rejected,
             "labels": counts_table(labels, "label"),
-            "reject_reasons": counts_table(Counter(frame["reject_reason"].drop_nulls().to_list()), "reason"),
+            "reject_reasons": counts_table(
+                Counter(frame["reject_reason"].drop_nulls().to_list()), "reason"
+            ),
             "annotators": counts_table(Counter(frame["annotator"].to_list()), "annotator"),
-            "labels_by_annotator": md_table(["annotator", "label", "n"], [
-                (a, lab, n) for (a, lab), n in sorted(Counter(accepted.select("annotator", "label").rows()).items())]),
+            "labels_by_annotator": md_table(
+                ["annotator", "label", "n"],
+                [
+                    (a, lab, n)
+                    for (a, lab), n in sorted(
+                        Counter(accepted.select("annotator", "label").rows()).items()
+                    )
+                ],
+            ),
             **{k: v for k, v in label_report.items() if v is not None},
             "preview": md_table(["doc_id", "label", "target"], preview),
         },
         check_results=[
-            dg.AssetCheckResult(check_name="targets_parse", passed=not bad,
-                                metadata={"unparsable": len(bad)}),
-            dg.AssetCheckResult(check_name="label_balance", passed=minority > 0,
-                                metadata={**{f"n_{k}": v for k, v in labels.items()},
-                                          "minority_fraction": round(minority / max(accepted.height, 1), 3)}),
+            dg.AssetCheckResult(
+                check_name="targets_parse", passed=not bad, metadata={"unparsable": len(bad)}
+            ),
+            dg.AssetCheckResult(
+                check_name="label_balance",
+                passed=minority > 0,
+                metadata={
+                    **{f"n_{k}": v for k, v in labels.items()},
+                    "minority_fraction": round(minority / max(accepted.height, 1), 3),
+                },
+            ),
         ],
     )

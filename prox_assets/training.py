@@ -26,10 +26,10 @@ from prox_assets.core.samples import heldout_prose
 from prox_assets.core.training import checkpoint_version, train_lm
 from prox_assets.core.variants import SELECTION_VARIANTS, refinement_documents, selection_documents
 from prox_assets.ingest import raw_corpus, raw_paths
+from prox_assets.lineage import consumed_refiner_version, content_version, recorded
 from prox_assets.metadata import lineage, md_table
 from prox_assets.partition_runs import MODEL_BACKFILL_POLICY, PartitionOutcome, materialize_each
 from prox_assets.partitions import VARIANTS, checkpoint_partitions, target_partitions
-from prox_assets.lineage import consumed_refiner_version, content_version, recorded
 from prox_assets.refine import read_refined_pool, refined_pool
 from prox_assets.selection import pool_frame, pool_refiner_version, selected_subset, target_prefix
 from prox_resources.catalog import Catalog
@@ -53,17 +53,28 @@ class CheckpointConfig(dg.Config):
     method: Literal["lora", "full"] = "lora"
     lora_r: int = 8
     lora_layers: int = 4  # adapters on the top N blocks; 0 = every block
-    refiner_version: str = ""  # raw / refined / rule_filtered: "" = the newest (refined_pool's last partition)
+    refiner_version: str = (
+        ""  # raw / refined / rule_filtered: "" = the newest (refined_pool's last partition)
+    )
     eval_examples: int = 40  # held-out target examples evaluated (0 = all)
     prose_passages: int = 16
     prose_tokens: int = 256
     max_new_tokens: int = 96  # GSM8K / SQuAD completions
 
     def train_config(self, seed: int) -> TrainConfig:
-        return TrainConfig(method=self.method, lora_r=self.lora_r, lora_alpha=2 * self.lora_r,
-                           lora_layers=self.lora_layers or None, max_steps=self.max_steps,
-                           batch_size=self.batch_size, lr=self.lr, min_lr=self.lr / 10,
-                           warmup_steps=min(2, self.max_steps), max_seq_len=self.seq_len, seed=seed)
+        return TrainConfig(
+            method=self.method,
+            lora_r=self.lora_r,
+            lora_alpha=2 * self.lora_r,
+            lora_layers=self.lora_layers or None,
+            max_steps=self.max_steps,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            min_lr=self.lr / 10,
+            warmup_steps=min(2, self.max_steps),
+            max_seq_len=self.seq_len,
+            seed=seed,
+        )
 
 
 def checkpoint_prefix(target: str, variant: str, version: str) -> str:
@@ -88,7 +99,9 @@ class CheckpointLineage:
     influence_version: str | None = None
 
     @classmethod
-    def of_pool(cls, store: ObjectStore, refiner_version: str | None, **selection) -> "CheckpointLineage":
+    def of_pool(
+        cls, store: ObjectStore, refiner_version: str | None, **selection
+    ) -> "CheckpointLineage":
         if refiner_version is None:
             return cls(**selection)
         pool = read_refined_pool(store, refiner_version)
@@ -119,7 +132,9 @@ class SelectionInput:
     lineage: CheckpointLineage
 
 
-def _selection(store: ObjectStore, catalog: Catalog, instance: dg.DagsterInstance, target: str) -> SelectionInput:
+def _selection(
+    store: ObjectStore, catalog: Catalog, instance: dg.DagsterInstance, target: str
+) -> SelectionInput:
     """The selection of selected_subset[target]'s latest materialization (its data version)."""
     found = recorded(instance, "selected_subset", target)
     if found is None:
@@ -128,37 +143,62 @@ def _selection(store: ObjectStore, catalog: Catalog, instance: dg.DagsterInstanc
     chosen = store.read_parquet(f"selections/{target}/{version}.parquet").select("doc_id", "weight")
     pool_ids = store.read_parquet(f"influence/{target}/{version}/scores.parquet").select("doc_id")
     pool = pool_frame(store, catalog, pool_spec).join(pool_ids, on="doc_id", how="semi")
-    lineage = CheckpointLineage.of_pool(store, pool_refiner_version(pool_spec),
-                                        selection_version=found.value("selection_version"),
-                                        influence_version=version)
+    lineage = CheckpointLineage.of_pool(
+        store,
+        pool_refiner_version(pool_spec),
+        selection_version=found.value("selection_version"),
+        influence_version=version,
+    )
     return SelectionInput(chosen, pool, f"selection:{target}/{version} of {pool_spec}", lineage)
 
 
 def _refinement_docs(store: ObjectStore, catalog: Catalog, version: str) -> pl.DataFrame:
     """doc_id, raw text, refined text, kept: every document of refined_pool[version]."""
     keys = list(read_refined_pool(store, version).shards.values())
-    refined = pl.concat([store.read_parquet(k).select("doc_id", "shard", "text", "kept") for k in keys])
-    raw = pl.concat([store.read_parquet(k).select("doc_id", pl.col("text").alias("raw_text"))
-                     for k in raw_paths(catalog, refined["shard"].unique().sort().to_list()).values()])
+    refined = pl.concat(
+        [store.read_parquet(k).select("doc_id", "shard", "text", "kept") for k in keys]
+    )
+    raw = pl.concat(
+        [
+            store.read_parquet(k).select("doc_id", pl.col("text").alias("raw_text"))
+            for k in raw_paths(catalog, refined["shard"].unique().sort().to_list()).values()
+        ]
+    )
     return refined.join(raw.unique("doc_id"), on="doc_id").sort("doc_id")
 
 
-def variant_documents(store: ObjectStore, catalog: Catalog, instance: dg.DagsterInstance, target: str,
-                      variant: str, seed: int, refiner_version: str | None,
-                      embedding_scores=None) -> VariantDocuments:
+def variant_documents(
+    store: ObjectStore,
+    catalog: Catalog,
+    instance: dg.DagsterInstance,
+    target: str,
+    variant: str,
+    seed: int,
+    refiner_version: str | None,
+    embedding_scores=None,
+) -> VariantDocuments:
     """The documents a variant trains on (``core/variants.py``). ``refiner_version``: the refined
     pool the refinement variants read (config, else the newest); the selection variants read their
     selection's pool."""
     if variant in SELECTION_VARIANTS:
         sel = _selection(store, catalog, instance, target)
         text_kind = "refined" if "of refined:" in sel.spec else "raw"
-        chosen = selection_documents(variant, sel.pool, sel.chosen, seed, text_kind, embedding_scores)
+        chosen = selection_documents(
+            variant, sel.pool, sel.chosen, seed, text_kind, embedding_scores
+        )
         return VariantDocuments(chosen.docs, chosen.text_kind, sel.spec, sel.lineage, chosen.notes)
     if not refiner_version:
-        raise dg.Failure("no refiner version yet: materialize refiner, refined_corpus and refined_pool")
+        raise dg.Failure(
+            "no refiner version yet: materialize refiner, refined_corpus and refined_pool"
+        )
     chosen = refinement_documents(variant, _refinement_docs(store, catalog, refiner_version))
-    return VariantDocuments(chosen.docs, chosen.text_kind, f"refiner:{refiner_version}",
-                            CheckpointLineage.of_pool(store, refiner_version), chosen.notes)
+    return VariantDocuments(
+        chosen.docs,
+        chosen.text_kind,
+        f"refiner:{refiner_version}",
+        CheckpointLineage.of_pool(store, refiner_version),
+        chosen.notes,
+    )
 
 
 def _heldout_prose(store: ObjectStore, n: int) -> list[str]:
@@ -174,9 +214,13 @@ def _heldout_prose(store: ObjectStore, n: int) -> list[str]:
     partitions_def=checkpoint_partitions,
     # what it trains on: the target's selection, and (refinement variants) the newest refiner
     # version's pool, one partition (a config refiner_version names another, recorded as metadata)
-    deps=[dg.AssetDep(selected_subset, partition_mapping=dg.MultiToSingleDimensionPartitionMapping("target")),
-          dg.AssetDep(refined_pool, partition_mapping=dg.LastPartitionMapping()),
-          dg.AssetDep(raw_corpus, partition_mapping=dg.AllPartitionMapping())],
+    deps=[
+        dg.AssetDep(
+            selected_subset, partition_mapping=dg.MultiToSingleDimensionPartitionMapping("target")
+        ),
+        dg.AssetDep(refined_pool, partition_mapping=dg.LastPartitionMapping()),
+        dg.AssetDep(raw_corpus, partition_mapping=dg.AllPartitionMapping()),
+    ],
     group_name="training",
     kinds={"pytorch", "safetensors"},
     owners=["team:data-platform"],
@@ -190,14 +234,29 @@ def _heldout_prose(store: ObjectStore, n: int) -> list[str]:
         "and on held-out prose. One checkpoint per seed under models/checkpoints/<target>/<variant>/."
     ),
 )
-def trained_checkpoint(context: dg.AssetExecutionContext, config: CheckpointConfig, store: ObjectStore,
-                       catalog: Catalog, engine: ModelEngine, device: DeviceSettings) -> dg.MaterializeResult:
+def trained_checkpoint(
+    context: dg.AssetExecutionContext,
+    config: CheckpointConfig,
+    store: ObjectStore,
+    catalog: Catalog,
+    engine: ModelEngine,
+    device: DeviceSettings,
+) -> dg.MaterializeResult:
     # A run may hold many variants (MODEL_BACKFILL_POLICY). Each trains its own copy of the base
     # model and evaluates its own checkpoints: nothing to share but the run itself.
     def train(key) -> dict:
         keys = checkpoint_partitions.get_partition_key_from_str(str(key)).keys_by_dimension
-        return train_variant(context, config, store, catalog, engine.local(), device, keys["target"],
-                             keys["variant"], str(key))
+        return train_variant(
+            context,
+            config,
+            store,
+            catalog,
+            engine.local(),
+            device,
+            keys["target"],
+            keys["variant"],
+            str(key),
+        )
 
     return materialize_each(context, train)
 
@@ -227,139 +286,296 @@ class SeedResult:
     members: pl.DataFrame | None = None  # its `checkpoint_documents` rows
 
     def table_row(self) -> list:
-        return [self.seed, self.version, self.n_docs, self.report.get("tokens_seen", 0), self.report.get("seconds", 0),
-                *[round(self.metrics.get(m, float("nan")), 4) for m in METRICS]]
+        return [
+            self.seed,
+            self.version,
+            self.n_docs,
+            self.report.get("tokens_seen", 0),
+            self.report.get("seconds", 0),
+            *[round(self.metrics.get(m, float("nan")), 4) for m in METRICS],
+        ]
 
 
-def train_variant(context: dg.AssetExecutionContext, config: CheckpointConfig, store: ObjectStore, catalog: Catalog,
-                  engine: ModelEngine, device: DeviceSettings, target: str, variant: str,
-                  partition_key: str) -> PartitionOutcome:
+def train_variant(
+    context: dg.AssetExecutionContext,
+    config: CheckpointConfig,
+    store: ObjectStore,
+    catalog: Catalog,
+    engine: ModelEngine,
+    device: DeviceSettings,
+    target: str,
+    variant: str,
+    partition_key: str,
+) -> PartitionOutcome:
     """One partition of trained_checkpoint: its checkpoints, its catalog rows; returns its metadata
     (with what it came from: refiner version, SFT sets, selection) and its data version."""
     sets = _evaluation_sets(store, catalog, target, config)
     tags = lineage(context, partition_key)
     chosen = None
     if variant == "base":  # the untrained model: no seed, no documents
-        results = [SeedResult(config.seeds[0], "base", _evaluate(context, engine, device, config, sets, None))]
+        results = [
+            SeedResult(
+                config.seeds[0], "base", _evaluate(context, engine, device, config, sets, None)
+            )
+        ]
     else:
         refiner_version = consumed_refiner_version(context, config.refiner_version)
-        scores = partial(_embedding_scores, engine, device, config,
-                         store.read_parquet(f"{target_prefix(target)}/target.parquet"))
-        choose = partial(variant_documents, store, catalog, context.instance, target, variant,
-                         refiner_version=refiner_version, embedding_scores=scores)
+        scores = partial(
+            _embedding_scores,
+            engine,
+            device,
+            config,
+            store.read_parquet(f"{target_prefix(target)}/target.parquet"),
+        )
+        choose = partial(
+            variant_documents,
+            store,
+            catalog,
+            context.instance,
+            target,
+            variant,
+            refiner_version=refiner_version,
+            embedding_scores=scores,
+        )
         # Only a random draw depends on the seed; other variants' documents are read (and scored
         # or filtered) once for all seeds.
         shared = None if variant == "random" else choose(seed=config.seeds[0])
         results = []
         for seed in config.seeds:
             chosen = shared or choose(seed=seed)
-            results.append(_train_seed(context, config, store, catalog, engine, device, sets, target, variant,
-                                       seed, chosen, tags))
+            results.append(
+                _train_seed(
+                    context,
+                    config,
+                    store,
+                    catalog,
+                    engine,
+                    device,
+                    sets,
+                    target,
+                    variant,
+                    seed,
+                    chosen,
+                    tags,
+                )
+            )
     where = {"target": target, "variant": variant}
     checkpoints = [r.checkpoint for r in results if r.checkpoint]
     members = [r.members for r in results if r.members is not None]
-    catalog.replace_many([
-        ("checkpoints", where, pl.DataFrame(checkpoints) if checkpoints else None),
-        ("checkpoint_documents", where, pl.concat(members) if members else None),
-        ("checkpoint_evals", where, pl.DataFrame([
-            {"target": target, "variant": variant, "seed": r.seed, "version": r.version, "task": sets.task,
-             "metric": m, "value": v, "n": sets.n(m), **tags} for r in results for m, v in r.metrics.items()])),
-    ])
+    catalog.replace_many(
+        [
+            ("checkpoints", where, pl.DataFrame(checkpoints) if checkpoints else None),
+            ("checkpoint_documents", where, pl.concat(members) if members else None),
+            (
+                "checkpoint_evals",
+                where,
+                pl.DataFrame(
+                    [
+                        {
+                            "target": target,
+                            "variant": variant,
+                            "seed": r.seed,
+                            "version": r.version,
+                            "task": sets.task,
+                            "metric": m,
+                            "value": v,
+                            "n": sets.n(m),
+                            **tags,
+                        }
+                        for r in results
+                        for m, v in r.metrics.items()
+                    ]
+                ),
+            ),
+        ]
+    )
     versions = [r.version for r in results]
     means: dict[str, list[float]] = {}
     for r in results:
         for m, v in r.metrics.items():
             means.setdefault(m, []).append(v)
-    return PartitionOutcome(data_version=content_version(*versions) if variant != "base" else "base", metadata={
-        "variant": variant,
-        "task": sets.task,
-        **(chosen.lineage if chosen else CheckpointLineage()).metadata(),
-        "checkpoint_versions": ", ".join(versions),
-        "seeds": len(results),
-        "dagster/row_count": results[0].n_docs,
-        "train_tokens_per_seed": results[0].report.get("tokens_seen", 0),
-        "path": dg.MetadataValue.path(store.uri(checkpoint_prefix(target, variant, ""))),
-        "per_seed": md_table(["seed", "version", "docs", "train tokens", "train s", *METRICS],
-                             [r.table_row() for r in results]),
-        **{f"mean_{m}": round(sum(v) / len(v), 4) for m, v in means.items()},
-        **{f"data/{k}": (json.dumps(v) if isinstance(v, list) else v)
-           for k, v in (chosen.notes if chosen else {}).items()},
-    })
+    return PartitionOutcome(
+        data_version=content_version(*versions) if variant != "base" else "base",
+        metadata={
+            "variant": variant,
+            "task": sets.task,
+            **(chosen.lineage if chosen else CheckpointLineage()).metadata(),
+            "checkpoint_versions": ", ".join(versions),
+            "seeds": len(results),
+            "dagster/row_count": results[0].n_docs,
+            "train_tokens_per_seed": results[0].report.get("tokens_seen", 0),
+            "path": dg.MetadataValue.path(store.uri(checkpoint_prefix(target, variant, ""))),
+            "per_seed": md_table(
+                ["seed", "version", "docs", "train tokens", "train s", *METRICS],
+                [r.table_row() for r in results],
+            ),
+            **{f"mean_{m}": round(sum(v) / len(v), 4) for m, v in means.items()},
+            **{
+                f"data/{k}": (json.dumps(v) if isinstance(v, list) else v)
+                for k, v in (chosen.notes if chosen else {}).items()
+            },
+        },
+    )
 
 
-def _evaluation_sets(store: ObjectStore, catalog: Catalog, target: str, config: CheckpointConfig) -> EvaluationSets:
+def _evaluation_sets(
+    store: ObjectStore, catalog: Catalog, target: str, config: CheckpointConfig
+) -> EvaluationSets:
     heldout = store.read_parquet(f"{target_prefix(target)}/heldout.parquet")
     if config.eval_examples:
         heldout = heldout.head(config.eval_examples)
-    return EvaluationSets(_target_task(catalog, target), heldout, _heldout_prose(store, config.prose_passages))
+    return EvaluationSets(
+        _target_task(catalog, target), heldout, _heldout_prose(store, config.prose_passages)
+    )
 
 
-def _evaluate(context: dg.AssetExecutionContext, engine: ModelEngine, device: DeviceSettings,
-              config: CheckpointConfig, sets: EvaluationSets, checkpoint_dir: Path | None) -> dict[str, float]:
+def _evaluate(
+    context: dg.AssetExecutionContext,
+    engine: ModelEngine,
+    device: DeviceSettings,
+    config: CheckpointConfig,
+    sets: EvaluationSets,
+    checkpoint_dir: Path | None,
+) -> dict[str, float]:
     """The base model with ``checkpoint_dir`` on top (None: untrained) on the evaluation sets."""
     started = time.monotonic()
-    backend = engine.serve(engine.load_model(device, config.base_model, adapter=checkpoint_dir), device)
-    metrics = evaluate(backend, sets.task, sets.heldout.to_dicts(), sets.prose, config.max_new_tokens,
-                       config.prose_tokens)
-    context.log.info(f"evaluated in {time.monotonic() - started:.0f}s: "
-                     + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    backend = engine.serve(
+        engine.load_model(device, config.base_model, adapter=checkpoint_dir), device
+    )
+    metrics = evaluate(
+        backend,
+        sets.task,
+        sets.heldout.to_dicts(),
+        sets.prose,
+        config.max_new_tokens,
+        config.prose_tokens,
+    )
+    context.log.info(
+        f"evaluated in {time.monotonic() - started:.0f}s: "
+        + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+    )
     return metrics
 
 
-def _embedding_scores(engine: ModelEngine, device: DeviceSettings, config: CheckpointConfig,
-                      examples: pl.DataFrame, pool: pl.DataFrame) -> list[float]:
+def _embedding_scores(
+    engine: ModelEngine,
+    device: DeviceSettings,
+    config: CheckpointConfig,
+    examples: pl.DataFrame,
+    pool: pl.DataFrame,
+) -> list[float]:
     """Each pool document's similarity to the target examples in the base model's hidden states."""
     model, tokenizer = engine.load_model(device, config.base_model)
-    return representation_similarity(model, tokenizer, pool["text"].to_list(),
-                                     [p + a for p, a in zip(examples["prompt"], examples["answer"])],
-                                     max_len=config.seq_len).tolist()
+    return representation_similarity(
+        model,
+        tokenizer,
+        pool["text"].to_list(),
+        [p + a for p, a in zip(examples["prompt"], examples["answer"])],
+        max_len=config.seq_len,
+    ).tolist()
 
 
-def _train(engine: ModelEngine, device: DeviceSettings, config: CheckpointConfig, docs: pl.DataFrame,
-           train_config: TrainConfig, folder: str, progress) -> dict:
+def _train(
+    engine: ModelEngine,
+    device: DeviceSettings,
+    config: CheckpointConfig,
+    docs: pl.DataFrame,
+    train_config: TrainConfig,
+    folder: str,
+    progress,
+) -> dict:
     model, tokenizer = engine.load_model(device, config.base_model, train=True)
-    return train_lm(model, tokenizer, docs["text"].to_list(), train_config, folder, docs["weight"].to_list(),
-                    progress=progress).to_dict()
+    return train_lm(
+        model,
+        tokenizer,
+        docs["text"].to_list(),
+        train_config,
+        folder,
+        docs["weight"].to_list(),
+        progress=progress,
+    ).to_dict()
 
 
-def _train_seed(context: dg.AssetExecutionContext, config: CheckpointConfig, store: ObjectStore, catalog: Catalog,
-                engine: ModelEngine, device: DeviceSettings, sets: EvaluationSets, target: str, variant: str,
-                seed: int, chosen: VariantDocuments, tags: dict) -> SeedResult:
+def _train_seed(
+    context: dg.AssetExecutionContext,
+    config: CheckpointConfig,
+    store: ObjectStore,
+    catalog: Catalog,
+    engine: ModelEngine,
+    device: DeviceSettings,
+    sets: EvaluationSets,
+    target: str,
+    variant: str,
+    seed: int,
+    chosen: VariantDocuments,
+    tags: dict,
+) -> SeedResult:
     """One seed's checkpoint, trained once (an existing one of the same version is reused), then
     evaluated."""
     docs = chosen.docs
     if docs.height == 0:
         raise dg.Failure(f"{variant}: no document to train on ({json.dumps(chosen.notes)})")
     train_config = config.train_config(seed)
-    version = checkpoint_version(config.base_model, list(zip(docs["doc_id"], docs["weight"])), chosen.text_kind,
-                                 train_config)
-    prefix = _existing_checkpoint(store, catalog, version) or checkpoint_prefix(target, variant, version)
-    manifest = {"target": target, "variant": variant, "seed": seed, "version": version,
-                "base_model": config.base_model, "data_spec": chosen.spec, "text_kind": chosen.text_kind,
-                "train_config": train_config.to_dict()}
+    version = checkpoint_version(
+        config.base_model, list(zip(docs["doc_id"], docs["weight"])), chosen.text_kind, train_config
+    )
+    prefix = _existing_checkpoint(store, catalog, version) or checkpoint_prefix(
+        target, variant, version
+    )
+    manifest = {
+        "target": target,
+        "variant": variant,
+        "seed": seed,
+        "version": version,
+        "base_model": config.base_model,
+        "data_spec": chosen.spec,
+        "text_kind": chosen.text_kind,
+        "train_config": train_config.to_dict(),
+    }
     if not store.exists(f"{prefix}/manifest.json"):
-        context.log.info(f"seed {seed}: training {version} on {docs.height} documents ({chosen.spec}, "
-                         f"{chosen.text_kind})")
-    report, reused = train_into_store(store, prefix, manifest,
-                                      partial(_train, engine, device, config, docs, train_config),
-                                      context.log.info, log_every=4)
+        context.log.info(
+            f"seed {seed}: training {version} on {docs.height} documents ({chosen.spec}, "
+            f"{chosen.text_kind})"
+        )
+    report, reused = train_into_store(
+        store,
+        prefix,
+        manifest,
+        partial(_train, engine, device, config, docs, train_config),
+        context.log.info,
+        log_every=4,
+    )
     if reused:
         context.log.info(f"seed {seed}: checkpoint {version} exists ({prefix}): evaluating only")
     metrics = _evaluate(context, engine, device, config, sets, Path(fetch_model(store, prefix)))
-    row = {**manifest, "n_docs": docs.height, "train_tokens": report["tokens_seen"], "steps": report["steps"],
-           "final_loss": report["losses"][-1] if report["losses"] else None, "seconds": report["seconds"],
-           "config": json.dumps(train_config.to_dict()), "path": store.uri(prefix), **tags}
+    row = {
+        **manifest,
+        "n_docs": docs.height,
+        "train_tokens": report["tokens_seen"],
+        "steps": report["steps"],
+        "final_loss": report["losses"][-1] if report["losses"] else None,
+        "seconds": report["seconds"],
+        "config": json.dumps(train_config.to_dict()),
+        "path": store.uri(prefix),
+        **tags,
+    }
     del row["train_config"]
     members = docs.select("doc_id", "weight").with_columns(
-        version=pl.lit(version), target=pl.lit(target), variant=pl.lit(variant), seed=pl.lit(seed),
-        **{k: pl.lit(v) for k, v in tags.items()})
+        version=pl.lit(version),
+        target=pl.lit(target),
+        variant=pl.lit(variant),
+        seed=pl.lit(seed),
+        **{k: pl.lit(v) for k, v in tags.items()},
+    )
     return SeedResult(seed, version, metrics, docs.height, report, row, members)
 
 
 def _existing_checkpoint(store: ObjectStore, catalog: Catalog, version: str) -> str | None:
     """Where a checkpoint of this version already is (trained for another target), if anywhere."""
-    for (path,) in catalog.query("SELECT DISTINCT path FROM checkpoints WHERE version = ?", [version]).rows():
-        prefix = path[len(store.uri("")):].strip("/") if path.startswith(store.uri("")) else None
+    for (path,) in catalog.query(
+        "SELECT DISTINCT path FROM checkpoints WHERE version = ?", [version]
+    ).rows():
+        prefix = path[len(store.uri("")) :].strip("/") if path.startswith(store.uri("")) else None
         if prefix and store.exists(f"{prefix}/manifest.json"):
             return prefix
     return None
@@ -367,7 +583,12 @@ def _existing_checkpoint(store: ObjectStore, catalog: Catalog, version: str) -> 
 
 @dg.asset(
     partitions_def=target_partitions,
-    deps=[dg.AssetDep(trained_checkpoint, partition_mapping=dg.MultiToSingleDimensionPartitionMapping("target"))],
+    deps=[
+        dg.AssetDep(
+            trained_checkpoint,
+            partition_mapping=dg.MultiToSingleDimensionPartitionMapping("target"),
+        )
+    ],
     group_name="training",
     kinds={"parquet", "matplotlib"},
     owners=["team:data-platform"],
@@ -380,34 +601,58 @@ def _existing_checkpoint(store: ObjectStore, catalog: Catalog, version: str) -> 
         "and a plot. Written to reports/<target>/."
     ),
 )
-def evaluation_report(context: dg.AssetExecutionContext, store: ObjectStore, catalog: Catalog) -> dg.MaterializeResult:
+def evaluation_report(
+    context: dg.AssetExecutionContext, store: ObjectStore, catalog: Catalog
+) -> dg.MaterializeResult:
     target = context.partition_key
-    evals = catalog.query("SELECT variant, seed, version, task, metric, value, n FROM checkpoint_evals "
-                          "WHERE target = ?", [target])
+    evals = catalog.query(
+        "SELECT variant, seed, version, task, metric, value, n FROM checkpoint_evals "
+        "WHERE target = ?",
+        [target],
+    )
     if evals.is_empty():
-        raise dg.Failure(f"no evaluated checkpoint for {target}: materialize trained_checkpoint[{target}|…]")
-    ckpts = catalog.query("SELECT variant, any_value(n_docs) AS docs, any_value(train_tokens) AS train_tokens "
-                          "FROM checkpoints WHERE target = ? GROUP BY variant", [target])
+        raise dg.Failure(
+            f"no evaluated checkpoint for {target}: materialize trained_checkpoint[{target}|…]"
+        )
+    ckpts = catalog.query(
+        "SELECT variant, any_value(n_docs) AS docs, any_value(train_tokens) AS train_tokens "
+        "FROM checkpoints WHERE target = ? GROUP BY variant",
+        [target],
+    )
     summary = summarize(evals)
     metrics = [m for m in METRICS if m in set(summary["metric"])]
-    cells = {(r["variant"], r["metric"]): f"{r['mean']:.4f} ± {r['std']:.4f}" for r in summary.iter_rows(named=True)}
+    cells = {
+        (r["variant"], r["metric"]): f"{r['mean']:.4f} ± {r['std']:.4f}"
+        for r in summary.iter_rows(named=True)
+    }
     seeds = dict(summary.group_by("variant").agg(pl.col("seeds").max()).rows())
     sizes = {r["variant"]: (r["docs"], r["train_tokens"]) for r in ckpts.iter_rows(named=True)}
     present = [v for v in VARIANTS if v in seeds]
-    table = [(v, seeds[v], *sizes.get(v, ("-", 0)), *[cells.get((v, m), "-") for m in metrics]) for v in present]
+    table = [
+        (v, seeds[v], *sizes.get(v, ("-", 0)), *[cells.get((v, m), "-") for m in metrics])
+        for v in present
+    ]
     task = evals["task"][0]
     png = plot_report(summary, evals, f"{target} ({task}): mean ± std over seeds")
     uri = store.write_parquet(f"reports/{target}/evaluation.parquet", summary)
     png_uri = store.write_bytes(f"reports/{target}/evaluation.png", png)
     missing = [v for v in VARIANTS if v not in seeds]
-    return dg.MaterializeResult(metadata={
-        "task": task,
-        "variants": len(present),
-        "missing_variants": ", ".join(missing) or "none",
-        "held_out_examples": int(evals.filter(pl.col("metric") == "heldout_loss")["n"].max() or 0),
-        "results": md_table(["variant", "seeds", "docs", "train tokens", *metrics], table),
-        "contrasts": md_table(["contrast", "metric", "difference", "better"], comparisons(summary)),
-        "plot": dg.MetadataValue.md(f"![evaluation](data:image/png;base64,{base64.b64encode(png).decode()})"),
-        "plot_path": dg.MetadataValue.path(png_uri),
-        "path": dg.MetadataValue.path(uri),
-    })
+    return dg.MaterializeResult(
+        metadata={
+            "task": task,
+            "variants": len(present),
+            "missing_variants": ", ".join(missing) or "none",
+            "held_out_examples": int(
+                evals.filter(pl.col("metric") == "heldout_loss")["n"].max() or 0
+            ),
+            "results": md_table(["variant", "seeds", "docs", "train tokens", *metrics], table),
+            "contrasts": md_table(
+                ["contrast", "metric", "difference", "better"], comparisons(summary)
+            ),
+            "plot": dg.MetadataValue.md(
+                f"![evaluation](data:image/png;base64,{base64.b64encode(png).decode()})"
+            ),
+            "plot_path": dg.MetadataValue.path(png_uri),
+            "path": dg.MetadataValue.path(uri),
+        }
+    )

@@ -52,9 +52,11 @@ from prox_resources.settings import catalog_data_path, catalog_path, catalog_url
 LAKE = "lake"  # the name a DuckLake catalog is attached under; queries name tables unqualified
 METADATA_SCHEMA = "prox_catalog"  # the PostgreSQL schema holding DuckLake's metadata tables
 # (extension, the PyPI package shipping it for this duckdb), loaded in this order
-LAKE_EXTENSIONS = (("httpfs", "duckdb_extension_httpfs"),
-                   ("postgres_scanner", "duckdb_extension_postgres_scanner"),
-                   ("ducklake", "duckdb_extension_ducklake"))
+LAKE_EXTENSIONS = (
+    ("httpfs", "duckdb_extension_httpfs"),
+    ("postgres_scanner", "duckdb_extension_postgres_scanner"),
+    ("ducklake", "duckdb_extension_ducklake"),
+)
 # DuckDB functions that a person's query may not call on a DuckLake catalog: DuckLake's
 # maintenance functions write files, postgres_query() reads any table the login can
 UNTRUSTED_FUNCTION_PREFIXES = ("ducklake_", "postgres_")
@@ -99,12 +101,21 @@ def _extension_files() -> list[str]:
     files = []
     for name, package in LAKE_EXTENSIONS:
         spec = importlib.util.find_spec(package)
-        folder = Path(next(iter(spec.submodule_search_locations))) if spec and spec.submodule_search_locations else None
-        path = folder / "extensions" / f"v{duckdb.__version__}" / f"{name}.duckdb_extension" if folder else None
+        folder = (
+            Path(next(iter(spec.submodule_search_locations)))
+            if spec and spec.submodule_search_locations
+            else None
+        )
+        path = (
+            folder / "extensions" / f"v{duckdb.__version__}" / f"{name}.duckdb_extension"
+            if folder
+            else None
+        )
         if path is None or not path.exists():
             raise CatalogConfigError(
                 f"a DuckLake catalog needs the PyPI package {package.replace('_', '-')}=={duckdb.__version__} "
-                "(the deploy extra: pip install -e '.[deploy]')")
+                "(the deploy extra: pip install -e '.[deploy]')"
+            )
         files.append(str(path))
     return files
 
@@ -116,11 +127,16 @@ def _s3_secret(data_path: str) -> str | None:
     if scheme == "file":
         return None
     if scheme not in ("s3", "s3a", "s3n"):
-        raise CatalogConfigError(f"PROX_CATALOG_DATA={data_path}: a DuckLake catalog keeps its files "
-                                 "in a local folder or under s3://")
+        raise CatalogConfigError(
+            f"PROX_CATALOG_DATA={data_path}: a DuckLake catalog keeps its files "
+            "in a local folder or under s3://"
+        )
     env = os.environ
-    options: dict[str, str | bool] = {"TYPE": "s3", "SCOPE": data_path,
-               "REGION": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"}
+    options: dict[str, str | bool] = {
+        "TYPE": "s3",
+        "SCOPE": data_path,
+        "REGION": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+    }
     if env.get("AWS_ACCESS_KEY_ID"):
         options["KEY_ID"] = env["AWS_ACCESS_KEY_ID"]
         options["SECRET"] = env.get("AWS_SECRET_ACCESS_KEY", "")
@@ -137,11 +153,15 @@ def _s3_secret(data_path: str) -> str | None:
 def _open_lake(url: str, data_path: str, read_only: bool) -> duckdb.DuckDBPyConnection:
     """A new in-memory DuckDB with the DuckLake catalog attached as ``lake`` (and made current)."""
     if not url.startswith("ducklake:postgres:"):
-        raise CatalogConfigError(f"PROX_CATALOG: a DuckLake catalog is ducklake:postgres:<connection string>, "
-                                 f"not {url.split(':')[:2]}")
+        raise CatalogConfigError(
+            f"PROX_CATALOG: a DuckLake catalog is ducklake:postgres:<connection string>, "
+            f"not {url.split(':')[:2]}"
+        )
     if "://" not in data_path:
         os.makedirs(data_path, exist_ok=True)
-    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    con = duckdb.connect(
+        config={"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+    )
     try:
         for path in _extension_files():
             con.execute(f"LOAD {_lit(path)}")
@@ -149,7 +169,9 @@ def _open_lake(url: str, data_path: str, read_only: bool) -> duckdb.DuckDBPyConn
         if secret:
             con.execute(secret)
         options = [f"DATA_PATH {_lit(data_path)}", f"METADATA_SCHEMA {_lit(METADATA_SCHEMA)}"]
-        con.execute(f"ATTACH {_lit(url)} AS {LAKE} ({', '.join(options + ['READ_ONLY'] * read_only)})")
+        con.execute(
+            f"ATTACH {_lit(url)} AS {LAKE} ({', '.join(options + ['READ_ONLY'] * read_only)})"
+        )
         con.execute(f"USE {LAKE}")
     except BaseException:
         con.close()
@@ -178,7 +200,8 @@ def _retryable(exc: BaseException) -> bool:
     if "Failed to initialize DuckLake" in text:
         return "already exists" in text or "duplicate key" in text
     return isinstance(exc, duckdb.TransactionException) and (
-        "conflict" in text.lower() or "Failed to commit DuckLake transaction" in text)
+        "conflict" in text.lower() or "Failed to commit DuckLake transaction" in text
+    )
 
 
 def _rollback_quietly(con: duckdb.DuckDBPyConnection) -> None:
@@ -212,7 +235,11 @@ class CatalogCore:
     def lake_data_path(self) -> str:
         if not self.data_path:
             return catalog_data_path()
-        path = self.data_path if "://" in self.data_path else str(Path(self.data_path).expanduser().absolute())
+        path = (
+            self.data_path
+            if "://" in self.data_path
+            else str(Path(self.data_path).expanduser().absolute())
+        )
         return path.rstrip("/") + "/"
 
     @property
@@ -253,13 +280,24 @@ class CatalogCore:
         """This process's attached DuckLake, migrated (opened on first use; a forked child opens
         its own)."""
         data_path = self.lake_data_path
-        aws = tuple(os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                                                 "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION"))
+        aws = tuple(
+            os.environ.get(k)
+            for k in (
+                "AWS_ACCESS_KEY_ID",
+                "AWS_SECRET_ACCESS_KEY",
+                "AWS_SESSION_TOKEN",
+                "AWS_ENDPOINT_URL",
+                "AWS_ENDPOINT_URL_S3",
+                "AWS_REGION",
+            )
+        )
         key = (os.getpid(), self.url, data_path, aws)
         with _lakes_lock:
             lake = _lakes.get(key)
             if lake is None:
-                lake = _lakes[key] = _Lake(self._retrying(lambda: _open_lake(self.url, data_path, read_only=False)))
+                lake = _lakes[key] = _Lake(
+                    self._retrying(lambda: _open_lake(self.url, data_path, read_only=False))
+                )
         if not lake.migrated:
             self._retrying(lambda: self._migrate_lake(lake))
             lake.migrated = True
@@ -284,14 +322,16 @@ class CatalogCore:
                     raise
                 tries += 1
                 retry_counts["conflicts"] += 1
-                time.sleep(min(2.0, 0.02 * 1.5 ** tries) * (0.5 + random.random()))
+                time.sleep(min(2.0, 0.02 * 1.5**tries) * (0.5 + random.random()))
 
     def _migrate_lake(self, lake: _Lake) -> None:
         con = lake.database.cursor()
         try:
             con.execute(f"USE {LAKE}")
-            con.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
-                        "(version INTEGER NOT NULL, name VARCHAR, applied_at TIMESTAMP DEFAULT current_timestamp)")
+            con.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER NOT NULL, name VARCHAR, applied_at TIMESTAMP DEFAULT current_timestamp)"
+            )
             if self.schema_version(con) >= max(v for v, _, _ in migrations()):
                 return
             for version, name, sql in migrations():
@@ -302,9 +342,15 @@ class CatalogCore:
                         con.commit()
                         continue
                     # rewrite the latest row: a concurrent migration of this version conflicts
-                    con.execute("UPDATE schema_migrations SET applied_at = applied_at WHERE version = ?", [current])
+                    con.execute(
+                        "UPDATE schema_migrations SET applied_at = applied_at WHERE version = ?",
+                        [current],
+                    )
                     con.execute(sql)
-                    con.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name])
+                    con.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES (?, ?)",
+                        [version, name],
+                    )
                     con.commit()
                 except BaseException:
                     _rollback_quietly(con)
@@ -370,6 +416,7 @@ class CatalogCore:
     def _transaction(self, body: Callable[[duckdb.DuckDBPyConnection], None]) -> None:
         """``body`` in one write transaction; on DuckLake, run again when its commit loses a race
         (``body`` must be idempotent: the replace operations are)."""
+
         def attempt() -> None:
             with self.write() as con:
                 body(con)
@@ -413,7 +460,9 @@ class CatalogCore:
 
     @staticmethod
     def schema_version(con: duckdb.DuckDBPyConnection) -> int:
-        return con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchall()[0][0]
+        return con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchall()[0][
+            0
+        ]
 
     @staticmethod
     def _migrate(con: duckdb.DuckDBPyConnection) -> None:
@@ -428,7 +477,9 @@ class CatalogCore:
             con.begin()
             try:
                 con.execute(sql)
-                con.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name])
+                con.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name]
+                )
                 con.commit()
             except BaseException:
                 con.rollback()
@@ -450,8 +501,11 @@ class CatalogCore:
             con.execute(f"DELETE FROM {table} WHERE {clause}", list(where.values()))
         if isinstance(rows, ParquetRows):  # DuckDB streams the file: memory stays bounded
             names = ", ".join(f"? AS {col}" for col in rows.constants)
-            con.execute(f"INSERT INTO {table} BY NAME SELECT *{', ' + names if names else ''} "
-                        "FROM read_parquet(?)", [*rows.constants.values(), rows.path])
+            con.execute(
+                f"INSERT INTO {table} BY NAME SELECT *{', ' + names if names else ''} "
+                "FROM read_parquet(?)",
+                [*rows.constants.values(), rows.path],
+            )
         elif rows is not None and rows.height:
             con.register("_rows", rows.to_arrow())
             # no finally: after a failed INSERT the transaction is aborted, and unregistering would
@@ -461,6 +515,7 @@ class CatalogCore:
 
     def replace_many(self, writes: list[tuple[str, Mapping[str, object], Rows]]) -> None:
         """Several ``replace_rows`` in one transaction: all land or none."""
+
         def body(con) -> None:
             for table, where, rows in writes:
                 self._replace(con, table, where, rows)
@@ -517,13 +572,18 @@ def _refuse_writing_statements(con: duckdb.DuckDBPyConnection, sql: str) -> None
     """Refuse anything but queries, and queries calling DuckLake's or PostgreSQL's functions
     (DuckDB's own parser decides: a statement it cannot serialise as a SELECT is not one)."""
     for statement in con.extract_statements(sql):
-        tree = json.loads(con.execute("SELECT json_serialize_sql(?::VARCHAR)", [statement.query]).fetchall()[0][0])
+        tree = json.loads(
+            con.execute("SELECT json_serialize_sql(?::VARCHAR)", [statement.query]).fetchall()[0][0]
+        )
         if tree.get("error"):
             raise duckdb.PermissionException(
-                f"Permission Error: {statement.type.name} refused: a DuckLake catalog answers queries only")
+                f"Permission Error: {statement.type.name} refused: a DuckLake catalog answers queries only"
+            )
         for name in _function_names(tree):
             if name.lower().startswith(UNTRUSTED_FUNCTION_PREFIXES):
-                raise duckdb.PermissionException(f"Permission Error: {name}() refused on a DuckLake catalog")
+                raise duckdb.PermissionException(
+                    f"Permission Error: {name}() refused on a DuckLake catalog"
+                )
 
 
 def _frame(table) -> pl.DataFrame:
@@ -536,7 +596,9 @@ def _frame(table) -> pl.DataFrame:
 class PlainCatalog(CatalogCore):
     """The catalog outside Dagster, for commands that must start fast (``prox audit``)."""
 
-    def __init__(self, path: str | None = None, data_path: str | None = None, lock_timeout_s: float = 600.0):
+    def __init__(
+        self, path: str | None = None, data_path: str | None = None, lock_timeout_s: float = 600.0
+    ):
         self.path, self.data_path, self.lock_timeout_s = path, data_path, lock_timeout_s
 
 

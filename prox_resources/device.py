@@ -18,7 +18,9 @@ GPU_POOL = "gpu"
 # for one GPU on a GPU node; other executors ignore the tag. PROX_GPU_K8S_CONFIG (JSON, set in
 # the Helm values) replaces the default, e.g. for other node labels or several GPUs.
 DEFAULT_GPU_K8S_CONFIG = {
-    "container_config": {"resources": {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}},
+    "container_config": {
+        "resources": {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}
+    },
     "pod_spec_config": {
         "node_selector": {"nvidia.com/gpu.present": "true"},
         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
@@ -42,7 +44,9 @@ GPU_STEP = {"pool": GPU_POOL, "op_tags": GPU_OP_TAGS}
 # runK8sConfig: CPU steps (ingestion of large shards, selection, reports) would run on the small
 # gRPC server's requests. PROX_CPU_K8S_CONFIG (JSON, set in the Helm values) replaces the default.
 DEFAULT_CPU_K8S_CONFIG = {
-    "container_config": {"resources": {"requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"memory": "8Gi"}}},
+    "container_config": {
+        "resources": {"requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"memory": "8Gi"}}
+    },
 }
 
 

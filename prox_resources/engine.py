@@ -55,20 +55,33 @@ class EngineBackend(ABC):
     model_id: str
 
     @abstractmethod
-    def generate(self, chats: Sequence[Chat], max_new_tokens: int, temperature: float = 0.0,
-                 seed: int = 0, progress: Progress | None = None) -> list[str]: ...
+    def generate(
+        self,
+        chats: Sequence[Chat],
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        seed: int = 0,
+        progress: Progress | None = None,
+    ) -> list[str]: ...
 
     @abstractmethod
-    def next_token_probs(self, chats: Sequence[Chat], candidates: Sequence[str],
-                         prefixes: Sequence[str] | None = None,
-                         progress: Progress | None = None) -> list[dict[str, float]]: ...
+    def next_token_probs(
+        self,
+        chats: Sequence[Chat],
+        candidates: Sequence[str],
+        prefixes: Sequence[str] | None = None,
+        progress: Progress | None = None,
+    ) -> list[dict[str, float]]: ...
 
     @abstractmethod
-    def loglikelihood(self, contexts: Sequence[str], continuations: Sequence[str]) -> list[float]: ...
+    def loglikelihood(
+        self, contexts: Sequence[str], continuations: Sequence[str]
+    ) -> list[float]: ...
 
     @abstractmethod
-    def complete(self, prompts: Sequence[str], max_new_tokens: int,
-                 progress: Progress | None = None) -> list[str]:
+    def complete(
+        self, prompts: Sequence[str], max_new_tokens: int, progress: Progress | None = None
+    ) -> list[str]:
         """Greedy continuation of raw text (no chat template): task prompts for base models."""
 
     # set by backends that run the model locally: a Hugging Face tokenizer (transformers' or vLLM's),
@@ -87,8 +100,16 @@ class EngineBackend(ABC):
 class TransformersBackend(EngineBackend):
     name = "transformers"
 
-    def __init__(self, model_path: str, device: str, dtype, max_batch_size: int = 16,
-                 max_batch_tokens: int = 16384, loaded: tuple | None = None, compute: str = "float32"):
+    def __init__(
+        self,
+        model_path: str,
+        device: str,
+        dtype,
+        max_batch_size: int = 16,
+        max_batch_tokens: int = 16384,
+        loaded: tuple | None = None,
+        compute: str = "float32",
+    ):
         """``dtype``: the weights' dtype. ``compute``: ``auto`` runs matmuls in bf16 autocast where
         the hardware is fast at it (``core.precision``: the weights stay as loaded, residual
         stream, norms and softmax in fp32); ``float32`` as loaded. ``loaded``: an in-memory
@@ -118,7 +139,10 @@ class TransformersBackend(EngineBackend):
         self.max_len = int(getattr(self.model.config, "max_position_embeddings", 8192))
 
     def render(self, chat: Chat, prefix: str = "") -> str:
-        return self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) + prefix
+        return (
+            self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+            + prefix
+        )
 
     def _precision(self):
         """One autocast region per call: fp32 weights are cast to bf16 once per call, not per step
@@ -141,7 +165,10 @@ class TransformersBackend(EngineBackend):
         current: list[int] = []
         for i in order:
             width = lengths[current[0]] + extra if current else lengths[i] + extra
-            if current and (len(current) >= self.max_batch_size or width * (len(current) + 1) > self.max_batch_tokens):
+            if current and (
+                len(current) >= self.max_batch_size
+                or width * (len(current) + 1) > self.max_batch_tokens
+            ):
                 batches.append(current)
                 current = []
             current.append(i)
@@ -156,13 +183,15 @@ class TransformersBackend(EngineBackend):
         ids = torch.full((len(seqs), width), pad, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
         for row, s in enumerate(seqs):
-            ids[row, width - len(s):] = torch.tensor(s, dtype=torch.long)
-            mask[row, width - len(s):] = 1
+            ids[row, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+            mask[row, width - len(s) :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         return ids.to(self.device), mask.to(self.device), positions.to(self.device)
 
     def generate(self, chats, max_new_tokens, temperature=0.0, seed=0, progress=None):
-        return self._generate([self.render(c) for c in chats], max_new_tokens, temperature, seed, progress)
+        return self._generate(
+            [self.render(c) for c in chats], max_new_tokens, temperature, seed, progress
+        )
 
     def complete(self, prompts, max_new_tokens, progress=None):
         return self._generate(list(prompts), max_new_tokens, 0.0, 0, progress)
@@ -177,11 +206,16 @@ class TransformersBackend(EngineBackend):
             ids, mask, _ = self._pad_left([encoded[i] for i in batch])
             with torch.inference_mode(), self._precision():
                 generated = self.model.generate(
-                    input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                    do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
-                    top_p=None, top_k=None, pad_token_id=self.tokenizer.pad_token_id,
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=temperature > 0,
+                    temperature=temperature if temperature > 0 else None,
+                    top_p=None,
+                    top_k=None,
+                    pad_token_id=self.tokenizer.pad_token_id,
                 )
-            new = generated[:, ids.shape[1]:]
+            new = generated[:, ids.shape[1] :]
             for row, i in enumerate(batch):
                 out[i] = self.tokenizer.decode(new[row], skip_special_tokens=True)
             done += len(batch)
@@ -214,8 +248,17 @@ class TransformersBackend(EngineBackend):
                 mask, positions = extra.pop("attention_mask"), positions + shared
             with torch.inference_mode(), self._precision():
                 # Only the last position's logits are needed: skip the LM head everywhere else.
-                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                    logits_to_keep=1, **extra).logits[:, -1].float()
+                logits = (
+                    self.model(
+                        input_ids=ids,
+                        attention_mask=mask,
+                        position_ids=positions,
+                        logits_to_keep=1,
+                        **extra,
+                    )
+                    .logits[:, -1]
+                    .float()
+                )
             probs = torch.softmax(logits, dim=-1)[:, cand].cpu().tolist()
             for row, i in enumerate(batch):
                 out[i] = dict(zip(candidates, probs[row]))
@@ -251,14 +294,17 @@ class TransformersBackend(EngineBackend):
             return []
         ctx = self.tokenizer(list(contexts), add_special_tokens=False)["input_ids"]
         cont = self.tokenizer(list(continuations), add_special_tokens=False)["input_ids"]
-        seqs = [(c + k)[-self.max_len:] for c, k in zip(ctx, cont)]
+        seqs = [(c + k)[-self.max_len :] for c, k in zip(ctx, cont)]
         n_cont = [min(len(k), len(s) - 1) for k, s in zip(cont, seqs)]
         out = [0.0] * len(seqs)
         for batch in self._batches([len(s) for s in seqs]):
             ids, mask, positions = self._pad_left([seqs[i] for i in batch])
             with torch.inference_mode(), self._precision():
                 logp = torch.log_softmax(
-                    self.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits.float(), -1
+                    self.model(
+                        input_ids=ids, attention_mask=mask, position_ids=positions
+                    ).logits.float(),
+                    -1,
                 )
             for row, i in enumerate(batch):
                 k = n_cont[i]
@@ -275,8 +321,13 @@ class VLLMBackend(EngineBackend):
 
     name = "vllm"
 
-    def __init__(self, model_path: str, dtype: str = "auto", gpu_memory_utilization: float = 0.85,
-                 max_model_len: int | None = None):
+    def __init__(
+        self,
+        model_path: str,
+        dtype: str = "auto",
+        gpu_memory_utilization: float = 0.85,
+        max_model_len: int | None = None,
+    ):
         try:
             from vllm import LLM, SamplingParams
         except ImportError as exc:
@@ -285,12 +336,20 @@ class VLLMBackend(EngineBackend):
             ) from exc
         self.SamplingParams = SamplingParams
         self.model_id = str(model_path)
-        self.llm = LLM(model=str(model_path), dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
-                       max_model_len=max_model_len, enable_prefix_caching=True)
+        self.llm = LLM(
+            model=str(model_path),
+            dtype=dtype,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            enable_prefix_caching=True,
+        )
         self.tokenizer = self.llm.get_tokenizer()
 
     def render(self, chat: Chat, prefix: str = "") -> str:
-        return self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) + prefix
+        return (
+            self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+            + prefix
+        )
 
     def generate(self, chats, max_new_tokens, temperature=0.0, seed=0, progress=None):
         params = self.SamplingParams(max_tokens=max_new_tokens, temperature=temperature, seed=seed)
@@ -310,19 +369,27 @@ class VLLMBackend(EngineBackend):
         prefixes = prefixes or [""] * len(chats)
         ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in candidates]
         params = self.SamplingParams(max_tokens=1, temperature=0.0, logprobs=20)
-        outputs = self.llm.generate([self.render(c, p) for c, p in zip(chats, prefixes)], params, use_tqdm=False)
+        outputs = self.llm.generate(
+            [self.render(c, p) for c, p in zip(chats, prefixes)], params, use_tqdm=False
+        )
         out = []
         for o in outputs:
             top = o.outputs[0].logprobs[0]
-            out.append({c: math.exp(top[i].logprob) if i in top else 0.0 for c, i in zip(candidates, ids)})
+            out.append(
+                {c: math.exp(top[i].logprob) if i in top else 0.0 for c, i in zip(candidates, ids)}
+            )
         if progress:
             progress(len(chats), len(chats))
         return out
 
     def loglikelihood(self, contexts, continuations):
         params = self.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-        n_cont = [len(self.tokenizer(k, add_special_tokens=False)["input_ids"]) for k in continuations]
-        outputs = self.llm.generate([c + k for c, k in zip(contexts, continuations)], params, use_tqdm=False)
+        n_cont = [
+            len(self.tokenizer(k, add_special_tokens=False)["input_ids"]) for k in continuations
+        ]
+        outputs = self.llm.generate(
+            [c + k for c, k in zip(contexts, continuations)], params, use_tqdm=False
+        )
         out = []
         for o, k in zip(outputs, n_cont):
             plp = o.prompt_logprobs[-k:] if k else []
@@ -337,8 +404,14 @@ class OpenAIBackend(EngineBackend):
 
     name = "openai"
 
-    def __init__(self, base_url: str, model: str, api_key: str | None, concurrency: int = 8,
-                 timeout_s: float = 120.0):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None,
+        concurrency: int = 8,
+        timeout_s: float = 120.0,
+    ):
         self.base_url = base_url.rstrip("/")
         self.model_id = model
         self.api_key = api_key
@@ -347,9 +420,13 @@ class OpenAIBackend(EngineBackend):
 
     def _post(self, path: str, body: dict) -> dict:
         request = urllib.request.Request(
-            f"{self.base_url}{path}", data=json.dumps(body).encode(), method="POST",
-            headers={"Content-Type": "application/json",
-                     **({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {})},
+            f"{self.base_url}{path}",
+            data=json.dumps(body).encode(),
+            method="POST",
+            headers={
+                "Content-Type": "application/json",
+                **({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}),
+            },
         )
         with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
             return json.loads(response.read())
@@ -363,15 +440,27 @@ class OpenAIBackend(EngineBackend):
 
     def generate(self, chats, max_new_tokens, temperature=0.0, seed=0, progress=None):
         def one(chat):
-            body = {"model": self.model_id, "messages": chat, "max_tokens": max_new_tokens,
-                    "temperature": temperature, "seed": seed}
+            body = {
+                "model": self.model_id,
+                "messages": chat,
+                "max_tokens": max_new_tokens,
+                "temperature": temperature,
+                "seed": seed,
+            }
             return self._post("/chat/completions", body)["choices"][0]["message"]["content"] or ""
+
         return self._map(one, list(chats), progress)
 
     def complete(self, prompts, max_new_tokens, progress=None):
         def one(prompt):
-            body = {"model": self.model_id, "prompt": prompt, "max_tokens": max_new_tokens, "temperature": 0.0}
+            body = {
+                "model": self.model_id,
+                "prompt": prompt,
+                "max_tokens": max_new_tokens,
+                "temperature": 0.0,
+            }
             return self._post("/completions", body)["choices"][0]["text"] or ""
+
         return self._map(one, list(prompts), progress)
 
     def next_token_probs(self, chats, candidates, prefixes=None, progress=None):
@@ -379,18 +468,27 @@ class OpenAIBackend(EngineBackend):
 
         def one(item):
             chat, prefix = item
-            body = {"model": self.model_id, "max_tokens": 1, "temperature": 0.0,
-                    "logprobs": True, "top_logprobs": 20, "messages": list(chat)}
+            body = {
+                "model": self.model_id,
+                "max_tokens": 1,
+                "temperature": 0.0,
+                "logprobs": True,
+                "top_logprobs": 20,
+                "messages": list(chat),
+            }
             if prefix:
                 body["messages"] = list(chat) + [{"role": "assistant", "content": prefix}]
                 body.update(continue_final_message=True, add_generation_prompt=False)
-            top = self._post("/chat/completions", body)["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+            top = self._post("/chat/completions", body)["choices"][0]["logprobs"]["content"][0][
+                "top_logprobs"
+            ]
             found: dict[str, float] = {}
             for entry in top:
                 token = entry["token"].strip()
                 if token in candidates and token not in found:
                     found[token] = math.exp(entry["logprob"])
             return {c: found.get(c, 0.0) for c in candidates}
+
         return self._map(one, list(zip(chats, prefixes)), progress)
 
     def loglikelihood(self, contexts, continuations):
@@ -414,31 +512,52 @@ class ModelEngine(dg.ConfigurableResource):
 
     _cache: dict = PrivateAttr(default_factory=dict)
 
-    def local(self) -> "ModelEngine":
+    def local(self) -> ModelEngine:
         """An engine that runs models in this process: a freshly trained checkpoint cannot be
         reached over HTTP, so the openai backend falls back to transformers for it."""
         if self.backend != "openai":
             return self
-        return ModelEngine(backend="transformers", max_batch_size=self.max_batch_size,
-                           max_batch_tokens=self.max_batch_tokens)
+        return ModelEngine(
+            backend="transformers",
+            max_batch_size=self.max_batch_size,
+            max_batch_tokens=self.max_batch_tokens,
+        )
 
-    def load_model(self, device: DeviceSettings | None = None, model: str | None = None,
-                   adapter: str | os.PathLike | None = None, train: bool = False) -> LoadedModel:
+    def load_model(
+        self,
+        device: DeviceSettings | None = None,
+        model: str | None = None,
+        adapter: str | os.PathLike | None = None,
+        train: bool = False,
+    ) -> LoadedModel:
         """A model's weights in this process, float32, on the device resource's device: for
         training, influence and evaluation (``load`` serves generation). ``model``: an alias or
         folder (default: this engine's local model); ``adapter``: a checkpoint on top of it."""
         name = model or self.local().model
-        return load_causal_lm(resolve_model(name), (device or DeviceSettings()).resolve_device(),
-                              adapter=None if adapter is None else os.fspath(adapter), train=train)
+        return load_causal_lm(
+            resolve_model(name),
+            (device or DeviceSettings()).resolve_device(),
+            adapter=None if adapter is None else os.fspath(adapter),
+            train=train,
+        )
 
     def serve(self, loaded: LoadedModel, device: DeviceSettings | None = None) -> EngineBackend:
         """A generation/scoring backend over an in-memory model (a checkpoint under evaluation)."""
-        return TransformersBackend(getattr(loaded.model, "name_or_path", "in-memory"),
-                                   (device or DeviceSettings()).resolve_device(), None, self.max_batch_size,
-                                   self.max_batch_tokens, loaded=loaded)
+        return TransformersBackend(
+            getattr(loaded.model, "name_or_path", "in-memory"),
+            (device or DeviceSettings()).resolve_device(),
+            None,
+            self.max_batch_size,
+            self.max_batch_tokens,
+            loaded=loaded,
+        )
 
-    def load(self, device: DeviceSettings | None = None, model: str | None = None,
-             log: Callable[[str], None] | None = None) -> EngineBackend:
+    def load(
+        self,
+        device: DeviceSettings | None = None,
+        model: str | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> EngineBackend:
         """The backend for ``model`` (default: this engine's model) on ``device``, loaded once per
         resource instance, i.e. once per run step: every partition of a multi-partition run shares
         it. Keyed by model, device and dtype settings. ``log`` hears of each actual load."""
@@ -452,17 +571,28 @@ class ModelEngine(dg.ConfigurableResource):
             base_url = self.base_url or os.environ.get("PROX_OPENAI_BASE_URL")
             if not base_url:
                 raise ValueError("backend='openai' needs base_url (or PROX_OPENAI_BASE_URL)")
-            backend: EngineBackend = OpenAIBackend(base_url, name, self.api_key or os.environ.get("OPENAI_API_KEY"))
+            backend: EngineBackend = OpenAIBackend(
+                base_url, name, self.api_key or os.environ.get("OPENAI_API_KEY")
+            )
         elif self.backend == "vllm":
-            backend = VLLMBackend(str(resolve_model(name)), dtype=device.dtype,
-                                  gpu_memory_utilization=self.gpu_memory_utilization)
+            backend = VLLMBackend(
+                str(resolve_model(name)),
+                dtype=device.dtype,
+                gpu_memory_utilization=self.gpu_memory_utilization,
+            )
         else:
             backend = TransformersBackend(
-                str(resolve_model(name)), device.resolve_device(), device.resolve_dtype(),
-                self.max_batch_size, self.max_batch_tokens, compute=device.dtype,
+                str(resolve_model(name)),
+                device.resolve_device(),
+                device.resolve_dtype(),
+                self.max_batch_size,
+                self.max_batch_tokens,
+                compute=device.dtype,
             )
         self._cache[key] = backend
         if log:
-            log(f"loaded model {name} ({self.backend}, device {device.device}, dtype {device.dtype}) "
-                f"in {time.monotonic() - started:.1f}s")
+            log(
+                f"loaded model {name} ({self.backend}, device {device.device}, dtype {device.dtype}) "
+                f"in {time.monotonic() - started:.1f}s"
+            )
         return backend

@@ -25,8 +25,13 @@ def load_tokenizer(path: str | Path):
     return AutoTokenizer.from_pretrained(path)
 
 
-def load_causal_lm(path: str | Path, device: str = "cpu", dtype=None, adapter: str | Path | None = None,
-                   train: bool = False) -> LoadedModel:
+def load_causal_lm(
+    path: str | Path,
+    device: str = "cpu",
+    dtype=None,
+    adapter: str | Path | None = None,
+    train: bool = False,
+) -> LoadedModel:
     """The model in ``path`` (``save_pretrained`` layout) on ``device``; ``dtype`` None: float32
     (training and influence need it). ``adapter``: a LoRA adapter folder merged into it, or a full
     checkpoint folder loaded instead. Eval mode unless ``train``."""

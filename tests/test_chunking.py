@@ -4,7 +4,12 @@ import itertools
 
 import pytest
 
-from prox_assets.core.chunking import chunk_document, hf_token_counter, number_line, whitespace_token_counter
+from prox_assets.core.chunking import (
+    chunk_document,
+    hf_token_counter,
+    number_line,
+    whitespace_token_counter,
+)
 from prox_assets.core.executor import execute_chunk_programs
 
 
@@ -22,13 +27,17 @@ def test_greedy_packing_and_global_numbers():
     for prev, nxt in itertools.pairwise(windows):
         assert nxt.line_start == prev.line_end + 1
     second = windows[1]
-    assert second.text.split("\n")[1].startswith(f"[{second.line_start:03d}]line number {second.line_start} ")
+    assert second.text.split("\n")[1].startswith(
+        f"[{second.line_start:03d}]line number {second.line_start} "
+    )
     assert all(w.n_tokens <= 80 for w in windows)
     # greedy: adding the next line would have overflowed the window
     costs = whitespace_token_counter([f"[{i:03d}]" + text.split("\n")[i] for i in range(30)])
     first = windows[0]
     used = sum(c + 1 for c in costs[first.line_start : first.line_end + 1])
-    assert used + costs[first.line_end + 1] + 1 > 80 - whitespace_token_counter(["[doc]\n\n[/doc]"])[0]
+    assert (
+        used + costs[first.line_end + 1] + 1 > 80 - whitespace_token_counter(["[doc]\n\n[/doc]"])[0]
+    )
 
 
 def test_overlong_line_gets_its_own_truncated_window_and_stays_removable():
@@ -38,7 +47,10 @@ def test_overlong_line_gets_its_own_truncated_window_and_stays_removable():
     alone = [w for w in windows if 1 in w.truncated_lines]
     assert len(alone) == 1 and alone[0].line_start == alone[0].line_end == 1
     assert alone[0].n_tokens <= 60 and alone[0].text.split("\n")[1].endswith(" …")
-    programs = [(w.line_start, w.line_end, "remove_lines(1, 1)" if w is alone[0] else "keep_chunk()") for w in windows]
+    programs = [
+        (w.line_start, w.line_end, "remove_lines(1, 1)" if w is alone[0] else "keep_chunk()")
+        for w in windows
+    ]
     r = execute_chunk_programs(text, programs)
     assert r.text == "intro line\nafter line one\nafter line two"
 
@@ -59,4 +71,6 @@ def test_with_a_real_tokenizer(tiny_tokenizer):
     windows = chunk_document(text, count, max_tokens=256)
     assert len(windows) > 1
     for w in windows:
-        assert len(tiny_tokenizer(w.text, add_special_tokens=False)["input_ids"]) <= 256 + 8  # BPE merges across lines
+        assert (
+            len(tiny_tokenizer(w.text, add_special_tokens=False)["input_ids"]) <= 256 + 8
+        )  # BPE merges across lines

@@ -42,17 +42,54 @@ def postgres():
     password = secrets.token_hex(12)
     (root / "pw").write_text(password)
     chown_postgres(root)
-    subprocess.run([*as_postgres_user(), bindir / "initdb", "-D", root / "data", "-U", "prox", "--pwfile",
-                    root / "pw", "--auth=scram-sha-256", "-E", "UTF8"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            *as_postgres_user(),
+            bindir / "initdb",
+            "-D",
+            root / "data",
+            "-U",
+            "prox",
+            "--pwfile",
+            root / "pw",
+            "--auth=scram-sha-256",
+            "-E",
+            "UTF8",
+        ],
+        check=True,
+        capture_output=True,
+    )
     port = _free_port(set())
-    server = Server("postgres", [*as_postgres_user(), bindir / "postgres", "-D", root / "data", "-p", port,
-                                 "-h", "127.0.0.1", "-k", root], root)
-    settings = {"host": "127.0.0.1", "port": port, "user": "prox", "password": password, "db": "dagster",
-                "server": server}
+    server = Server(
+        "postgres",
+        [
+            *as_postgres_user(),
+            bindir / "postgres",
+            "-D",
+            root / "data",
+            "-p",
+            port,
+            "-h",
+            "127.0.0.1",
+            "-k",
+            root,
+        ],
+        root,
+    )
+    settings = {
+        "host": "127.0.0.1",
+        "port": port,
+        "user": "prox",
+        "password": password,
+        "db": "dagster",
+        "server": server,
+    }
 
     def connect(db):
         try:
-            return psycopg2.connect(host="127.0.0.1", port=port, user="prox", password=password, dbname=db)
+            return psycopg2.connect(
+                host="127.0.0.1", port=port, user="prox", password=password, dbname=db
+            )
         except psycopg2.OperationalError:
             return None
 
@@ -65,52 +102,111 @@ def postgres():
     shutil.rmtree(root, ignore_errors=True)
 
 
-def test_backfill_through_the_daemon_on_postgres_and_s3(postgres, seaweedfs, sample_files, tmp_path):
+def test_backfill_through_the_daemon_on_postgres_and_s3(
+    postgres, seaweedfs, sample_files, tmp_path
+):
     import psycopg2
     import s3fs
 
     bucket = f"deploy-{secrets.token_hex(4)}"
-    s3 = s3fs.S3FileSystem(endpoint_url=seaweedfs["endpoint"], key=seaweedfs["key"], secret=seaweedfs["secret"])
+    s3 = s3fs.S3FileSystem(
+        endpoint_url=seaweedfs["endpoint"], key=seaweedfs["key"], secret=seaweedfs["secret"]
+    )
     s3.mkdir(bucket)
     home = tmp_path / "prox"
     dagster_home = home / "dagster"
     dagster_home.mkdir(parents=True)
     shutil.copy(REPO_ROOT / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
     env = {
-        **os.environ, "PROX_HOME": str(home), "DAGSTER_HOME": str(dagster_home),
-        "PROX_STORE": f"s3://{bucket}/prox", "AWS_ENDPOINT_URL": seaweedfs["endpoint"],
-        "AWS_ACCESS_KEY_ID": seaweedfs["key"], "AWS_SECRET_ACCESS_KEY": seaweedfs["secret"],
-        "DAGSTER_PG_HOST": postgres["host"], "DAGSTER_PG_PORT": str(postgres["port"]),
-        "DAGSTER_PG_USER": postgres["user"], "DAGSTER_PG_PASSWORD": postgres["password"],
+        **os.environ,
+        "PROX_HOME": str(home),
+        "DAGSTER_HOME": str(dagster_home),
+        "PROX_STORE": f"s3://{bucket}/prox",
+        "AWS_ENDPOINT_URL": seaweedfs["endpoint"],
+        "AWS_ACCESS_KEY_ID": seaweedfs["key"],
+        "AWS_SECRET_ACCESS_KEY": seaweedfs["secret"],
+        "DAGSTER_PG_HOST": postgres["host"],
+        "DAGSTER_PG_PORT": str(postgres["port"]),
+        "DAGSTER_PG_USER": postgres["user"],
+        "DAGSTER_PG_PASSWORD": postgres["password"],
         "DAGSTER_PG_DB": postgres["db"],
     }
     env.pop("PROX_CATALOG", None)
     taken: set[int] = set()
     grpc_port, web_port = _free_port(taken), _free_port(taken)
     workspace = tmp_path / "workspace.yaml"
-    workspace.write_text(json.dumps({"load_from": [{"grpc_server": {
-        "host": "127.0.0.1", "port": grpc_port, "location_name": "prox"}}]}))
+    workspace.write_text(
+        json.dumps(
+            {
+                "load_from": [
+                    {
+                        "grpc_server": {
+                            "host": "127.0.0.1",
+                            "port": grpc_port,
+                            "location_name": "prox",
+                        }
+                    }
+                ]
+            }
+        )
+    )
     logs = tmp_path / "logs"
     logs.mkdir()
 
     servers = []
     try:
-        code = Server("code-server", [BIN / "dagster", "code-server", "start", "-h", "127.0.0.1", "-p", grpc_port,
-                                      "-m", "prox_assets.definitions", "--location-name", "prox"], logs, env, REPO_ROOT)
+        code = Server(
+            "code-server",
+            [
+                BIN / "dagster",
+                "code-server",
+                "start",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                grpc_port,
+                "-m",
+                "prox_assets.definitions",
+                "--location-name",
+                "prox",
+            ],
+            logs,
+            env,
+            REPO_ROOT,
+        )
         servers.append(code)
-        wait_until(lambda: subprocess.run([BIN / "dagster", "api", "grpc-health-check", "-p", str(grpc_port)],
-                                          capture_output=True, env=env).returncode == 0,
-                   "the code server answering gRPC", 180, servers)
-        web = Server("webserver", [BIN / "dagster-webserver", "-h", "127.0.0.1", "-p", web_port, "-w", workspace],
-                     logs, env, tmp_path)
-        daemon = Server("daemon", [BIN / "dagster-daemon", "run", "-w", workspace], logs, env, tmp_path)
+        wait_until(
+            lambda: (
+                subprocess.run(
+                    [BIN / "dagster", "api", "grpc-health-check", "-p", str(grpc_port)],
+                    capture_output=True,
+                    env=env,
+                ).returncode
+                == 0
+            ),
+            "the code server answering gRPC",
+            180,
+            servers,
+        )
+        web = Server(
+            "webserver",
+            [BIN / "dagster-webserver", "-h", "127.0.0.1", "-p", web_port, "-w", workspace],
+            logs,
+            env,
+            tmp_path,
+        )
+        daemon = Server(
+            "daemon", [BIN / "dagster-daemon", "run", "-w", workspace], logs, env, tmp_path
+        )
         servers += [web, daemon]
         url = f"http://127.0.0.1:{web_port}"
         wait_http(f"{url}/server_info", web)
 
         # new files arrive: uploaded to S3 and registered as partitions in the PostgreSQL instance
         files = [p for p in sample_files if p.name.startswith(("news-", "math-"))]
-        subprocess.run([BIN / "prox", "ingest", "--no-run", *files], env=env, check=True, capture_output=True)
+        subprocess.run(
+            [BIN / "prox", "ingest", "--no-run", *files], env=env, check=True, capture_output=True
+        )
         shards = sorted(p.name.split(".")[0] for p in files)
         backfill_id = launch_backfill(url, ["raw_corpus"], shards, "deployment test")
         status = wait_for_backfill(url, backfill_id, timeout_s=600)
@@ -120,17 +216,28 @@ def test_backfill_through_the_daemon_on_postgres_and_s3(postgres, seaweedfs, sam
 
         for shard in shards:  # the data is on S3
             assert len(s3.ls(f"{bucket}/prox/raw/{shard}/")) == 1
-        with psycopg2.connect(host=postgres["host"], port=postgres["port"], user=postgres["user"],
-                              password=postgres["password"], dbname=postgres["db"]) as con:
+        with psycopg2.connect(
+            host=postgres["host"],
+            port=postgres["port"],
+            user=postgres["user"],
+            password=postgres["password"],
+            dbname=postgres["db"],
+        ) as con:
             cur = con.cursor()
             # raw_corpus's backfill policy: one run for the shards (a partition key range), one
             # materialization per shard
-            cur.execute("SELECT status, count(*) FROM runs WHERE backfill_id = %s GROUP BY status", [backfill_id])
+            cur.execute(
+                "SELECT status, count(*) FROM runs WHERE backfill_id = %s GROUP BY status",
+                [backfill_id],
+            )
             assert dict(cur.fetchall()) == {"SUCCESS": 1}
             cur.execute("SELECT run_id FROM runs WHERE backfill_id = %s", [backfill_id])
             (run_id,) = cur.fetchone()
-            cur.execute("SELECT partition FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION' "
-                        "AND run_id = %s", [run_id])
+            cur.execute(
+                "SELECT partition FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION' "
+                "AND run_id = %s",
+                [run_id],
+            )
             assert sorted(row[0] for row in cur.fetchall()) == shards
         page = urllib.request.urlopen(url, timeout=10).read().decode()  # the UI itself is served
         assert "<html" in page.lower()

@@ -11,7 +11,12 @@ from prox_resources.engine import ModelEngine, VLLMBackend
 
 CHATS = [
     [{"role": "user", "content": "Rate this: the river rose overnight."}],
-    [{"role": "user", "content": "A much longer question about rivers, rain, hills and the town " * 5}],
+    [
+        {
+            "role": "user",
+            "content": "A much longer question about rivers, rain, hills and the town " * 5,
+        }
+    ],
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
 ]
 
@@ -19,7 +24,9 @@ CHATS = [
 @pytest.fixture(scope="module")
 def backend(tiny_llama_dir):
     # fp32 compute: these tests compare with a direct fp32 forward to 1e-4
-    return ModelEngine(model=str(tiny_llama_dir), max_batch_size=2).load(DeviceSettings(device="cpu", dtype="float32"))
+    return ModelEngine(model=str(tiny_llama_dir), max_batch_size=2).load(
+        DeviceSettings(device="cpu", dtype="float32")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +71,10 @@ def test_loglikelihood_matches_direct_sum(backend, reference):
     contexts, conts = ["The river", "Once upon a time there was"], [" rose overnight.", " a fern"]
     got = backend.loglikelihood(contexts, conts)
     for ctx, cont, value in zip(contexts, conts, got):
-        ids = tok(ctx, add_special_tokens=False)["input_ids"] + tok(cont, add_special_tokens=False)["input_ids"]
+        ids = (
+            tok(ctx, add_special_tokens=False)["input_ids"]
+            + tok(cont, add_special_tokens=False)["input_ids"]
+        )
         k = len(tok(cont, add_special_tokens=False)["input_ids"])
         with torch.no_grad():
             logp = torch.log_softmax(model(torch.tensor([ids])).logits[0], -1)
@@ -76,7 +86,9 @@ def test_loglikelihood_matches_direct_sum(backend, reference):
 def test_truncate_cuts_at_token_boundaries(backend):
     text = "word " * 500
     cut = backend.truncate(text, 50)
-    assert len(backend.tokenizer(cut, add_special_tokens=False)["input_ids"]) <= 50 and text.startswith(cut)
+    assert len(
+        backend.tokenizer(cut, add_special_tokens=False)["input_ids"]
+    ) <= 50 and text.startswith(cut)
 
 
 def test_vllm_backend_without_the_gpu_extra_says_how_to_get_it(tiny_llama_dir):
@@ -100,7 +112,9 @@ def test_real_smollm2_scores_and_generates(smollm2_dir):
     from prox_assets.core.scoring import score_documents
 
     backend = ModelEngine(model=str(smollm2_dir)).load(DeviceSettings(device="cpu"))
-    answer = backend.generate([[{"role": "user", "content": "What is the capital of France? One word."}]], 12)[0]
+    answer = backend.generate(
+        [[{"role": "user", "content": "What is the capital of France? One word."}]], 12
+    )[0]
     assert "Paris" in answer
     docs = [
         "Photosynthesis is the process by which green plants use sunlight to make glucose from "
@@ -125,21 +139,33 @@ RUBRIC = "Rate how useful the document below would be for teaching, from 0 to 5.
 
 def test_a_shared_prompt_head_is_computed_once_and_changes_no_probability(backend, reference):
     tok, model = reference
-    chats = [[{"role": "user", "content": f"{RUBRIC}\nDocument:\n{d}"}]
-             for d in ("The river rose.", "Photosynthesis turns light into sugar in plants " * 4, "x", "Hi there")]
+    chats = [
+        [{"role": "user", "content": f"{RUBRIC}\nDocument:\n{d}"}]
+        for d in (
+            "The river rose.",
+            "Photosynthesis turns light into sugar in plants " * 4,
+            "x",
+            "Hi there",
+        )
+    ]
     before = backend.usage["prefix_tokens_reused"]
     got = backend.next_token_probs(chats, ["0", "1", "2"], prefixes=["Score: "] * len(chats))
     saved = backend.usage["prefix_tokens_reused"] - before
-    head = len(tok(tok.apply_chat_template(chats[0], tokenize=False, add_generation_prompt=True)[:-200],
-                   add_special_tokens=False)["input_ids"])
+    head = len(
+        tok(
+            tok.apply_chat_template(chats[0], tokenize=False, add_generation_prompt=True)[:-200],
+            add_special_tokens=False,
+        )["input_ids"]
+    )
     assert saved >= 3 * head > 0  # the head ran once for four prompts (batches of 2 share it too)
     for chat, probs in zip(chats, got):
         text = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) + "Score: "
         with torch.no_grad():
             p = torch.softmax(model(_ids(tok, text)).logits[0, -1], -1)
         for digit, value in probs.items():
-            assert value == pytest.approx(p[tok(digit, add_special_tokens=False)["input_ids"][0]].item(),
-                                          rel=1e-4, abs=1e-7)
+            assert value == pytest.approx(
+                p[tok(digit, add_special_tokens=False)["input_ids"][0]].item(), rel=1e-4, abs=1e-7
+            )
 
 
 def test_shared_prefix_length_leaves_every_sequence_a_token_of_its_own():
@@ -154,11 +180,19 @@ def test_shared_prefix_length_leaves_every_sequence_a_token_of_its_own():
 def test_auto_precision_runs_bf16_matmuls_where_the_cpu_has_bf16_units(tiny_llama_dir, backend):
     from prox_assets.core.precision import bf16_is_fast
 
-    auto = ModelEngine(model=str(tiny_llama_dir), max_batch_size=2).load(DeviceSettings(device="cpu"))
+    auto = ModelEngine(model=str(tiny_llama_dir), max_batch_size=2).load(
+        DeviceSettings(device="cpu")
+    )
     assert auto is not backend and auto.compute == "auto" and backend.compute == "float32"
     seen, logits = [], []
-    hooks = [auto.model.model.layers[0].mlp.down_proj.register_forward_hook(lambda m, i, o: seen.append(o.dtype)),
-             auto.model.get_output_embeddings().register_forward_hook(lambda m, i, o: logits.append(o.dtype))]
+    hooks = [
+        auto.model.model.layers[0].mlp.down_proj.register_forward_hook(
+            lambda m, i, o: seen.append(o.dtype)
+        ),
+        auto.model.get_output_embeddings().register_forward_hook(
+            lambda m, i, o: logits.append(o.dtype)
+        ),
+    ]
     try:
         got = auto.next_token_probs(CHATS, ["0", "1"], prefixes=["Score: "] * 3)
     finally:
@@ -198,6 +232,11 @@ def test_refine_benchmark_compares_precisions_on_the_same_windows(tiny_llama_dir
     assert program_agreement(run, run)["window_outputs_agree"] == 1.0
     from prox_assets.core.refine import ChunkRun
 
-    other = {**run, "chunk_runs": [ChunkRun(r.windows, ["drop_doc()"] * len(r.windows), r.result)
-                                   for r in run["chunk_runs"]]}
+    other = {
+        **run,
+        "chunk_runs": [
+            ChunkRun(r.windows, ["drop_doc()"] * len(r.windows), r.result)
+            for r in run["chunk_runs"]
+        ],
+    }
     assert program_agreement(run, other)["window_programs_identical"] < 1.0

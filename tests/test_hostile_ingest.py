@@ -24,19 +24,33 @@ def read(data: bytes, name: str):
 
 
 def reconciles(r) -> bool:
-    return r.tally.n_read == r.tally.n_ingested + r.tally.n_quarantined and r.tally.n_ingested == len(r.documents)
+    return (
+        r.tally.n_read == r.tally.n_ingested + r.tally.n_quarantined
+        and r.tally.n_ingested == len(r.documents)
+    )
 
 
 def test_deeply_nested_json_and_huge_integers_are_quarantined_records():
-    data = b"\n".join([
-        json.dumps({"text": "before"}).encode(),
-        b'{"text": "x", "a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",  # RecursionError in json
-        b'{"text": "y", "n": ' + b"9" * 5_000 + b"}",  # past Python's integer digit limit
-        json.dumps({"text": "after"}).encode(),
-    ]) + b"\n"
+    data = (
+        b"\n".join(
+            [
+                json.dumps({"text": "before"}).encode(),
+                b'{"text": "x", "a": '
+                + b"[" * 100_000
+                + b"]" * 100_000
+                + b"}",  # RecursionError in json
+                b'{"text": "y", "n": ' + b"9" * 5_000 + b"}",  # past Python's integer digit limit
+                json.dumps({"text": "after"}).encode(),
+            ]
+        )
+        + b"\n"
+    )
     r = read(data, "h.jsonl")
     assert [d["text"] for d in r.documents] == ["before", "after"]
-    assert [(q.locator, q.reason) for q in r.quarantined] == [("line:2", "malformed_json"), ("line:3", "malformed_json")]
+    assert [(q.locator, q.reason) for q in r.quarantined] == [
+        ("line:2", "malformed_json"),
+        ("line:3", "malformed_json"),
+    ]
     assert "RecursionError" in r.quarantined[0].detail and "ValueError" in r.quarantined[1].detail
     assert reconciles(r) and r.n_read == 4
 
@@ -51,26 +65,41 @@ def _warc_record(uri: bytes | None, body: bytes, extra: bytes = b"") -> bytes:
 
 
 def test_warc_record_without_target_uri_is_a_document_without_url():
-    data = _warc_record(None, b"<p>no address</p>") + _warc_record(b"http://b.example/", b"<p>fine</p>")
+    data = _warc_record(None, b"<p>no address</p>") + _warc_record(
+        b"http://b.example/", b"<p>fine</p>"
+    )
     r = read(data, "h.warc")
-    assert [(d["url"], d["text"].strip()) for d in r.documents] == [(None, "no address"), ("http://b.example/", "fine")]
+    assert [(d["url"], d["text"].strip()) for d in r.documents] == [
+        (None, "no address"),
+        ("http://b.example/", "fine"),
+    ]
     assert reconciles(r)
 
 
 def test_warc_header_too_long_stops_reading_but_keeps_what_was_read():
-    data = _warc_record(b"http://a.example/", b"<p>first</p>") + \
-        _warc_record(b"http://b.example/", b"<p>second</p>", b"X-Junk: " + b"a" * (1 << 20) + b"\r\n")
+    data = _warc_record(b"http://a.example/", b"<p>first</p>") + _warc_record(
+        b"http://b.example/", b"<p>second</p>", b"X-Junk: " + b"a" * (1 << 20) + b"\r\n"
+    )
     r = read(data, "h.warc")
     assert [d["url"] for d in r.documents] == ["http://a.example/"]
-    assert r.quarantined[-1].reason == "corrupt_file" and "header" in r.quarantined[-1].detail.lower()
+    assert (
+        r.quarantined[-1].reason == "corrupt_file" and "header" in r.quarantined[-1].detail.lower()
+    )
     assert reconciles(r)
 
 
 def _parquet_with_row_groups(n_groups: int, rows: int, **kw) -> bytes:
     buf = io.BytesIO()
     table = pa.table({"text": [f"document {i} " + "word " * 40 for i in range(n_groups * rows)]})
-    pq.write_table(table, buf, row_group_size=rows, compression="snappy", write_page_checksum=True,
-                   use_dictionary=False, **kw)
+    pq.write_table(
+        table,
+        buf,
+        row_group_size=rows,
+        compression="snappy",
+        write_page_checksum=True,
+        use_dictionary=False,
+        **kw,
+    )
     return buf.getvalue()
 
 
@@ -78,7 +107,7 @@ def test_one_corrupt_row_group_of_twenty_costs_only_its_rows():
     data = bytearray(_parquet_with_row_groups(20, 50))
     meta = pq.ParquetFile(io.BytesIO(bytes(data))).metadata.row_group(7).column(0)
     middle = meta.data_page_offset + meta.total_compressed_size // 2
-    data[middle: middle + 64] = b"\x00" * 64
+    data[middle : middle + 64] = b"\x00" * 64
     r = read(bytes(data), "h.parquet")
     assert len(r.documents) == 19 * 50
     [bad] = r.quarantined
@@ -88,21 +117,30 @@ def test_one_corrupt_row_group_of_twenty_costs_only_its_rows():
 
 def test_dictionary_encoded_text_column_is_read():
     buf = io.BytesIO()
-    table = pa.table({"text": pa.array(["same text", "other text", "same text 2"]).dictionary_encode()})
+    table = pa.table(
+        {"text": pa.array(["same text", "other text", "same text 2"]).dictionary_encode()}
+    )
     pq.write_table(table, buf)
     r = read(buf.getvalue(), "d.parquet")
     assert [d["text"] for d in r.documents] == ["same text", "other text", "same text 2"]
     # written with its dictionary type kept in the Arrow schema too
     buf2 = io.BytesIO()
     pq.write_table(table, buf2, store_schema=True)
-    assert pa.types.is_dictionary(pq.ParquetFile(io.BytesIO(buf2.getvalue())).schema_arrow.field("text").type)
+    assert pa.types.is_dictionary(
+        pq.ParquetFile(io.BytesIO(buf2.getvalue())).schema_arrow.field("text").type
+    )
     assert len(read(buf2.getvalue(), "d2.parquet").documents) == 3
 
 
 def test_lone_surrogates_outside_the_text_never_reach_the_writer():
-    data = "\n".join([
-        '{"text": "ok", "source": "\\ud800", "url": "http://\\udfff", "meta": "\\ud800"}',
-    ]).encode() + b"\n"
+    data = (
+        "\n".join(
+            [
+                '{"text": "ok", "source": "\\ud800", "url": "http://\\udfff", "meta": "\\ud800"}',
+            ]
+        ).encode()
+        + b"\n"
+    )
     r = read(data, "s.jsonl")
     [doc] = r.documents
     assert doc["source"] == "hostile" and doc["url"] is None
@@ -144,14 +182,20 @@ def test_raw_corpus_records_a_failed_ingestion_and_its_quarantine(prox_env):
     """A shard whose every record is bad: the run fails, and the counts and reasons are in the catalog."""
     bad = prox_env / "allbad.jsonl"
     bad.write_bytes(b'{"text": ' + b"[" * 50_000 + b"\n" + b'{"n": ' + b"1" * 5000 + b"}\n")
-    out = subprocess.run([str(BIN / "prox"), "ingest", str(bad)], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [str(BIN / "prox"), "ingest", str(bad)], capture_output=True, text=True, timeout=300
+    )
     assert out.returncode != 0 and "nothing could be read" in out.stdout + out.stderr
     from prox_resources.catalog import Catalog
 
     catalog = Catalog()
-    rows = catalog.query("SELECT n_read, n_ingested, n_quarantined, raw_path FROM ingestions").rows()
+    rows = catalog.query(
+        "SELECT n_read, n_ingested, n_quarantined, raw_path FROM ingestions"
+    ).rows()
     assert rows == [(2, 0, 2, None)]
-    assert catalog.query("SELECT reason, count(*) FROM quarantine GROUP BY 1").rows() == [("malformed_json", 2)]
+    assert catalog.query("SELECT reason, count(*) FROM quarantine GROUP BY 1").rows() == [
+        ("malformed_json", 2)
+    ]
 
 
 # --- through the asset: crash leftovers, duplicates across shards ------------------------------
@@ -178,7 +222,9 @@ def test_a_raw_file_left_by_a_killed_run_never_looks_current_and_is_reconciled(p
     assert raw_key(catalog, "web-00") == current  # readers follow the catalog, not the newest file
     again = _materialize("web-00")
     assert again.success
-    assert store.list("raw/web-00/") == [raw_key(catalog, "web-00")] != [current]  # orphan and old file gone
+    assert (
+        store.list("raw/web-00/") == [raw_key(catalog, "web-00")] != [current]
+    )  # orphan and old file gone
     assert catalog.query("SELECT count(*) FROM documents").item() == 2
 
 

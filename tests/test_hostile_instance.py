@@ -40,8 +40,11 @@ def _instance_dir(tmp_path: Path, poll_s: int) -> Path:
     assert config["run_monitoring"]["enabled"] is True
     assert config["run_launcher"]["class"] == "ProxRunLauncher"
     config["run_monitoring"]["poll_interval_seconds"] = poll_s
-    config["run_coordinator"] = {"module": "dagster.core.run_coordinator", "class": "QueuedRunCoordinator",
-                                 "config": {"dequeue_interval_seconds": 1}}
+    config["run_coordinator"] = {
+        "module": "dagster.core.run_coordinator",
+        "class": "QueuedRunCoordinator",
+        "config": {"dequeue_interval_seconds": 1},
+    }
     home = tmp_path / "dagster"
     home.mkdir()
     (home / "dagster.yaml").write_text(yaml.safe_dump(config))
@@ -78,33 +81,60 @@ def _worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
 
 
 def _messages(instance: dg.DagsterInstance, run_id: str) -> str:
-    return "\n".join(r.dagster_event.message or "" for r in instance.all_logs(run_id) if r.dagster_event)
+    return "\n".join(
+        r.dagster_event.message or "" for r in instance.all_logs(run_id) if r.dagster_event
+    )
 
 
 @pytest.mark.slow
 def test_the_daemon_fails_runs_whose_worker_was_killed(tmp_path):
     home = _instance_dir(tmp_path, poll_s=1)
     env = _env(DAGSTER_HOME=str(home))
-    daemon = Server("daemon", [BIN / "dagster-daemon", "run", "-f", DEFS], tmp_path, env=env, cwd=REPO_ROOT)
+    daemon = Server(
+        "daemon", [BIN / "dagster-daemon", "run", "-f", DEFS], tmp_path, env=env, cwd=REPO_ROOT
+    )
     cli = None
     try:
         instance = dg.DagsterInstance.from_config(str(home))
         # 1. a run launched through the daemon and its code server (the UI's, a sensor's way)
-        launched = subprocess.run([BIN / "dagster", "job", "launch", "-f", DEFS, "-j", "sleepy_job"], env=env,
-                                  cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+        launched = subprocess.run(
+            [BIN / "dagster", "job", "launch", "-f", DEFS, "-j", "sleepy_job"],
+            env=env,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert launched.returncode == 0, launched.stdout + launched.stderr
         run_id = instance.get_runs(limit=1)[0].run_id
         worker = _wait("the run worker", lambda: _worker_pid(instance, run_id), 180, daemon)
-        _wait("STARTED", lambda: _status(instance, run_id) == dg.DagsterRunStatus.STARTED, 60, daemon)
+        _wait(
+            "STARTED", lambda: _status(instance, run_id) == dg.DagsterRunStatus.STARTED, 60, daemon
+        )
         time.sleep(5)  # several monitoring polls: a live worker is left alone
         assert _status(instance, run_id) == dg.DagsterRunStatus.STARTED
 
         # 2. a run executed in-process by a command (prox ingest / prox demo)
-        cli = subprocess.Popen([sys.executable, "-c", IN_PROCESS], env=env, cwd=REPO_ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        cli_run = _wait("the in-process run", lambda: next(
-            (r.run_id for r in instance.get_runs() if WORKER_TAG in r.tags
-             and r.status == dg.DagsterRunStatus.STARTED), None), 120, daemon)
+        cli = subprocess.Popen(
+            [sys.executable, "-c", IN_PROCESS],
+            env=env,
+            cwd=REPO_ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        cli_run = _wait(
+            "the in-process run",
+            lambda: next(
+                (
+                    r.run_id
+                    for r in instance.get_runs()
+                    if WORKER_TAG in r.tags and r.status == dg.DagsterRunStatus.STARTED
+                ),
+                None,
+            ),
+            120,
+            daemon,
+        )
         time.sleep(3)
         assert _status(instance, cli_run) == dg.DagsterRunStatus.STARTED
 
@@ -118,8 +148,12 @@ def test_the_daemon_fails_runs_whose_worker_was_killed(tmp_path):
         cli.wait(30)
 
         for rid in (run_id, cli_run):
-            _wait(f"run {rid} to fail", lambda rid=rid: _status(instance, rid) == dg.DagsterRunStatus.FAILURE,
-                  120, daemon)
+            _wait(
+                f"run {rid} to fail",
+                lambda rid=rid: _status(instance, rid) == dg.DagsterRunStatus.FAILURE,
+                120,
+                daemon,
+            )
             assert "is gone" in _messages(instance, rid)
     finally:
         if cli is not None and cli.poll() is None:
@@ -131,14 +165,31 @@ def test_a_killed_prox_command_s_runs_are_failed_by_the_next_command(tmp_path):
     """No daemon at all: the next `prox` command that opens the instance resolves them."""
     prox_home = tmp_path / "home"
     env = _env(PROX_HOME=str(prox_home))
-    subprocess.run([BIN / "prox", "catalog", "SELECT 1"], env=env, cwd=REPO_ROOT, check=True, capture_output=True)
+    subprocess.run(
+        [BIN / "prox", "catalog", "SELECT 1"],
+        env=env,
+        cwd=REPO_ROOT,
+        check=True,
+        capture_output=True,
+    )
     dagster_home = str(prox_home / "dagster")  # where every prox command puts the instance
-    cli = subprocess.Popen([sys.executable, "-c", IN_PROCESS], env={**env, "DAGSTER_HOME": dagster_home},
-                           cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cli = subprocess.Popen(
+        [sys.executable, "-c", IN_PROCESS],
+        env={**env, "DAGSTER_HOME": dagster_home},
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         instance = dg.DagsterInstance.from_config(dagster_home)
-        run_id = _wait("the in-process run", lambda: next(
-            (r.run_id for r in instance.get_runs() if r.status == dg.DagsterRunStatus.STARTED), None), 120)
+        run_id = _wait(
+            "the in-process run",
+            lambda: next(
+                (r.run_id for r in instance.get_runs() if r.status == dg.DagsterRunStatus.STARTED),
+                None,
+            ),
+            120,
+        )
         cli.send_signal(signal.SIGKILL)
         cli.wait(30)
         time.sleep(1)
@@ -148,8 +199,14 @@ def test_a_killed_prox_command_s_runs_are_failed_by_the_next_command(tmp_path):
             cli.kill()
     data = tmp_path / "x.jsonl"
     data.write_text('{"text": "a document"}\n')
-    proc = subprocess.run([BIN / "prox", "ingest", "--no-run", data], env=env, cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [BIN / "prox", "ingest", "--no-run", data],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert f"run {run_id}: its prox process is gone; marked failed" in proc.stderr
     assert _status(instance, run_id) == dg.DagsterRunStatus.FAILURE

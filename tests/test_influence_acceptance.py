@@ -23,15 +23,35 @@ def test_exact_scores_rank_the_target_domain_and_landmarks_track_them(smollm2_di
     from prox_resources.engine import ModelEngine
 
     texts, domains = domain_pool(sample_files, total=160, piece_chars=600)
-    assert {d: domains.count(d) for d in set(domains)} == {"austen": 40, "math": 40, "news": 40, "pydocs": 40}
+    assert {d: domains.count(d) for d in set(domains)} == {
+        "austen": 40,
+        "math": 40,
+        "news": 40,
+        "pydocs": 40,
+    }
     targets, _ = split_target(load_task("math"), 8, 0)
     corpus = set(texts)
-    assert not any(t.prompt.strip() in piece for t in targets for piece in corpus)  # held out of the pool
-    model, tokenizer = ModelEngine(model=str(smollm2_dir)).load_model(DeviceSettings())  # as landmark_influence does
-    report = influence_study(model, tokenizer, texts, domains, "math",
-                             [t.prompt for t in targets], [t.answer for t in targets],
-                             InfluenceConfig(max_len=128, warmup_steps=16), landmark_counts=[24], draws=5,
-                             embeddings=["jvp-mean"], stability_seeds=[1], stability_samples=64)
+    assert not any(
+        t.prompt.strip() in piece for t in targets for piece in corpus
+    )  # held out of the pool
+    model, tokenizer = ModelEngine(model=str(smollm2_dir)).load_model(
+        DeviceSettings()
+    )  # as landmark_influence does
+    report = influence_study(
+        model,
+        tokenizer,
+        texts,
+        domains,
+        "math",
+        [t.prompt for t in targets],
+        [t.answer for t in targets],
+        InfluenceConfig(max_len=128, warmup_steps=16),
+        landmark_counts=[24],
+        draws=5,
+        embeddings=["jvp-mean"],
+        stability_seeds=[1],
+        stability_samples=64,
+    )
     out = Path(__file__).resolve().parent.parent / ".prox" / "test-artifacts" / "influence"
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2))

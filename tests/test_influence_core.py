@@ -1,6 +1,5 @@
 """The identities of Influence Distillation (Nikdan et al., 2025, arXiv 2505.19051), on a tiny Llama."""
 
-
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -34,8 +33,15 @@ from prox_assets.core.influence import (
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
-                      num_attention_heads=4, num_key_value_heads=2, attn_implementation="eager")
+    cfg = LlamaConfig(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attn_implementation="eager",
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -74,8 +80,10 @@ def test_krr_interpolates_landmarks_as_ridge_vanishes():
     g = torch.Generator().manual_seed(0)
     emb, values = torch.randn(40, 8, generator=g), torch.randn(12, 3, generator=g)
     landmarks = choose_landmarks(40, 12, seed=1)
-    errors = [(krr_propagate(emb, landmarks, values, ridge=r)[landmarks] - values).abs().max().item()
-              for r in (1e-1, 1e-3, 1e-6, 1e-9)]
+    errors = [
+        (krr_propagate(emb, landmarks, values, ridge=r)[landmarks] - values).abs().max().item()
+        for r in (1e-1, 1e-3, 1e-6, 1e-9)
+    ]
     assert errors == sorted(errors, reverse=True) and errors[-1] < 1e-5
 
 
@@ -141,9 +149,18 @@ def test_warm_up_trains_in_place_and_returns_its_own_adam_step(model):
         def __call__(self, text, add_special_tokens=False):
             return {"input_ids": [1 + ord(c) % 96 for c in text]}
 
-    adam = warm_up(work, Tok(), ["some text here", "other words there", "a third one"], steps=3, lr=1e-3,
-                   batch_size=2, max_len=12)
-    assert not torch.equal(before, work.model.layers[0].mlp.down_proj.weight)  # gradients at the warmed model
+    adam = warm_up(
+        work,
+        Tok(),
+        ["some text here", "other words there", "a third one"],
+        steps=3,
+        lr=1e-3,
+        batch_size=2,
+        max_len=12,
+    )
+    assert not torch.equal(
+        before, work.model.layers[0].mlp.down_proj.weight
+    )  # gradients at the warmed model
     assert adam.step == 3 and len(adam.losses) == 3 and not work.training
     spread = adam.factor_spread()
     assert spread["a_p01"] <= spread["a_p50"] <= spread["a_p99"]
@@ -157,7 +174,9 @@ def test_make_batch_keeps_the_whole_answer():
             return {"input_ids": [1 + ord(c) % 96 for c in text]}
 
     b = make_batch(Tok(), ["p" * 50], ["a" * 20], max_len=32)
-    assert (b.labels[0] != -100).sum() == 20 and b.attention_mask.sum() == 32  # prompt cut from the left
+    assert (
+        b.labels[0] != -100
+    ).sum() == 20 and b.attention_mask.sum() == 32  # prompt cut from the left
 
 
 def test_jvp_embeddings_are_deterministic_and_leave_the_model_whole(model):
@@ -169,7 +188,9 @@ def test_jvp_embeddings_are_deterministic_and_leave_the_model_whole(model):
     assert len(model.model.layers) == 3  # the truncated trunk was a copy
     # every parameter of the truncated model is perturbed, embeddings and final norm included
     names = set(JVPEmbedder(model, blocks=2).tangents[0])
-    assert {"embed_tokens.weight", "norm.weight"} <= names and not any(n.startswith("layers.2.") for n in names)
+    assert {"embed_tokens.weight", "norm.weight"} <= names and not any(
+        n.startswith("layers.2.") for n in names
+    )
 
 
 def test_round_robin_alternates_targets_in_shuffled_order():
@@ -185,7 +206,9 @@ def test_round_robin_alternates_targets_in_shuffled_order():
 
 def test_auroc():
     s = torch.tensor([0.9, 0.8, 0.1, 0.2])
-    assert auroc(s, [True, True, False, False]) == 1.0 and auroc(s, [False, False, True, True]) == 0.0
+    assert (
+        auroc(s, [True, True, False, False]) == 1.0 and auroc(s, [False, False, True, True]) == 0.0
+    )
     assert auroc(torch.ones(4), [True, False, True, False]) == 0.5
 
 
@@ -195,13 +218,17 @@ def test_centred_krr_falls_back_to_the_mean_far_from_landmarks():
     far = torch.cat([emb, torch.full((1, 4), 1e3)])
     est = krr_propagate(far, list(range(20)), values, ridge=0.1)
     assert est[-1, 0].item() == pytest.approx(values.mean().item(), abs=1e-6)
-    assert krr_propagate(far, list(range(20)), values, ridge=0.1, centre=False)[-1, 0].item() == pytest.approx(0)
+    assert krr_propagate(far, list(range(20)), values, ridge=0.1, centre=False)[
+        -1, 0
+    ].item() == pytest.approx(0)
 
 
 def test_second_order_reduces_to_first_order_without_curvature():
     p = torch.randn(30, generator=torch.Generator().manual_seed(5))
     lam = lambda_for_k(p, 6, 30.0)
-    w2 = second_order_weights(p, lambda w: torch.zeros_like(w), eta=0.0, lam=lam, total=30.0, steps=2000, lr=lam ** -1 * 0.5)
+    w2 = second_order_weights(
+        p, lambda w: torch.zeros_like(w), eta=0.0, lam=lam, total=30.0, steps=2000, lr=lam**-1 * 0.5
+    )
     assert torch.allclose(w2, simplex_weights(p, lam, 30.0), atol=1e-3)
 
 

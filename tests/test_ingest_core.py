@@ -16,7 +16,9 @@ def read(data: bytes, name: str, max_doc_bytes: int = 10 * 1024 * 1024):
 
 
 def jsonl(*records) -> bytes:
-    return b"".join((r if isinstance(r, bytes) else json.dumps(r).encode()) + b"\n" for r in records)
+    return b"".join(
+        (r if isinstance(r, bytes) else json.dumps(r).encode()) + b"\n" for r in records
+    )
 
 
 def test_shard_names():
@@ -27,7 +29,10 @@ def test_shard_names():
 
 
 def test_jsonl_schema_and_stable_ids():
-    data = jsonl({"text": "Hello world", "url": "http://a", "id": 7, "lang": "en"}, {"text": "Second doc", "source": "x"})
+    data = jsonl(
+        {"text": "Hello world", "url": "http://a", "id": 7, "lang": "en"},
+        {"text": "Second doc", "source": "x"},
+    )
     r = read(data, "s.jsonl")
     assert [d["text"] for d in r.documents] == ["Hello world", "Second doc"]
     first = r.documents[0]
@@ -106,7 +111,9 @@ def test_html_keeps_boilerplate_like_a_crawl_extractor():
     <footer>Copyright 2026 Example Corp. All rights reserved.</footer></body></html>"""
     r = read(html, "page.html")
     text = r.documents[0]["text"]
-    assert "Home" in text and "The actual article text is here." in text and "Copyright 2026" in text
+    assert (
+        "Home" in text and "The actual article text is here." in text and "Copyright 2026" in text
+    )
     assert "var x" not in text
 
 

@@ -20,9 +20,15 @@ def test_no_module_but_the_loader_imports_model_classes():
         if path == REPO / "prox_resources" / "loader.py":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ("transformers", "peft"):
-                offenders += [f"{path.relative_to(REPO)}: {a.name}" for a in node.names
-                              if MODEL_CLASS.fullmatch(a.name)]
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in (
+                "transformers",
+                "peft",
+            ):
+                offenders += [
+                    f"{path.relative_to(REPO)}: {a.name}"
+                    for a in node.names
+                    if MODEL_CLASS.fullmatch(a.name)
+                ]
     assert not offenders
 
 
@@ -31,7 +37,7 @@ def test_the_engine_loads_on_the_device_resources_device(tiny_llama_dir, tmp_pat
     from prox_assets.core.training import train_lm
 
     engine = ModelEngine(model=str(tiny_llama_dir))
-    model, tokenizer = engine.load_model(DeviceSettings(device="cpu"))
+    model, _tokenizer = engine.load_model(DeviceSettings(device="cpu"))
     assert next(model.parameters()).dtype == torch.float32 and not model.training
     # the device is the resource's, whatever it names ("meta": no memory, no GPU needed)
     on_meta, _ = engine.load_model(DeviceSettings(device="meta"))
@@ -39,10 +45,23 @@ def test_the_engine_loads_on_the_device_resources_device(tiny_llama_dir, tmp_pat
 
     trainable = engine.load_model(DeviceSettings(device="cpu"), train=True)
     assert trainable.model.training
-    cfg = TrainConfig(method="lora", lora_r=4, lora_alpha=8, lora_layers=1, max_steps=1, batch_size=1,
-                      warmup_steps=1, max_seq_len=32)
-    train_lm(trainable.model, trainable.tokenizer, ["A short text about rivers and the evening light."] * 2, cfg,
-             tmp_path / "ckpt")
+    cfg = TrainConfig(
+        method="lora",
+        lora_r=4,
+        lora_alpha=8,
+        lora_layers=1,
+        max_steps=1,
+        batch_size=1,
+        warmup_steps=1,
+        max_seq_len=32,
+    )
+    train_lm(
+        trainable.model,
+        trainable.tokenizer,
+        ["A short text about rivers and the evening light."] * 2,
+        cfg,
+        tmp_path / "ckpt",
+    )
     tuned = engine.load_model(DeviceSettings(device="cpu"), adapter=tmp_path / "ckpt")
     backend = engine.serve(tuned, DeviceSettings(device="cpu"))
     assert backend.model is tuned.model and backend.loglikelihood(["The sky is"], [" blue"])[0] < 0

@@ -15,9 +15,23 @@ from prox_assets.core.executor import (
 )
 from prox_assets.core.programs import parse_program
 
-NAMES = ["remove_lines", "normalize", "keep_chunk", "skip_chunk", "keep_doc", "drop_doc",
-         "untouch_doc", "__import__", "os.system", "eval"]
-lines_st = st.lists(st.text(alphabet=string.printable.replace("\n", "") + "éü€—", max_size=40), min_size=1, max_size=30)
+NAMES = [
+    "remove_lines",
+    "normalize",
+    "keep_chunk",
+    "skip_chunk",
+    "keep_doc",
+    "drop_doc",
+    "untouch_doc",
+    "__import__",
+    "os.system",
+    "eval",
+]
+lines_st = st.lists(
+    st.text(alphabet=string.printable.replace("\n", "") + "éü€—", max_size=40),
+    min_size=1,
+    max_size=30,
+)
 texts = st.one_of(st.text(max_size=400), lines_st.map("\n".join))
 
 
@@ -27,13 +41,20 @@ def programs(draw):
     stmts = []
     for _ in range(draw(st.integers(0, 8))):
         name = draw(st.sampled_from(NAMES))
-        args = draw(st.lists(st.one_of(
-            st.integers(-5, 60).map(str),
-            st.text(max_size=12).map(repr),
-            st.text(alphabet="()=,'\"\\#;\n x", max_size=6),
-        ), max_size=3))
+        args = draw(
+            st.lists(
+                st.one_of(
+                    st.integers(-5, 60).map(str),
+                    st.text(max_size=12).map(repr),
+                    st.text(alphabet="()=,'\"\\#;\n x", max_size=6),
+                ),
+                max_size=3,
+            )
+        )
         kw = draw(st.booleans())
-        keys = ["line_start", "line_end"] if name == "remove_lines" else ["source_str", "target_str"]
+        keys = (
+            ["line_start", "line_end"] if name == "remove_lines" else ["source_str", "target_str"]
+        )
         rendered = [f"{keys[i]}={a}" if kw and i < 2 else a for i, a in enumerate(args)]
         stmts.append(f"{name}({', '.join(rendered)})")
     if draw(st.booleans()):
@@ -116,8 +137,12 @@ def test_fuzz_arbitrary_program_strings(program):
 
 
 @FAST
-@given(st.text(alphabet=" \n\tab", max_size=300), st.text(alphabet=" \n\tab", max_size=300),
-       st.integers(0, 12), st.floats(0, 0.5))
+@given(
+    st.text(alphabet=" \n\tab", max_size=300),
+    st.text(alphabet=" \n\tab", max_size=300),
+    st.integers(0, 12),
+    st.floats(0, 0.5),
+)
 def test_drop_rule_equals_the_naive_word_count(original, refined, min_words, fraction):
     from prox_assets.core.executor import _drop_rule
 
@@ -132,19 +157,25 @@ def well_formed_programs(draw):
     """Programs of well-formed chunk calls in the spellings a model uses."""
     stmts = []
     for _ in range(draw(st.integers(1, 4))):
-        kind = draw(st.sampled_from(["remove", "remove_pos", "remove_alias", "normalize", "normalize_pos", "keep"]))
+        kind = draw(
+            st.sampled_from(
+                ["remove", "remove_pos", "remove_alias", "normalize", "normalize_pos", "keep"]
+            )
+        )
         a, b = draw(st.integers(-3, 120)), draw(st.integers(-3, 120))
         s, t = draw(st.text(max_size=10)), draw(st.text(max_size=6))
         q = draw(st.sampled_from(['"', "'"]))
         quote = (lambda v: json.dumps(v, ensure_ascii=False)) if q == '"' else repr
-        stmts.append({
-            "remove": f"remove_lines(line_start={a}, line_end={b})",
-            "remove_pos": f"remove_lines({a}, {b})",
-            "remove_alias": f"remove_lines(start={a}, end_line={b})",
-            "normalize": f"normalize(source_str={quote(s)}, target_str={quote(t)})",
-            "normalize_pos": f"normalize({quote(s)}, {quote(t)})",
-            "keep": draw(st.sampled_from(["keep_chunk()", "skip_chunk()"])),
-        }[kind])
+        stmts.append(
+            {
+                "remove": f"remove_lines(line_start={a}, line_end={b})",
+                "remove_pos": f"remove_lines({a}, {b})",
+                "remove_alias": f"remove_lines(start={a}, end_line={b})",
+                "normalize": f"normalize(source_str={quote(s)}, target_str={quote(t)})",
+                "normalize_pos": f"normalize({quote(s)}, {quote(t)})",
+                "keep": draw(st.sampled_from(["keep_chunk()", "skip_chunk()"])),
+            }[kind]
+        )
     return draw(st.sampled_from(["\n", "; ", "\n# note\n"])).join(stmts)
 
 
@@ -178,19 +209,51 @@ def canonical_like_programs(draw):
             target = draw(st.text(alphabet="ab x", max_size=4))
             stmts.append(f'normalize(source_str="{source}", target_str="{target}")')
         elif kind == "bare":
-            stmts.append(draw(st.sampled_from(["keep_chunk", "skip_chunk", "untouch_doc", "keep_doc", "drop_doc",
-                                               "remove_lines", "normalize", "eval"])) + "()")
+            stmts.append(
+                draw(
+                    st.sampled_from(
+                        [
+                            "keep_chunk",
+                            "skip_chunk",
+                            "untouch_doc",
+                            "keep_doc",
+                            "drop_doc",
+                            "remove_lines",
+                            "normalize",
+                            "eval",
+                        ]
+                    )
+                )
+                + "()"
+            )
         else:
-            stmts.append(draw(st.sampled_from(["", " ", "# c", "keep_chunk() # c", "keep_chunk();keep_chunk()",
-                                               "keep_chunk()keep_chunk()", "```", "remove_lines(0, 1",
-                                               'normalize(source_str="ab'])))
+            stmts.append(
+                draw(
+                    st.sampled_from(
+                        [
+                            "",
+                            " ",
+                            "# c",
+                            "keep_chunk() # c",
+                            "keep_chunk();keep_chunk()",
+                            "keep_chunk()keep_chunk()",
+                            "```",
+                            "remove_lines(0, 1",
+                            'normalize(source_str="ab',
+                        ]
+                    )
+                )
+            )
     sep = draw(st.sampled_from(["\n", "\n", "; ", "\n\n", " \n"]))
     return sep.join(stmts) + draw(st.sampled_from(["", "\n", " ", "\n\n"]))
 
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.one_of(canonical_like_programs(), programs(), well_formed_programs()), st.sampled_from(["chunk", "doc"]),
-       st.booleans())
+@given(
+    st.one_of(canonical_like_programs(), programs(), well_formed_programs()),
+    st.sampled_from(["chunk", "doc"]),
+    st.booleans(),
+)
 def test_canonical_fast_path_parses_as_the_general_grammar(program, stage, small_limits):
     """With the canonical fast path switched off every statement goes through _CALL_RE and
     _bind: the result, calls, errors, warnings and line numbers, is the same."""
@@ -223,8 +286,10 @@ def reference_readable_cases(draw):
             b = draw(st.integers(a, n - 1))
             stmts.append(f"remove_lines(line_start={a:0{draw(st.integers(1, 3))}d}, line_end={b})")
         elif kind == "normalize":
-            pair = (draw(st.text(alphabet="abé. ", min_size=1, max_size=4).filter(lambda s: s != " ")),
-                    draw(st.text(alphabet="abx. ", max_size=3)))
+            pair = (
+                draw(st.text(alphabet="abé. ", min_size=1, max_size=4).filter(lambda s: s != " ")),
+                draw(st.text(alphabet="abx. ", max_size=3)),
+            )
             if pair not in pairs:
                 pairs.add(pair)
                 stmts.append(f'normalize(source_str="{pair[0]}", target_str="{pair[1]}")')

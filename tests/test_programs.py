@@ -37,19 +37,30 @@ def kinds(program: str, stage: str = "chunk") -> list[str]:
     "program, source, target",
     [
         # '=' inside a string truncates the value in the reference (URLs with query strings)
-        ('normalize(source_str="http://example.com/story?id=42&ref=home", target_str="")',
-         "http://example.com/story?id=42&ref=home", ""),
+        (
+            'normalize(source_str="http://example.com/story?id=42&ref=home", target_str="")',
+            "http://example.com/story?id=42&ref=home",
+            "",
+        ),
         # ')' inside a string cuts the argument
         ('normalize(source_str="(updated)", target_str="")', "(updated)", ""),
         # ',' inside a string silently skips the call
-        ('normalize(source_str="News, Sports", target_str="News and Sports")', "News, Sports", "News and Sports"),
+        (
+            'normalize(source_str="News, Sports", target_str="News and Sports")',
+            "News, Sports",
+            "News and Sports",
+        ),
         # single quotes never match in the reference
         ("normalize(source_str='Read more at ', target_str='')", "Read more at ", ""),
         # positional arguments count as errors in the reference
         ('normalize("Weather", "Forecast")', "Weather", "Forecast"),
         # quotes and escapes inside strings
-        (r'normalize(source_str="Example News\u002e", target_str="Example News")', "Example News.", "Example News"),
-        ("normalize(source_str=\"a \\\"quoted\\\" word\", target_str='x')", 'a "quoted" word', "x"),
+        (
+            r'normalize(source_str="Example News\u002e", target_str="Example News")',
+            "Example News.",
+            "Example News",
+        ),
+        ('normalize(source_str="a \\"quoted\\" word", target_str=\'x\')', 'a "quoted" word', "x"),
     ],
 )
 def test_reference_defects_normalize(program, source, target):
@@ -59,7 +70,9 @@ def test_reference_defects_normalize(program, source, target):
 
 
 def test_url_with_query_string_is_removed_exactly():
-    r = execute_chunk_program(DOC, 'normalize(source_str="http://example.com/story?id=42&ref=home", target_str="")')
+    r = execute_chunk_program(
+        DOC, 'normalize(source_str="http://example.com/story?id=42&ref=home", target_str="")'
+    )
     assert r.errors == [] and not r.dropped
     assert r.text.split("\n")[4] == "Read more at  (updated)"
     assert r.text.split("\n")[:4] == LINES[:4] and r.text.split("\n")[5:] == LINES[5:]
@@ -67,12 +80,16 @@ def test_url_with_query_string_is_removed_exactly():
 
 def test_positional_remove_lines_and_leading_zeros():
     assert calls("remove_lines(0, 1)") == ["remove_lines(line_start=0, line_end=1)"]
-    assert calls("remove_lines(line_start=000, line_end=001)") == ["remove_lines(line_start=0, line_end=1)"]
+    assert calls("remove_lines(line_start=000, line_end=001)") == [
+        "remove_lines(line_start=0, line_end=1)"
+    ]
     assert calls("remove_lines(5, line_end=6)") == ["remove_lines(line_start=5, line_end=6)"]
 
 
 def test_escaped_newline_spans_lines_within_window():
-    r = execute_chunk_program(DOC, r'normalize(source_str="Contact\nMenu", target_str="Contact | Menu")')
+    r = execute_chunk_program(
+        DOC, r'normalize(source_str="Contact\nMenu", target_str="Contact | Menu")'
+    )
     assert r.errors == []
     assert r.text.split("\n")[0] == "Home | About | Contact | Menu: News, Sports, Weather"
 
@@ -86,13 +103,28 @@ def test_non_ascii_values():
 @pytest.mark.parametrize(
     "program, expected",
     [
-        ("```python\nremove_lines(line_start=0, line_end=1)\n```", ["remove_lines(line_start=0, line_end=1)"]),
-        ("# navigation\nremove_lines(0, 1)  # menu\n\n\nkeep_chunk()", ["remove_lines(line_start=0, line_end=1)", "keep_chunk()"]),
-        ("remove_lines(0, 1); remove_lines(6, 6)", ["remove_lines(line_start=0, line_end=1)", "remove_lines(line_start=6, line_end=6)"]),
+        (
+            "```python\nremove_lines(line_start=0, line_end=1)\n```",
+            ["remove_lines(line_start=0, line_end=1)"],
+        ),
+        (
+            "# navigation\nremove_lines(0, 1)  # menu\n\n\nkeep_chunk()",
+            ["remove_lines(line_start=0, line_end=1)", "keep_chunk()"],
+        ),
+        (
+            "remove_lines(0, 1); remove_lines(6, 6)",
+            ["remove_lines(line_start=0, line_end=1)", "remove_lines(line_start=6, line_end=6)"],
+        ),
         ("skip_chunk()\nuntouch_doc()", ["keep_chunk()", "keep_chunk()"]),
-        ("remove_lines(\n    line_start=0,\n    line_end=1,\n)", ["remove_lines(line_start=0, line_end=1)"]),
+        (
+            "remove_lines(\n    line_start=0,\n    line_end=1,\n)",
+            ["remove_lines(line_start=0, line_end=1)"],
+        ),
         ("normalize(r'\\d+', '')", ['normalize(source_str="\\\\d+", target_str="")']),
-        ('normalize("""multi\nline""", "x")', ['normalize(source_str="multi\\nline", target_str="x")']),
+        (
+            'normalize("""multi\nline""", "x")',
+            ['normalize(source_str="multi\\nline", target_str="x")'],
+        ),
     ],
 )
 def test_program_forms(program, expected):
@@ -141,7 +173,9 @@ def test_limits():
     limits = Limits(max_program_chars=100, max_calls=3, max_string_chars=10)
     assert parse_program("keep_chunk()\n" * 20, "chunk", limits).fatal
     assert parse_program("keep_chunk()\n" * 5, "chunk", limits).fatal
-    assert [e.kind for e in parse_program("normalize('a' , '" + "b" * 11 + "')", "chunk", limits).errors] == ["string_too_long"]
+    assert [
+        e.kind for e in parse_program("normalize('a' , '" + "b" * 11 + "')", "chunk", limits).errors
+    ] == ["string_too_long"]
     assert execute_chunk_program(DOC, "keep_chunk()\n" * 5, ExecutorConfig(limits=limits)).ignored
 
 
@@ -151,7 +185,9 @@ def test_parser_never_raises_on_non_text():
 
 # --- executor semantics ----------------------------------------------------------------------
 def test_remove_lines_inclusive_and_merged():
-    r = execute_chunk_program(DOC, "remove_lines(0, 1)\nremove_lines(1, 1)\nremove_lines(6, 6)\nremove_lines(0, 1)")
+    r = execute_chunk_program(
+        DOC, "remove_lines(0, 1)\nremove_lines(1, 1)\nremove_lines(6, 6)\nremove_lines(0, 1)"
+    )
     assert r.text.split("\n") == LINES[2:6]
     assert [(e.line_start, e.line_end) for e in r.edits] == [(0, 1), (6, 6)]
     assert not r.dropped and r.errors == []
@@ -168,13 +204,18 @@ def test_one_error_is_tolerated_two_ignore_the_program():
     assert [e.kind for e in one.errors] == ["line_out_of_range"]
     two = execute_chunk_program(DOC, "remove_lines(0, 1)\nremove_lines(50, 60)\nbogus(")
     assert two.ignored and two.text == DOC and two.edits == []
-    assert ExecutorConfig(max_errors=3) and not execute_chunk_program(
-        DOC, "remove_lines(0, 1)\nremove_lines(50, 60)\nbogus(", ExecutorConfig(max_errors=3)
-    ).ignored
+    assert (
+        ExecutorConfig(max_errors=3)
+        and not execute_chunk_program(
+            DOC, "remove_lines(0, 1)\nremove_lines(50, 60)\nbogus(", ExecutorConfig(max_errors=3)
+        ).ignored
+    )
 
 
 def test_reversed_range_is_an_error():
-    assert [e.kind for e in execute_chunk_program(DOC, "remove_lines(3, 2)").errors] == ["reversed_range"]
+    assert [e.kind for e in execute_chunk_program(DOC, "remove_lines(3, 2)").errors] == [
+        "reversed_range"
+    ]
 
 
 def test_drop_when_too_few_words_remain():
@@ -183,7 +224,9 @@ def test_drop_when_too_few_words_remain():
     long_doc = "\n".join(["word " * 30] * 40)
     r = execute_chunk_program(long_doc, "remove_lines(0, 38)")  # 30 of 1200 words = 2.5% left
     assert r.dropped and r.reason == "too_little_text_after_edits"
-    r = execute_chunk_program(long_doc, "remove_lines(0, 37)", ExecutorConfig(min_word_fraction=0.01))
+    r = execute_chunk_program(
+        long_doc, "remove_lines(0, 37)", ExecutorConfig(min_word_fraction=0.01)
+    )
     assert not r.dropped
 
 
@@ -200,7 +243,9 @@ def test_doc_stage_only_clear_drop_drops():
     assert not execute_doc_program(DOC, "").dropped
     assert not execute_doc_program(DOC, "I think this should be dropped").dropped
     assert not execute_doc_program(DOC, "drop_doc()\nkeep_doc()").dropped  # conflict keeps
-    assert not execute_doc_program(DOC, "drop_doc()\njunk(\nmore junk(").dropped  # 2 errors: ignored
+    assert not execute_doc_program(
+        DOC, "drop_doc()\njunk(\nmore junk("
+    ).dropped  # 2 errors: ignored
 
 
 def test_normalize_applies_to_its_own_window_by_default():
@@ -215,13 +260,18 @@ def test_normalize_applies_to_its_own_window_by_default():
 
 def test_windows_with_all_lines_removed_leave_no_blank_line():
     text = "a a a a a a\nb b b b b b\nc c c c c c\nd d d d d d"
-    r = execute_chunk_programs(text, [(0, 1, "remove_lines(0, 1)"), (2, 3, "keep_chunk()")],
-                               ExecutorConfig(min_words_kept=0))
+    r = execute_chunk_programs(
+        text,
+        [(0, 1, "remove_lines(0, 1)"), (2, 3, "keep_chunk()")],
+        ExecutorConfig(min_words_kept=0),
+    )
     assert r.text == "c c c c c c\nd d d d d d"
 
 
 def test_duplicate_normalize_applied_once_and_missing_source_is_a_warning():
-    r = execute_chunk_program(DOC, 'normalize("Weather", "W")\nnormalize("Weather", "W")\nnormalize("absent", "")')
+    r = execute_chunk_program(
+        DOC, 'normalize("Weather", "W")\nnormalize("Weather", "W")\nnormalize("absent", "")'
+    )
     assert [e.count for e in r.edits] == [1]
     assert [w.kind for w in r.warnings] == ["source_not_found"] and r.errors == []
 
@@ -230,12 +280,17 @@ def test_normalize_cannot_explode_the_text():
     r = execute_chunk_program("a" * 10000 + "\n" + DOC, 'normalize("a", "' + "b" * 100 + '")')
     assert [e.kind for e in r.errors] == ["normalize_growth"]
     assert r.text.startswith("a" * 10000)
-    assert [e.kind for e in execute_chunk_program(DOC, 'normalize("", "x")').errors] == ["empty_source"]
+    assert [e.kind for e in execute_chunk_program(DOC, 'normalize("", "x")').errors] == [
+        "empty_source"
+    ]
 
 
 def test_normalize_never_produces_invalid_unicode():
     """Model output can spell a lone surrogate; the executor must not put it into the text."""
-    for program in (r'normalize("Weather", "\ud800")', r'normalize(source_str="line", target_str="x\udfff")'):
+    for program in (
+        r'normalize("Weather", "\ud800")',
+        r'normalize(source_str="line", target_str="x\udfff")',
+    ):
         r = execute_chunk_program(DOC, program)
         assert [e.kind for e in r.errors] == ["invalid_unicode"] and r.edits == []
         r.text.encode("utf-8")  # valid Unicode: the tokenizer and the Parquet writer accept it
@@ -245,8 +300,24 @@ def test_edits_are_auditable():
     r = execute_chunk_program(DOC, 'remove_lines(0, 1)\nnormalize("(updated)", "")')
     d = r.to_dict()
     assert d["edits"] == [
-        {"kind": "remove_lines", "line_start": 0, "line_end": 1, "source": "", "target": "", "count": 0, "window": -1},
-        {"kind": "normalize", "line_start": -1, "line_end": -1, "source": "(updated)", "target": "", "count": 1, "window": 0},
+        {
+            "kind": "remove_lines",
+            "line_start": 0,
+            "line_end": 1,
+            "source": "",
+            "target": "",
+            "count": 0,
+            "window": -1,
+        },
+        {
+            "kind": "normalize",
+            "line_start": -1,
+            "line_end": -1,
+            "source": "(updated)",
+            "target": "",
+            "count": 1,
+            "window": 0,
+        },
     ]
 
 
@@ -258,7 +329,10 @@ def warning_kinds(program: str, stage: str = "chunk") -> list[str]:
 @pytest.mark.parametrize(
     "program, expected_calls",
     [
-        ("remove_lines(line_start=3, line_end=9)\nremove_lines(line_start=40, line_e", ["remove_lines(line_start=3, line_end=9)"]),
+        (
+            "remove_lines(line_start=3, line_end=9)\nremove_lines(line_start=40, line_e",
+            ["remove_lines(line_start=3, line_end=9)"],
+        ),
         ('normalize(source_str="abc', []),
         ('keep_chunk()\nnormalize(source_str="abc\\', ["keep_chunk()"]),  # cut after a backslash
         ('normalize(source_str="ab", target_str=', []),
@@ -266,8 +340,14 @@ def warning_kinds(program: str, stage: str = "chunk") -> list[str]:
         ("remove_lines(3, 5", []),
         ("remove_lines(3, 5\n", []),  # newlines are allowed inside the parentheses
         ("remove_lines(0, 1)\nremove_lines(", ["remove_lines(line_start=0, line_end=1)"]),
-        ("remove_lines(0, 1)\nremove_li", ["remove_lines(line_start=0, line_end=1)"]),  # cut in the name
-        ("```python\nremove_lines(0, 1)\nremove_lines(4, -", ["remove_lines(line_start=0, line_end=1)"]),
+        (
+            "remove_lines(0, 1)\nremove_li",
+            ["remove_lines(line_start=0, line_end=1)"],
+        ),  # cut in the name
+        (
+            "```python\nremove_lines(0, 1)\nremove_lines(4, -",
+            ["remove_lines(line_start=0, line_end=1)"],
+        ),
         ("skip_chunk(", []),
     ],
 )

@@ -26,9 +26,14 @@ def put_incoming(store, name: str, data: bytes) -> str:
 
 def materialize(instance, shard):
     instance.add_dynamic_partitions(shard_partitions.name, [shard])
-    return dg.materialize(ASSETS, selection=["raw_corpus"], partition_key=shard, instance=instance,
-                          resources=build_resources(),
-                          raise_on_error=False)
+    return dg.materialize(
+        ASSETS,
+        selection=["raw_corpus"],
+        partition_key=shard,
+        instance=instance,
+        resources=build_resources(),
+        raise_on_error=False,
+    )
 
 
 def test_materialize_publishes_metadata_and_registers_documents(instance):
@@ -56,7 +61,9 @@ def test_materialize_publishes_metadata_and_registers_documents(instance):
     again = materialize(instance, shard)  # re-running replaces, never duplicates
     assert again.success
     assert catalog.query("SELECT count(*) n FROM documents")["n"][0] == 20
-    assert store.list("raw/docs-01/") == [f"raw/docs-01/{again.run_id}.parquet"]  # the earlier file is gone
+    assert store.list("raw/docs-01/") == [
+        f"raw/docs-01/{again.run_id}.parquet"
+    ]  # the earlier file is gone
 
 
 def test_unreadable_file_fails_naming_it_and_is_quarantined(instance):
@@ -82,7 +89,9 @@ def test_sensor_adds_a_partition_per_new_file(instance):
     assert request.run_key == "ingest:a..b"
     assert result.dynamic_partitions_requests[0].partition_keys == ["a", "b"]
     instance.add_dynamic_partitions(shard_partitions.name, ["a", "b"])
-    assert incoming_files_sensor(dg.build_sensor_context(instance=instance, resources={"store": store})).skip_reason
+    assert incoming_files_sensor(
+        dg.build_sensor_context(instance=instance, resources={"store": store})
+    ).skip_reason
 
 
 def test_sensor_asks_for_ranges_of_new_shards_that_run_as_one_run_each(instance, monkeypatch):
@@ -96,19 +105,36 @@ def test_sensor_asks_for_ranges_of_new_shards_that_run_as_one_run_each(instance,
     names = ["e", "a", "c", "b", "d"]
     for name in names:
         put_incoming(store, f"{name}.jsonl", f'{{"text": "document of shard {name}"}}\n'.encode())
-    result = incoming_files_sensor(dg.build_sensor_context(instance=instance, resources={"store": store}))
-    ranges = [(r.partition_key_range.start, r.partition_key_range.end) if r.partition_key_range
-              else (r.partition_key, r.partition_key) for r in result.run_requests]
+    result = incoming_files_sensor(
+        dg.build_sensor_context(instance=instance, resources={"store": store})
+    )
+    ranges = [
+        (r.partition_key_range.start, r.partition_key_range.end)
+        if r.partition_key_range
+        else (r.partition_key, r.partition_key)
+        for r in result.run_requests
+    ]
     assert ranges == [("a", "b"), ("c", "d"), ("e", "e")]
     assert [r.run_key for r in result.run_requests] == ["ingest:a..b", "ingest:c..d", "ingest:e"]
 
     for add in result.dynamic_partitions_requests:
         instance.add_dynamic_partitions(add.partitions_def_name, list(add.partition_keys))
-    run = dg.materialize(ASSETS, selection=["raw_corpus"], instance=instance, resources=build_resources(),
-                         tags=result.run_requests[1].tags)
+    run = dg.materialize(
+        ASSETS,
+        selection=["raw_corpus"],
+        instance=instance,
+        resources=build_resources(),
+        tags=result.run_requests[1].tags,
+    )
     assert run.success
-    assert sorted(m.partition for m in run.asset_materializations_for_node("raw_corpus")) == ["c", "d"]
-    assert dict(Catalog().query("SELECT shard, run_id FROM documents").rows()) == {"c": run.run_id, "d": run.run_id}
+    assert sorted(m.partition for m in run.asset_materializations_for_node("raw_corpus")) == [
+        "c",
+        "d",
+    ]
+    assert dict(Catalog().query("SELECT shard, run_id FROM documents").rows()) == {
+        "c": run.run_id,
+        "d": run.run_id,
+    }
 
 
 def _runs_since(instance, before: set[str]) -> list:
@@ -129,29 +155,44 @@ def test_several_shards_are_one_run_with_a_materialization_each(instance):
     before = {r.run_id for r in instance.get_runs()}
     lines: list[str] = []
     out = materialize_partitions("raw_corpus", list(sizes), echo=lines.append)
-    assert out == {s: "ok" for s in sizes}, lines
+    assert out == dict.fromkeys(sizes, "ok"), lines
     (run,) = _runs_since(instance, before)
     assert run.is_success
-    assert (run.tags["dagster/asset_partition_range_start"], run.tags["dagster/asset_partition_range_end"]) \
-        == ("s-00", "s-03")
+    assert (
+        run.tags["dagster/asset_partition_range_start"],
+        run.tags["dagster/asset_partition_range_end"],
+    ) == ("s-00", "s-03")
     assert all("(one run of 4 partitions)" in line for line in lines), lines
 
     catalog = Catalog()
     for shard, n in sizes.items():
-        (record,) = instance.fetch_materializations(dg.AssetRecordsFilter(
-            dg.AssetKey("raw_corpus"), asset_partitions=[shard]), limit=5).records
+        (record,) = instance.fetch_materializations(
+            dg.AssetRecordsFilter(dg.AssetKey("raw_corpus"), asset_partitions=[shard]), limit=5
+        ).records
         meta = record.asset_materialization.metadata
         assert record.run_id == run.run_id
-        assert (meta["n_read"].value, meta["n_ingested"].value, meta["n_quarantined"].value) == (n + 1, n, 1)
-        assert meta["path"].value == store.uri(raw_key(catalog, shard)) and shard in meta["source_file"].value
+        assert (meta["n_read"].value, meta["n_ingested"].value, meta["n_quarantined"].value) == (
+            n + 1,
+            n,
+            1,
+        )
+        assert (
+            meta["path"].value == store.uri(raw_key(catalog, shard))
+            and shard in meta["source_file"].value
+        )
         assert store.list(f"raw/{shard}/") == [f"raw/{shard}/{run.run_id}.parquet"]
         assert store.read_parquet(raw_key(catalog, shard)).height == n
-    docs = catalog.query("SELECT shard, partition_key, run_id, count(*) n FROM documents GROUP BY ALL ORDER BY 1")
+    docs = catalog.query(
+        "SELECT shard, partition_key, run_id, count(*) n FROM documents GROUP BY ALL ORDER BY 1"
+    )
     assert docs.rows() == [(s, s, run.run_id, n) for s, n in sizes.items()]
-    counts = catalog.query("SELECT shard, n_read, n_ingested, n_quarantined, partition_key FROM ingestions ORDER BY 1")
+    counts = catalog.query(
+        "SELECT shard, n_read, n_ingested, n_quarantined, partition_key FROM ingestions ORDER BY 1"
+    )
     assert counts.rows() == [(s, n + 1, n, 1, s) for s, n in sizes.items()]
-    assert catalog.query("SELECT shard, locator FROM quarantine ORDER BY 1").rows() == \
-        [(s, f"line:{n + 1}") for s, n in sizes.items()]
+    assert catalog.query("SELECT shard, locator FROM quarantine ORDER BY 1").rows() == [
+        (s, f"line:{n + 1}") for s, n in sizes.items()
+    ]
 
 
 def test_a_corrupt_shard_in_a_run_of_several_fails_only_itself(instance):
@@ -170,7 +211,11 @@ def test_a_corrupt_shard_in_a_run_of_several_fails_only_itself(instance):
     out = materialize_partitions("raw_corpus", shards, echo=print)
     (run,) = _runs_since(instance, before)
     assert not run.is_success
-    assert {s: out[s] for s in ("ok-00", "ok-01", "ok-03")} == {"ok-00": "ok", "ok-01": "ok", "ok-03": "ok"}
+    assert {s: out[s] for s in ("ok-00", "ok-01", "ok-03")} == {
+        "ok-00": "ok",
+        "ok-01": "ok",
+        "ok-03": "ok",
+    }
     assert out["bad-02"].startswith("failed: ")
     assert "1 of 4 partitions failed: bad-02: Failure: nothing could be read" in out["bad-02"]
     assert "bad-02.parquet" in out["bad-02"] and "ok-0" not in out["bad-02"]
@@ -178,14 +223,23 @@ def test_a_corrupt_shard_in_a_run_of_several_fails_only_itself(instance):
     assert materialized == {"ok-00", "ok-01", "ok-03"}
 
     catalog = Catalog()
-    assert dict(catalog.query("SELECT shard, count(*) FROM documents GROUP BY 1").rows()) == \
-        {"ok-00": 1, "ok-01": 1, "ok-03": 1}
-    assert catalog.query("SELECT shard, n_read, n_ingested, n_quarantined, raw_path FROM ingestions "
-                         "WHERE shard = 'bad-02'").rows() == [("bad-02", 1, 0, 1, None)]
-    assert catalog.query("SELECT shard, reason FROM quarantine").rows() == [("bad-02", "unreadable_file")]
+    assert dict(catalog.query("SELECT shard, count(*) FROM documents GROUP BY 1").rows()) == {
+        "ok-00": 1,
+        "ok-01": 1,
+        "ok-03": 1,
+    }
+    assert catalog.query(
+        "SELECT shard, n_read, n_ingested, n_quarantined, raw_path FROM ingestions "
+        "WHERE shard = 'bad-02'"
+    ).rows() == [("bad-02", 1, 0, 1, None)]
+    assert catalog.query("SELECT shard, reason FROM quarantine").rows() == [
+        ("bad-02", "unreadable_file")
+    ]
     assert store.list("raw/bad-02/") == [] and len(store.list("raw/ok-01/")) == 1
 
-    store.delete("incoming/bad-02.parquet")  # the bad file replaced by a good one; only it is re-run
+    store.delete(
+        "incoming/bad-02.parquet"
+    )  # the bad file replaced by a good one; only it is re-run
     put_incoming(store, "bad-02.jsonl", b'{"text": "fixed"}\n')
     assert materialize_partitions("raw_corpus", ["bad-02"], echo=print) == {"bad-02": "ok"}
     assert instance.get_materialized_partitions(dg.AssetKey("raw_corpus")) == set(shards)
@@ -198,8 +252,11 @@ def _run_one_partition(shard: str) -> None:
 
     with dg.DagsterInstance.get() as instance:
         result = dg.execute_job(
-            dg.build_reconstructable_job("prox_assets.definitions", "resolved_job", ("ingest_job",)),
-            instance=instance, tags={"dagster/partition": shard},
+            dg.build_reconstructable_job(
+                "prox_assets.definitions", "resolved_job", ("ingest_job",)
+            ),
+            instance=instance,
+            tags={"dagster/partition": shard},
             run_config={"execution": {"config": {"multiprocess": {"max_concurrent": 1}}}},
         )
         sys.exit(0 if result.success else 1)

@@ -36,7 +36,9 @@ def test_layout_gold_of_a_real_docs_page():
     # sidebar, relbar and footer are noise; generated body lines the .rst source lacks are content
     assert label["Table of Contents"] is False and label["Previous topic"] is False
     assert label["Created using Sphinx 5.3.0."] is False
-    assert label["New in version 3.5."] is True and label["json — JSON encoder and decoder¶"] is True
+    assert (
+        label["New in version 3.5."] is True and label["json — JSON encoder and decoder¶"] is True
+    )
     noise = sum(lab is False for lab in pair.labels)
     assert 50 < noise < 200 and pair.keep
     assert source_agreement(pair) < 0.9  # the trigram labels the layout replaced were this wrong
@@ -44,14 +46,33 @@ def test_layout_gold_of_a_real_docs_page():
 
 def test_alignment_is_positional_not_set_membership():
     page = "Intro\nHome\nBody line one\nBody line two\nHome"
-    assert aligned_labels(page, "Body line one\nBody line two\nHome") == [False, False, True, True, True]
-    assert aligned_labels(page, "Home\nBody line one\nBody line two") == [False, True, True, True, False]
+    assert aligned_labels(page, "Body line one\nBody line two\nHome") == [
+        False,
+        False,
+        True,
+        True,
+        True,
+    ]
+    assert aligned_labels(page, "Home\nBody line one\nBody line two") == [
+        False,
+        True,
+        True,
+        True,
+        False,
+    ]
 
 
-@pytest.mark.parametrize("rel, keep", [
-    ("genindex-A", False), ("py-modindex", False), ("search", False), ("contents", False),
-    ("library/json", True), ("tutorial/classes", True),
-])
+@pytest.mark.parametrize(
+    "rel, keep",
+    [
+        ("genindex-A", False),
+        ("py-modindex", False),
+        ("search", False),
+        ("contents", False),
+        ("library/json", True),
+        ("tutorial/classes", True),
+    ],
+)
 def test_index_pages_are_the_document_stage_drops(rel, keep):
     assert pydocs_pair(rel).keep is keep
 
@@ -72,24 +93,43 @@ def test_page_split_is_keyed_and_stable():
 
 
 def test_repeated_lines_fire_only_in_blocks():
-    text = ("Home\nDocs\nA paragraph about sockets.\nNote\nSockets are endpoints of a connection.\n"
-            "© 2026 Example Ltd. All rights reserved.")
-    rules = RuleAnnotator(frozenset({"home", "docs", "note", "© 2026 example ltd. all rights reserved."}))
+    text = (
+        "Home\nDocs\nA paragraph about sockets.\nNote\nSockets are endpoints of a connection.\n"
+        "© 2026 Example Ltd. All rights reserved."
+    )
+    rules = RuleAnnotator(
+        frozenset({"home", "docs", "note", "© 2026 example ltd. all rights reserved."})
+    )
     # "Note" repeats across the shard but stands alone in the body; the repeated footer is
     # boilerplate by its phrase, block or not
     assert rules.annotate(text, Window(0, 0, 5, "", 0)) == (
-        "remove_lines(line_start=0, line_end=1)\nremove_lines(line_start=5, line_end=5)")
+        "remove_lines(line_start=0, line_end=1)\nremove_lines(line_start=5, line_end=5)"
+    )
     # a block cut by a window's edge is still a block
-    assert rules.annotate(text, Window(1, 1, 5, "", 0)).startswith("remove_lines(line_start=1, line_end=1)")
+    assert rules.annotate(text, Window(1, 1, 5, "", 0)).startswith(
+        "remove_lines(line_start=1, line_end=1)"
+    )
 
 
 def _example(annotator: str, label: str, target: str, i: int) -> SFTExample:
-    return SFTExample(level="chunk", doc_id=f"d{i}", shard="s", messages="[]", target=target, label=label,
-                      annotator=annotator, model="none", window_index=i)
+    return SFTExample(
+        level="chunk",
+        doc_id=f"d{i}",
+        shard="s",
+        messages="[]",
+        target=target,
+        label=label,
+        annotator=annotator,
+        model="none",
+        window_index=i,
+    )
 
 
 def test_balance_keeps_every_removal_and_spreads_the_rest_over_sources():
-    rm = [_example("layout-gold", "remove", "remove_lines(line_start=0, line_end=1)", i) for i in range(60)]
+    rm = [
+        _example("layout-gold", "remove", "remove_lines(line_start=0, line_end=1)", i)
+        for i in range(60)
+    ]
     page_keeps = [_example("layout-gold", "keep", KEEP, 100 + i) for i in range(200)]
     prose = [_example("clean-source", "keep", KEEP, 400 + i) for i in range(30)]
     out = balance_chunk_examples(rm + page_keeps + prose, keep_fraction=0.4, seed=0)
@@ -104,12 +144,18 @@ def test_balance_keeps_every_removal_and_spreads_the_rest_over_sources():
     count = {(e.annotator, e.label): 0 for e in out}
     for e in out:
         count[e.annotator, e.label] += 1
-    assert count == {("layout-gold", "drop"): 10, ("layout-gold", "keep"): 30, ("clean-source", "keep"): 10}
+    assert count == {
+        ("layout-gold", "drop"): 10,
+        ("layout-gold", "keep"): 30,
+        ("clean-source", "keep"): 10,
+    }
 
 
 @pytest.fixture(scope="module")
 def quality_set():
-    return build_quality_set(downloads_dir(), n_pages=8, n_news=4, n_clean=4, n_doc_pages=12, max_chars=8000)
+    return build_quality_set(
+        downloads_dir(), n_pages=8, n_news=4, n_clean=4, n_doc_pages=12, max_chars=8000
+    )
 
 
 class LabelEcho:
@@ -123,7 +169,9 @@ class LabelEcho:
     def generate(self, chats, max_new_tokens, **_):
         out = []
         for chat in chats:
-            ids = self.tokenizer(self.programs[chat[-1]["content"]], add_special_tokens=False)["input_ids"]
+            ids = self.tokenizer(self.programs[chat[-1]["content"]], add_special_tokens=False)[
+                "input_ids"
+            ]
             self.longest = max(self.longest, len(ids))
             out.append(self.tokenizer.decode(ids[:max_new_tokens]))
         return out
@@ -142,10 +190,20 @@ def test_a_refiner_that_writes_the_labels_scores_the_ceiling(quality_set, smollm
             lengths.append(count([programs[w.text]])[0] + 1)  # + the end-of-turn token
     p99 = sorted(lengths)[int(0.99 * len(lengths))]
     echo = LabelEcho(tokenizer, programs)
-    quality = chunk_stage_quality(model_writers(echo, generation_budget(p99))[1], quality_set, count, 384)
-    assert quality["pydocs-heldout"]["line_f1"] >= 0.95 and quality["pydocs-heldout"]["gold_text_kept"] >= 0.95
-    assert quality["clean-austen"]["tokens_kept"] == 1.0 and quality["clean-math"]["docs_dropped"] == 0.0
-    if echo.longest > 24:  # a budget far below the labels' lengths is what the evaluation must expose
+    quality = chunk_stage_quality(
+        model_writers(echo, generation_budget(p99))[1], quality_set, count, 384
+    )
+    assert (
+        quality["pydocs-heldout"]["line_f1"] >= 0.95
+        and quality["pydocs-heldout"]["gold_text_kept"] >= 0.95
+    )
+    assert (
+        quality["clean-austen"]["tokens_kept"] == 1.0
+        and quality["clean-math"]["docs_dropped"] == 0.0
+    )
+    if (
+        echo.longest > 24
+    ):  # a budget far below the labels' lengths is what the evaluation must expose
         cut = chunk_stage_quality(model_writers(echo, 8)[1], quality_set, count, 384)
         assert cut["pydocs-heldout"]["line_f1"] < quality["pydocs-heldout"]["line_f1"]
 
@@ -154,16 +212,28 @@ def test_the_control_is_far_below_the_ceiling(quality_set, smollm2_tokenizer_dir
     tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
     count = hf_token_counter(tokenizer)
     ceiling = chunk_stage_quality(imitator_writers()[1], quality_set, count, 384)
-    control = chunk_stage_quality(random_writers(noise_rate(quality_set.pages), 0.2)[1], quality_set, count, 384)
-    assert ceiling["pydocs-heldout"]["line_f1"] == 1.0 and ceiling["pydocs-heldout"]["gold_text_kept"] == 1.0
+    control = chunk_stage_quality(
+        random_writers(noise_rate(quality_set.pages), 0.2)[1], quality_set, count, 384
+    )
+    assert (
+        ceiling["pydocs-heldout"]["line_f1"] == 1.0
+        and ceiling["pydocs-heldout"]["gold_text_kept"] == 1.0
+    )
     # news: the executor's "<= 10 words left" drop counts whitespace words, so a CJK page the
     # imitator cleans perfectly can still be dropped: the ceiling shows it, the test allows it
     assert ceiling["news-heldout"]["noise_removed"] == 1.0
     assert ceiling["news-heldout"]["gold_text_kept"] > control["news-heldout"]["gold_text_kept"]
-    assert control["pydocs-heldout"]["gold_text_kept"] < 0.8 and control["clean-austen"]["tokens_kept"] < 0.9
+    assert (
+        control["pydocs-heldout"]["gold_text_kept"] < 0.8
+        and control["clean-austen"]["tokens_kept"] < 0.9
+    )
     truncate = lambda t: t[:2000]  # noqa: E731
     docs_ceiling = doc_stage_quality(imitator_writers()[0], quality_set, truncate)
-    docs_control = doc_stage_quality(random_writers(0.3, 0.2, seed=random.Random(0).randrange(99))[0],
-                                     quality_set, truncate)
-    assert docs_ceiling["doc-labelled"]["macro_f1"] == 1.0 and docs_control["doc-labelled"]["macro_f1"] < 0.75
+    docs_control = doc_stage_quality(
+        random_writers(0.3, 0.2, seed=random.Random(0).randrange(99))[0], quality_set, truncate
+    )
+    assert (
+        docs_ceiling["doc-labelled"]["macro_f1"] == 1.0
+        and docs_control["doc-labelled"]["macro_f1"] < 0.75
+    )
     assert docs_ceiling["docs-pydocs-index"]["docs_dropped"] == 1.0

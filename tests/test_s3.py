@@ -18,16 +18,19 @@ def test_store_round_trip_and_atomicity_on_s3(s3_store_env):
     assert not store.is_local and store.root == f"s3://{s3_store_env}/prox"
     store.write_parquet("raw/x.parquet", pl.DataFrame({"a": [1, 2, 3]}))
     assert store.read_parquet("raw/x.parquet")["a"].to_list() == [1, 2, 3]
-    with pytest.raises(RuntimeError):
-        with store.open_write("raw/y.parquet") as f:
-            f.write(b"half")
-            raise RuntimeError("killed mid-write")
+    with pytest.raises(RuntimeError), store.open_write("raw/y.parquet") as f:
+        f.write(b"half")
+        raise RuntimeError("killed mid-write")
     assert store.list("raw/") == ["raw/x.parquet"]  # the failed write never became an object
 
 
 def test_wrong_credentials_are_refused(seaweedfs, s3_store_env):
-    bad = ObjectStore(url=f"s3://{s3_store_env}/prox", endpoint_url=seaweedfs["endpoint"],
-                      access_key_id=seaweedfs["key"], secret_access_key="wrong")
+    bad = ObjectStore(
+        url=f"s3://{s3_store_env}/prox",
+        endpoint_url=seaweedfs["endpoint"],
+        access_key_id=seaweedfs["key"],
+        secret_access_key="wrong",
+    )
     with pytest.raises(PermissionError):
         bad.write_bytes("x", b"1")
 
@@ -38,8 +41,13 @@ def test_ingest_to_s3_and_read_back(s3_store_env, sample_files):
     store.put_file(str(news), f"incoming/{news.name}")
     with dg.DagsterInstance.get() as instance:
         instance.add_dynamic_partitions(shard_partitions.name, ["news-00"])
-        result = dg.materialize(ASSETS, selection=["raw_corpus"], partition_key="news-00", instance=instance,
-                                resources=build_resources())
+        result = dg.materialize(
+            ASSETS,
+            selection=["raw_corpus"],
+            partition_key="news-00",
+            instance=instance,
+            resources=build_resources(),
+        )
     assert result.success
     meta = result.asset_materializations_for_node("raw_corpus")[0].metadata
     assert meta["path"].value == f"s3://{s3_store_env}/prox/raw/news-00/{result.run_id}.parquet"
@@ -55,8 +63,16 @@ def test_plain_jsonl_on_s3_is_read_line_by_line(s3_store_env):
     store.write_bytes("incoming/plain-00.jsonl", b'{"text": "first"}\n{oops\n{"text": "second"}\n')
     with dg.DagsterInstance.get() as instance:
         instance.add_dynamic_partitions(shard_partitions.name, ["plain-00"])
-        result = dg.materialize(ASSETS, selection=["raw_corpus"], partition_key="plain-00", instance=instance,
-                                resources=build_resources())
+        result = dg.materialize(
+            ASSETS,
+            selection=["raw_corpus"],
+            partition_key="plain-00",
+            instance=instance,
+            resources=build_resources(),
+        )
     assert result.success
-    assert store.read_parquet(raw_key(Catalog(), "plain-00"))["text"].to_list() == ["first", "second"]
+    assert store.read_parquet(raw_key(Catalog(), "plain-00"))["text"].to_list() == [
+        "first",
+        "second",
+    ]
     assert Catalog().query("SELECT reason FROM quarantine").rows() == [("malformed_json",)]

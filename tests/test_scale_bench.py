@@ -8,7 +8,12 @@ import sys
 
 import pytest
 
-from prox_assets.scale_bench import _synthetic_doc_ids, fill_catalog, scale_benchmark, staleness_figures
+from prox_assets.scale_bench import (
+    _synthetic_doc_ids,
+    fill_catalog,
+    scale_benchmark,
+    staleness_figures,
+)
 from prox_resources.settings import REPO_ROOT
 
 
@@ -22,15 +27,28 @@ def test_prox_audit_reads_the_catalog_without_importing_dagster(tmp_path):
     catalog.migrate()
     fill_catalog(catalog, 1000, n_shards=10)
     doc_id = _synthetic_doc_ids(1000, 1)[0]
-    env = {**os.environ, "PROX_HOME": str(tmp_path / "home"), "PROX_CATALOG": str(path),
-           "PYTHONPATH": str(REPO_ROOT)}
+    env = {
+        **os.environ,
+        "PROX_HOME": str(tmp_path / "home"),
+        "PROX_CATALOG": str(path),
+        "PYTHONPATH": str(REPO_ROOT),
+    }
     env.pop("DAGSTER_HOME", None)
-    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "prox_assets.cli", "audit", doc_id, "--json"],
-                         env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "prox_assets.cli", "audit", doc_id, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     audit = json.loads(out.stdout)
     assert len(audit["ingested"]) == 1 and audit["refinements"][0]["refiner_version"]
-    imported = [line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")]
+    imported = [
+        line.rsplit("|", 1)[-1].strip()
+        for line in out.stderr.splitlines()
+        if line.startswith("import time:")
+    ]
     assert "duckdb" in imported and not [m for m in imported if m.split(".")[0] == "dagster"]
     # nor pandas/numpy: DuckDB imports them (~0.3 s) to convert a bound Python value; a doc_id is
     # written into the SQL as a literal instead
@@ -62,7 +80,10 @@ def test_staleness_stops_following_at_100_upstream_partitions(prox_env):
 
     instance = _instance()
     instance.add_dynamic_partitions(shard_partitions.name, [f"s{i:03d}" for i in range(50)])
-    assert staleness_figures(instance, 50)["sft_programs_doc_upstream_partitions_staleness_follows"] == 100
+    assert (
+        staleness_figures(instance, 50)["sft_programs_doc_upstream_partitions_staleness_follows"]
+        == 100
+    )
     instance.add_dynamic_partitions(shard_partitions.name, [f"s{i:03d}" for i in range(50, 100)])
     figures = staleness_figures(instance, 100)
     assert figures["sft_programs_doc_upstream_partitions"] == 200
@@ -74,8 +95,9 @@ def test_scale_bench_tiny(tmp_path, prox_env):
     before = dict(os.environ)
     report = scale_benchmark(tmp_path / "bench", n_partitions=3, n_documents=2000, window_s=300)
     json.dumps(report)  # --json prints it as is
-    assert {k: os.environ.get(k) for k in ("PROX_HOME", "DAGSTER_HOME", "PROX_CATALOG")} == \
-        {k: before.get(k) for k in ("PROX_HOME", "DAGSTER_HOME", "PROX_CATALOG")}
+    assert {k: os.environ.get(k) for k in ("PROX_HOME", "DAGSTER_HOME", "PROX_CATALOG")} == {
+        k: before.get(k) for k in ("PROX_HOME", "DAGSTER_HOME", "PROX_CATALOG")
+    }
     assert not (prox_env / "store").exists()  # the caller's home got nothing
 
     assert report["machine"]["cores_usable"] >= 1 and report["machine"]["ram_gib"] > 0
@@ -86,16 +108,29 @@ def test_scale_bench_tiny(tmp_path, prox_env):
     assert daemon["run_launcher"] == "ProxRunLauncher" and daemon["max_concurrent_runs"] >= 1
     raw = daemon["raw_corpus_backfill"]
     # raw_corpus's backfill policy (up to 32 shards a run): the 3 shards are one run
-    assert raw["partitions"] == 3 and raw["partitions_per_run_policy"] == 32 and raw["runs_planned"] == 1
+    assert (
+        raw["partitions"] == 3
+        and raw["partitions_per_run_policy"] == 32
+        and raw["runs_planned"] == 1
+    )
     assert raw["accepted_seconds"] > 0 and raw["canceled_after_window"] in (True, False)
     assert raw["runs_requested_in_window"] == 1
     assert 0 < raw["all_runs_requested_seconds"] <= raw["window_seconds"]
     assert raw["runs_finished_in_window"] == raw["runs_succeeded"] == 1, raw
-    assert raw["partitions_materialized_in_window"] == 3 and raw["partitions_per_minute_from_submit"] > 0
+    assert (
+        raw["partitions_materialized_in_window"] == 3
+        and raw["partitions_per_minute_from_submit"] > 0
+    )
     assert raw["run_median_seconds"] > 0
-    assert raw["runs_per_minute"] is None and raw["partitions_per_minute"] is None  # one run: no steady rate
+    assert (
+        raw["runs_per_minute"] is None and raw["partitions_per_minute"] is None
+    )  # one run: no steady rate
     ranged = daemon["refined_corpus_backfill_launch"]  # the model assets' policy: ranges of 32
-    assert ranged["partitions"] == 3 and ranged["partitions_per_run_policy"] == 32 and ranged["runs_planned"] == 1
+    assert (
+        ranged["partitions"] == 3
+        and ranged["partitions_per_run_policy"] == 32
+        and ranged["runs_planned"] == 1
+    )
     assert ranged["runs_requested_in_window"] == 1 and ranged["all_runs_requested_seconds"] > 0
 
     ui = report["ui_partition_status_query"]
@@ -111,5 +146,9 @@ def test_scale_bench_tiny(tmp_path, prox_env):
     assert catalog["audit_samples"] == 20
     assert 0 < catalog["audit_in_process_median_ms"] <= catalog["audit_in_process_max_ms"]
     assert catalog["audit_cli_subprocess_median_s"] > 0
-    assert set(report["goals"]) == {"backfill_accepted_under_10s", "ui_partition_status_under_2s",
-                                    "audit_in_process_under_1s", "audit_cli_under_1s"}
+    assert set(report["goals"]) == {
+        "backfill_accepted_under_10s",
+        "ui_partition_status_under_2s",
+        "audit_in_process_under_1s",
+        "audit_cli_under_1s",
+    }

@@ -24,10 +24,9 @@ def test_local_store_round_trip(tmp_path):
 def test_a_failed_write_leaves_nothing_that_looks_finished(tmp_path):
     store = ObjectStore(url=str(tmp_path))
     store.write_bytes("k", b"old")
-    with pytest.raises(RuntimeError):
-        with store.open_write("k") as f:
-            f.write(b"half of the new")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), store.open_write("k") as f:
+        f.write(b"half of the new")
+        raise RuntimeError("killed")
     assert store.read_bytes("k") == b"old"
     assert os.listdir(tmp_path) == ["k"]  # no temporary file left behind either
 
@@ -56,10 +55,12 @@ def test_replace_rows_is_idempotent_and_transactional(tmp_path):
     catalog.replace_rows("quarantine", {"shard": "s1"}, rows)
     assert catalog.query("SELECT count(*) n FROM quarantine")["n"][0] == 2
     with pytest.raises(duckdb.CatalogException, match="no_such_table"):
-        catalog.replace_many([
-            ("quarantine", {"shard": "s1"}, None),
-            ("no_such_table", {}, rows),
-        ])
+        catalog.replace_many(
+            [
+                ("quarantine", {"shard": "s1"}, None),
+                ("no_such_table", {}, rows),
+            ]
+        )
     assert catalog.query("SELECT count(*) n FROM quarantine")["n"][0] == 2  # rolled back
 
 
@@ -67,7 +68,8 @@ def _writer(path: str, worker: int, n: int) -> None:
     catalog = Catalog(path=path)
     for i in range(n):
         catalog.replace_rows(
-            "quarantine", {"shard": f"w{worker}-{i}"},
+            "quarantine",
+            {"shard": f"w{worker}-{i}"},
             pl.DataFrame({"shard": [f"w{worker}-{i}"] * 3, "reason": ["r"] * 3}),
         )
         catalog.query("SELECT count(*) FROM quarantine")  # readers interleave with writers

@@ -12,26 +12,39 @@ from prox_assets.core.scoring import expected_score, parse_score_line, prox_keep
 from prox_assets.core.sft import SFTExample, assign_splits, chunk_examples, sft_version
 
 
-@pytest.mark.parametrize("text, score", [
-    ("Clear and useful.\nScore: 4", 4),
-    ("score=2 at first... on reflection\nScore: 5", 5),
-    ("**Score:** 3", 3),
-    ("I cannot rate this.", None),
-    ("Score: 7", None),
-])
+@pytest.mark.parametrize(
+    "text, score",
+    [
+        ("Clear and useful.\nScore: 4", 4),
+        ("score=2 at first... on reflection\nScore: 5", 5),
+        ("**Score:** 3", 3),
+        ("I cannot rate this.", None),
+        ("Score: 7", None),
+    ],
+)
 def test_parse_score_line(text, score):
     assert parse_score_line(text) == score
 
 
 def test_expected_score():
     assert expected_score({"5": 0.5})[0] == pytest.approx(5.0)
-    e, norm, mass = expected_score({d: 0.1 for d in "012345"})
+    e, norm, mass = expected_score(dict.fromkeys("012345", 0.1))
     assert e == pytest.approx(2.5) and mass == pytest.approx(0.6) and sum(norm) == pytest.approx(1)
     assert expected_score({})[2] == 0.0
 
 
-@pytest.mark.parametrize("edu, fmt, keep", [(3, 0, True), (5, 0, True), (2, 4, True), (2, 5, True),
-                                            (2, 3, False), (1, 5, False), (0, 0, False)])
+@pytest.mark.parametrize(
+    "edu, fmt, keep",
+    [
+        (3, 0, True),
+        (5, 0, True),
+        (2, 4, True),
+        (2, 5, True),
+        (2, 3, False),
+        (1, 5, False),
+        (0, 0, False),
+    ],
+)
 def test_prox_keep_rule(edu, fmt, keep):
     assert prox_keep(edu, fmt) is keep
 
@@ -43,19 +56,21 @@ def test_seed_sample_is_seeded_and_order_free():
     assert a != seed_sample(ids, 10, seed=1) and len(set(a)) == 10
 
 
-PAGE = "\n".join([
-    "Home | News | Sport | Weather",       # 0 menu bar
-    "",                                     # 1
-    "Share on Facebook",                    # 2 phrase
-    "The council approved the new bridge on Tuesday after a long debate about its cost.",  # 3
-    "It will open in 2027¶",                # 4 normalize ¶
-    "  • About us",                         # 5 menu item
-    "",                                     # 6
-    "  • Careers",                          # 7 menu item (joined across the blank line)
-    "https://example.com/story/123",        # 8 url
-    "Engineers said the work would start in spring, weather permitting, and last two years.",  # 9
-    "© 2026 Example Media",                 # 10 phrase
-])
+PAGE = "\n".join(
+    [
+        "Home | News | Sport | Weather",  # 0 menu bar
+        "",  # 1
+        "Share on Facebook",  # 2 phrase
+        "The council approved the new bridge on Tuesday after a long debate about its cost.",  # 3
+        "It will open in 2027¶",  # 4 normalize ¶
+        "  • About us",  # 5 menu item
+        "",  # 6
+        "  • Careers",  # 7 menu item (joined across the blank line)
+        "https://example.com/story/123",  # 8 url
+        "Engineers said the work would start in spring, weather permitting, and last two years.",  # 9
+        "© 2026 Example Media",  # 10 phrase
+    ]
+)
 
 
 def test_rule_annotator_program():
@@ -73,28 +88,46 @@ def test_rule_annotator_program():
 
 
 def test_repeated_lines_across_a_shard_are_boilerplate():
-    docs = [f"Site Navigation\nStory {i} is about something else entirely, told at length." for i in range(5)]
+    docs = [
+        f"Site Navigation\nStory {i} is about something else entirely, told at length."
+        for i in range(5)
+    ]
     annotator = RuleAnnotator.for_shard(docs, min_docs=3)
     assert annotator.line_reason("Site navigation ") == "repeated_in_shard"
-    assert annotator.line_reason("Story 1 is about something else entirely, told at length.") is None
-    assert RuleAnnotator().annotate("A clean paragraph of prose.", Window(0, 0, 0, "", 0)) == "keep_chunk()"
+    assert (
+        annotator.line_reason("Story 1 is about something else entirely, told at length.") is None
+    )
+    assert (
+        RuleAnnotator().annotate("A clean paragraph of prose.", Window(0, 0, 0, "", 0))
+        == "keep_chunk()"
+    )
 
 
 def test_merge_programs():
-    merged = merge_programs(["remove_lines(0, 1)\nbroken(", "remove_lines(0, 1)\nnormalize('x', '')", "keep_chunk()"])
-    assert merged == 'remove_lines(line_start=0, line_end=1)\nnormalize(source_str="x", target_str="")'
+    merged = merge_programs(
+        ["remove_lines(0, 1)\nbroken(", "remove_lines(0, 1)\nnormalize('x', '')", "keep_chunk()"]
+    )
+    assert (
+        merged == 'remove_lines(line_start=0, line_end=1)\nnormalize(source_str="x", target_str="")'
+    )
     assert merge_programs(["keep_chunk()", "nonsense"]) == "keep_chunk()"
 
 
-@pytest.mark.parametrize("program, reason", [
-    ("remove_lines(0, 11)", "lines_outside_window"),
-    ("normalize('not here', '')", "normalize_source_not_in_window"),
-    ("remove_lines(0, 9)", "removal_ratio_above_cap"),
-    ("remove_lines(0, ", "parse_warning:truncated_call"),  # the executor's leniency, never a target
-    ("remove_lines(0, 1\nkeep_chunk()", "parse_error:syntax"),
-    ("remove_lines(start=0, end=1)", "parse_warning:renamed_argument"),
-    ("", "empty_program"),
-])
+@pytest.mark.parametrize(
+    "program, reason",
+    [
+        ("remove_lines(0, 11)", "lines_outside_window"),
+        ("normalize('not here', '')", "normalize_source_not_in_window"),
+        ("remove_lines(0, 9)", "removal_ratio_above_cap"),
+        (
+            "remove_lines(0, ",
+            "parse_warning:truncated_call",
+        ),  # the executor's leniency, never a target
+        ("remove_lines(0, 1\nkeep_chunk()", "parse_error:syntax"),
+        ("remove_lines(start=0, end=1)", "parse_warning:renamed_argument"),
+        ("", "empty_program"),
+    ],
+)
 def test_validation_reasons(program, reason):
     assert validate_chunk_program(program, PAGE, Window(0, 0, 10, "", 0), 0.75) == reason
 
@@ -103,9 +136,19 @@ def test_chunk_examples_splits_and_versions():
     text = "\n".join([PAGE] * 6)
     windows = chunk_document(text, whitespace_token_counter, max_tokens=60)
     annotator = RuleAnnotator()
-    examples = chunk_examples("d1", "s", text, windows, [annotator.annotate(text, w) for w in windows],
-                              "rules-v1", "none", 0.75)
-    examples += chunk_examples("d2", "s", PAGE, windows[:1], ["keep_chunk()"], "rules-v1", "none", 0.75)
+    examples = chunk_examples(
+        "d1",
+        "s",
+        text,
+        windows,
+        [annotator.annotate(text, w) for w in windows],
+        "rules-v1",
+        "none",
+        0.75,
+    )
+    examples += chunk_examples(
+        "d2", "s", PAGE, windows[:1], ["keep_chunk()"], "rules-v1", "none", 0.75
+    )
     assert len(examples) == len(windows) + 1
     for ex in examples:
         chat = json.loads(ex.messages)

@@ -18,6 +18,7 @@ from prox_assets.core.evaluation import (
 )
 from prox_assets.core.quality_filters import rule_filter
 from prox_assets.core.refiner_training import TrainConfig
+from prox_assets.core.report import comparisons, summarize
 from prox_assets.core.training import (
     checkpoint_version,
     pack_documents,
@@ -26,15 +27,16 @@ from prox_assets.core.training import (
 )
 from prox_assets.definitions import ASSETS, build_resources
 from prox_assets.partitions import VARIANTS
-from prox_assets.core.report import comparisons, summarize
 from prox_resources.catalog import Catalog
 from prox_resources.device import DeviceSettings
 from prox_resources.engine import ModelEngine
 from tests.test_refined_corpus import _refine, _train_refiners
 from tests.test_synthesis_assets import _run, pipeline  # noqa: F401  (the fixture)
 
-PROSE = ("It was a truth generally acknowledged that the evening walk along the river had done them "
-         "all good. The light was soft, the talk was easy, and nobody hurried home.")
+PROSE = (
+    "It was a truth generally acknowledged that the evening walk along the river had done them "
+    "all good. The light was soft, the talk was easy, and nobody hurried home."
+)
 
 
 def test_final_number_and_squad_f1():
@@ -61,7 +63,9 @@ def test_packing_repeats_by_weight_and_respects_the_window(tiny_llama_dir):
     assert all(len(w) <= 32 for w in once) and stream(once) <= n0 + n1
     assert stream(twice) > stream(once) and stream(twice) <= 2 * n0 + n1
     assert pack_documents(tok, ["hi"], 32) == []  # shorter than a useful window
-    budget = pack_documents(tok, texts, 32, n_windows=10, seed=1)  # a fixed budget: repeated to fill
+    budget = pack_documents(
+        tok, texts, 32, n_windows=10, seed=1
+    )  # a fixed budget: repeated to fill
     assert len(budget) == 10 and all(len(w) == 32 for w in budget)
     assert pack_documents(tok, [""], 32, n_windows=2) == []  # nothing to repeat
 
@@ -71,24 +75,47 @@ def test_version_depends_on_documents_text_and_seed():
     docs = [("a", 1.0), ("b", 1.0)]
     v = checkpoint_version("m", docs, "raw", cfg)
     assert v == checkpoint_version("m", list(reversed(docs)), "raw", cfg)
-    assert len({v, checkpoint_version("m", docs, "refined", cfg), checkpoint_version("m", docs[:1], "raw", cfg),
-                checkpoint_version("m", docs, "raw", TrainConfig(max_steps=2, seed=1))}) == 4
+    assert (
+        len(
+            {
+                v,
+                checkpoint_version("m", docs, "refined", cfg),
+                checkpoint_version("m", docs[:1], "raw", cfg),
+                checkpoint_version("m", docs, "raw", TrainConfig(max_steps=2, seed=1)),
+            }
+        )
+        == 4
+    )
 
 
 def test_train_lm_saves_an_adapter_that_changes_the_model(tiny_llama_dir, tmp_path):
-    cfg = TrainConfig(method="lora", lora_r=4, lora_alpha=8, lora_layers=1, max_steps=3, batch_size=2,
-                      lr=5e-3, warmup_steps=1, max_seq_len=32, seed=0)
+    cfg = TrainConfig(
+        method="lora",
+        lora_r=4,
+        lora_alpha=8,
+        lora_layers=1,
+        max_steps=3,
+        batch_size=2,
+        lr=5e-3,
+        warmup_steps=1,
+        max_seq_len=32,
+        seed=0,
+    )
     engine, cpu = ModelEngine(model=str(tiny_llama_dir)), DeviceSettings(device="cpu")
     report = train_lm(*engine.load_model(cpu, train=True), [PROSE] * 3, cfg, tmp_path / "ckpt")
     assert report.steps == 3 and report.tokens_seen > 0
     assert (tmp_path / "ckpt" / "adapter_model.safetensors").exists()
-    assert not (tmp_path / "ckpt" / "model.safetensors").exists()  # an adapter, not a copy of the base
+    assert not (
+        tmp_path / "ckpt" / "model.safetensors"
+    ).exists()  # an adapter, not a copy of the base
     base, _ = engine.load_model(cpu)
     tuned, tok = engine.load_model(cpu, adapter=tmp_path / "ckpt")
     ids = tok(PROSE, return_tensors="pt")["input_ids"]
     with torch.no_grad():
         assert not torch.allclose(base(ids).logits, tuned(ids).logits)
-    again = train_lm(*engine.load_model(cpu, train=True), [PROSE] * 3, cfg, tmp_path / "again")  # seeded
+    again = train_lm(
+        *engine.load_model(cpu, train=True), [PROSE] * 3, cfg, tmp_path / "again"
+    )  # seeded
     assert again.losses == report.losses
 
 
@@ -99,9 +126,14 @@ def test_metrics_equal_direct_computation(tiny_llama_dir):
     ids = tok(PROSE, add_special_tokens=False, return_tensors="pt")["input_ids"]
     with torch.no_grad():
         nll = torch.nn.functional.cross_entropy(model(ids).logits[0, :-1], ids[0, 1:])
-    assert prose_perplexity(backend, [PROSE], 10_000) == pytest.approx(math.exp(nll.item()), rel=1e-4)
+    assert prose_perplexity(backend, [PROSE], 10_000) == pytest.approx(
+        math.exp(nll.item()), rel=1e-4
+    )
 
-    prompts, choices = ["The sky is", "Two plus two is"], [[" blue", " green", " loud"], [" four", " five"]]
+    prompts, choices = (
+        ["The sky is", "Two plus two is"],
+        [[" blue", " green", " loud"], [" four", " five"]],
+    )
     direct = []
     for p, cs in zip(prompts, choices):
         lls = backend.loglikelihood([p] * len(cs), cs)
@@ -110,37 +142,54 @@ def test_metrics_equal_direct_computation(tiny_llama_dir):
     wrong = [(g + 1) % len(cs) for g, cs in zip(direct, choices)]
     assert multiple_choice(backend, prompts, choices, wrong)["accuracy"] == 0.0
 
-    rows = [{"prompt": "Question: 1+1?\nAnswer:", "answer": " 2\n#### 2", "choices": "[]", "gold": -1}]
+    rows = [
+        {"prompt": "Question: 1+1?\nAnswer:", "answer": " 2\n#### 2", "choices": "[]", "gold": -1}
+    ]
     metrics = evaluate(backend, "gsm8k", rows, [PROSE], max_new_tokens=4)
-    assert set(metrics) == {"heldout_loss", "exact_match", "prose_perplexity"} and metrics["heldout_loss"] > 0
+    assert (
+        set(metrics) == {"heldout_loss", "exact_match", "prose_perplexity"}
+        and metrics["heldout_loss"] > 0
+    )
 
 
 def test_rule_filters_keep_prose_and_drop_boilerplate():
-    prose = ("The village lay at the bottom of a wide valley, and in the spring the river rose until it "
-             "touched the lowest gardens. Most families kept a boat for those weeks. The school moved into "
-             "the church hall on the hill, where the children learned their letters beside stacked hymn books. "
-             "Nobody complained about the damp, because the floods also brought rich soil to the fields. By "
-             "June the water had gone back to its bed, the boats were turned over on trestles, and the "
-             "orchards were heavy with blossom. Visitors often asked why people stayed in such a place. The "
-             "answer was always the same: the valley fed them well, and they knew its moods as they knew "
-             "their own. Older farmers could read the colour of the sky and say when the first rain would "
-             "come, and they were rarely wrong.")
+    prose = (
+        "The village lay at the bottom of a wide valley, and in the spring the river rose until it "
+        "touched the lowest gardens. Most families kept a boat for those weeks. The school moved into "
+        "the church hall on the hill, where the children learned their letters beside stacked hymn books. "
+        "Nobody complained about the damp, because the floods also brought rich soil to the fields. By "
+        "June the water had gone back to its bed, the boats were turned over on trestles, and the "
+        "orchards were heavy with blossom. Visitors often asked why people stayed in such a place. The "
+        "answer was always the same: the valley fed them well, and they knew its moods as they knew "
+        "their own. Older farmers could read the colour of the sky and say when the first rain would "
+        "come, and they were rarely wrong."
+    )
     junk = "\n".join(["Home | About | Contact | Login"] * 30)
     keep, drop = rule_filter([prose, junk])
     assert keep is None
-    assert drop is not None and drop.split(":")[0] in ("gopher_repetition", "gopher_quality", "c4_quality",
-                                                        "fineweb_quality")
+    assert drop is not None and drop.split(":")[0] in (
+        "gopher_repetition",
+        "gopher_quality",
+        "c4_quality",
+        "fineweb_quality",
+    )
 
 
 def test_report_summary_and_contrasts():
-    evals = pl.DataFrame({
-        "variant": ["influence", "influence", "random", "random", "refined", "raw"],
-        "metric": ["heldout_loss"] * 4 + ["prose_perplexity"] * 2,
-        "value": [2.0, 2.2, 2.5, 2.7, 30.0, 40.0],
-    })
+    evals = pl.DataFrame(
+        {
+            "variant": ["influence", "influence", "random", "random", "refined", "raw"],
+            "metric": ["heldout_loss"] * 4 + ["prose_perplexity"] * 2,
+            "value": [2.0, 2.2, 2.5, 2.7, 30.0, 40.0],
+        }
+    )
     summary = summarize(evals)
-    row = summary.filter((pl.col("variant") == "influence")).row(0, named=True)
-    assert row["mean"] == pytest.approx(2.1) and row["std"] == pytest.approx(math.sqrt(0.02)) and row["seeds"] == 2
+    row = summary.filter(pl.col("variant") == "influence").row(0, named=True)
+    assert (
+        row["mean"] == pytest.approx(2.1)
+        and row["std"] == pytest.approx(math.sqrt(0.02))
+        and row["seeds"] == 2
+    )
     got = {(c, m): (d, b) for c, m, d, b in comparisons(summary)}
     assert got[("influence − random", "heldout_loss")] == (pytest.approx(-0.5), "yes")
     assert got[("refined − raw", "prose_perplexity")] == (pytest.approx(-10.0), "yes")
@@ -154,23 +203,52 @@ def test_every_variant_trains_evaluates_reports_and_audits(pipeline):  # noqa: F
     version = _train_refiners(instance, model)
     for shard in ("web-00", "clean-00"):
         assert _refine(instance, version, shard).success
-    assert dg.materialize(ASSETS, selection=["refined_pool"], partition_key=version, instance=instance,
-                          resources=build_resources()).success
+    assert dg.materialize(
+        ASSETS,
+        selection=["refined_pool"],
+        partition_key=version,
+        instance=instance,
+        resources=build_resources(),
+    ).success
     add_target("arc-t", "arc_challenge", 3, 12, 0)
-    influence = {"pool": "raw", "model": model, "landmarks": 6, "exact_holdout": 4, "max_len": 32,
-                 "warmup_steps": 1, "batch_size": 4}
+    influence = {
+        "pool": "raw",
+        "model": model,
+        "landmarks": 6,
+        "exact_holdout": 4,
+        "max_len": 32,
+        "warmup_steps": 1,
+        "batch_size": 4,
+    }
     assert _run(instance, "landmark_influence", "arc-t", influence).success
     assert _run(instance, "selected_subset", "arc-t", {"budget": 5}).success
 
-    config = {"base_model": model, "seeds": [0, 1], "max_steps": 2, "batch_size": 2, "seq_len": 32,
-              "lora_r": 4, "lora_layers": 1, "eval_examples": 6, "prose_passages": 2, "prose_tokens": 32}
+    config = {
+        "base_model": model,
+        "seeds": [0, 1],
+        "max_steps": 2,
+        "batch_size": 2,
+        "seq_len": 32,
+        "lora_r": 4,
+        "lora_layers": 1,
+        "eval_examples": 6,
+        "prose_passages": 2,
+        "prose_tokens": 32,
+    }
     metas = {}
     for variant in VARIANTS:
-        result = dg.materialize(ASSETS, selection=["trained_checkpoint"], instance=instance,
-                                resources=build_resources(), raise_on_error=False,
-                                partition_key=dg.MultiPartitionKey({"target": "arc-t", "variant": variant}),
-                                run_config={"ops": {"trained_checkpoint": {"config": config}}})
-        if variant == "rule_filtered" and not result.success:  # every toy document fails the filters
+        result = dg.materialize(
+            ASSETS,
+            selection=["trained_checkpoint"],
+            instance=instance,
+            resources=build_resources(),
+            raise_on_error=False,
+            partition_key=dg.MultiPartitionKey({"target": "arc-t", "variant": variant}),
+            run_config={"ops": {"trained_checkpoint": {"config": config}}},
+        )
+        if (
+            variant == "rule_filtered" and not result.success
+        ):  # every toy document fails the filters
             failure = next(e for e in result.all_events if e.is_step_failure)
             assert "no document to train on" in failure.step_failure_data.error.message
             continue
@@ -178,17 +256,25 @@ def test_every_variant_trains_evaluates_reports_and_audits(pipeline):  # noqa: F
         metas[variant] = result.asset_materializations_for_node("trained_checkpoint")[0].metadata
 
     catalog = Catalog()
-    ckpts = catalog.query("SELECT variant, seed, version, n_docs, train_tokens, path FROM checkpoints")
+    ckpts = catalog.query(
+        "SELECT variant, seed, version, n_docs, train_tokens, path FROM checkpoints"
+    )
     assert set(ckpts["variant"]) == set(metas) - {"base"}
     per_variant = dict(ckpts.group_by("variant").agg(pl.col("train_tokens").max()).rows())
-    assert set(per_variant.values()) == {2 * 2 * 32}  # exactly the same token budget for every variant
+    assert set(per_variant.values()) == {
+        2 * 2 * 32
+    }  # exactly the same token budget for every variant
     sizes = dict(ckpts.group_by("variant").agg(pl.col("n_docs").max()).rows())
     assert sizes["influence"] == sizes["random"] == sizes["embedding"] == 5 and sizes["full"] == 20
     assert ckpts.filter(pl.col("variant") == "random")["version"].n_unique() == 2  # one per seed
     for path in ckpts["path"]:
-        prefix = path[len(store.uri("")):].strip("/")
-        assert store.exists(f"{prefix}/adapter_model.safetensors") and store.exists(f"{prefix}/manifest.json")
-    evals = catalog.query("SELECT variant, metric, count(*) AS n FROM checkpoint_evals GROUP BY 1, 2")
+        prefix = path[len(store.uri("")) :].strip("/")
+        assert store.exists(f"{prefix}/adapter_model.safetensors") and store.exists(
+            f"{prefix}/manifest.json"
+        )
+    evals = catalog.query(
+        "SELECT variant, metric, count(*) AS n FROM checkpoint_evals GROUP BY 1, 2"
+    )
     assert {"heldout_loss", "accuracy", "acc_per_char", "prose_perplexity"} <= set(evals["metric"])
     assert evals.filter(pl.col("variant") == "random")["n"].min() == 2  # both seeds evaluated
 
@@ -200,9 +286,14 @@ def test_every_variant_trains_evaluates_reports_and_audits(pipeline):  # noqa: F
     assert store.read_bytes("reports/arc-t/evaluation.png")[:4] == b"\x89PNG"
 
     # retraining the same partition reuses the checkpoints (same inputs, same version)
-    again = dg.materialize(ASSETS, selection=["trained_checkpoint"], instance=instance, resources=build_resources(),
-                           partition_key=dg.MultiPartitionKey({"target": "arc-t", "variant": "full"}),
-                           run_config={"ops": {"trained_checkpoint": {"config": config}}})
+    again = dg.materialize(
+        ASSETS,
+        selection=["trained_checkpoint"],
+        instance=instance,
+        resources=build_resources(),
+        partition_key=dg.MultiPartitionKey({"target": "arc-t", "variant": "full"}),
+        run_config={"ops": {"trained_checkpoint": {"config": config}}},
+    )
     logs = [e.message for e in instance.all_logs(again.run_id) if e.message]
     assert sum("exists" in m and "evaluating only" in m for m in logs) == 2
 
@@ -215,10 +306,14 @@ def test_every_variant_trains_evaluates_reports_and_audits(pipeline):  # noqa: F
     if "rule_filtered" in metas:
         assert out["arc-t|rule_filtered"] == "ok"
     else:
-        assert "1 of 3 partitions failed" in out["arc-t|rule_filtered"] and "no document to train on" in out[
-            "arc-t|rule_filtered"]
+        assert (
+            "1 of 3 partitions failed" in out["arc-t|rule_filtered"]
+            and "no document to train on" in out["arc-t|rule_filtered"]
+        )
 
-    chosen = catalog.query("SELECT doc_id FROM checkpoint_documents WHERE variant = 'influence' LIMIT 1")["doc_id"][0]
+    chosen = catalog.query(
+        "SELECT doc_id FROM checkpoint_documents WHERE variant = 'influence' LIMIT 1"
+    )["doc_id"][0]
     audit = audit_document(catalog, chosen)
     variants = {r["variant"] for r in audit["checkpoints"]}
     assert {"influence", "full"} <= variants

@@ -21,20 +21,31 @@ GROUPS = ["ingest", "synthesis", "refiner", "refine", "selection", "training"]
 
 
 def artifacts_dir() -> Path:
-    out = Path(os.environ.get("PROX_TEST_ARTIFACTS", REPO_ROOT / ".prox" / "test-artifacts")) / "web-ui"
+    out = (
+        Path(os.environ.get("PROX_TEST_ARTIFACTS", REPO_ROOT / ".prox" / "test-artifacts"))
+        / "web-ui"
+    )
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     return out
 
 
 def test_model_steps_share_the_gpu_pool():
-    for key in ("seed_scores", "sft_programs", "refiner", "refined_corpus", "landmark_influence",
-                "trained_checkpoint"):
+    for key in (
+        "seed_scores",
+        "sft_programs",
+        "refiner",
+        "refined_corpus",
+        "landmark_influence",
+        "trained_checkpoint",
+    ):
         assert defs.resolve_assets_def(key).op.pool == GPU_POOL, key
     for key in ("raw_corpus", "selected_subset", "evaluation_report"):
         assert defs.resolve_assets_def(key).op.pool is None, key
     for spec in defs.resolve_all_asset_specs():
-        assert spec.group_name in GROUPS and spec.description and spec.owners and spec.kinds, spec.key
+        assert spec.group_name in GROUPS and spec.description and spec.owners and spec.kinds, (
+            spec.key
+        )
         assert spec.code_version, spec.key
 
 
@@ -69,20 +80,26 @@ def test_materialize_one_partition_from_the_ui(sample_files, tmp_path):
         env.pop(var, None)
     env.setdefault("PROX_DOWNLOADS", str(REPO_ROOT / ".prox" / "downloads"))
     files = [p for p in sample_files if p.name.startswith(("news-", "math-"))]
-    subprocess.run([BIN / "prox", "ingest", "--no-run", *files], env=env, check=True, capture_output=True)
+    subprocess.run(
+        [BIN / "prox", "ingest", "--no-run", *files], env=env, check=True, capture_output=True
+    )
 
     port = _free_port(set())
     ui = Server("prox-ui", [BIN / "prox", "ui", "--port", port], tmp_path, env, REPO_ROOT)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{url}/server_info", ui)
-        assert f"Serving dagster-webserver on http://127.0.0.1:{port}" in ui.tail(20000)  # loopback only
+        assert f"Serving dagster-webserver on http://127.0.0.1:{port}" in ui.tail(
+            20000
+        )  # loopback only
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.set_default_timeout(60_000)
             # a fresh browser is greeted by a newsletter modal, whenever it pleases: skip it whenever it shows
-            page.add_locator_handler(page.get_by_role("button", name="Skip"), lambda skip: skip.click())
+            page.add_locator_handler(
+                page.get_by_role("button", name="Skip"), lambda skip: skip.click()
+            )
 
             try:
                 page.goto(f"{url}/asset-groups")  # the asset graph, one box per pipeline stage
@@ -98,7 +115,9 @@ def test_materialize_one_partition_from_the_ui(sample_files, tmp_path):
 
                 page.get_by_role("button", name="Materialize…").click()
                 _choose_partition(page, "news-00")
-                page.get_by_text("Launch runs to materialize raw_corpus").click()  # closes the dropdown
+                page.get_by_text(
+                    "Launch runs to materialize raw_corpus"
+                ).click()  # closes the dropdown
                 page.screenshot(path=shots / "03-launch-dialog.png")
                 page.get_by_role("button", name="Launch 1 run").click()
                 # the dialog closes once the launch mutation has answered; leaving earlier cancels it
@@ -112,10 +131,14 @@ def test_materialize_one_partition_from_the_ui(sample_files, tmp_path):
                 row = page.locator("tr").filter(has_text="n_ingested").first
                 expect(row).to_be_visible()
                 n_ingested = int(row.locator("td").last.inner_text().strip())
-                expect(page.locator("tr").filter(has_text="quarantine_reasons").first).to_be_visible()
+                expect(
+                    page.locator("tr").filter(has_text="quarantine_reasons").first
+                ).to_be_visible()
                 page.screenshot(path=shots / "05-metadata.png", full_page=True)
             except Exception:
-                page.screenshot(path=shots / "failure.png", full_page=True)  # what the browser showed
+                page.screenshot(
+                    path=shots / "failure.png", full_page=True
+                )  # what the browser showed
                 raise
             browser.close()
     finally:
@@ -130,5 +153,9 @@ def test_materialize_one_partition_from_the_ui(sample_files, tmp_path):
     other = catalog.query("SELECT count(*) AS n FROM documents WHERE shard = 'math-00'")["n"][0]
     assert other == 0  # only the chosen partition ran
     assert sorted(p.name for p in shots.iterdir()) == [
-        "01-asset-graph.png", "02-raw-corpus.png", "03-launch-dialog.png", "04-run-succeeded.png",
-        "05-metadata.png"]
+        "01-asset-graph.png",
+        "02-raw-corpus.png",
+        "03-launch-dialog.png",
+        "04-run-succeeded.png",
+        "05-metadata.png",
+    ]

@@ -52,7 +52,9 @@ class RuleAnnotator:
     max_words_menu_item: int = 6
 
     @classmethod
-    def for_shard(cls, texts: Iterable[str], min_docs: int = 3, min_fraction: float = 0.02) -> "RuleAnnotator":
+    def for_shard(
+        cls, texts: Iterable[str], min_docs: int = 3, min_fraction: float = 0.02
+    ) -> RuleAnnotator:
         """Lines (case- and space-normalised) that occur in many documents of the shard."""
         counts: Counter[str] = Counter()
         n_docs = 0
@@ -73,9 +75,15 @@ class RuleAnnotator:
             return "boilerplate_phrase"
         if stripped.count("|") >= 2 and len(words) <= 4 * (stripped.count("|") + 1):
             return "menu_bar"
-        if _BULLET.match(line) and len(words) <= self.max_words_menu_item and not _END_PUNCT.search(line):
+        if (
+            _BULLET.match(line)
+            and len(words) <= self.max_words_menu_item
+            and not _END_PUNCT.search(line)
+        ):
             return "menu_item"
-        if _key(line) in self.repeated_lines and len(words) < 40:  # last: the rules above need no block
+        if (
+            _key(line) in self.repeated_lines and len(words) < 40
+        ):  # last: the rules above need no block
             return "repeated_in_shard"
         return None
 
@@ -84,10 +92,15 @@ class RuleAnnotator:
         lines = split_lines(text)
         span = range(window.line_start, window.line_end + 1)
         # a few lines past the window's edges, so a block cut by the window still counts as a block
-        reasons = {i: self.line_reason(lines[i])
-                   for i in range(max(0, window.line_start - 8), min(len(lines), window.line_end + 9))}
-        flagged = [reasons[i] is not None and (reasons[i] != "repeated_in_shard" or _in_block(reasons, lines, i))
-                   for i in span]
+        reasons = {
+            i: self.line_reason(lines[i])
+            for i in range(max(0, window.line_start - 8), min(len(lines), window.line_end + 9))
+        }
+        flagged = [
+            reasons[i] is not None
+            and (reasons[i] != "repeated_in_shard" or _in_block(reasons, lines, i))
+            for i in span
+        ]
         return program_for_flags(lines, flagged, window)
 
 
@@ -107,13 +120,18 @@ def _in_block(reasons: dict[int, str | None], lines: Sequence[str], i: int) -> b
 def program_for_flags(lines: Sequence[str], flagged: Sequence[bool], window: Window) -> str:
     """remove_lines for the runs of flagged lines of ``window``, a normalize for each noisy
     string left in its kept lines, or keep_chunk()."""
-    calls = [f"remove_lines(line_start={s}, line_end={e})" for s, e in _ranges(flagged, window.line_start, lines)]
+    calls = [
+        f"remove_lines(line_start={s}, line_end={e})"
+        for s, e in _ranges(flagged, window.line_start, lines)
+    ]
     kept_text = "\n".join(
         lines[i] for i, f in zip(range(window.line_start, window.line_end + 1), flagged) if not f
     )
     for source, target in NORMALIZE_STRINGS.items():
         if source in kept_text:
-            calls.append(Call("normalize", (("source_str", source), ("target_str", target))).render())
+            calls.append(
+                Call("normalize", (("source_str", source), ("target_str", target))).render()
+            )
     return "\n".join(calls) if calls else KEEP
 
 
@@ -130,9 +148,9 @@ def _ranges(flagged: Sequence[bool], offset: int, lines: Sequence[str]) -> list[
     for j, f in enumerate(flagged):
         i = offset + j
         if f:
-            if out and pending_blank and pending_blank[0] == out[-1][1] + 1:
-                out[-1][1] = i
-            elif out and out[-1][1] == i - 1:
+            if (out and pending_blank and pending_blank[0] == out[-1][1] + 1) or (
+                out and out[-1][1] == i - 1
+            ):
                 out[-1][1] = i
             else:
                 out.append([i, i])
@@ -160,7 +178,9 @@ def merge_programs(programs: Iterable[str]) -> str:
     return "\n".join(calls) if calls else KEEP
 
 
-def validate_chunk_program(program: str, text: str, window: Window, max_removal_ratio: float | None) -> str | None:
+def validate_chunk_program(
+    program: str, text: str, window: Window, max_removal_ratio: float | None
+) -> str | None:
     """None when ``program`` may be a training target for ``window``, else the reason it may not.
     ``max_removal_ratio`` caps what heuristic labels may remove; gold-derived labels have none."""
     parsed = parse_program(program, "chunk")

@@ -79,8 +79,9 @@ def heldout_loss(backend, prompts: Sequence[str], answers: Sequence[str]) -> flo
     return -sum(ll) / max(1, sum(_n_tokens(backend, answers)))
 
 
-def multiple_choice(backend, prompts: Sequence[str], choices: Sequence[Sequence[str]],
-                    gold: Sequence[int]) -> dict[str, float]:
+def multiple_choice(
+    backend, prompts: Sequence[str], choices: Sequence[Sequence[str]], gold: Sequence[int]
+) -> dict[str, float]:
     contexts = [p for p, cs in zip(prompts, choices) for _ in cs]
     continuations = [c for cs in choices for c in cs]
     ll = backend.loglikelihood(contexts, continuations)
@@ -95,15 +96,23 @@ def multiple_choice(backend, prompts: Sequence[str], choices: Sequence[Sequence[
     return {"accuracy": acc / n, "acc_per_char": acc_char / n}
 
 
-def gsm8k_exact_match(backend, prompts: Sequence[str], answers: Sequence[str], max_new_tokens: int) -> float:
+def gsm8k_exact_match(
+    backend, prompts: Sequence[str], answers: Sequence[str], max_new_tokens: int
+) -> float:
     completions = backend.complete(prompts, max_new_tokens)
-    hits = [final_number(cut_completion(c)) == final_number(a) for c, a in zip(completions, answers)]
+    hits = [
+        final_number(cut_completion(c)) == final_number(a) for c, a in zip(completions, answers)
+    ]
     return sum(hits) / max(1, len(hits))
 
 
-def squad_mean_f1(backend, prompts: Sequence[str], answers: Sequence[str], max_new_tokens: int = 24) -> float:
+def squad_mean_f1(
+    backend, prompts: Sequence[str], answers: Sequence[str], max_new_tokens: int = 24
+) -> float:
     completions = backend.complete(prompts, max_new_tokens)
-    scores = [squad_f1(cut_completion(c).strip().split("\n")[0], a) for c, a in zip(completions, answers)]
+    scores = [
+        squad_f1(cut_completion(c).strip().split("\n")[0], a) for c, a in zip(completions, answers)
+    ]
     return sum(scores) / max(1, len(scores))
 
 
@@ -111,12 +120,20 @@ def prose_perplexity(backend, texts: Sequence[str], max_tokens: int = 256) -> fl
     """exp(mean negative log-likelihood per predicted token) of each text's first ``max_tokens``."""
     texts = [backend.truncate(t, max_tokens) for t in texts]
     ll = backend.loglikelihood([""] * len(texts), texts)
-    predicted = sum(max(0, n - 1) for n in _n_tokens(backend, texts))  # the first token has no context
+    predicted = sum(
+        max(0, n - 1) for n in _n_tokens(backend, texts)
+    )  # the first token has no context
     return math.exp(-sum(ll) / max(1, predicted))
 
 
-def evaluate(backend, task: str, examples: Sequence[dict], prose: Sequence[str], max_new_tokens: int = 128,
-             prose_tokens: int = 256) -> dict[str, float]:
+def evaluate(
+    backend,
+    task: str,
+    examples: Sequence[dict],
+    prose: Sequence[str],
+    max_new_tokens: int = 128,
+    prose_tokens: int = 256,
+) -> dict[str, float]:
     """Every metric that applies to ``task`` on ``examples`` (rows with prompt, answer, choices
     as a JSON list, gold), plus the perplexity of ``prose``."""
     import json
@@ -124,7 +141,10 @@ def evaluate(backend, task: str, examples: Sequence[dict], prose: Sequence[str],
     prompts = [e["prompt"] for e in examples]
     answers = [e["answer"] for e in examples]
     metrics = {"heldout_loss": heldout_loss(backend, prompts, answers)} if examples else {}
-    choices = [json.loads(e["choices"]) if isinstance(e["choices"], str) else list(e["choices"]) for e in examples]
+    choices = [
+        json.loads(e["choices"]) if isinstance(e["choices"], str) else list(e["choices"])
+        for e in examples
+    ]
     if examples and all(choices):
         metrics |= multiple_choice(backend, prompts, choices, [int(e["gold"]) for e in examples])
     elif examples and task == "gsm8k":

@@ -102,7 +102,10 @@ def execute_doc_program(
     """Run a document-stage program: keep or drop the whole document."""
     parsed = parse_program(program, "doc", config.limits)
     result = ExecutionResult(
-        text=text, errors=list(parsed.errors), warnings=list(parsed.warnings), n_calls=len(parsed.calls)
+        text=text,
+        errors=list(parsed.errors),
+        warnings=list(parsed.warnings),
+        n_calls=len(parsed.calls),
     )
     if parsed.fatal or len(parsed.errors) >= config.max_errors:
         result.ignored = True
@@ -138,7 +141,10 @@ def execute_chunk_programs(
 
 
 def _execute_windows(
-    text: str, lines: list[str], window_programs: Sequence[tuple[int, int, str]], config: ExecutorConfig
+    text: str,
+    lines: list[str],
+    window_programs: Sequence[tuple[int, int, str]],
+    config: ExecutorConfig,
 ) -> ExecutionResult:
     """execute_chunk_programs, with the text's lines split once by the caller."""
     n_lines = len(lines)
@@ -172,9 +178,13 @@ def _execute_windows(
     # the original text, until no window fails: an ignored window never changes the text.
     rolled_back: dict[int, _Applied] = {}
     while True:
-        refined, merged, norm_edits, applied = _apply(text, lines, spans, plans, active, scope, config)
+        refined, merged, norm_edits, applied = _apply(
+            text, lines, spans, plans, active, scope, config
+        )
         failed = [
-            w for w in active if w in applied and len(plans[w].errors) + len(applied[w].errors) >= max_errors
+            w
+            for w in active
+            if w in applied and len(plans[w].errors) + len(applied[w].errors) >= max_errors
         ]
         if not failed:
             break
@@ -225,8 +235,14 @@ class _Applied:
 
 
 def _plan_window(
-    w: int, start: int, end: int, program: str, n_lines: int, windows_ok: bool,
-    config: ExecutorConfig, result: ExecutionResult,
+    w: int,
+    start: int,
+    end: int,
+    program: str,
+    n_lines: int,
+    windows_ok: bool,
+    config: ExecutorConfig,
+    result: ExecutionResult,
 ) -> _WindowPlan:
     parsed = parse_program(program, "chunk", config.limits)
     plan = _WindowPlan(start, end, fatal=parsed.fatal, n_calls=len(parsed.calls))
@@ -242,11 +258,17 @@ def _plan_window(
         if name == "remove_lines":
             first, last = call.int_arg("line_start"), call.int_arg("line_end")
             if not (0 <= first < n_lines and 0 <= last < n_lines):
-                kind, msg = "line_out_of_range", f"remove_lines({first}, {last}) outside 0..{n_lines - 1}"
+                kind, msg = (
+                    "line_out_of_range",
+                    f"remove_lines({first}, {last}) outside 0..{n_lines - 1}",
+                )
             elif first > last:
                 kind, msg = "reversed_range", f"remove_lines({first}, {last})"
             elif not (lo <= first and last <= hi):
-                kind, msg = "line_outside_window", f"remove_lines({first}, {last}) outside window {lo}..{hi}"
+                kind, msg = (
+                    "line_outside_window",
+                    f"remove_lines({first}, {last}) outside window {lo}..{hi}",
+                )
             else:
                 plan.ranges.append((first, last))
                 continue
@@ -254,12 +276,16 @@ def _plan_window(
         elif name == "normalize":
             source, target = call.str_arg("source_str"), call.str_arg("target_str")
             if source == "":
-                plan.errors.append(ProgramIssue("empty_source", "normalize() with empty source_str", call.line, w))
+                plan.errors.append(
+                    ProgramIssue("empty_source", "normalize() with empty source_str", call.line, w)
+                )
             elif call.args in seen:
                 continue  # duplicate calls are applied once
             elif not (_is_valid_unicode(source) and _is_valid_unicode(target)):
                 # e.g. "\ud800": a lone surrogate cannot be encoded, so it would fail every writer downstream
-                plan.errors.append(ProgramIssue("invalid_unicode", "normalize with a lone surrogate", call.line, w))
+                plan.errors.append(
+                    ProgramIssue("invalid_unicode", "normalize with a lone surrogate", call.line, w)
+                )
             else:
                 plan.normalizes.append((w, call.line, source, target))
             seen.add(call.args)
@@ -267,8 +293,13 @@ def _plan_window(
 
 
 def _apply(
-    text: str, lines: list[str], spans: list[tuple[int, int]], plans: list[_WindowPlan],
-    active: list[int], scope: str, config: ExecutorConfig,
+    text: str,
+    lines: list[str],
+    spans: list[tuple[int, int]],
+    plans: list[_WindowPlan],
+    active: list[int],
+    scope: str,
+    config: ExecutorConfig,
 ) -> tuple[str, list[tuple[int, int]], list[Edit], dict[int, _Applied]]:
     """The text after the active windows' edits, with the issues found per window (only the
     windows that had any are keys)."""
@@ -387,27 +418,39 @@ def _is_valid_unicode(text: str) -> bool:
 
 
 def _apply_normalizes(
-    segment: str, calls: Sequence[tuple[int, int, str, str]], edit_window: int,
-    applied: dict[int, _Applied], edits: list[Edit], config: ExecutorConfig,
+    segment: str,
+    calls: Sequence[tuple[int, int, str, str]],
+    edit_window: int,
+    applied: dict[int, _Applied],
+    edits: list[Edit],
+    config: ExecutorConfig,
 ) -> str:
     """Apply (window, program line, source, target) calls in order; issues go to their window."""
     for w, line, source, target in calls:
         shrink = len(source) - len(target)
-        if shrink > 0:  # cannot grow: replace at once, the count follows from the lengths (one pass)
+        if (
+            shrink > 0
+        ):  # cannot grow: replace at once, the count follows from the lengths (one pass)
             replaced = segment.replace(source, target)
             count = (len(segment) - len(replaced)) // shrink
         else:
             replaced, count = None, segment.count(source)
         if count == 0:
             issues = applied.setdefault(w, _Applied())
-            issue = ProgramIssue("source_not_found", f"normalize source {source[:60]!r} not found", line, w)
+            issue = ProgramIssue(
+                "source_not_found", f"normalize source {source[:60]!r} not found", line, w
+            )
             (issues.errors if config.missing_source_is_error else issues.warnings).append(issue)
             continue
         growth = count * (len(target) - len(source))
         if growth > config.max_growth_chars:
             issues = applied.setdefault(w, _Applied())
-            issues.errors.append(ProgramIssue("normalize_growth", f"would add {growth} chars", line, w))
+            issues.errors.append(
+                ProgramIssue("normalize_growth", f"would add {growth} chars", line, w)
+            )
             continue
         segment = segment.replace(source, target) if replaced is None else replaced
-        edits.append(Edit("normalize", source=source, target=target, count=count, window=edit_window))
+        edits.append(
+            Edit("normalize", source=source, target=target, count=count, window=edit_window)
+        )
     return segment

@@ -39,11 +39,15 @@ class TokenBatch:
     attention_mask: torch.Tensor
     labels: torch.Tensor  # -100 where no loss
 
-    def to(self, device) -> "TokenBatch":
-        return TokenBatch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))
+    def to(self, device) -> TokenBatch:
+        return TokenBatch(
+            self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device)
+        )
 
 
-def make_batch(tokenizer, prompts: Sequence[str], answers: Sequence[str] | None, max_len: int) -> TokenBatch:
+def make_batch(
+    tokenizer, prompts: Sequence[str], answers: Sequence[str] | None, max_len: int
+) -> TokenBatch:
     """Loss on ``answers`` tokens when given (target examples), else on every token (pool).
     A long prompt is cut from the left so that the whole answer fits; an answer longer than
     ``max_len`` keeps its first ``max_len - 1`` tokens after one prompt token (the first token
@@ -56,7 +60,7 @@ def make_batch(tokenizer, prompts: Sequence[str], answers: Sequence[str] | None,
             labels = list(ids)
         else:
             a = tokenizer(answers[i], add_special_tokens=False)["input_ids"][: max_len - 1]
-            p = p[-(max_len - len(a)):] if p else p
+            p = p[-(max_len - len(a)) :] if p else p
             ids, labels = p + a, [-100] * len(p) + a
         rows.append((ids, labels))
     width = max(1, max(len(r[0]) for r in rows))
@@ -65,7 +69,11 @@ def make_batch(tokenizer, prompts: Sequence[str], answers: Sequence[str] | None,
     label_ids = torch.full((len(rows), width), -100, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for r, (x, y) in enumerate(rows):
-        input_ids[r, : len(x)], label_ids[r, : len(y)], mask[r, : len(x)] = torch.tensor(x), torch.tensor(y), 1
+        input_ids[r, : len(x)], label_ids[r, : len(y)], mask[r, : len(x)] = (
+            torch.tensor(x),
+            torch.tensor(y),
+            1,
+        )
     return TokenBatch(input_ids, mask, label_ids)
 
 
@@ -80,29 +88,56 @@ def _autocast(model, dtype: str):
 def per_example_loss(model, batch: TokenBatch) -> torch.Tensor:
     """Mean next-token loss of each example, shape (B,)."""
     batch = batch.to(_device(model))
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
+    logits = (
+        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
+    )
     targets = batch.labels[:, 1:]
-    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
+    nll = torch.nn.functional.cross_entropy(
+        logits.transpose(1, 2), targets, ignore_index=-100, reduction="none"
+    )
     counts = (targets != -100).sum(1).clamp(min=1)
     return nll.sum(1) / counts
 
 
-def mean_hidden_states(model, tokenizer, texts: Sequence[str], max_len: int = 128, batch_size: int = 8,
-                       dtype: str = "float32") -> torch.Tensor:
+def mean_hidden_states(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    max_len: int = 128,
+    batch_size: int = 8,
+    dtype: str = "float32",
+) -> torch.Tensor:
     """(n, hidden) L2-normalised mean-pooled last hidden states: the RDS-style embedding."""
     out = []
     for i in range(0, len(texts), batch_size):
-        batch = make_batch(tokenizer, list(texts[i : i + batch_size]), None, max_len).to(_device(model))
+        batch = make_batch(tokenizer, list(texts[i : i + batch_size]), None, max_len).to(
+            _device(model)
+        )
         with torch.no_grad(), _autocast(model, dtype):
-            h = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                      output_hidden_states=True).hidden_states[-1].float()
+            h = (
+                model(
+                    input_ids=batch.input_ids,
+                    attention_mask=batch.attention_mask,
+                    output_hidden_states=True,
+                )
+                .hidden_states[-1]
+                .float()
+            )
         m = batch.attention_mask[..., None].float()
-        out.append(torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp(min=1), dim=1).cpu())
+        out.append(
+            torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp(min=1), dim=1).cpu()
+        )
     return torch.cat(out)
 
 
-def representation_similarity(model, tokenizer, pool_texts: Sequence[str], target_texts: Sequence[str],
-                              max_len: int = 128, batch_size: int = 8) -> torch.Tensor:
+def representation_similarity(
+    model,
+    tokenizer,
+    pool_texts: Sequence[str],
+    target_texts: Sequence[str],
+    max_len: int = 128,
+    batch_size: int = 8,
+) -> torch.Tensor:
     """(n_pool,) mean cosine similarity between each pool text and the target texts in the
     model's mean-pooled last hidden states: the RDS-style embedding baseline."""
     pool = mean_hidden_states(model, tokenizer, pool_texts, max_len, batch_size)
@@ -112,14 +147,19 @@ def representation_similarity(model, tokenizer, pool_texts: Sequence[str], targe
 
 # --- per-example gradients ------------------------------------------------------------------------
 def selected_linears(model, param_filter: str = DEFAULT_PARAMS) -> dict[str, torch.nn.Linear]:
-    out = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and param_filter in name}
+    out = {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and param_filter in name
+    }
     if not out:
         raise ValueError(f"no nn.Linear matches {param_filter!r}")
     return out
 
 
-def _layer_inputs_and_output_grads(model, batch: TokenBatch, param_filter: str, dtype: str = "float32"
-                                   ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def _layer_inputs_and_output_grads(
+    model, batch: TokenBatch, param_filter: str, dtype: str = "float32"
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """One batched backward of the sum of per-example mean losses; for each selected layer its
     input x (B, T, in) and output gradient d (B, T, out): example b's weight gradient is d_b^T x_b."""
     layers = selected_linears(model, param_filter)
@@ -130,12 +170,17 @@ def _layer_inputs_and_output_grads(model, batch: TokenBatch, param_filter: str, 
         def hook(module, args, output):
             inputs[name] = args[0].detach()
             output.register_hook(lambda g: grads.__setitem__(name, g.detach()))
+
         return hook
 
     handles = [layer.register_forward_hook(keep(name)) for name, layer in layers.items()]
     # No weight gradient at all (d and x are all we need): the graph starts at the embeddings'
     # output instead of at any parameter, so backward computes activation gradients only.
-    handles.append(model.get_input_embeddings().register_forward_hook(lambda m, a, out: out.requires_grad_(True)))
+    handles.append(
+        model.get_input_embeddings().register_forward_hook(
+            lambda m, a, out: out.requires_grad_(True)
+        )
+    )
     saved = {p: p.requires_grad for p in model.parameters()}
     try:
         for p in model.parameters():
@@ -151,23 +196,34 @@ def _layer_inputs_and_output_grads(model, batch: TokenBatch, param_filter: str, 
     return inputs, grads
 
 
-def per_sample_grads(model, batch: TokenBatch, param_filter: str = DEFAULT_PARAMS, dtype: str = "float32"
-                     ) -> dict[str, torch.Tensor]:
+def per_sample_grads(
+    model, batch: TokenBatch, param_filter: str = DEFAULT_PARAMS, dtype: str = "float32"
+) -> dict[str, torch.Tensor]:
     """{layer name: (B, out, in)} exact gradients of each example's mean loss."""
     inputs, grads = _layer_inputs_and_output_grads(model, batch, param_filter, dtype)
-    return {name: torch.einsum("bto,bti->boi", grads[name].float(), inputs[name].float()) for name in inputs}
+    return {
+        name: torch.einsum("bto,bti->boi", grads[name].float(), inputs[name].float())
+        for name in inputs
+    }
 
 
-def adam_factor(exp_avg_sq: torch.Tensor, step: int, beta1: float = 0.9, beta2: float = 0.999,
-                eps: float = 1e-8) -> torch.Tensor:
+def adam_factor(
+    exp_avg_sq: torch.Tensor, step: int, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8
+) -> torch.Tensor:
     """a in delta = -lr (a * g + b): the next AdamW step with the second moment frozen is affine
     in the gradient g, with this elementwise slope."""
     t = step + 1
     return (1 - beta1) / (1 - beta1**t) / ((exp_avg_sq / (1 - beta2**t)).sqrt() + eps)
 
 
-def adam_offset(exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, step: int, beta1: float = 0.9,
-                beta2: float = 0.999, eps: float = 1e-8) -> torch.Tensor:
+def adam_offset(
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    step: int,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+) -> torch.Tensor:
     """b in delta = -lr (a * g + b): the first moment's carried-over part of the next step."""
     t = step + 1
     return beta1 * exp_avg / (1 - beta1**t) / ((exp_avg_sq / (1 - beta2**t)).sqrt() + eps)
@@ -188,20 +244,39 @@ class AdamState:
         """Quantiles of the factor a over every selected weight: a spread of many orders of
         magnitude means a few never-seen weights dominate the preconditioned gradient."""
         flat = torch.cat([a.flatten().float().cpu() for a in self.factor.values()])
-        sample = flat[torch.randperm(len(flat), generator=torch.Generator().manual_seed(0))[:1_000_000]]
+        sample = flat[
+            torch.randperm(len(flat), generator=torch.Generator().manual_seed(0))[:1_000_000]
+        ]
         q = torch.quantile(sample, torch.tensor([0.01, 0.5, 0.99]))
-        return {"a_p01": float(q[0]), "a_p50": float(q[1]), "a_p99": float(q[2]),
-                "a_p99_over_p01": float(q[2] / q[0]), "a_max_over_min": float(flat.max() / flat.min())}
+        return {
+            "a_p01": float(q[0]),
+            "a_p50": float(q[1]),
+            "a_p99": float(q[2]),
+            "a_p99_over_p01": float(q[2] / q[0]),
+            "a_max_over_min": float(flat.max() / flat.min()),
+        }
 
     def summary(self) -> dict[str, float]:
         """The factor spread and the warm-up's first and last batch losses."""
-        return {**self.factor_spread(),
-                "warmup_loss_first": self.losses[0] if self.losses else float("nan"),
-                "warmup_loss_last": self.losses[-1] if self.losses else float("nan")}
+        return {
+            **self.factor_spread(),
+            "warmup_loss_first": self.losses[0] if self.losses else float("nan"),
+            "warmup_loss_last": self.losses[-1] if self.losses else float("nan"),
+        }
 
 
-def warm_up(model, tokenizer, texts: Sequence[str], steps: int, lr: float, batch_size: int, max_len: int,
-            param_filter: str = DEFAULT_PARAMS, seed: int = 0, dtype: str = "float32") -> AdamState:
+def warm_up(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    steps: int,
+    lr: float,
+    batch_size: int,
+    max_len: int,
+    param_filter: str = DEFAULT_PARAMS,
+    seed: int = 0,
+    dtype: str = "float32",
+) -> AdamState:
     """A short AdamW run on random pool samples, training ``model`` IN PLACE (gradients are then
     taken at the warmed-up model, as the method prescribes); returns its optimizer's frozen step
     for the selected layers."""
@@ -212,7 +287,9 @@ def warm_up(model, tokenizer, texts: Sequence[str], steps: int, lr: float, batch
     for _ in range(steps):
         idx = torch.randint(0, len(texts), (batch_size,), generator=g).tolist()
         with _autocast(model, dtype):
-            loss = per_example_loss(model, make_batch(tokenizer, [texts[i] for i in idx], None, max_len)).mean()
+            loss = per_example_loss(
+                model, make_batch(tokenizer, [texts[i] for i in idx], None, max_len)
+            ).mean()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -224,18 +301,24 @@ def warm_up(model, tokenizer, texts: Sequence[str], steps: int, lr: float, batch
     for name, layer in selected_linears(model, param_filter).items():
         state = opt.state.get(layer.weight)
         if not state:  # no warm-up: plain gradients (a = 1, b = 0)
-            factor[name], offset[name] = torch.ones_like(layer.weight), torch.zeros_like(layer.weight)
+            factor[name], offset[name] = (
+                torch.ones_like(layer.weight),
+                torch.zeros_like(layer.weight),
+            )
             continue
         factor[name] = adam_factor(state["exp_avg_sq"], steps, beta1, beta2, eps)
         # AdamW's decoupled weight decay is part of the step too: lr * wd * theta
-        offset[name] = (adam_offset(state["exp_avg"], state["exp_avg_sq"], steps, beta1, beta2, eps)
-                        + opt.defaults["weight_decay"] * layer.weight.detach())
+        offset[name] = (
+            adam_offset(state["exp_avg"], state["exp_avg_sq"], steps, beta1, beta2, eps)
+            + opt.defaults["weight_decay"] * layer.weight.detach()
+        )
     return AdamState(factor, offset, steps, losses)
 
 
 # --- exact influence --------------------------------------------------------------------------------
-def target_gradients(model, batch: TokenBatch, param_filter: str = DEFAULT_PARAMS, dtype: str = "float32"
-                     ) -> dict[str, torch.Tensor]:
+def target_gradients(
+    model, batch: TokenBatch, param_filter: str = DEFAULT_PARAMS, dtype: str = "float32"
+) -> dict[str, torch.Tensor]:
     """{layer: (m, out*in)} each target example's gradient, L2-normalised over all layers."""
     grads = per_sample_grads(model, batch, param_filter, dtype)
     flat = {n: g.reshape(g.shape[0], -1) for n, g in grads.items()}
@@ -243,16 +326,26 @@ def target_gradients(model, batch: TokenBatch, param_filter: str = DEFAULT_PARAM
     return {n: f / norms[:, None] for n, f in flat.items()}
 
 
-def exact_scores(model, batch: TokenBatch, targets: dict[str, torch.Tensor], adam: AdamState | None,
-                 param_filter: str = DEFAULT_PARAMS, dtype: str = "float32") -> torch.Tensor:
+def exact_scores(
+    model,
+    batch: TokenBatch,
+    targets: dict[str, torch.Tensor],
+    adam: AdamState | None,
+    param_filter: str = DEFAULT_PARAMS,
+    dtype: str = "float32",
+) -> torch.Tensor:
     """(B, m): cos(a * g_i, g_j) between each pool sample's Adam-preconditioned gradient and each
     target example's gradient, layer by layer so one layer's (B, out, in) is alive at a time."""
     inputs, grads = _layer_inputs_and_output_grads(model, batch, param_filter, dtype)
     b = batch.input_ids.shape[0]
-    dots = torch.zeros(b, next(iter(targets.values())).shape[0], dtype=torch.float64, device=_device(model))
+    dots = torch.zeros(
+        b, next(iter(targets.values())).shape[0], dtype=torch.float64, device=_device(model)
+    )
     sq = torch.zeros(b, dtype=torch.float64, device=_device(model))
     for name in list(inputs):
-        g = torch.einsum("bto,bti->boi", grads.pop(name).float(), inputs.pop(name).float()).reshape(b, -1)
+        g = torch.einsum("bto,bti->boi", grads.pop(name).float(), inputs.pop(name).float()).reshape(
+            b, -1
+        )
         if adam is not None:
             g = g * adam.factor[name].reshape(1, -1)
         dots += (g @ targets[name].T).double()
@@ -268,20 +361,34 @@ class JVPEmbedder:
     only ``blocks`` blocks are run. The directions are drawn once, so every batch shares them.
     ``pooling``: ``mean`` over real tokens (measured best here) or ``last`` token (the paper)."""
 
-    def __init__(self, model, blocks: int = 4, directions: int = 2, seed: int = 0, pooling: str = "mean",
-                 dtype: str = "float32"):
+    def __init__(
+        self,
+        model,
+        blocks: int = 4,
+        directions: int = 2,
+        seed: int = 0,
+        pooling: str = "mean",
+        dtype: str = "float32",
+    ):
         import copy
 
         if pooling not in ("mean", "last"):
             raise ValueError(f"pooling must be mean or last, not {pooling!r}")
         trunk = copy.copy(model.model)  # shallow: shares the weights...
-        trunk._modules = dict(model.model._modules)  # ...but not the module table it is about to edit
+        trunk._modules = dict(
+            model.model._modules
+        )  # ...but not the module table it is about to edit
         trunk.layers = torch.nn.ModuleList(list(model.model.layers)[:blocks])
         self.trunk, self.pooling, self.dtype, self.model = trunk, pooling, dtype, model
         self.params = {n: p.detach() for n, p in trunk.named_parameters()}
         g = torch.Generator().manual_seed(seed)
-        self.tangents = [{n: torch.randn(v.shape, generator=g).to(v.dtype).to(v.device) for n, v in self.params.items()}
-                         for _ in range(directions)]
+        self.tangents = [
+            {
+                n: torch.randn(v.shape, generator=g).to(v.dtype).to(v.device)
+                for n, v in self.params.items()
+            }
+            for _ in range(directions)
+        ]
 
     def __call__(self, batch: TokenBatch) -> torch.Tensor:
         from torch.func import functional_call, jvp
@@ -292,16 +399,30 @@ class JVPEmbedder:
         rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)
 
         def hidden(p):
-            out = functional_call(self.trunk, p, (batch.input_ids,), {"attention_mask": batch.attention_mask},
-                                  strict=False)
+            out = functional_call(
+                self.trunk,
+                p,
+                (batch.input_ids,),
+                {"attention_mask": batch.attention_mask},
+                strict=False,
+            )
             h = out.last_hidden_state.float()
-            return h[rows, last.clamp(min=0)] if self.pooling == "last" else (h * mask).sum(1) / mask.sum(1).clamp(min=1)
+            return (
+                h[rows, last.clamp(min=0)]
+                if self.pooling == "last"
+                else (h * mask).sum(1) / mask.sum(1).clamp(min=1)
+            )
 
-        config = self.trunk.config  # forward-mode AD has no fused-attention kernel: eager while embedding
+        config = (
+            self.trunk.config
+        )  # forward-mode AD has no fused-attention kernel: eager while embedding
         saved = config._attn_implementation
         config._attn_implementation = "eager"
         try:
-            with torch.no_grad(), _autocast(self.model, self.dtype):  # bf16: 2.8x faster, cosine 0.9997 to fp32
+            with (
+                torch.no_grad(),
+                _autocast(self.model, self.dtype),
+            ):  # bf16: 2.8x faster, cosine 0.9997 to fp32
                 parts = [jvp(hidden, (self.params,), (t,))[1].float() for t in self.tangents]
         finally:
             config._attn_implementation = saved
@@ -309,8 +430,13 @@ class JVPEmbedder:
 
 
 # --- landmarks and kernel ridge regression ---------------------------------------------------------
-def choose_landmarks(n: int, count: int, seed: int = 0, embeddings: torch.Tensor | None = None,
-                     method: str = "uniform") -> list[int]:
+def choose_landmarks(
+    n: int,
+    count: int,
+    seed: int = 0,
+    embeddings: torch.Tensor | None = None,
+    method: str = "uniform",
+) -> list[int]:
     g = torch.Generator().manual_seed(seed)
     count = min(count, n)
     if method == "uniform" or embeddings is None:
@@ -326,7 +452,7 @@ def choose_landmarks(n: int, count: int, seed: int = 0, embeddings: torch.Tensor
 
 
 def rbf(a: torch.Tensor, b: torch.Tensor, bandwidth: float) -> torch.Tensor:
-    return torch.exp(-torch.cdist(a.double(), b.double()) ** 2 / (2 * bandwidth**2))
+    return torch.exp(-(torch.cdist(a.double(), b.double()) ** 2) / (2 * bandwidth**2))
 
 
 def median_bandwidth(x: torch.Tensor) -> float:
@@ -336,8 +462,14 @@ def median_bandwidth(x: torch.Tensor) -> float:
     return med if med > 0 else 1.0
 
 
-def krr_propagate(emb: torch.Tensor, landmarks: Sequence[int], values: torch.Tensor, ridge: float = 0.01,
-                  bandwidth: float | None = None, centre: bool = True) -> torch.Tensor:
+def krr_propagate(
+    emb: torch.Tensor,
+    landmarks: Sequence[int],
+    values: torch.Tensor,
+    ridge: float = 0.01,
+    bandwidth: float | None = None,
+    centre: bool = True,
+) -> torch.Tensor:
     """p_hat = mu + K_SL (K_LL + ridge I)^-1 (p_L - mu) for every column of ``values`` (L, m) at
     once; mu is the landmarks' mean (``centre``), so far from every landmark an estimate falls
     back to the mean instead of to zero."""
@@ -410,8 +542,14 @@ class Selection:
     mean: torch.Tensor  # the mean estimate of every pool row
 
 
-def select_subset(mean: torch.Tensor, per_example: torch.Tensor, method: str, budget: int = 0,
-                  budget_fraction: float = 0.25, seed: int = 0) -> Selection:
+def select_subset(
+    mean: torch.Tensor,
+    per_example: torch.Tensor,
+    method: str,
+    budget: int = 0,
+    budget_fraction: float = 0.25,
+    seed: int = 0,
+) -> Selection:
     """``budget`` rows (or ``budget_fraction`` of the pool) by ``method``: ``round_robin`` over
     the target examples (``per_example``: n x m), ``top_k`` of the mean, or ``simplex`` (top-k
     support, first-order simplex weights). Uniform weights sum to the pool size."""
@@ -432,8 +570,15 @@ def select_subset(mean: torch.Tensor, per_example: torch.Tensor, method: str, bu
     return Selection(chosen=chosen, weights=weights, budget=k, pool_size=n, mean=mean)
 
 
-def second_order_weights(p: torch.Tensor, q_matvec: Callable[[torch.Tensor], torch.Tensor], eta: float,
-                         lam: float, total: float, steps: int = 200, lr: float | None = None) -> torch.Tensor:
+def second_order_weights(
+    p: torch.Tensor,
+    q_matvec: Callable[[torch.Tensor], torch.Tensor],
+    eta: float,
+    lam: float,
+    total: float,
+    steps: int = 200,
+    lr: float | None = None,
+) -> torch.Tensor:
     """Projected gradient descent on f(w) = -p.w + eta/2 w.Qw + lam/2 |w|^2 over the scaled
     simplex, with Q only through ``q_matvec``. The step is 1/L for L = lam + eta |Q|, |Q| by
     power iteration (Q need not be PSD: the target Hessian is indefinite away from a minimum)."""
@@ -447,7 +592,9 @@ def second_order_weights(p: torch.Tensor, q_matvec: Callable[[torch.Tensor], tor
     return w.float()
 
 
-def operator_norm(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, iters: int = 20, seed: int = 0) -> float:
+def operator_norm(
+    matvec: Callable[[torch.Tensor], torch.Tensor], n: int, iters: int = 20, seed: int = 0
+) -> float:
     """The largest |eigenvalue| of a symmetric operator by power iteration."""
     v = torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=torch.double)
     v /= v.norm()
@@ -469,17 +616,30 @@ def _project_simplex(v: torch.Tensor, total: float) -> torch.Tensor:
     return torch.clamp(v - cums[k - 1] / k, min=0)
 
 
-def flat_rows(grads: dict[str, torch.Tensor], adam: AdamState | None = None, normalise: bool = True) -> torch.Tensor:
+def flat_rows(
+    grads: dict[str, torch.Tensor], adam: AdamState | None = None, normalise: bool = True
+) -> torch.Tensor:
     """(n, d) per-example gradients over every selected layer (sorted by name), on the CPU,
     Adam-preconditioned when ``adam`` is given, L2-normalised unless ``normalise`` is False."""
     n = next(iter(grads.values())).shape[0]
-    rows = torch.cat([(g * adam.factor[name] if adam else g).reshape(n, -1).cpu()
-                      for name, g in sorted(grads.items())], 1)
+    rows = torch.cat(
+        [
+            (g * adam.factor[name] if adam else g).reshape(n, -1).cpu()
+            for name, g in sorted(grads.items())
+        ],
+        1,
+    )
     return torch.nn.functional.normalize(rows, dim=1) if normalise else rows
 
 
-def adam_second_order_terms(model, rows: torch.Tensor, target_batch: TokenBatch, adam: AdamState, eta: float,
-                            param_filter: str = DEFAULT_PARAMS):
+def adam_second_order_terms(
+    model,
+    rows: torch.Tensor,
+    target_batch: TokenBatch,
+    adam: AdamState,
+    eta: float,
+    param_filter: str = DEFAULT_PARAMS,
+):
     """p and Q of the second-order objective for one frozen-v AdamW step (library code: the
     assets select first-order; this is for small pools and for checking the first-order choice).
 
@@ -505,7 +665,9 @@ def adam_second_order_terms(model, rows: torch.Tensor, target_batch: TokenBatch,
         out, offset = [], 0
         for s in shapes:
             size = math.prod(s)
-            out.append(v[offset : offset + size].reshape(s).to(device=device, dtype=params[0].dtype))
+            out.append(
+                v[offset : offset + size].reshape(s).to(device=device, dtype=params[0].dtype)
+            )
             offset += size
         return out
 
@@ -527,10 +689,14 @@ def adam_second_order_terms(model, rows: torch.Tensor, target_batch: TokenBatch,
         return torch.autograd.grad(loss, params, create_graph=True)
 
     g_t = with_grad_on_selected(target_grad)
-    scale = 1.0 / float(torch.sqrt(sum((g.detach().double() ** 2).sum() for g in g_t)).clamp(min=1e-30))
+    scale = 1.0 / float(
+        torch.sqrt(sum((g.detach().double() ** 2).sum() for g in g_t)).clamp(min=1e-30)
+    )
 
     def hvp(v: torch.Tensor) -> torch.Tensor:
-        hv = with_grad_on_selected(lambda: torch.autograd.grad(g_t, params, grad_outputs=split(v), retain_graph=True))
+        hv = with_grad_on_selected(
+            lambda: torch.autograd.grad(g_t, params, grad_outputs=split(v), retain_graph=True)
+        )
         return torch.cat([h.reshape(-1) for h in hv]).cpu().double() * scale
 
     eta_eff = eta * scale_s
@@ -603,19 +769,36 @@ class InfluenceResult:
     adam: dict[str, float]  # the warm-up's factor spread and losses
 
 
-def all_target_gradients(model, tokenizer, prompts: Sequence[str], answers: Sequence[str],
-                         config: InfluenceConfig) -> dict[str, torch.Tensor]:
+def all_target_gradients(
+    model, tokenizer, prompts: Sequence[str], answers: Sequence[str], config: InfluenceConfig
+) -> dict[str, torch.Tensor]:
     """``target_gradients`` of every target example, ``config.batch_size`` at a time."""
-    parts = [target_gradients(model, make_batch(tokenizer, prompts[i : i + config.batch_size],
-                                                answers[i : i + config.batch_size], config.max_len),
-                              config.param_filter, config.dtype)
-             for i in range(0, len(prompts), config.batch_size)]
+    parts = [
+        target_gradients(
+            model,
+            make_batch(
+                tokenizer,
+                prompts[i : i + config.batch_size],
+                answers[i : i + config.batch_size],
+                config.max_len,
+            ),
+            config.param_filter,
+            config.dtype,
+        )
+        for i in range(0, len(prompts), config.batch_size)
+    ]
     return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
 
 
-def exact_scores_of(model, tokenizer, texts: Sequence[str], targets: dict[str, torch.Tensor],
-                    adam: AdamState | None, config: InfluenceConfig,
-                    progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+def exact_scores_of(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    targets: dict[str, torch.Tensor],
+    adam: AdamState | None,
+    config: InfluenceConfig,
+    progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
     """``exact_scores`` (n, m) of ``texts``, ``config.batch_size`` at a time."""
     parts = []
     for i in range(0, len(texts), config.batch_size):
@@ -626,38 +809,74 @@ def exact_scores_of(model, tokenizer, texts: Sequence[str], targets: dict[str, t
     return torch.cat(parts) if parts else torch.zeros(0, next(iter(targets.values())).shape[0])
 
 
-def embed_texts(model, tokenizer, texts: Sequence[str], config: InfluenceConfig, pooling: str | None = None
-                ) -> torch.Tensor:
+def embed_texts(
+    model, tokenizer, texts: Sequence[str], config: InfluenceConfig, pooling: str | None = None
+) -> torch.Tensor:
     """JVP embeddings of ``texts`` (``config``'s blocks, directions, seed; ``pooling`` defaults
     to ``config.jvp_pooling``), one embedder so every batch shares the directions."""
-    embed = JVPEmbedder(model, config.jvp_blocks, config.jvp_directions, config.seed, pooling or config.jvp_pooling,
-                        config.dtype)
-    return torch.cat([embed(make_batch(tokenizer, list(texts[i : i + config.batch_size]), None, config.max_len))
-                      for i in range(0, len(texts), config.batch_size)])
+    embed = JVPEmbedder(
+        model,
+        config.jvp_blocks,
+        config.jvp_directions,
+        config.seed,
+        pooling or config.jvp_pooling,
+        config.dtype,
+    )
+    return torch.cat(
+        [
+            embed(
+                make_batch(tokenizer, list(texts[i : i + config.batch_size]), None, config.max_len)
+            )
+            for i in range(0, len(texts), config.batch_size)
+        ]
+    )
 
 
-def compute_influence(model, tokenizer, pool_texts: Sequence[str], target_prompts: Sequence[str],
-                      target_answers: Sequence[str], config: InfluenceConfig, log=print) -> InfluenceResult:
+def compute_influence(
+    model,
+    tokenizer,
+    pool_texts: Sequence[str],
+    target_prompts: Sequence[str],
+    target_answers: Sequence[str],
+    config: InfluenceConfig,
+    log=print,
+) -> InfluenceResult:
     """Landmark-based influence of every pool sample on every target example. ``model`` is
     warmed up in place (pass a copy to keep the original)."""
     if not pool_texts or not target_prompts:
-        raise ValueError(f"influence needs a pool and target examples ({len(pool_texts)} and {len(target_prompts)} given)")
+        raise ValueError(
+            f"influence needs a pool and target examples ({len(pool_texts)} and {len(target_prompts)} given)"
+        )
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    adam = warm_up(model, tokenizer, pool_texts, config.warmup_steps, config.warmup_lr, config.batch_size,
-                   config.max_len, config.param_filter, config.seed, config.dtype)
+    adam = warm_up(
+        model,
+        tokenizer,
+        pool_texts,
+        config.warmup_steps,
+        config.warmup_lr,
+        config.batch_size,
+        config.max_len,
+        config.param_filter,
+        config.seed,
+        config.dtype,
+    )
     timings["warmup_s"] = time.perf_counter() - t
     summary = adam.summary()
-    log(f"warm-up: {config.warmup_steps} AdamW steps in {timings['warmup_s']:.0f}s, loss "
+    log(
+        f"warm-up: {config.warmup_steps} AdamW steps in {timings['warmup_s']:.0f}s, loss "
         f"{summary['warmup_loss_first']:.3f} -> {summary['warmup_loss_last']:.3f}, "
-        f"Adam factor p99/p01 {summary['a_p99_over_p01']:.3g}")
+        f"Adam factor p99/p01 {summary['a_p99_over_p01']:.3g}"
+    )
 
     t = time.perf_counter()
     targets = all_target_gradients(model, tokenizer, target_prompts, target_answers, config)
     timings["target_grads_s"] = time.perf_counter() - t
 
     def exact(idx: Sequence[int]) -> torch.Tensor:
-        return exact_scores_of(model, tokenizer, [pool_texts[i] for i in idx], targets, adam, config)
+        return exact_scores_of(
+            model, tokenizer, [pool_texts[i] for i in idx], targets, adam, config
+        )
 
     t = time.perf_counter()
     emb = embed_texts(model, tokenizer, pool_texts, config)
@@ -679,19 +898,29 @@ def compute_influence(model, tokenizer, pool_texts: Sequence[str], target_prompt
     taken = set(landmarks)
     rest = [i for i in range(n) if i not in taken]
     g = torch.Generator().manual_seed(config.seed + 1)
-    holdout = sorted(rest[i] for i in torch.randperm(len(rest), generator=g)[: config.exact_holdout].tolist())
+    holdout = sorted(
+        rest[i] for i in torch.randperm(len(rest), generator=g)[: config.exact_holdout].tolist()
+    )
     accuracy: dict[str, float] = {}
     exact_holdout = torch.zeros(0, len(target_prompts))
     if len(holdout) >= 3:
         exact_holdout = exact(holdout)
         est, ex = scores[holdout].mean(1), exact_holdout.mean(1)
         k = max(1, len(holdout) // 10)
-        accuracy = {"spearman": spearman(est, ex), "pearson": pearson(est, ex), f"top{k}_recall": topk_recall(est, ex, k),
-                    "n_holdout": len(holdout)}
+        accuracy = {
+            "spearman": spearman(est, ex),
+            "pearson": pearson(est, ex),
+            f"top{k}_recall": topk_recall(est, ex, k),
+            "n_holdout": len(holdout),
+        }
     per_sample_s = timings["landmark_grads_s"] / max(len(landmarks), 1)
-    timings["landmark_method_s"] = timings["embeddings_s"] + timings["landmark_grads_s"] + timings["krr_s"]
+    timings["landmark_method_s"] = (
+        timings["embeddings_s"] + timings["landmark_grads_s"] + timings["krr_s"]
+    )
     timings["exact_method_estimate_s"] = per_sample_s * n
-    return InfluenceResult(scores, landmarks, p_l, holdout, exact_holdout, accuracy, timings, summary)
+    return InfluenceResult(
+        scores, landmarks, p_l, holdout, exact_holdout, accuracy, timings, summary
+    )
 
 
 def flops_ratio(n_layers: int, blocks: int, directions: int, landmarks: int, pool: int) -> float:

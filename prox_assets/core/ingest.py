@@ -36,8 +36,17 @@ MAX_WARC_HEADER_BYTES = 64 * 1024  # a WARC or HTTP header block longer than thi
 QUARANTINE_SAMPLES = 1_000  # quarantine rows kept per file; the counts stay exact
 BATCH_DOCUMENTS = 2_048  # documents per written batch (one Parquet row group) ...
 BATCH_BYTES = 32 * 1024 * 1024  # ... or fewer, once their text reaches this many bytes
-SUPPORTED_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".parquet", ".html", ".htm",
-                      ".warc", ".warc.gz")
+SUPPORTED_SUFFIXES = (
+    ".jsonl",
+    ".jsonl.gz",
+    ".ndjson",
+    ".ndjson.gz",
+    ".parquet",
+    ".html",
+    ".htm",
+    ".warc",
+    ".warc.gz",
+)
 
 DOCUMENT_SCHEMA = {
     "doc_id": pl.String,
@@ -49,11 +58,17 @@ DOCUMENT_SCHEMA = {
     "n_chars": pl.Int64,
     "n_words": pl.Int64,
 }
-_DOCUMENT_ARROW = pa.schema([(name, pa.int64() if dtype == pl.Int64 else pa.string())
-                             for name, dtype in DOCUMENT_SCHEMA.items()])
+_DOCUMENT_ARROW = pa.schema(
+    [
+        (name, pa.int64() if dtype == pl.Int64 else pa.string())
+        for name, dtype in DOCUMENT_SCHEMA.items()
+    ]
+)
 # What the catalog indexes per document (everything but the text), plus its row in the shard file.
 INDEX_COLUMNS = ("doc_id", "shard", "source", "url", "n_chars", "n_words")
-_INDEX_ARROW = pa.schema([_DOCUMENT_ARROW.field(c) for c in INDEX_COLUMNS] + [("row_index", pa.int64())])
+_INDEX_ARROW = pa.schema(
+    [_DOCUMENT_ARROW.field(c) for c in INDEX_COLUMNS] + [("row_index", pa.int64())]
+)
 
 
 class UnreadableInput(Exception):
@@ -98,7 +113,9 @@ class IngestTally:
     def ingest(self, doc: dict) -> None:
         self.n_ingested += 1
         if len(self.preview) < 5:
-            self.preview.append({**doc, "text": doc["text"][:300], "metadata": doc["metadata"][:300]})
+            self.preview.append(
+                {**doc, "text": doc["text"][:300], "metadata": doc["metadata"][:300]}
+            )
 
 
 @dataclass
@@ -153,7 +170,11 @@ Raw = tuple[str, dict]
 
 def _read_jsonl(f: IO[bytes], filename: str, max_bytes: int) -> Iterator[Raw | Quarantined]:
     # a buffered reader gives readline(limit) over any binary file (s3fs's files take no limit)
-    stream = gzip.GzipFile(fileobj=f) if filename.lower().endswith(".gz") else io.BufferedReader(cast(io.RawIOBase, f), 1 << 20)
+    stream = (
+        gzip.GzipFile(fileobj=f)
+        if filename.lower().endswith(".gz")
+        else io.BufferedReader(cast(io.RawIOBase, f), 1 << 20)
+    )
     lineno = 0
     try:
         while True:
@@ -165,8 +186,12 @@ def _read_jsonl(f: IO[bytes], filename: str, max_bytes: int) -> Iterator[Raw | Q
                 while chunk := stream.readline(1 << 20):  # skip the rest of this line
                     if chunk.endswith(b"\n"):
                         break
-                yield Quarantined(f"line:{lineno}", "document_too_large",
-                                  f"line longer than {max_bytes} bytes", _sample(line))
+                yield Quarantined(
+                    f"line:{lineno}",
+                    "document_too_large",
+                    f"line longer than {max_bytes} bytes",
+                    _sample(line),
+                )
                 continue
             if not line.strip():
                 continue  # blank lines are not records
@@ -183,8 +208,12 @@ def _read_jsonl(f: IO[bytes], filename: str, max_bytes: int) -> Iterator[Raw | Q
                 yield Quarantined(f"line:{lineno}", "malformed_json", _error(exc), _sample(decoded))
                 continue
             if not isinstance(record, dict):
-                yield Quarantined(f"line:{lineno}", "wrong_schema",
-                                  f"expected an object, got {type(record).__name__}", _sample(decoded))
+                yield Quarantined(
+                    f"line:{lineno}",
+                    "wrong_schema",
+                    f"expected an object, got {type(record).__name__}",
+                    _sample(decoded),
+                )
                 continue
             yield f"line:{lineno}", record
     except (OSError, EOFError, zlib.error) as exc:  # truncated or corrupt gzip
@@ -206,7 +235,9 @@ def _read_parquet(f: IO[bytes], filename: str, max_bytes: int) -> Iterator[Raw |
     if "text" not in schema.names:
         raise UnreadableInput(f"{filename}: no 'text' column (columns: {schema.names})")
     if not _is_text_type(schema.field("text").type):
-        raise UnreadableInput(f"{filename}: column 'text' is {schema.field('text').type}, not string")
+        raise UnreadableInput(
+            f"{filename}: column 'text' is {schema.field('text').type}, not string"
+        )
     first = 0
     for group in range(pf.num_row_groups):
         n_rows = pf.metadata.row_group(group).num_rows
@@ -218,8 +249,12 @@ def _read_parquet(f: IO[bytes], filename: str, max_bytes: int) -> Iterator[Raw |
                     done += 1
         except Exception as exc:  # noqa: BLE001  a corrupt page or row group: the rest of the file may be fine
             if done < n_rows:
-                yield Quarantined(f"rows:{first + done}-{first + n_rows - 1}", "corrupt_row_group",
-                                  f"row group {group}: {_error(exc)}", n_records=n_rows - done)
+                yield Quarantined(
+                    f"rows:{first + done}-{first + n_rows - 1}",
+                    "corrupt_row_group",
+                    f"row group {group}: {_error(exc)}",
+                    n_records=n_rows - done,
+                )
         first += n_rows
 
 
@@ -236,8 +271,14 @@ def _html_to_text(data: bytes) -> tuple[str | None, str]:
         return None, f"{encoding}: {exc}"
     tree = HTMLTree.parse(html)
     text = extract_plain_text(
-        tree, main_content=False, preserve_formatting=True, list_bullets=True,
-        alt_texts=False, links=False, form_fields=False, noscript=False,
+        tree,
+        main_content=False,
+        preserve_formatting=True,
+        list_bullets=True,
+        alt_texts=False,
+        links=False,
+        form_fields=False,
+        noscript=False,
     )
     return text, ""
 
@@ -258,10 +299,18 @@ def _read_warc(f: IO[bytes], filename: str, max_bytes: int) -> Iterator[Raw | Qu
     # FastWARC: C++ parsing with a header length limit (warcio reads a header line of any length)
     from fastwarc.warc import ArchiveIterator, WarcRecordType
 
-    content = [(WarcRecordType.response, "response"), (WarcRecordType.resource, "resource"),
-               (WarcRecordType.conversion, "conversion")]  # the enum is not hashable
-    records = ArchiveIterator(f, record_types=WarcRecordType.any_type, parse_http=True,
-                              max_header_len=MAX_WARC_HEADER_BYTES, auto_decode="all")
+    content = [
+        (WarcRecordType.response, "response"),
+        (WarcRecordType.resource, "resource"),
+        (WarcRecordType.conversion, "conversion"),
+    ]  # the enum is not hashable
+    records = ArchiveIterator(
+        f,
+        record_types=WarcRecordType.any_type,
+        parse_http=True,
+        max_header_len=MAX_WARC_HEADER_BYTES,
+        auto_decode="all",
+    )
     n_records = n = 0
     while True:
         try:
@@ -307,15 +356,22 @@ def _warc_document(record, rec_type: str, locator: str, max_bytes: int) -> Raw |
             return Quarantined(locator, "undecodable_bytes", str(exc), _sample(data))
     else:
         return Quarantined(locator, "unsupported_content_type", ctype[:200], url or "")
-    return locator, {"text": text, "url": url,
-                     "metadata": {"warc_date": record.headers.get("WARC-Date"), "content_type": ctype}}
+    return locator, {
+        "text": text,
+        "url": url,
+        "metadata": {"warc_date": record.headers.get("WARC-Date"), "content_type": ctype},
+    }
 
 
 _READERS = {"jsonl": _read_jsonl, "parquet": _read_parquet, "html": _read_html, "warc": _read_warc}
 
 
 def iter_documents(
-    f: IO[bytes], filename: str, shard: str, tally: IngestTally, default_source: str | None = None,
+    f: IO[bytes],
+    filename: str,
+    shard: str,
+    tally: IngestTally,
+    default_source: str | None = None,
     max_doc_bytes: int = MAX_DOC_BYTES,
 ) -> Iterator[dict]:
     """The documents of one input file, in order; everything else is counted in ``tally``.
@@ -324,7 +380,9 @@ def iter_documents(
     """
     fmt = format_of(filename)
     if fmt is None:
-        raise UnreadableInput(f"{filename}: unsupported format (expected one of {SUPPORTED_SUFFIXES})")
+        raise UnreadableInput(
+            f"{filename}: unsupported format (expected one of {SUPPORTED_SUFFIXES})"
+        )
     seen: set[bytes] = set()  # 16-byte ids: duplicates are found without holding the texts
     source_default = default_source or shard
     items = _READERS[fmt](f, filename, max_doc_bytes)
@@ -336,7 +394,11 @@ def iter_documents(
         except UnreadableInput:
             raise
         except Exception as exc:  # noqa: BLE001  a library failing on hostile bytes: keep what was read
-            tally.quarantine(Quarantined(f"after:{tally.n_read}", "corrupt_file", f"stopped reading: {_error(exc)}"))
+            tally.quarantine(
+                Quarantined(
+                    f"after:{tally.n_read}", "corrupt_file", f"stopped reading: {_error(exc)}"
+                )
+            )
             return
         if isinstance(item, Quarantined):
             tally.quarantine(item)
@@ -359,18 +421,28 @@ def iter_documents(
 
 
 def read_documents(
-    f: IO[bytes], filename: str, shard: str, default_source: str | None = None,
+    f: IO[bytes],
+    filename: str,
+    shard: str,
+    default_source: str | None = None,
     max_doc_bytes: int = MAX_DOC_BYTES,
 ) -> IngestResult:
     """Read one whole input file into memory (small inputs; see ``write_shard`` for streaming)."""
     result = IngestResult()
-    result.documents = list(iter_documents(f, filename, shard, result.tally, default_source, max_doc_bytes))
+    result.documents = list(
+        iter_documents(f, filename, shard, result.tally, default_source, max_doc_bytes)
+    )
     return result
 
 
 def write_shard(
-    f: IO[bytes], filename: str, shard: str, documents_out: IO[bytes] | str, index_out: IO[bytes] | str,
-    default_source: str | None = None, max_doc_bytes: int = MAX_DOC_BYTES,
+    f: IO[bytes],
+    filename: str,
+    shard: str,
+    documents_out: IO[bytes] | str,
+    index_out: IO[bytes] | str,
+    default_source: str | None = None,
+    max_doc_bytes: int = MAX_DOC_BYTES,
 ) -> IngestTally:
     """Stream one input file into a documents Parquet file and a catalog index Parquet file.
 
@@ -382,15 +454,20 @@ def write_shard(
     tally = IngestTally()
     # dictionary encoding only where values repeat: trying it on every text costs time for nothing
     options = {"compression": "zstd", "use_dictionary": ["shard", "source"]}
-    with pq.ParquetWriter(documents_out, _DOCUMENT_ARROW, **options) as documents, \
-            pq.ParquetWriter(index_out, _INDEX_ARROW, **options) as index, \
-            ThreadPoolExecutor(max_workers=1) as writer:
+    with (
+        pq.ParquetWriter(documents_out, _DOCUMENT_ARROW, **options) as documents,
+        pq.ParquetWriter(index_out, _INDEX_ARROW, **options) as index,
+        ThreadPoolExecutor(max_workers=1) as writer,
+    ):
 
         def write(batch: list[dict], first: int) -> None:
             table = pl.DataFrame(batch, schema=DOCUMENT_SCHEMA).to_arrow().cast(_DOCUMENT_ARROW)
             documents.write_table(table)
-            index.write_table(table.select(list(INDEX_COLUMNS)).append_column(
-                "row_index", pa.array(range(first, first + len(batch)), pa.int64())))
+            index.write_table(
+                table.select(list(INDEX_COLUMNS)).append_column(
+                    "row_index", pa.array(range(first, first + len(batch)), pa.int64())
+                )
+            )
 
         pending: Future | None = None
 
@@ -423,7 +500,9 @@ def _normalize(record: dict, shard: str, default_source: str, max_bytes: int) ->
     if text is None:
         return Quarantined("", "missing_text", f"fields: {sorted(map(str, record))[:20]}")
     if not isinstance(text, str):
-        return Quarantined("", "wrong_schema", f"'text' is {type(text).__name__}", _sample(repr(text)[:200]))
+        return Quarantined(
+            "", "wrong_schema", f"'text' is {type(text).__name__}", _sample(repr(text)[:200])
+        )
     try:
         encoded = text.encode("utf-8")
     except UnicodeEncodeError as exc:  # lone surrogates from \ud800-style JSON escapes
@@ -447,7 +526,9 @@ def _normalize(record: dict, shard: str, default_source: str, max_bytes: int) ->
     return {
         "doc_id": doc_id_of(text),
         "shard": shard,
-        "source": source if isinstance(source, str) and source and is_valid_unicode(source) else default_source,
+        "source": source
+        if isinstance(source, str) and source and is_valid_unicode(source)
+        else default_source,
         "url": url if isinstance(url, str) and is_valid_unicode(url) else None,
         "text": text,
         "metadata": metadata_json,

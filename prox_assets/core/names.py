@@ -40,11 +40,14 @@ def validate_name(name: str, kind: str = "name") -> str:
     if not isinstance(name, str) or not name:
         raise InvalidName(f"{kind} must not be empty")
     if len(name) > MAX_NAME_CHARS:
-        raise InvalidName(f"{kind} {name[:20]!r}... is {len(name)} characters; at most {MAX_NAME_CHARS}")
+        raise InvalidName(
+            f"{kind} {name[:20]!r}... is {len(name)} characters; at most {MAX_NAME_CHARS}"
+        )
     if not NAME_PATTERN.fullmatch(name):
         raise InvalidName(
             f"{kind} {name!r} is not allowed: use lower-case letters, digits, '-' and '_', "
-            "starting with a letter or digit (no '/', '.', '|', spaces)")
+            "starting with a letter or digit (no '/', '.', '|', spaces)"
+        )
     return name
 
 
@@ -62,7 +65,7 @@ def split_suffix(filename: str) -> tuple[str, str]:
     lower = base.lower()
     for suffix in sorted(SUPPORTED_SUFFIXES, key=len, reverse=True):
         if lower.endswith(suffix):
-            return base[: -len(suffix)], base[-len(suffix):]
+            return base[: -len(suffix)], base[-len(suffix) :]
     return base, ""
 
 
@@ -88,7 +91,9 @@ def check_input_file_name(filename: str) -> None:
     """Refuse a file name that cannot be an incoming/ object (InvalidName), before any upload."""
     base = filename.rsplit("/", 1)[-1]
     if base.startswith(RESERVED_PREFIX):
-        raise InvalidName(f"{base!r}: names starting with {RESERVED_PREFIX!r} are the store's temporary files")
+        raise InvalidName(
+            f"{base!r}: names starting with {RESERVED_PREFIX!r} are the store's temporary files"
+        )
     if len(_utf8(base)) > 255:  # NAME_MAX: no local file system could hold it
         raise InvalidName(f"{base[:40]!r}...: file name of {len(_utf8(base))} bytes; at most 255")
     if any(c in base for c in "\0\n\r"):

@@ -71,7 +71,16 @@ _PARAM_NAMES = {name: frozenset(p for p, _ in params) for name, params in _SIGNA
 _KEYWORD_ALIASES: dict[str, dict[str, str]] = {
     "remove_lines": {
         **dict.fromkeys(
-            ("start", "start_line", "line_begin", "begin", "first", "first_line", "from_line", "line_from"),
+            (
+                "start",
+                "start_line",
+                "line_begin",
+                "begin",
+                "first",
+                "first_line",
+                "from_line",
+                "line_from",
+            ),
             "line_start",
         ),
         **dict.fromkeys(
@@ -118,7 +127,8 @@ class Call:
     def render(self) -> str:
         """Canonical text: keyword arguments, double-quoted strings with JSON escapes."""
         inner = ", ".join(
-            f"{k}={json.dumps(v, ensure_ascii=False) if isinstance(v, str) else v}" for k, v in self.args
+            f"{k}={json.dumps(v, ensure_ascii=False) if isinstance(v, str) else v}"
+            for k, v in self.args
         )
         return f"{self.name}({inner})"
 
@@ -133,7 +143,12 @@ class ProgramIssue:
     window: int = -1  # index of the window whose program it came from (set by the executor)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "message": self.message, "line": self.line, "window": self.window}
+        return {
+            "kind": self.kind,
+            "message": self.message,
+            "line": self.line,
+            "window": self.window,
+        }
 
 
 @dataclass
@@ -202,8 +217,17 @@ _ESCAPE_RE = re.compile(
     re.DOTALL,
 )
 _SIMPLE_ESCAPES = {
-    "n": "\n", "t": "\t", "r": "\r", "\\": "\\", "'": "'", '"': '"',
-    "a": "\a", "b": "\b", "f": "\f", "v": "\v", "\n": "",
+    "n": "\n",
+    "t": "\t",
+    "r": "\r",
+    "\\": "\\",
+    "'": "'",
+    '"': '"',
+    "a": "\a",
+    "b": "\b",
+    "f": "\f",
+    "v": "\v",
+    "\n": "",
 }
 
 
@@ -285,7 +309,11 @@ def parse_program(program: str, stage: Stage, limits: Limits = Limits()) -> Pars
             if may_be_truncated and _is_truncated_call(text, pos, names):
                 stmt = text[pos:]
                 out.warnings.append(
-                    ProgramIssue("truncated_call", f"incomplete final call, end of program: {stmt[:80]!r}", line)
+                    ProgramIssue(
+                        "truncated_call",
+                        f"incomplete final call, end of program: {stmt[:80]!r}",
+                        line,
+                    )
                 )
                 break
             eol = text.find("\n", pos)
@@ -359,7 +387,9 @@ def _is_truncated_call(text: str, pos: int, names: dict[str, str]) -> bool:
     if m is None:
         return False
     name = m.group(1)
-    if m.group(2) or m.end(1) < len(text):  # "(" or spaces after the name: the whole name was written
+    if m.group(2) or m.end(1) < len(
+        text
+    ):  # "(" or spaces after the name: the whole name was written
         return name in names
     return any(n.startswith(name) for n in names)  # cut inside the name
 

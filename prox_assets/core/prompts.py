@@ -46,7 +46,10 @@ def score_chat(rubric: str, document: str, with_critique: bool) -> list[dict[str
     )
     return [
         {"role": "system", "content": SCORE_SYSTEM},
-        {"role": "user", "content": f"{RUBRICS[rubric]}\n\nDocument:\n\"\"\"\n{document}\n\"\"\"\n\n{ask}"},
+        {
+            "role": "user",
+            "content": f'{RUBRICS[rubric]}\n\nDocument:\n"""\n{document}\n"""\n\n{ask}',
+        },
     ]
 
 
@@ -71,11 +74,17 @@ CHUNK_REFINER_SYSTEM = (
 
 
 def doc_refiner_chat(document: str) -> list[dict[str, str]]:
-    return [{"role": "system", "content": DOC_REFINER_SYSTEM}, {"role": "user", "content": document}]
+    return [
+        {"role": "system", "content": DOC_REFINER_SYSTEM},
+        {"role": "user", "content": document},
+    ]
 
 
 def chunk_refiner_chat(window_text: str) -> list[dict[str, str]]:
-    return [{"role": "system", "content": CHUNK_REFINER_SYSTEM}, {"role": "user", "content": window_text}]
+    return [
+        {"role": "system", "content": CHUNK_REFINER_SYSTEM},
+        {"role": "user", "content": window_text},
+    ]
 
 
 # --- few-shot annotation prompts, one per noise type --------------------------------------------

@@ -20,9 +20,12 @@ def _filters():
         GopherRepetitionFilter,
     )
 
-    return [("gopher_repetition", GopherRepetitionFilter()), ("gopher_quality", GopherQualityFilter()),
-            ("c4_quality", C4QualityFilter(filter_no_terminal_punct=False)),
-            ("fineweb_quality", FineWebQualityFilter())]
+    return [
+        ("gopher_repetition", GopherRepetitionFilter()),
+        ("gopher_quality", GopherQualityFilter()),
+        ("c4_quality", C4QualityFilter(filter_no_terminal_punct=False)),
+        ("fineweb_quality", FineWebQualityFilter()),
+    ]
 
 
 def rule_filter(texts: Sequence[str]) -> list[str | None]:

@@ -104,8 +104,14 @@ def sphinx_body(html: bytes) -> tuple[str, int, float] | None:
         return None
     markup = body.html
     text = extract_plain_text(  # the ingest extractor's settings, on the body alone
-        f"<html><body>{markup}</body></html>", main_content=False, preserve_formatting=True,
-        list_bullets=True, alt_texts=False, links=False, form_fields=False, noscript=False,
+        f"<html><body>{markup}</body></html>",
+        main_content=False,
+        preserve_formatting=True,
+        list_bullets=True,
+        alt_texts=False,
+        links=False,
+        form_fields=False,
+        noscript=False,
     )
     words = len((body.text or "").split())
     if 'class="indextable' in markup:  # genindex-*, py-modindex: an index whatever its link share
@@ -139,8 +145,14 @@ def pydocs_pair(rel: str, page_text: str | None = None, root: Path = PYDOCS_HTML
         return None
     page_text = _lf(page_text)
     body_text, words, link_fraction = body
-    return Pair(f"pydocs:{rel}", "pydocs", page_text, body_text, aligned_labels(page_text, body_text),
-                pydocs_keep(words, link_fraction))
+    return Pair(
+        f"pydocs:{rel}",
+        "pydocs",
+        page_text,
+        body_text,
+        aligned_labels(page_text, body_text),
+        pydocs_keep(words, link_fraction),
+    )
 
 
 def pydocs_pairs(root: Path = PYDOCS_HTML) -> Iterator[Pair]:
@@ -173,19 +185,28 @@ def news_pairs(downloads: Path) -> Iterator[Pair]:
             if "/tests/data/html/" in name and name.endswith(".html"):
                 gold_name = name.replace("/html/", "/txt/").removesuffix(".html") + ".txt"
                 if gold_name in members:
-                    page, gold_file = tar.extractfile(members[name]), tar.extractfile(members[gold_name])
+                    page, gold_file = (
+                        tar.extractfile(members[name]),
+                        tar.extractfile(members[gold_name]),
+                    )
                     if page is None or gold_file is None:  # not regular files
                         continue
                     text, _ = _html_to_text(page.read())
                     gold = gold_file.read().decode("utf-8", "replace")
                     if text:
                         text = _lf(text)
-                        yield Pair(f"news:{name.rsplit('/', 1)[-1]}", "news", text, gold,
-                                   trigram_labels(text, gold), len(gold.strip()) >= MIN_NEWS_GOLD_CHARS)
+                        yield Pair(
+                            f"news:{name.rsplit('/', 1)[-1]}",
+                            "news",
+                            text,
+                            gold,
+                            trigram_labels(text, gold),
+                            len(gold.strip()) >= MIN_NEWS_GOLD_CHARS,
+                        )
 
 
 def page_split(name: str, heldout_fraction: float = 0.3, seed: int = 0) -> str:
-    """"train" or "heldout" by a keyed hash of the page name: stable, row-order free."""
+    """ "train" or "heldout" by a keyed hash of the page name: stable, row-order free."""
     h = int(hashlib.sha256(f"page-split:{seed}:{name}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
     return "heldout" if h < heldout_fraction else "train"
 

@@ -93,8 +93,9 @@ def _outputs(got, expected: int) -> list:
     return list(got)
 
 
-def generate_per_document(backend, chats: Sequence, max_new_tokens: int, stage: str,
-                          progress=None) -> list:
+def generate_per_document(
+    backend, chats: Sequence, max_new_tokens: int, stage: str, progress=None
+) -> list:
     """Generations for each document's chats (a list of chats, or a ``DocumentError`` passed
     through): one batched call; if it raises, one call per document, a failing one that
     document's error; if every document fails, the engine is probed and its failure raised.
@@ -128,21 +129,35 @@ def generate_per_document(backend, chats: Sequence, max_new_tokens: int, stage: 
             out[i] = got[k : k + len(chats[i])]
             k += len(chats[i])
     for i in live:
-        bad = [] if isinstance(out[i], DocumentError) else [g for g in out[i] if not isinstance(g, str)]
+        bad = (
+            []
+            if isinstance(out[i], DocumentError)
+            else [g for g in out[i] if not isinstance(g, str)]
+        )
         if bad:
             out[i] = DocumentError(stage, f"the engine returned {type(bad[0]).__name__}, not text")
     return out
 
 
-def doc_stage(backend, shown_texts: Sequence, max_new_tokens: int = 16,
-              config: ExecutorConfig = ExecutorConfig(), progress=None) -> list:
+def doc_stage(
+    backend,
+    shown_texts: Sequence,
+    max_new_tokens: int = 16,
+    config: ExecutorConfig = ExecutorConfig(),
+    progress=None,
+) -> list:
     """(program, result) or ``DocumentError`` per document; ``shown_texts`` are what the refiner
     sees (truncated), errors of an earlier stage passed through."""
     chats = _each(shown_texts, "doc_generate", lambda t: [doc_refiner_chat(check_text(t))])
     programs = generate_per_document(backend, chats, max_new_tokens, "doc_generate", progress)
-    return [p if isinstance(p, DocumentError)
-            else _isolated("doc_execute", lambda t, prog: (prog, execute_doc_program(t, prog, config)), t, p[0])
-            for t, p in zip(shown_texts, programs)]
+    return [
+        p
+        if isinstance(p, DocumentError)
+        else _isolated(
+            "doc_execute", lambda t, prog: (prog, execute_doc_program(t, prog, config)), t, p[0]
+        )
+        for t, p in zip(shown_texts, programs)
+    ]
 
 
 @dataclass
@@ -153,22 +168,33 @@ class ChunkRun:
 
 
 def chunk_stage(
-    backend, texts: Sequence, count_tokens: TokenCounter, window_tokens: int,
-    max_new_tokens: int = 96, config: ExecutorConfig = ExecutorConfig(), progress=None,
+    backend,
+    texts: Sequence,
+    count_tokens: TokenCounter,
+    window_tokens: int,
+    max_new_tokens: int = 96,
+    config: ExecutorConfig = ExecutorConfig(),
+    progress=None,
 ) -> list:
     """``ChunkRun`` or ``DocumentError`` per document: window every document, generate one
     program per window (all windows of all documents in one batched call), and execute each
     document's programs once."""
-    windows = _each(texts, "windows", lambda t: chunk_document(check_text(t), count_tokens, window_tokens))
+    windows = _each(
+        texts, "windows", lambda t: chunk_document(check_text(t), count_tokens, window_tokens)
+    )
     chats = _each(windows, "chunk_generate", lambda ws: [chunk_refiner_chat(w.text) for w in ws])
     programs = generate_per_document(backend, chats, max_new_tokens, "chunk_generate", progress)
 
     def run(text: str, ws: list[Window], mine: list[str]) -> ChunkRun:
-        result = execute_chunk_programs(text, [(w.line_start, w.line_end, p) for w, p in zip(ws, mine)], config)
+        result = execute_chunk_programs(
+            text, [(w.line_start, w.line_end, p) for w, p in zip(ws, mine)], config
+        )
         return ChunkRun(ws, list(mine), result)
 
-    return [p if isinstance(p, DocumentError) else _isolated("chunk_execute", run, t, ws, p)
-            for t, ws, p in zip(texts, windows, programs)]
+    return [
+        p if isinstance(p, DocumentError) else _isolated("chunk_execute", run, t, ws, p)
+        for t, ws, p in zip(texts, windows, programs)
+    ]
 
 
 def _strict(results: list) -> list:
@@ -178,20 +204,32 @@ def _strict(results: list) -> list:
     return results
 
 
-def run_doc_refiner(backend, shown_texts: Sequence[str], max_new_tokens: int = 16,
-                    config: ExecutorConfig = ExecutorConfig(), progress=None) -> list[tuple[str, ExecutionResult]]:
+def run_doc_refiner(
+    backend,
+    shown_texts: Sequence[str],
+    max_new_tokens: int = 16,
+    config: ExecutorConfig = ExecutorConfig(),
+    progress=None,
+) -> list[tuple[str, ExecutionResult]]:
     """(program, result) per document; ``shown_texts`` are what the refiner sees (truncated).
     Strict: a document that cannot be refined raises ``DocumentFailed``."""
     return _strict(doc_stage(backend, shown_texts, max_new_tokens, config, progress))
 
 
 def run_chunk_refiner(
-    backend, texts: Sequence[str], count_tokens: TokenCounter, window_tokens: int,
-    max_new_tokens: int = 96, config: ExecutorConfig = ExecutorConfig(), progress=None,
+    backend,
+    texts: Sequence[str],
+    count_tokens: TokenCounter,
+    window_tokens: int,
+    max_new_tokens: int = 96,
+    config: ExecutorConfig = ExecutorConfig(),
+    progress=None,
 ) -> list[ChunkRun]:
     """Window every document, generate one program per window (all windows of all documents
     in one batched call), and execute each document's programs once. Strict, as above."""
-    return _strict(chunk_stage(backend, texts, count_tokens, window_tokens, max_new_tokens, config, progress))
+    return _strict(
+        chunk_stage(backend, texts, count_tokens, window_tokens, max_new_tokens, config, progress)
+    )
 
 
 @dataclass
@@ -202,13 +240,23 @@ class DocumentRefinement:
     doc_result: ExecutionResult | None = None
     chunk: ChunkRun | None = None
     error: DocumentError | None = None
-    issues: list[ProgramIssue] = field(default_factory=list)  # executor errors of the stages that ran
+    issues: list[ProgramIssue] = field(
+        default_factory=list
+    )  # executor errors of the stages that ran
 
 
 def refine_documents(
-    doc_backend, chunk_backend, texts: Sequence, *, doc_max_tokens: int, window_tokens: int,
-    doc_max_new_tokens: int, chunk_max_new_tokens: int, count_tokens: TokenCounter,
-    config: ExecutorConfig = ExecutorConfig(), is_probe: bool = False,
+    doc_backend,
+    chunk_backend,
+    texts: Sequence,
+    *,
+    doc_max_tokens: int,
+    window_tokens: int,
+    doc_max_new_tokens: int,
+    chunk_max_new_tokens: int,
+    count_tokens: TokenCounter,
+    config: ExecutorConfig = ExecutorConfig(),
+    is_probe: bool = False,
 ) -> list[DocumentRefinement]:
     """Both stages over ``texts``, one ``DocumentRefinement`` per text, in order. A document
     whose stage raises gets its ``error``; the others are refined. When a stage fails every
@@ -218,26 +266,51 @@ def refine_documents(
     checked = _each(texts, "input", check_text)
     shown = _each(checked, "truncate", lambda t: doc_backend.truncate(t, doc_max_tokens))
     docs = doc_stage(doc_backend, shown, doc_max_new_tokens, config)
-    out = [DocumentRefinement(error=d) if isinstance(d, DocumentError)
-           else DocumentRefinement(doc_program=d[0], doc_result=d[1]) for d in docs]
+    out = [
+        DocumentRefinement(error=d)
+        if isinstance(d, DocumentError)
+        else DocumentRefinement(doc_program=d[0], doc_result=d[1])
+        for d in docs
+    ]
     # the probe document goes through both stages, whatever the document stage says
-    to_chunk = [i for i, r in enumerate(out) if r.error is None and (is_probe or r.doc_result is None or not r.doc_result.dropped)]
-    runs = chunk_stage(chunk_backend, [checked[i] for i in to_chunk], count_tokens, window_tokens,
-                       chunk_max_new_tokens, config)
+    to_chunk = [
+        i
+        for i, r in enumerate(out)
+        if r.error is None and (is_probe or r.doc_result is None or not r.doc_result.dropped)
+    ]
+    runs = chunk_stage(
+        chunk_backend,
+        [checked[i] for i in to_chunk],
+        count_tokens,
+        window_tokens,
+        chunk_max_new_tokens,
+        config,
+    )
     for i, run in zip(to_chunk, runs):
         if isinstance(run, DocumentError):
             out[i].error = run
         else:
             out[i].chunk = run
     for r in out:
-        r.issues = (r.doc_result.errors if r.doc_result else []) + (r.chunk.result.errors if r.chunk else [])
-    failed_all = (out and all(isinstance(d, DocumentError) for d in docs)) or \
-        (runs and all(isinstance(r, DocumentError) for r in runs))
+        r.issues = (r.doc_result.errors if r.doc_result else []) + (
+            r.chunk.result.errors if r.chunk else []
+        )
+    failed_all = (out and all(isinstance(d, DocumentError) for d in docs)) or (
+        runs and all(isinstance(r, DocumentError) for r in runs)
+    )
     if failed_all and not is_probe:
-        check = refine_documents(doc_backend, chunk_backend, [PROBE_TEXT], doc_max_tokens=doc_max_tokens,
-                                 window_tokens=window_tokens, doc_max_new_tokens=doc_max_new_tokens,
-                                 chunk_max_new_tokens=chunk_max_new_tokens, count_tokens=count_tokens,
-                                 config=config, is_probe=True)
+        check = refine_documents(
+            doc_backend,
+            chunk_backend,
+            [PROBE_TEXT],
+            doc_max_tokens=doc_max_tokens,
+            window_tokens=window_tokens,
+            doc_max_new_tokens=doc_max_new_tokens,
+            chunk_max_new_tokens=chunk_max_new_tokens,
+            count_tokens=count_tokens,
+            config=config,
+            is_probe=True,
+        )
         if check[0].error:
             raise DocumentFailed(check[0].error)
     return out
@@ -283,7 +356,11 @@ def refined_row(text: str, ref: DocumentRefinement, count: TokenCounter) -> Refi
     reason = doc_result.reason if doc_result.dropped else (run.result.reason if run else None)
     tokens_before, tokens_after = count([text, refined])
     return RefinedRow(
-        text=refined, kept=not dropped, status="dropped" if dropped else "kept", reason=reason, error=None,
+        text=refined,
+        kept=not dropped,
+        status="dropped" if dropped else "kept",
+        reason=reason,
+        error=None,
         doc_program=printable(ref.doc_program),
         chunk_programs=json.dumps(run.programs if run else []),
         windows=json.dumps([[w.line_start, w.line_end] for w in run.windows] if run else []),
@@ -291,10 +368,15 @@ def refined_row(text: str, ref: DocumentRefinement, count: TokenCounter) -> Refi
         errors=json.dumps([e.to_dict() for e in ref.issues]),
         program_ignored=bool(run and run.result.ignored),
         windows_ignored=len(run.result.ignored_windows) if run else 0,
-        lines_removed=sum(e.line_end - e.line_start + 1 for e in run.result.edits
-                          if e.kind == "remove_lines") if run else 0,
-        n_chars_before=len(text), n_chars_after=len(refined) if not dropped else 0,
-        n_tokens_before=tokens_before, n_tokens_after=tokens_after if not dropped else 0,
+        lines_removed=sum(
+            e.line_end - e.line_start + 1 for e in run.result.edits if e.kind == "remove_lines"
+        )
+        if run
+        else 0,
+        n_chars_before=len(text),
+        n_chars_after=len(refined) if not dropped else 0,
+        n_tokens_before=tokens_before,
+        n_tokens_after=tokens_after if not dropped else 0,
     )
 
 
@@ -307,22 +389,49 @@ def error_row(text, ref: DocumentRefinement, count: TokenCounter) -> RefinedRow:
     except Exception:  # noqa: BLE001  (the tokenizer may be what failed on this text)
         tokens_before = 0
     return RefinedRow(
-        text=shown, kept=False, status="error", reason=ERROR_REASON, error=str(ref.error),
+        text=shown,
+        kept=False,
+        status="error",
+        reason=ERROR_REASON,
+        error=str(ref.error),
         doc_program=printable(ref.doc_program) if isinstance(ref.doc_program, str) else None,
-        chunk_programs="[]", windows="[]", edits="[]",
-        errors=json.dumps([e.to_dict() for e in ref.issues + ([ref.error.to_issue()] if ref.error else [])]),
-        program_ignored=False, windows_ignored=0, lines_removed=0,
-        n_chars_before=len(shown), n_chars_after=0, n_tokens_before=tokens_before, n_tokens_after=0,
+        chunk_programs="[]",
+        windows="[]",
+        edits="[]",
+        errors=json.dumps(
+            [e.to_dict() for e in ref.issues + ([ref.error.to_issue()] if ref.error else [])]
+        ),
+        program_ignored=False,
+        windows_ignored=0,
+        lines_removed=0,
+        n_chars_before=len(shown),
+        n_chars_after=0,
+        n_tokens_before=tokens_before,
+        n_tokens_after=0,
     )
 
 
-def refined_rows(doc_backend, chunk_backend, texts: Sequence, *, doc_max_tokens: int, window_tokens: int,
-                 doc_max_new_tokens: int, chunk_max_new_tokens: int, count_tokens: TokenCounter) -> list[RefinedRow]:
+def refined_rows(
+    doc_backend,
+    chunk_backend,
+    texts: Sequence,
+    *,
+    doc_max_tokens: int,
+    window_tokens: int,
+    doc_max_new_tokens: int,
+    chunk_max_new_tokens: int,
+    count_tokens: TokenCounter,
+) -> list[RefinedRow]:
     """One row per text, in order: kept, dropped, or (status ``error``) a document one of whose
     stages raised, or whose row could not be made; the others are refined all the same."""
     refinements = refine_documents(
-        doc_backend, chunk_backend, texts, doc_max_tokens=doc_max_tokens, window_tokens=window_tokens,
-        doc_max_new_tokens=doc_max_new_tokens, chunk_max_new_tokens=chunk_max_new_tokens,
+        doc_backend,
+        chunk_backend,
+        texts,
+        doc_max_tokens=doc_max_tokens,
+        window_tokens=window_tokens,
+        doc_max_new_tokens=doc_max_new_tokens,
+        chunk_max_new_tokens=chunk_max_new_tokens,
         count_tokens=count_tokens,
     )
     rows = []

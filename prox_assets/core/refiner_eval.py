@@ -30,7 +30,10 @@ def parses(program: str, level: Stage) -> bool:
 def doc_metrics(predicted: Sequence[str], gold_labels: Sequence[str]) -> dict:
     """``gold_labels`` are "keep" / "drop"."""
     pred = ["drop" if execute_doc_program("", p).dropped else "keep" for p in predicted]
-    out = {"n": len(pred), "parse_rate": sum(parses(p, "doc") for p in predicted) / max(len(pred), 1)}
+    out = {
+        "n": len(pred),
+        "parse_rate": sum(parses(p, "doc") for p in predicted) / max(len(pred), 1),
+    }
     per_class = []
     for label in ("keep", "drop"):
         tp = sum(p == label and g == label for p, g in zip(pred, gold_labels))
@@ -47,12 +50,17 @@ def removed_lines(program: str, line_start: int, line_end: int) -> set[int]:
     lines: set[int] = set()
     for call in parse_program(program, "chunk").calls:
         if call.name == "remove_lines":
-            s, e = max(call.int_arg("line_start"), line_start), min(call.int_arg("line_end"), line_end)
+            s, e = (
+                max(call.int_arg("line_start"), line_start),
+                min(call.int_arg("line_end"), line_end),
+            )
             lines.update(range(s, e + 1))
     return lines
 
 
-def chunk_metrics(predicted: Sequence[str], gold: Sequence[str], spans: Sequence[tuple[int, int]]) -> dict:
+def chunk_metrics(
+    predicted: Sequence[str], gold: Sequence[str], spans: Sequence[tuple[int, int]]
+) -> dict:
     tp = fp = fn = 0
     for p, g, (s, e) in zip(predicted, gold, spans):
         pl, gl = removed_lines(p, s, e), removed_lines(g, s, e)
@@ -63,7 +71,9 @@ def chunk_metrics(predicted: Sequence[str], gold: Sequence[str], spans: Sequence
     return {
         "n": len(predicted),
         "parse_rate": sum(parses(p, "chunk") for p in predicted) / max(len(predicted), 1),
-        "line_precision": precision, "line_recall": recall, "line_f1": score,
+        "line_precision": precision,
+        "line_recall": recall,
+        "line_f1": score,
     }
 
 

@@ -31,7 +31,15 @@ class TrainConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_layers: int | None = 10  # adapters on the top N blocks only; None = every block
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    target_modules: tuple[str, ...] = (
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    )
     epochs: float = 1.0
     max_steps: int | None = None
     batch_size: int = 8
@@ -55,7 +63,9 @@ class TrainReport:
     skipped_too_long: int = 0
     seconds: float = 0.0
     losses: list[float] = field(default_factory=list)
-    target_tokens_p99: int = 0  # program length (tokens, incl. end of turn): sizes the output budget
+    target_tokens_p99: int = (
+        0  # program length (tokens, incl. end of turn): sizes the output budget
+    )
     bf16: bool = False  # whether dtype "auto" ran the matmuls in bf16 on this hardware
 
     def to_dict(self) -> dict:
@@ -64,18 +74,24 @@ class TrainReport:
 
 def version_id(base_model: str, sft_version: str, config: TrainConfig) -> str:
     """A refiner version: base model, SFT data version and hyperparameters, hashed."""
-    payload = json.dumps({"base": base_model, "sft": sft_version, "train": config.to_dict()}, sort_keys=True)
+    payload = json.dumps(
+        {"base": base_model, "sft": sft_version, "train": config.to_dict()}, sort_keys=True
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-def encode_example(tokenizer, chat: Chat, target: str, max_len: int) -> tuple[list[int], list[int]] | None:
+def encode_example(
+    tokenizer, chat: Chat, target: str, max_len: int
+) -> tuple[list[int], list[int]] | None:
     """(input_ids, labels) with labels -100 on the prompt; None when longer than ``max_len``."""
     prompt = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(chat + [{"role": "assistant", "content": target}], tokenize=False)
+    full = tokenizer.apply_chat_template(
+        chat + [{"role": "assistant", "content": target}], tokenize=False
+    )
     if not full.startswith(prompt):  # a template that rewrites earlier turns: fall back to EOS
         full = prompt + target + (tokenizer.eos_token or "")
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    answer_ids = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
     if len(prompt_ids) + len(answer_ids) > max_len:
         return None
     return prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids
@@ -84,12 +100,20 @@ def encode_example(tokenizer, chat: Chat, target: str, max_len: int) -> tuple[li
 def lr_at(step: int, total: int, config: TrainConfig) -> float:
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps - 1)  # last step: min_lr
-    return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+    progress = (step - config.warmup_steps) / max(
+        1, total - config.warmup_steps - 1
+    )  # last step: min_lr
+    return config.min_lr + 0.5 * (config.lr - config.min_lr) * (
+        1 + math.cos(math.pi * min(1.0, progress))
+    )
 
 
 def train_refiner(
-    model, tokenizer, examples: Sequence[tuple[Chat, str]], config: TrainConfig, out_dir: str | Path,
+    model,
+    tokenizer,
+    examples: Sequence[tuple[Chat, str]],
+    config: TrainConfig,
+    out_dir: str | Path,
     progress: Callable[[int, int, float], None] | None = None,
 ) -> TrainReport:
     """Fine-tune ``model`` (float32, on its device; the engine loads it) on ``examples`` and save
@@ -112,7 +136,9 @@ def train_refiner(
     if not encoded:
         raise ValueError(f"no training example fits max_seq_len={config.max_seq_len}")
     answer_lengths = sorted(sum(1 for y in labels if y != -100) for _, labels in encoded)
-    report.target_tokens_p99 = answer_lengths[min(len(answer_lengths) - 1, int(0.99 * len(answer_lengths)))]
+    report.target_tokens_p99 = answer_lengths[
+        min(len(answer_lengths) - 1, int(0.99 * len(answer_lengths)))
+    ]
 
     model = attach_adapters(model, config)
     report = run_training(model, encoded, config, pad_id(tokenizer), device, progress, report)
@@ -138,16 +164,33 @@ def attach_adapters(model, config: TrainConfig):
     from peft import LoraConfig, get_peft_model
 
     n_layers = model.config.num_hidden_layers
-    layers = None if config.lora_layers is None else list(range(max(0, n_layers - config.lora_layers), n_layers))
-    return get_peft_model(model, LoraConfig(
-        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
-        target_modules=list(config.target_modules), layers_to_transform=layers, task_type="CAUSAL_LM",
-    ))
+    layers = (
+        None
+        if config.lora_layers is None
+        else list(range(max(0, n_layers - config.lora_layers), n_layers))
+    )
+    return get_peft_model(
+        model,
+        LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=0.0,
+            target_modules=list(config.target_modules),
+            layers_to_transform=layers,
+            task_type="CAUSAL_LM",
+        ),
+    )
 
 
-def run_training(model, encoded: Sequence[tuple[list[int], list[int]]], config: TrainConfig, pad: int,
-                 device: str = "cpu", progress: Callable[[int, int, float], None] | None = None,
-                 report: TrainReport | None = None) -> TrainReport:
+def run_training(
+    model,
+    encoded: Sequence[tuple[list[int], list[int]]],
+    config: TrainConfig,
+    pad: int,
+    device: str = "cpu",
+    progress: Callable[[int, int, float], None] | None = None,
+    report: TrainReport | None = None,
+) -> TrainReport:
     """AdamW over (input_ids, labels) pairs, shuffled and cycled until ``max_steps`` (or
     ``epochs``); right-padded batches; gradient clipping at 1. Seeded by the caller."""
     import torch
@@ -180,7 +223,9 @@ def run_training(model, encoded: Sequence[tuple[list[int], list[int]]], config: 
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, total, config)
         with autocast(device, config.dtype):
-            loss = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
+            loss = model(
+                input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)
+            ).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()

@@ -11,15 +11,27 @@ import polars as pl
 from prox_assets.core.variants import VARIANTS
 
 # metric -> True when higher is better
-METRICS = {"heldout_loss": False, "accuracy": True, "acc_per_char": True, "exact_match": True, "f1": True,
-           "prose_perplexity": False}
+METRICS = {
+    "heldout_loss": False,
+    "accuracy": True,
+    "acc_per_char": True,
+    "exact_match": True,
+    "f1": True,
+    "prose_perplexity": False,
+}
 
 
 def summarize(evals: pl.DataFrame) -> pl.DataFrame:
     """variant, metric, mean, std (over seeds; 0 with one seed), seeds."""
-    return (evals.group_by("variant", "metric")
-            .agg(mean=pl.col("value").mean(), std=pl.col("value").std(ddof=1).fill_null(0.0), seeds=pl.len())
-            .sort("variant", "metric"))
+    return (
+        evals.group_by("variant", "metric")
+        .agg(
+            mean=pl.col("value").mean(),
+            std=pl.col("value").std(ddof=1).fill_null(0.0),
+            seeds=pl.len(),
+        )
+        .sort("variant", "metric")
+    )
 
 
 class Contrast(NamedTuple):
@@ -33,13 +45,25 @@ def comparisons(summary: pl.DataFrame) -> list[Contrast]:
     """The contrasts the report exists for."""
     values = {(r["variant"], r["metric"]): r["mean"] for r in summary.iter_rows(named=True)}
     out = []
-    for a, b in (("influence", "random"), ("influence", "embedding"), ("influence", "full"),
-                 ("refined", "raw"), ("refined", "rule_filtered"), ("rule_filtered", "raw")):
+    for a, b in (
+        ("influence", "random"),
+        ("influence", "embedding"),
+        ("influence", "full"),
+        ("refined", "raw"),
+        ("refined", "rule_filtered"),
+        ("rule_filtered", "raw"),
+    ):
         for metric, higher in METRICS.items():
             if (a, metric) in values and (b, metric) in values:
                 diff = values[(a, metric)] - values[(b, metric)]
-                out.append(Contrast(f"{a} − {b}", metric, round(diff, 4),
-                                    "yes" if (diff > 0) == higher and diff else "no"))
+                out.append(
+                    Contrast(
+                        f"{a} − {b}",
+                        metric,
+                        round(diff, 4),
+                        "yes" if (diff > 0) == higher and diff else "no",
+                    )
+                )
     return out
 
 
@@ -55,18 +79,37 @@ def plot_report(summary: pl.DataFrame, evals: pl.DataFrame, title: str) -> bytes
     ncols = min(2, len(metrics))  # two panels a row: fits the UI's metadata dialog
     nrows = -(-len(metrics) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.4 * nrows), squeeze=False)
-    for ax in axes.flat[len(metrics):]:
+    for ax in axes.flat[len(metrics) :]:
         ax.set_visible(False)
     for ax, metric in zip(axes.flat, metrics):
-        rows = {r["variant"]: r for r in summary.filter(pl.col("metric") == metric).iter_rows(named=True)}
+        rows = {
+            r["variant"]: r
+            for r in summary.filter(pl.col("metric") == metric).iter_rows(named=True)
+        }
         xs = [v for v in variants if v in rows]
-        ax.bar(range(len(xs)), [rows[v]["mean"] for v in xs], yerr=[rows[v]["std"] for v in xs],
-               color=["#999999" if v == "base" else "#4477aa" if v in ("influence", "refined") else "#bbccee"
-                      for v in xs], capsize=3)
+        ax.bar(
+            range(len(xs)),
+            [rows[v]["mean"] for v in xs],
+            yerr=[rows[v]["std"] for v in xs],
+            color=[
+                "#999999"
+                if v == "base"
+                else "#4477aa"
+                if v in ("influence", "refined")
+                else "#bbccee"
+                for v in xs
+            ],
+            capsize=3,
+        )
         for i, v in enumerate(xs):
-            seeds = evals.filter((pl.col("metric") == metric) & (pl.col("variant") == v))["value"].to_list()
+            seeds = evals.filter((pl.col("metric") == metric) & (pl.col("variant") == v))[
+                "value"
+            ].to_list()
             ax.scatter([i] * len(seeds), seeds, color="black", s=8, zorder=3)
-        low = min(min(rows[v]["mean"] - rows[v]["std"] for v in xs), 0 if METRICS[metric] else float("inf"))
+        low = min(
+            min(rows[v]["mean"] - rows[v]["std"] for v in xs),
+            0 if METRICS[metric] else float("inf"),
+        )
         high = max(rows[v]["mean"] + rows[v]["std"] for v in xs)
         if not METRICS[metric]:  # losses and perplexities: zoom on the differences
             pad = (high - low) * 0.5 or 0.01

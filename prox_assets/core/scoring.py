@@ -55,8 +55,12 @@ def prox_keep(edu: int, fmt: int) -> bool:
 
 
 def score_documents(
-    backend, documents: Sequence[str], rubric: str, with_critique: bool = False,
-    critique_tokens: int = 96, progress: Callable[[int, int], None] | None = None,
+    backend,
+    documents: Sequence[str],
+    rubric: str,
+    with_critique: bool = False,
+    critique_tokens: int = 96,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[RubricScore]:
     chats = [score_chat(rubric, d, with_critique) for d in documents]
     critiques: list[str | None] = [None] * len(chats)
@@ -68,8 +72,9 @@ def score_documents(
     else:
         parsed = [None] * len(chats)
     prefixes = [score_prefix(c) for c in critiques]
-    dists = backend.next_token_probs(chats, SCORE_CANDIDATES, prefixes=prefixes,
-                                     progress=None if with_critique else progress)
+    dists = backend.next_token_probs(
+        chats, SCORE_CANDIDATES, prefixes=prefixes, progress=None if with_critique else progress
+    )
     out = []
     for dist, p, critique in zip(dists, parsed, critiques):
         expected, norm, mass = expected_score(dist)

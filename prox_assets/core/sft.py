@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 
 from prox_assets.core.annotators import KEEP, validate_chunk_program
 from prox_assets.core.chunking import Window
-from prox_assets.core.prompts import REFINER_PROMPT_VERSION, chunk_refiner_chat, doc_refiner_chat
 from prox_assets.core.programs import Stage, parse_program
+from prox_assets.core.prompts import REFINER_PROMPT_VERSION, chunk_refiner_chat, doc_refiner_chat
 
 
 @dataclass
@@ -42,27 +42,52 @@ class SFTExample:
         return asdict(self)
 
 
-def doc_example(doc_id: str, shard: str, shown_text: str, keep: bool, scorer_model: str) -> SFTExample:
+def doc_example(
+    doc_id: str, shard: str, shown_text: str, keep: bool, scorer_model: str
+) -> SFTExample:
     target = "keep_doc()" if keep else "drop_doc()"
     return SFTExample(
-        level="doc", doc_id=doc_id, shard=shard, messages=json.dumps(doc_refiner_chat(shown_text)),
-        target=target, label="keep" if keep else "drop", annotator="rubric-scores", model=scorer_model,
+        level="doc",
+        doc_id=doc_id,
+        shard=shard,
+        messages=json.dumps(doc_refiner_chat(shown_text)),
+        target=target,
+        label="keep" if keep else "drop",
+        annotator="rubric-scores",
+        model=scorer_model,
     )
 
 
 def chunk_examples(
-    doc_id: str, shard: str, text: str, windows: Sequence[Window], programs: Sequence[str],
-    annotator: str, model: str, max_removal_ratio: float | None,
+    doc_id: str,
+    shard: str,
+    text: str,
+    windows: Sequence[Window],
+    programs: Sequence[str],
+    annotator: str,
+    model: str,
+    max_removal_ratio: float | None,
 ) -> list[SFTExample]:
     out = []
     for window, program in zip(windows, programs):
         reason = validate_chunk_program(program, text, window, max_removal_ratio)
-        out.append(SFTExample(
-            level="chunk", doc_id=doc_id, shard=shard, messages=json.dumps(chunk_refiner_chat(window.text)),
-            target=program, label="keep" if program == KEEP else "remove", annotator=annotator, model=model,
-            status="rejected" if reason else "accepted", reject_reason=reason,
-            window_index=window.index, line_start=window.line_start, line_end=window.line_end,
-        ))
+        out.append(
+            SFTExample(
+                level="chunk",
+                doc_id=doc_id,
+                shard=shard,
+                messages=json.dumps(chunk_refiner_chat(window.text)),
+                target=program,
+                label="keep" if program == KEEP else "remove",
+                annotator=annotator,
+                model=model,
+                status="rejected" if reason else "accepted",
+                reject_reason=reason,
+                window_index=window.index,
+                line_start=window.line_start,
+                line_end=window.line_end,
+            )
+        )
     return out
 
 
@@ -87,7 +112,9 @@ def sft_version(level: str, config: dict, examples: Sequence[SFTExample]) -> str
 
 def finalize(examples: list[SFTExample], version: str) -> None:
     for ex in examples:
-        ex.example_id = hashlib.sha256(f"{version}:{ex.doc_id}:{ex.window_index}".encode()).hexdigest()[:16]
+        ex.example_id = hashlib.sha256(
+            f"{version}:{ex.doc_id}:{ex.window_index}".encode()
+        ).hexdigest()[:16]
 
 
 def unparsable_targets(examples: Sequence[SFTExample]) -> list[SFTExample]:
@@ -120,7 +147,9 @@ def _stratified(examples: list[SFTExample], room: int, seed: int) -> list[SFTExa
     return out
 
 
-def balance_chunk_examples(examples: list[SFTExample], keep_fraction: float, seed: int) -> list[SFTExample]:
+def balance_chunk_examples(
+    examples: list[SFTExample], keep_fraction: float, seed: int
+) -> list[SFTExample]:
     """At most ``keep_fraction`` of the accepted examples without a removal (keep_chunk() or a
     normalize only), spread evenly over their sources: real pages are mostly clean windows, and
     a small model trained on their natural share learns to remove nothing. Rejected examples are
@@ -128,11 +157,19 @@ def balance_chunk_examples(examples: list[SFTExample], keep_fraction: float, see
     accepted = [e for e in examples if e.status == "accepted"]
     removing = [e for e in accepted if "remove_lines" in e.target]
     other = [e for e in accepted if "remove_lines" not in e.target]
-    room = int(len(removing) * keep_fraction / max(1e-9, 1 - keep_fraction)) if removing else len(other)
-    return removing + _stratified(other, room, seed) + [e for e in examples if e.status != "accepted"]
+    room = (
+        int(len(removing) * keep_fraction / max(1e-9, 1 - keep_fraction))
+        if removing
+        else len(other)
+    )
+    return (
+        removing + _stratified(other, room, seed) + [e for e in examples if e.status != "accepted"]
+    )
 
 
-def balance_doc_examples(examples: list[SFTExample], keep_per_drop: float, seed: int) -> list[SFTExample]:
+def balance_doc_examples(
+    examples: list[SFTExample], keep_per_drop: float, seed: int
+) -> list[SFTExample]:
     """Per annotator: every drop and at most ``keep_per_drop`` keeps per drop; an annotator
     with no drop (clean sources) adds at most as many keeps as there are drops in all. So no
     source is all-drop and none swamps the others. Everything when there is no drop at all."""
@@ -141,8 +178,10 @@ def balance_doc_examples(examples: list[SFTExample], keep_per_drop: float, seed:
         return list(examples)
     out = list(drops)
     for annotator in sorted({e.annotator for e in examples}):
-        keeps = sorted((e for e in examples if e.label != "drop" and e.annotator == annotator),
-                       key=lambda e: _keyed(seed, e))
+        keeps = sorted(
+            (e for e in examples if e.label != "drop" and e.annotator == annotator),
+            key=lambda e: _keyed(seed, e),
+        )
         mine = sum(e.annotator == annotator for e in drops)
         out += keeps[: int(keep_per_drop * mine) if mine else len(drops)]
     return out

@@ -68,11 +68,17 @@ def _mmlu() -> list[TaskExample]:
                 rows = pa.ipc.open_stream(source).read_all().to_pylist()
             for i, row in enumerate(rows):
                 subject = row["subject"].replace("_", " ")
-                prompt = (f"The following are multiple choice questions about {subject}.\n\n"
-                          f"Question: {row['question']}\nAnswer:")
+                prompt = (
+                    f"The following are multiple choice questions about {subject}.\n\n"
+                    f"Question: {row['question']}\nAnswer:"
+                )
                 choices = tuple(" " + str(c) for c in row["choices"])
                 gold = int(row["answer"])
-                out.append(TaskExample(f"mmlu:{subject_dir.name}:{i}", prompt, choices[gold], choices, gold))
+                out.append(
+                    TaskExample(
+                        f"mmlu:{subject_dir.name}:{i}", prompt, choices[gold], choices, gold
+                    )
+                )
     return out
 
 
@@ -109,17 +115,22 @@ def load_task(task: str) -> list[TaskExample]:
             if isinstance(doc.get("choices"), str):  # some files store the list as its repr
                 import ast
 
-                doc["choices"] = ast.literal_eval(doc["choices"])  # literal data from a package, not model output
+                doc["choices"] = ast.literal_eval(
+                    doc["choices"]
+                )  # literal data from a package, not model output
             prompt, answer, choices, gold = convert(doc)
             seen[key] = TaskExample(f"{task}:{key}", prompt, answer, choices, gold)
     return list(seen.values())
 
 
-def split_target(examples: list[TaskExample], n_target: int, n_heldout: int, seed: int = 0
-                 ) -> tuple[list[TaskExample], list[TaskExample]]:
+def split_target(
+    examples: list[TaskExample], n_target: int, n_heldout: int, seed: int = 0
+) -> tuple[list[TaskExample], list[TaskExample]]:
     """Disjoint target and held-out samples."""
     if n_target + n_heldout > len(examples):
         raise ValueError(f"{n_target} + {n_heldout} examples asked, {len(examples)} exist")
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
-    return [examples[i] for i in order[:n_target]], [examples[i] for i in order[n_target : n_target + n_heldout]]
+    return [examples[i] for i in order[:n_target]], [
+        examples[i] for i in order[n_target : n_target + n_heldout]
+    ]

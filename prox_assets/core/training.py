@@ -31,12 +31,20 @@ from prox_assets.core.refiner_training import (
 MIN_WINDOW_TOKENS = 16  # a shorter tail window is dropped: mostly padding, little signal
 
 
-def checkpoint_version(base_model: str, documents: Sequence[tuple[str, float]], text_kind: str,
-                       config: TrainConfig) -> str:
+def checkpoint_version(
+    base_model: str, documents: Sequence[tuple[str, float]], text_kind: str, config: TrainConfig
+) -> str:
     """Base model, the exact training documents (doc_id, weight), raw or refined text, and the
     hyperparameters including the seed, hashed: equal inputs give the same checkpoint."""
-    payload = json.dumps({"base": base_model, "docs": sorted((d, round(w, 6)) for d, w in documents),
-                          "text": text_kind, "train": config.to_dict()}, sort_keys=True)
+    payload = json.dumps(
+        {
+            "base": base_model,
+            "docs": sorted((d, round(w, 6)) for d, w in documents),
+            "text": text_kind,
+            "train": config.to_dict(),
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
@@ -50,8 +58,14 @@ def repeat_counts(weights: Sequence[float]) -> list[int]:
     return [max(1, round(w / low)) if w > 0 else 0 for w in weights]
 
 
-def pack_documents(tokenizer, texts: Sequence[str], seq_len: int, weights: Sequence[float] | None = None,
-                   seed: int = 0, n_windows: int | None = None) -> list[list[int]]:
+def pack_documents(
+    tokenizer,
+    texts: Sequence[str],
+    seq_len: int,
+    weights: Sequence[float] | None = None,
+    seed: int = 0,
+    n_windows: int | None = None,
+) -> list[list[int]]:
     """Token windows of ``seq_len`` from the documents (shuffled by ``seed``, repeated by
     weight) joined by the end-of-text token. With ``n_windows``, exactly that many full windows:
     the documents are passed over again (reshuffled) until the budget is filled, so every
@@ -62,7 +76,9 @@ def pack_documents(tokenizer, texts: Sequence[str], seq_len: int, weights: Seque
     rng = random.Random(seed)
     stream: list[int] = []
     while True:
-        order = [i for i, c in enumerate(counts) for _ in range(c) if ids[i]]  # an empty text adds nothing
+        order = [
+            i for i, c in enumerate(counts) for _ in range(c) if ids[i]
+        ]  # an empty text adds nothing
         rng.shuffle(order)
         before = len(stream)
         for i in order:
@@ -77,26 +93,42 @@ def pack_documents(tokenizer, texts: Sequence[str], seq_len: int, weights: Seque
     return [w for w in windows if len(w) >= MIN_WINDOW_TOKENS]
 
 
-def train_lm(model, tokenizer, texts: Sequence[str], config: TrainConfig, out_dir: str | Path,
-             weights: Sequence[float] | None = None,
-             progress: Callable[[int, int, float], None] | None = None) -> TrainReport:
+def train_lm(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    config: TrainConfig,
+    out_dir: str | Path,
+    weights: Sequence[float] | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> TrainReport:
     """Next-token training of ``model`` (float32, on its device; the engine loads it) on every
     token of the packed documents for ``config.max_steps`` steps; the checkpoint (adapter or full
     model) and the tokenizer are saved to ``out_dir``."""
     import torch
 
     if not config.max_steps:
-        raise ValueError("continued pre-training needs max_steps: the token budget is fixed, not the epochs")
+        raise ValueError(
+            "continued pre-training needs max_steps: the token budget is fixed, not the epochs"
+        )
     started = time.monotonic()
     random.seed(config.seed)
     torch.manual_seed(config.seed)
-    windows = pack_documents(tokenizer, texts, config.max_seq_len, weights, config.seed,
-                             n_windows=config.max_steps * config.batch_size)
+    windows = pack_documents(
+        tokenizer,
+        texts,
+        config.max_seq_len,
+        weights,
+        config.seed,
+        n_windows=config.max_steps * config.batch_size,
+    )
     if not windows:
         raise ValueError(f"the {len(texts)} training documents hold no token")
     device = str(next(model.parameters()).device)
     model = attach_adapters(model, config)
-    report = run_training(model, [(w, w) for w in windows], config, pad_id(tokenizer), device, progress)
+    report = run_training(
+        model, [(w, w) for w in windows], config, pad_id(tokenizer), device, progress
+    )
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)  # peft: the adapter only; full: the whole model
     tokenizer.save_pretrained(out_dir)
@@ -105,8 +137,10 @@ def train_lm(model, tokenizer, texts: Sequence[str], config: TrainConfig, out_di
 
 
 def mean_std(values: Sequence[float]) -> dict[str, float]:
-    return {"mean": round(statistics.fmean(values), 4),
-            "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0}
+    return {
+        "mean": round(statistics.fmean(values), 4),
+        "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
+    }
 
 
 def seed_summary(rows: dict[str, list[float]]) -> dict[str, dict]:

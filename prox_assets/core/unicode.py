@@ -13,4 +13,6 @@ def is_valid_unicode(text: str) -> bool:
 
 def printable(text: str) -> str:
     """``text`` with anything UTF-8 cannot encode (a lone surrogate) written as an escape."""
-    return text if is_valid_unicode(text) else text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return (
+        text if is_valid_unicode(text) else text.encode("utf-8", "backslashreplace").decode("utf-8")
+    )

@@ -32,8 +32,14 @@ class ChosenDocuments:
     notes: dict = field(default_factory=dict)
 
 
-def selection_documents(variant: str, pool: pl.DataFrame, chosen: pl.DataFrame, seed: int, text_kind: str,
-                        embedding_scores: Callable[[pl.DataFrame], list[float]] | None = None) -> ChosenDocuments:
+def selection_documents(
+    variant: str,
+    pool: pl.DataFrame,
+    chosen: pl.DataFrame,
+    seed: int,
+    text_kind: str,
+    embedding_scores: Callable[[pl.DataFrame], list[float]] | None = None,
+) -> ChosenDocuments:
     """``pool``: doc_id, text; ``chosen``: the selection's doc_id, weight."""
     notes: dict = {}
     k = chosen.height
@@ -52,7 +58,9 @@ def selection_documents(variant: str, pool: pl.DataFrame, chosen: pl.DataFrame, 
     elif variant == "full":
         docs = pool.with_columns(weight=pl.lit(1.0))
     else:
-        raise ValueError(f"{variant!r} is not a selection variant ({', '.join(SELECTION_VARIANTS)})")
+        raise ValueError(
+            f"{variant!r} is not a selection variant ({', '.join(SELECTION_VARIANTS)})"
+        )
     return ChosenDocuments(docs.select("doc_id", "text", "weight"), text_kind, notes)
 
 
@@ -67,9 +75,15 @@ def refinement_documents(variant: str, frame: pl.DataFrame) -> ChosenDocuments:
         if variant == "rule_filtered":
             reasons = rule_filter(docs["text"].to_list())
             dropped = pl.Series([r for r in reasons if r])
-            notes["dropped_by_rules"] = dropped.value_counts(sort=True).rows() if len(dropped) else []
+            notes["dropped_by_rules"] = (
+                dropped.value_counts(sort=True).rows() if len(dropped) else []
+            )
             docs = docs.filter(pl.Series([r is None for r in reasons]))
             notes["kept_by_rules"] = docs.height
     else:
-        raise ValueError(f"{variant!r} is not a refinement variant ({', '.join(REFINEMENT_VARIANTS)})")
-    return ChosenDocuments(docs.with_columns(weight=pl.lit(1.0)), "refined" if variant == "refined" else "raw", notes)
+        raise ValueError(
+            f"{variant!r} is not a refinement variant ({', '.join(REFINEMENT_VARIANTS)})"
+        )
+    return ChosenDocuments(
+        docs.with_columns(weight=pl.lit(1.0)), "refined" if variant == "refined" else "raw", notes
+    )

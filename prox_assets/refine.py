@@ -45,7 +45,7 @@ from prox_assets.partition_runs import (
 from prox_assets.partitions import refined_partitions, refiner_version_partitions, shard_partitions
 from prox_assets.refiner import refiner, refiner_prefix
 from prox_resources.catalog import Catalog
-from prox_resources.device import GPU_STEP, DeviceSettings
+from prox_resources.device import CPU_STEP, GPU_STEP, DeviceSettings
 from prox_resources.engine import ModelEngine
 from prox_resources.models import fetch_model
 from prox_resources.store import ObjectStore
@@ -496,6 +496,7 @@ def build_refined_pool(store: ObjectStore, catalog: Catalog, version: str) -> Re
     ],
     group_name="refine",
     kinds={"json"},
+    **CPU_STEP,
     owners=["team:data-platform"],
     code_version="pool-v1",
     description=(

@@ -1366,9 +1366,7 @@ def _engine():
 def _device():
     from prox_resources.device import DeviceSettings
 
-    return DeviceSettings(
-        device=os.environ.get("PROX_DEVICE", "auto"), dtype=os.environ.get("PROX_DTYPE", "auto")
-    )
+    return DeviceSettings.from_environment()
 
 
 def _local_models(engine, device):

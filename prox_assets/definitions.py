@@ -66,9 +66,7 @@ def build_resources() -> dict:
             secret_access_key=_env("AWS_SECRET_ACCESS_KEY"),
         ),
         "catalog": Catalog(path=_env("PROX_CATALOG")),
-        "device": DeviceSettings(
-            device=os.environ.get("PROX_DEVICE", "auto"), dtype=os.environ.get("PROX_DTYPE", "auto")
-        ),
+        "device": DeviceSettings.from_environment(),
         # PROX_ENGINE_BACKEND = transformers | vllm | openai; PROX_MODEL = alias or folder
         "engine": ModelEngine(
             backend=os.environ.get("PROX_ENGINE_BACKEND", "transformers"),

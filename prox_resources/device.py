@@ -65,6 +65,12 @@ class DeviceSettings(dg.ConfigurableResource):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
+    @classmethod
+    def from_environment(cls) -> DeviceSettings:
+        """PROX_DEVICE and PROX_DTYPE (default ``auto`` both): what runs and the CLI both use."""
+        dtype = os.environ.get("PROX_DTYPE", "auto")  # pydantic validates it against the literal
+        return cls(device=os.environ.get("PROX_DEVICE", "auto"), dtype=dtype)  # type: ignore[arg-type]
+
     def resolve_device(self) -> str:
         import torch
 

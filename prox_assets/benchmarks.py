@@ -366,14 +366,14 @@ def refine_benchmark(
             doc_new_tokens,
         )
     reference = runs[dtypes[0]]
-    doc_tokens = sum(len(t.split()) for t in texts)
+    words = sum(len(t.split()) for t in texts)
     by_dtype = {}
     for dtype, run in runs.items():
         achieved = run["flops"] / run["seconds"] / 1e9
         by_dtype[dtype] = {
             "seconds": round(run["seconds"], 1),
             "documents_per_second": round(len(texts) / run["seconds"], 3),
-            "words_per_second": round(doc_tokens / run["seconds"], 1),
+            "words_per_second": round(words / run["seconds"], 1),
             "kept_after_doc_stage": len(run["kept"]),
             "windows": sum(len(r.windows) for r in run["chunk_runs"]),
             "model_tokens_processed": run["tokens"],

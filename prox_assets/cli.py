@@ -12,7 +12,13 @@ from pathlib import Path
 
 import click
 
-from prox_resources.settings import REPO_ROOT, configure_environment, downloads_dir, prox_home
+from prox_resources.settings import (
+    REPO_ROOT,
+    configure_environment,
+    downloads_dir,
+    prox_home,
+    settings,
+)
 
 
 def _user_error(exc: Exception) -> str | None:
@@ -79,7 +85,7 @@ def _instance():
     from prox_resources.run_launcher import fail_dead_local_runs
     from prox_resources.settings import file_lock
 
-    home = os.environ.get("DAGSTER_HOME", "")
+    home = settings().dagster_home or ""
     if home not in _INSTANCES:
         with file_lock(Path(home or prox_home()) / ".prox-instance.lock"):
             instance = dg.DagsterInstance.get()
@@ -1352,21 +1358,17 @@ def _evidence_train_config(steps: int, batch_size: int, seq_len: int, lr: float)
 
 
 def _engine():
-    """The model engine the environment names (PROX_ENGINE_BACKEND, PROX_MODEL, and for openai
-    PROX_OPENAI_BASE_URL / OPENAI_API_KEY, read where used), as Dagster runs get it."""
+    """The model engine the settings name, built by the function that builds the Dagster
+    resource (the OpenAI server and key read from the settings when a model loads)."""
     from prox_resources.engine import ModelEngine
-    from prox_resources.models import DEFAULT_MODEL
 
-    return ModelEngine(
-        backend=os.environ.get("PROX_ENGINE_BACKEND", "transformers"),
-        model=os.environ.get("PROX_MODEL", DEFAULT_MODEL),
-    )
+    return ModelEngine.from_settings(settings(), env_vars=False)
 
 
 def _device():
     from prox_resources.device import DeviceSettings
 
-    return DeviceSettings.from_environment()
+    return DeviceSettings.from_settings(settings())
 
 
 def _local_models(engine, device):
@@ -1383,6 +1385,19 @@ def _format_report(report: dict) -> str:
 
 
 # --- catalog and UI --------------------------------------------------------------------------
+@main.command("settings")
+@click.option("--json", "as_json", is_flag=True, help="Print {variable: value} as JSON.")
+def show_settings(as_json: bool) -> None:
+    """Every setting the environment gives (prox_resources.settings.ProxSettings): variable,
+    value (secrets shown as set, never their value) and meaning."""
+    rows = settings().shown()
+    if as_json:
+        click.echo(json.dumps({env: value for env, value, _ in rows}, indent=2))
+        return
+    for env, value, help in rows:
+        click.echo(f"{env:>31} = {value}\n{'':>34}{help}")
+
+
 def _json_value(value):
     """DuckDB sums are HUGEINT/DECIMAL: emit numbers as numbers, anything else as text."""
     import decimal
@@ -1426,7 +1441,7 @@ def ui(host: str, port: int) -> None:
         "-p",
         str(port),
     ]
-    click.echo(f"DAGSTER_HOME={os.environ.get('DAGSTER_HOME')}  ->  http://{host}:{port}")
+    click.echo(f"DAGSTER_HOME={settings().dagster_home}  ->  http://{host}:{port}")
     raise SystemExit(subprocess.call(cmd, cwd=REPO_ROOT))
 
 

@@ -20,7 +20,7 @@ server is started in its own process group and stopped with it.
 from __future__ import annotations
 
 import json
-import os
+import os  # process plumbing only: child processes' environments and the scratch PROX_HOME
 import platform
 import signal
 import socket

@@ -1054,9 +1054,10 @@ def bench_refine(docs: int, refiner_version: str | None, dtypes: str, as_json: b
     import polars as pl
 
     from prox_assets.benchmarks import refine_benchmark
+    from prox_assets.core.chunking import DEFAULT_DOC_MAX_TOKENS, DEFAULT_WINDOW_TOKENS
     from prox_assets.ingest import raw_paths
     from prox_assets.refine import refiner_pair
-    from prox_assets.refiner import refiner_prefix
+    from prox_assets.refiner import FALLBACK_PROGRAM_TOKENS, refiner_prefix
     from prox_resources.catalog import Catalog
     from prox_resources.device import DeviceSettings
     from prox_resources.models import fetch_model
@@ -1074,7 +1075,7 @@ def bench_refine(docs: int, refiner_version: str | None, dtypes: str, as_json: b
         sizes = (pair.doc_max_tokens, pair.window_tokens, pair.chunk_max_new_tokens)
     else:  # the engine's own model, wherever it runs
         doc_model = chunk_model = engine.model
-        sizes = (384, 384, 160)
+        sizes = (DEFAULT_DOC_MAX_TOKENS, DEFAULT_WINDOW_TOKENS, FALLBACK_PROGRAM_TOKENS)
     texts = pl.concat([store.read_parquet(k).select("text") for k in raw_paths(Catalog()).values()])
     texts = texts.sample(n=min(docs, texts.height), seed=0)["text"].to_list()
 
@@ -1341,17 +1342,15 @@ def bench_refinement(
 
 def _evidence_train_config(steps: int, batch_size: int, seq_len: int, lr: float):
     """The evidence benchmarks' checkpoints: LoRA r=8 on every block, one token budget."""
-    from prox_assets.core.refiner_training import TrainConfig
+    from prox_assets.core.refiner_training import lora_train_config
 
-    return TrainConfig(
+    return lora_train_config(
         method="lora",
         lora_r=8,
-        lora_alpha=16,
         lora_layers=None,
+        lr=lr,
         max_steps=steps,
         batch_size=batch_size,
-        lr=lr,
-        min_lr=lr / 10,
         warmup_steps=2,
         max_seq_len=seq_len,
     )

@@ -20,7 +20,7 @@ import polars as pl
 
 from prox_assets.core.evaluation import evaluate
 from prox_assets.core.influence import representation_similarity
-from prox_assets.core.refiner_training import TrainConfig
+from prox_assets.core.refiner_training import TrainConfig, lora_train_config
 from prox_assets.core.report import METRICS, comparisons, plot_report, summarize
 from prox_assets.core.samples import heldout_prose
 from prox_assets.core.training import checkpoint_version, train_lm
@@ -35,7 +35,7 @@ from prox_assets.selection import pool_frame, pool_refiner_version, selected_sub
 from prox_resources.catalog import Catalog
 from prox_resources.device import CPU_STEP, GPU_STEP, DeviceSettings
 from prox_resources.engine import ModelEngine
-from prox_resources.models import DEFAULT_MODEL, fetch_model, train_into_store
+from prox_resources.models import fetch_model, train_into_store
 from prox_resources.settings import downloads_dir
 from prox_resources.store import ObjectStore
 
@@ -43,7 +43,7 @@ PROSE_KEY = "eval/heldout_prose.parquet"
 
 
 class CheckpointConfig(dg.Config):
-    base_model: str = DEFAULT_MODEL
+    base_model: str = ""  # "" = the engine's base model (PROX_BASE_MODEL)
     seeds: list[int] = [0, 1]
     # the token budget: max_steps x batch_size x seq_len tokens for every variant
     max_steps: int = 8
@@ -62,15 +62,13 @@ class CheckpointConfig(dg.Config):
     max_new_tokens: int = 96  # GSM8K / SQuAD completions
 
     def train_config(self, seed: int) -> TrainConfig:
-        return TrainConfig(
+        return lora_train_config(
             method=self.method,
             lora_r=self.lora_r,
-            lora_alpha=2 * self.lora_r,
-            lora_layers=self.lora_layers or None,
+            lora_layers=self.lora_layers,
+            lr=self.lr,
             max_steps=self.max_steps,
             batch_size=self.batch_size,
-            lr=self.lr,
-            min_lr=self.lr / 10,
             warmup_steps=min(2, self.max_steps),
             max_seq_len=self.seq_len,
             seed=seed,
@@ -309,6 +307,8 @@ def train_variant(
 ) -> PartitionOutcome:
     """One partition of trained_checkpoint: its checkpoints, its catalog rows; returns its metadata
     (with what it came from: refiner version, SFT sets, selection) and its data version."""
+    # the base model by name in every version, manifest and row: the config's, else the engine's
+    config = config.model_copy(update={"base_model": engine.base_or(config.base_model)})
     sets = _evaluation_sets(store, catalog, target, config)
     tags = lineage(context, partition_key)
     chosen = None

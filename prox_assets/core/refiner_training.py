@@ -72,6 +72,23 @@ class TrainReport:
         return asdict(self)
 
 
+def lora_train_config(
+    *, method: Literal["lora", "full"], lora_r: int, lora_layers: int | None, lr: float, **rest
+) -> TrainConfig:
+    """The one mapping from an asset's (or a benchmark's) LoRA settings to a ``TrainConfig``:
+    alpha is twice the rank, ``lora_layers`` 0 or None puts adapters on every block, and the
+    cosine schedule decays to a tenth of ``lr``. ``rest``: the other ``TrainConfig`` fields."""
+    return TrainConfig(
+        method=method,
+        lora_r=lora_r,
+        lora_alpha=2 * lora_r,
+        lora_layers=lora_layers or None,
+        lr=lr,
+        min_lr=lr / 10,
+        **rest,
+    )
+
+
 def version_id(base_model: str, sft_version: str, config: TrainConfig) -> str:
     """A refiner version: base model, SFT data version and hyperparameters, hashed."""
     payload = json.dumps(

@@ -17,6 +17,7 @@ from prox_assets.refiner import refiner
 from prox_assets.scoring import seed_scores
 from prox_assets.selection import landmark_influence, selected_subset
 from prox_assets.synthesis import sft_programs
+from prox_assets.targets import target_set
 from prox_assets.training import evaluation_report, trained_checkpoint
 from prox_resources.catalog import Catalog
 from prox_resources.device import DeviceSettings
@@ -32,6 +33,7 @@ ASSETS = [
     refiner,
     refined_corpus,
     refined_pool,
+    target_set,
     landmark_influence,
     selected_subset,
     trained_checkpoint,

@@ -22,7 +22,6 @@ from prox_assets.core.influence import (
     flops_ratio,
     select_subset,
 )
-from prox_assets.core.names import validate_name
 from prox_assets.core.precision import uses_bf16
 from prox_assets.core.scoring import seed_sample
 from prox_assets.ingest import raw_corpus, raw_paths
@@ -31,15 +30,11 @@ from prox_assets.metadata import histogram, md_table, with_lineage
 from prox_assets.partition_runs import MODEL_BACKFILL_POLICY, PartitionOutcome, materialize_each
 from prox_assets.partitions import target_partitions
 from prox_assets.refine import read_refined_pool, refined_pool
+from prox_assets.targets import target_prefix, target_set
 from prox_resources.catalog import Catalog
 from prox_resources.device import CPU_STEP, GPU_STEP, DeviceSettings
 from prox_resources.engine import ModelEngine
 from prox_resources.store import ObjectStore
-
-
-def target_prefix(target: str) -> str:
-    """``targets/<target>``; a target name that could leave that folder is refused (InvalidName)."""
-    return f"targets/{validate_name(target, 'target name')}"
 
 
 class InfluenceAssetConfig(dg.Config):
@@ -119,6 +114,7 @@ def pool_refiner_version(spec: str) -> str | None:
     # the refined pool it reads: the newest refiner version's (one partition, so a backfill of a new
     # version marks every target stale); a config refiner_version names another, recorded as metadata
     deps=[
+        target_set,  # the target's examples (same partition)
         dg.AssetDep(refined_pool, partition_mapping=dg.LastPartitionMapping()),
         dg.AssetDep(raw_corpus, partition_mapping=dg.AllPartitionMapping()),
     ],

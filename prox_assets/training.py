@@ -31,7 +31,8 @@ from prox_assets.metadata import lineage, md_table
 from prox_assets.partition_runs import MODEL_BACKFILL_POLICY, PartitionOutcome, materialize_each
 from prox_assets.partitions import VARIANTS, checkpoint_partitions, target_partitions
 from prox_assets.refine import read_refined_pool, refined_pool
-from prox_assets.selection import pool_frame, pool_refiner_version, selected_subset, target_prefix
+from prox_assets.selection import pool_frame, pool_refiner_version, selected_subset
+from prox_assets.targets import target_prefix, target_set
 from prox_resources.catalog import Catalog
 from prox_resources.device import CPU_STEP, GPU_STEP, DeviceSettings
 from prox_resources.engine import ModelEngine
@@ -213,6 +214,10 @@ def _heldout_prose(store: ObjectStore, n: int) -> list[str]:
     # what it trains on: the target's selection, and (refinement variants) the newest refiner
     # version's pool, one partition (a config refiner_version names another, recorded as metadata)
     deps=[
+        # the target's held-out examples, and its selection
+        dg.AssetDep(
+            target_set, partition_mapping=dg.MultiToSingleDimensionPartitionMapping("target")
+        ),
         dg.AssetDep(
             selected_subset, partition_mapping=dg.MultiToSingleDimensionPartitionMapping("target")
         ),

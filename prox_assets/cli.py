@@ -587,45 +587,9 @@ def bench_scale(partitions: int, documents: int, window_s: int, as_json: bool) -
 def bench_refine(docs: int, refiner_version: str | None, dtypes: str, as_json: bool) -> None:
     """Refinement throughput with the real model in each precision on this machine, against its
     fp32 and bf16 matmul peaks, and how often the precisions write the same programs."""
-    import polars as pl
+    from prox_assets.benchmarks import refine_precision_report
 
-    from prox_assets.benchmarks import refine_benchmark
-    from prox_assets.core.chunking import DEFAULT_DOC_MAX_TOKENS, DEFAULT_WINDOW_TOKENS
-    from prox_assets.ingest import raw_paths
-    from prox_assets.refine import refiner_pair
-    from prox_assets.refiner import FALLBACK_PROGRAM_TOKENS, refiner_prefix
-    from prox_resources.catalog import Catalog
-    from prox_resources.device import DeviceSettings
-    from prox_resources.models import fetch_model
-    from prox_resources.store import ObjectStore
-
-    store, device, engine = ObjectStore(), _device(), _engine()
-    version = refiner_version or _latest_refiner_version()
-    if (
-        version
-    ):  # trained refiners are local folders: a local backend (openai falls back to transformers)
-        engine = engine.local()
-        pair = refiner_pair(Catalog(), version)
-        doc_model = str(fetch_model(store, refiner_prefix("doc", pair.doc)))
-        chunk_model = str(fetch_model(store, refiner_prefix("chunk", pair.chunk)))
-        sizes = (pair.doc_max_tokens, pair.window_tokens, pair.chunk_max_new_tokens)
-    else:  # the engine's own model, wherever it runs
-        doc_model = chunk_model = engine.model
-        sizes = (DEFAULT_DOC_MAX_TOKENS, DEFAULT_WINDOW_TOKENS, FALLBACK_PROGRAM_TOKENS)
-    texts = pl.concat([store.read_parquet(k).select("text") for k in raw_paths(Catalog()).values()])
-    texts = texts.sample(n=min(docs, texts.height), seed=0)["text"].to_list()
-
-    def load(dtype: str):
-        settings = DeviceSettings(device=device.device, dtype=dtype)
-        return engine.load(settings, model=doc_model), engine.load(settings, model=chunk_model)
-
-    report = refine_benchmark(texts, load, *sizes, dtypes=dtypes.split(","))
-    report = {
-        "refiner_version": version or f"base model {engine.model}",
-        "backend": engine.backend,
-        "device": device.resolve_device(),
-        **report,
-    }
+    report = refine_precision_report(docs, refiner_version, dtypes.split(","))
     click.echo(json.dumps(report, indent=2) if as_json else _format_report(report))
 
 
@@ -693,34 +657,23 @@ def bench_influence(
 ) -> None:
     """Exact influence (stability, domain AUROC), landmark estimates against it per embedding
     and landmark count, the embedding baseline and the cost, in one run on this machine."""
-    from prox_assets.benchmarks import domain_pool
-    from prox_assets.core.influence import InfluenceConfig
-    from prox_assets.core.influence_eval import influence_study
-    from prox_assets.core.samples import build_sample_corpus
-    from prox_assets.core.targets import load_task, split_target
+    from prox_assets.benchmarks import influence_report
 
-    home = prox_home()
-    files = build_sample_corpus(home / "samples", home / "downloads")
-    texts, domains = domain_pool(files, pool_size, piece_chars)
-    targets, _ = split_target(load_task(task), n_target, 0)
-    model, tokenizer = _engine().local().load_model(_device())  # as landmark_influence loads it
-    config = InfluenceConfig(max_len=max_len, warmup_steps=warmup_steps, dtype=dtype)
-    report = influence_study(
-        model,
-        tokenizer,
-        texts,
-        domains,
-        target_domain,
-        [t.prompt for t in targets],
-        [t.answer for t in targets],
-        config,
+    report = influence_report(
+        pool_size,
         [int(x) for x in landmarks.split(",")],
         draws,
         embeddings.split(","),
-        stability_samples=stability_samples,
+        task,
+        target_domain,
+        n_target,
+        max_len,
+        piece_chars,
+        warmup_steps,
+        stability_samples,
+        dtype,
         log=lambda m: click.echo(m, err=True),
     )
-    report.pop("exact_scores")
     click.echo(json.dumps(report, indent=2 if as_json else 1))
 
 
@@ -761,28 +714,16 @@ def bench_selection(
     """Does influence selection help? Select from a four-domain pool for a target, train the
     base model on the selection and on a random subset of the same size (same token budget,
     several seeds), and compare the held-out target loss."""
-    from prox_assets.benchmarks import domain_pool
-    from prox_assets.core.influence import InfluenceConfig
-    from prox_assets.core.influence_eval import selection_experiment
-    from prox_assets.core.samples import build_sample_corpus
-    from prox_assets.core.targets import load_task, split_target
+    from prox_assets.benchmarks import evidence_train_config, selection_report
 
-    home = prox_home()
-    files = build_sample_corpus(home / "samples", home / "downloads")
-    texts, domains = domain_pool(files, pool_size, 600)
-    targets, held = split_target(load_task(task), n_target, heldout)
-    train = _evidence_train_config(train_steps, batch_size, seq_len, lr)
-    report = selection_experiment(
-        *_local_models(_engine().local(), _device()),
-        texts,
-        domains,
-        [t.prompt for t in targets],
-        [t.answer for t in targets],
-        [t.prompt for t in held],
-        [t.answer for t in held],
-        InfluenceConfig(landmarks=landmarks, max_len=128),
-        train,
+    report = selection_report(
+        pool_size,
+        task,
+        n_target,
+        heldout,
+        landmarks,
         budget_fraction,
+        evidence_train_config(train_steps, batch_size, seq_len, lr),
         [int(x) for x in seeds.split(",")],
         log=lambda m: click.echo(m, err=True),
     )
@@ -829,90 +770,18 @@ def bench_refinement(
     """Does refinement help? The chunk refiner cleans docs pages; the base model is trained on
     the same pages as raw, refined and clean (layout gold) text under one token budget, several
     seeds, and scored by perplexity on the clean text of held-out pages."""
-    from prox_assets.core.chunking import hf_token_counter
-    from prox_assets.core.refiner_quality import refinement_training_evidence, refinement_variants
-    from prox_assets.refine import refiner_pair
-    from prox_assets.refiner import refiner_prefix
-    from prox_resources.catalog import Catalog
-    from prox_resources.models import fetch_model
-    from prox_resources.store import ObjectStore
+    from prox_assets.benchmarks import evidence_train_config, refinement_report
 
-    version = refiner_version or _latest_refiner_version()
-    if not version:
-        raise click.ClickException(
-            "no refiner version: materialize refiner[doc] and refiner[chunk] (or run prox demo)"
-        )
-    pair = refiner_pair(Catalog(), version)
-    if pair.heldout_pages is None:
-        raise click.ClickException(
-            f"{version}: its SFT set has no held-out docs pages; re-materialize sft_programs"
-        )
-    device, engine = _device(), _engine().local()
-    backend = engine.load(
-        device, model=str(fetch_model(ObjectStore(), refiner_prefix("chunk", pair.chunk)))
-    )
-    log = lambda m: click.echo(m, err=True)  # noqa: E731
-    variants, held = refinement_variants(
-        backend,
-        hf_token_counter(backend.tokenizer),
-        pair.window_tokens,
-        pair.chunk_max_new_tokens,
+    report = refinement_report(
+        refiner_version,
         pages,
         heldout,
         max_chars,
-        pair.heldout_pages,
-        pair.split_seed,
-        log,
-    )
-    train = _evidence_train_config(train_steps, batch_size, seq_len, lr)
-    report = refinement_training_evidence(
-        *_local_models(engine, device),
-        variants,
-        held,
-        train,
+        evidence_train_config(train_steps, batch_size, seq_len, lr),
         [int(x) for x in seeds.split(",")],
-        log=log,
+        log=lambda m: click.echo(m, err=True),
     )
-    click.echo(json.dumps({"refiner_version": version, **report}, indent=2 if as_json else 1))
-
-
-def _evidence_train_config(steps: int, batch_size: int, seq_len: int, lr: float):
-    """The evidence benchmarks' checkpoints: LoRA r=8 on every block, one token budget."""
-    from prox_assets.core.refiner_training import lora_train_config
-
-    return lora_train_config(
-        method="lora",
-        lora_r=8,
-        lora_layers=None,
-        lr=lr,
-        max_steps=steps,
-        batch_size=batch_size,
-        warmup_steps=2,
-        max_seq_len=seq_len,
-    )
-
-
-def _engine():
-    """The model engine the settings name, built by the function that builds the Dagster
-    resource (the OpenAI server and key read from the settings when a model loads)."""
-    from prox_resources.engine import ModelEngine
-
-    return ModelEngine.from_settings(settings(), env_vars=False)
-
-
-def _device():
-    from prox_resources.device import DeviceSettings
-
-    return DeviceSettings.from_settings(settings())
-
-
-def _local_models(engine, device):
-    """(load, serve) over the engine's local model, for the evidence benchmarks' core functions."""
-
-    def load(checkpoint=None, train=False):
-        return engine.load_model(device, adapter=checkpoint, train=train)
-
-    return load, lambda loaded: engine.serve(loaded, device)
+    click.echo(json.dumps(report, indent=2 if as_json else 1))
 
 
 def _format_report(report: dict) -> str:

@@ -124,7 +124,7 @@ def test_every_setting_is_documented():
 def test_resources_and_the_cli_engine_come_from_one_function(prox_env, monkeypatch):
     """Dagster's engine refers to the OpenAI variables by name; the CLI's, built by the same
     function, leaves them to the settings; both name the same backend, model and base model."""
-    from prox_assets import cli
+    from prox_assets.benchmarks import engine_and_device
     from prox_assets.definitions import build_executor, build_resources
     from prox_resources.engine import ModelEngine
 
@@ -134,13 +134,14 @@ def test_resources_and_the_cli_engine_come_from_one_function(prox_env, monkeypat
     monkeypatch.setenv("OPENAI_API_KEY", "k-1")
     monkeypatch.setenv("PROX_DEVICE", "cpu")
     resources = build_resources()
-    engine, mine = resources["engine"], cli._engine()
+    engine = resources["engine"]
+    mine, device = engine_and_device()  # what `prox bench` runs models with
     assert engine.base_url == "PROX_OPENAI_BASE_URL" and engine.api_key == "OPENAI_API_KEY"
     assert mine.base_url is None and mine.api_key is None
     for e in (engine, mine):
         assert (e.backend, e.model, e.base) == ("openai", "served", DEFAULT_MODEL)
         assert (e.local().backend, e.local().model) == ("transformers", DEFAULT_MODEL)
-    assert resources["device"].device == cli._device().device == "cpu"
+    assert resources["device"].device == device.device == "cpu"
     assert resources["store"].url is None  # PROX_STORE unset: the store's default, read when used
     overridden = build_resources(ProxSettings.from_environment().replace(model="other"))
     assert overridden["engine"].model == "other"

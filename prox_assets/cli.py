@@ -1,4 +1,11 @@
-"""The ``prox`` command line: demo, ingest, programs, benchmarks, catalog, web UI."""
+"""The ``prox`` command line: demo, ingest, targets, programs, benchmarks, catalog, web UI.
+
+It parses arguments and calls the functions the assets and tests use: ``prox_assets.runs``
+(in-process materializations, plans of steps), ``.ingest`` (uploads), ``.targets`` (target_set),
+``.demo`` (the demo's steps), ``.benchmarks`` (the bench reports); settings come from
+``ProxSettings`` like the Dagster definitions'. Commands that need no Dagster (audit, program,
+catalog) start without importing it.
+"""
 
 from __future__ import annotations
 

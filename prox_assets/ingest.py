@@ -123,10 +123,7 @@ def raw_run_key(shard: str, run_id: str) -> str:
 
 def raw_paths(catalog: Catalog, shards: list[str] | None = None) -> dict[str, str]:
     """shard -> store key of its current raw file, for every ingested shard (or ``shards``)."""
-    rows = catalog.query(
-        "SELECT shard, raw_path FROM ingestions WHERE raw_path IS NOT NULL ORDER BY shard"
-    )
-    paths = dict(rows.rows())
+    paths = dict(catalog.named_query("current_raw_files").rows())
     return paths if shards is None else {s: paths[s] for s in shards if s in paths}
 
 
@@ -282,12 +279,7 @@ def _index_stats(index_path: str) -> dict:
 
 def duplicates_in_other_shards(catalog: Catalog, shard: str) -> Counter:
     """other shard -> documents of ``shard`` it holds too (both are kept; this is a report)."""
-    rows = catalog.query(
-        "SELECT o.shard, count(*) FROM documents d JOIN documents o ON o.doc_id = d.doc_id "
-        "WHERE d.shard = ? AND o.shard <> ? GROUP BY 1 ORDER BY 2 DESC",
-        [shard, shard],
-    )
-    return Counter(dict(rows.rows()))
+    return Counter(dict(catalog.named_query("shards_sharing_documents", shard=shard).rows()))
 
 
 def _delete_stale_raw_files(store: ObjectStore, shard: str, keep: str | None) -> None:

@@ -99,18 +99,7 @@ class RefinerPair:
 
 def refiner_pair(catalog: Catalog, version: str) -> RefinerPair:
     """The doc and chunk refiner versions of a pair key, and the input sizes each was trained on."""
-    rows = catalog.query(
-        "SELECT p.doc_version, p.chunk_version, vd.sft_version AS doc_sft_version, "
-        "vc.sft_version AS chunk_sft_version, sd.config AS doc_sft, sc.config AS chunk_sft, "
-        "vc.train_report AS chunk_report "
-        "FROM refiner_pairs p "
-        "JOIN refiner_versions vd ON vd.level = 'doc' AND vd.version = p.doc_version "
-        "JOIN refiner_versions vc ON vc.level = 'chunk' AND vc.version = p.chunk_version "
-        "JOIN sft_sets sd ON sd.level = 'doc' AND sd.sft_version = vd.sft_version "
-        "JOIN sft_sets sc ON sc.level = 'chunk' AND sc.sft_version = vc.sft_version "
-        "WHERE p.refiner_version = ? LIMIT 1",
-        [version],
-    ).rows(named=True)
+    rows = catalog.named_query("refiner_pair", refiner_version=version).rows(named=True)
     if not rows:
         raise dg.Failure(
             f"unknown refiner_version {version!r}: materialize refiner[doc] and refiner[chunk]"
@@ -542,11 +531,7 @@ def refine_new_shards_sensor(
     if version is None:
         return dg.SensorResult(skip_reason="no refiner version yet")
     shards = set(context.instance.get_dynamic_partitions(shard_partitions.name))
-    done = set(
-        catalog.query(
-            "SELECT DISTINCT shard FROM program_runs WHERE refiner_version = ?", [version]
-        )["shard"]
-    )
+    done = set(catalog.named_query("refined_shards", refiner_version=version)["shard"])
     # Shards requested on an earlier tick are not requested again (as a run key per shard did):
     # the cursor holds them for the newest version; a failed one is retried by a backfill.
     cursor = json.loads(context.cursor) if context.cursor else {}

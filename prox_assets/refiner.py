@@ -288,10 +288,7 @@ def refiner(
     quality = {}
     if config.quality_pages or config.quality_clean:
         sft_config = json.loads(
-            catalog.query(
-                "SELECT config FROM sft_sets WHERE level = ? AND sft_version = ?",
-                [level, sft_version],
-            )["config"][0]
+            catalog.named_query("sft_set_config", level=level, sft_version=sft_version)["config"][0]
         )
         context.log.info(
             f"evaluating {level} on held-out real data: refiner, perfect imitator, random control"

@@ -82,7 +82,7 @@ def checkpoint_prefix(target: str, variant: str, version: str) -> str:
 
 
 def _target_task(catalog: Catalog, target: str) -> str:
-    rows = catalog.query("SELECT task FROM targets WHERE target = ? LIMIT 1", [target]).rows()
+    rows = catalog.named_query("target_task", target=target).rows()
     if not rows:
         raise dg.Failure(f"unknown target {target!r}: register it with `prox target add`")
     return rows[0][0]
@@ -572,9 +572,7 @@ def _train_seed(
 
 def _existing_checkpoint(store: ObjectStore, catalog: Catalog, version: str) -> str | None:
     """Where a checkpoint of this version already is (trained for another target), if anywhere."""
-    for (path,) in catalog.query(
-        "SELECT DISTINCT path FROM checkpoints WHERE version = ?", [version]
-    ).rows():
+    for (path,) in catalog.named_query("checkpoint_paths", version=version).rows():
         prefix = path[len(store.uri("")) :].strip("/") if path.startswith(store.uri("")) else None
         if prefix and store.exists(f"{prefix}/manifest.json"):
             return prefix
@@ -605,20 +603,12 @@ def evaluation_report(
     context: dg.AssetExecutionContext, store: ObjectStore, catalog: Catalog
 ) -> dg.MaterializeResult:
     target = context.partition_key
-    evals = catalog.query(
-        "SELECT variant, seed, version, task, metric, value, n FROM checkpoint_evals "
-        "WHERE target = ?",
-        [target],
-    )
+    evals = catalog.named_query("checkpoint_evals", target=target)
     if evals.is_empty():
         raise dg.Failure(
             f"no evaluated checkpoint for {target}: materialize trained_checkpoint[{target}|…]"
         )
-    ckpts = catalog.query(
-        "SELECT variant, any_value(n_docs) AS docs, any_value(train_tokens) AS train_tokens "
-        "FROM checkpoints WHERE target = ? GROUP BY variant",
-        [target],
-    )
+    ckpts = catalog.named_query("checkpoint_sizes", target=target)
     summary = summarize(evals)
     metrics = [m for m in METRICS if m in set(summary["metric"])]
     cells = {

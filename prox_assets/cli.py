@@ -152,7 +152,8 @@ def ingest_paths(
     """
     from prox_assets.core.ingest import format_of
     from prox_assets.core.names import InvalidName, check_input_file_name, shard_name
-    from prox_assets.ingest import INCOMING, scan_incoming
+    from prox_assets.ingest import scan_incoming
+    from prox_assets.layout import INCOMING, incoming_key
     from prox_assets.partitions import shard_partitions
     from prox_resources.settings import file_lock, lock_path
     from prox_resources.store import ObjectStore
@@ -169,7 +170,7 @@ def ingest_paths(
         shard = shard_name(f.name)
         if shard in plan:
             raise click.ClickException(f"{f}: shard {shard!r} already comes from {plan[shard][0]}")
-        plan[shard] = (f, INCOMING + f.name)
+        plan[shard] = (f, incoming_key(f.name))
     instance = _instance()  # before any upload: a failure here leaves nothing behind
     store = ObjectStore()
     created: list[str] = []
@@ -725,8 +726,8 @@ def add_target(name: str, task: str, n_target: int, n_heldout: int, seed: int) -
 
     from prox_assets.core.names import validate_name
     from prox_assets.core.targets import load_task, split_target
+    from prox_assets.layout import target_key, target_prefix
     from prox_assets.partitions import target_partitions
-    from prox_assets.selection import target_prefix
     from prox_resources.catalog import Catalog
     from prox_resources.store import ObjectStore
 
@@ -736,8 +737,8 @@ def add_target(name: str, task: str, n_target: int, n_heldout: int, seed: int) -
     store = ObjectStore()
     target, heldout = split_target(load_task(task), n_target, n_heldout, seed)
     prefix = target_prefix(name)
-    store.write_parquet(f"{prefix}/target.parquet", pl.DataFrame([e.to_dict() for e in target]))
-    store.write_parquet(f"{prefix}/heldout.parquet", pl.DataFrame([e.to_dict() for e in heldout]))
+    store.write_parquet(target_key(name, "target"), pl.DataFrame([e.to_dict() for e in target]))
+    store.write_parquet(target_key(name, "heldout"), pl.DataFrame([e.to_dict() for e in heldout]))
     Catalog().replace_rows(
         "targets",
         {"target": name},
@@ -1013,9 +1014,8 @@ def bench_refine(docs: int, refiner_version: str | None, dtypes: str, as_json: b
     import polars as pl
 
     from prox_assets.benchmarks import refine_benchmark
-    from prox_assets.ingest import raw_paths
+    from prox_assets.layout import raw_paths, refiner_prefix
     from prox_assets.refine import refiner_pair
-    from prox_assets.refiner import refiner_prefix
     from prox_resources.catalog import Catalog
     from prox_resources.device import DeviceSettings
     from prox_resources.models import fetch_model
@@ -1253,8 +1253,8 @@ def bench_refinement(
     seeds, and scored by perplexity on the clean text of held-out pages."""
     from prox_assets.core.chunking import hf_token_counter
     from prox_assets.core.refiner_quality import refinement_training_evidence, refinement_variants
+    from prox_assets.layout import refiner_prefix
     from prox_assets.refine import refiner_pair
-    from prox_assets.refiner import refiner_prefix
     from prox_resources.catalog import Catalog
     from prox_resources.models import fetch_model
     from prox_resources.store import ObjectStore

@@ -32,6 +32,14 @@ from prox_assets.core.chunking import hf_token_counter
 from prox_assets.core.refine import refined_rows
 from prox_assets.core.scoring import seed_sample
 from prox_assets.ingest import raw_corpus, raw_key
+from prox_assets.layout import (
+    pool_manifest_key,
+    refined_key,
+    refined_part_key,
+    refined_parts_prefix,
+    refined_shard_keys,
+    refiner_prefix,
+)
 from prox_assets.lineage import content_version, newest_refiner_version, recorded
 from prox_assets.metadata import histogram, md_table, with_lineage
 from prox_assets.partition_runs import (
@@ -43,7 +51,7 @@ from prox_assets.partition_runs import (
     partition_run_request,
 )
 from prox_assets.partitions import refined_partitions, refiner_version_partitions, shard_partitions
-from prox_assets.refiner import refiner, refiner_prefix
+from prox_assets.refiner import refiner
 from prox_resources.catalog import Catalog
 from prox_resources.device import CPU_STEP, GPU_STEP, DeviceSettings
 from prox_resources.engine import ModelEngine
@@ -60,19 +68,6 @@ class RefineConfig(dg.Config):
     chunk_max_new_tokens: int = (
         0  # 0: the chunk refiner's own budget, sized from its training programs
     )
-
-
-def refined_key(version: str, shard: str) -> str:
-    return f"refined/{version}/{shard}.parquet"
-
-
-def _parts_prefix(version: str, shard: str) -> str:
-    return f"refined/{version}/.parts/{shard}"
-
-
-def refined_shard_keys(store: ObjectStore, version: str) -> list[str]:
-    """The finished shard files of a refiner version (not the part files of unfinished runs)."""
-    return [k for k in store.list(f"refined/{version}/") if "/.parts/" not in k]
 
 
 def latest_refiner_version(instance: dg.DagsterInstance) -> str | None:
@@ -280,10 +275,10 @@ def refine_shard(
         raw = raw.filter(pl.col("doc_id").is_in(chosen))
     raw = raw.sort("doc_id")  # a fixed order makes batch k the same documents on every attempt
     n_batches = (raw.height + config.batch_docs - 1) // config.batch_docs
-    parts = _parts_prefix(version, shard)
+    parts = refined_parts_prefix(version, shard)
     started, done_now = time.monotonic(), 0
     for b in range(n_batches):
-        part = f"{parts}/part-{b:05d}-of-{n_batches:05d}.parquet"
+        part = refined_part_key(version, shard, b, n_batches)
         if store.exists(part):
             context.log.info(f"batch {b + 1}/{n_batches}: done by an earlier attempt, skipped")
             continue
@@ -306,7 +301,7 @@ def refine_shard(
     frame = (
         pl.concat(
             [
-                _conform(store.read_parquet(f"{parts}/part-{b:05d}-of-{n_batches:05d}.parquet"))
+                _conform(store.read_parquet(refined_part_key(version, shard, b, n_batches)))
                 for b in range(n_batches)
             ]
         )
@@ -429,10 +424,6 @@ class RefinedPool:
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=2, sort_keys=True).encode()
-
-
-def pool_manifest_key(version: str) -> str:
-    return f"pools/refined/{version}.json"
 
 
 def read_refined_pool(store: ObjectStore, version: str) -> RefinedPool:

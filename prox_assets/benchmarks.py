@@ -639,9 +639,9 @@ def refine_precision_report(docs: int, refiner_version: str | None, dtypes: list
     import polars as pl
 
     from prox_assets.core.chunking import DEFAULT_DOC_MAX_TOKENS, DEFAULT_WINDOW_TOKENS
-    from prox_assets.ingest import raw_paths
+    from prox_assets.layout import raw_paths, refiner_prefix
     from prox_assets.refine import refiner_pair
-    from prox_assets.refiner import FALLBACK_PROGRAM_TOKENS, refiner_prefix
+    from prox_assets.refiner import FALLBACK_PROGRAM_TOKENS
     from prox_resources.catalog import Catalog
     from prox_resources.device import DeviceSettings
     from prox_resources.models import fetch_model
@@ -770,8 +770,8 @@ def refinement_report(
     from prox_assets.core.chunking import hf_token_counter
     from prox_assets.core.errors import UserError
     from prox_assets.core.refiner_quality import refinement_training_evidence, refinement_variants
+    from prox_assets.layout import refiner_prefix
     from prox_assets.refine import refiner_pair
-    from prox_assets.refiner import refiner_prefix
     from prox_resources.catalog import Catalog
     from prox_resources.models import fetch_model
     from prox_resources.store import ObjectStore

@@ -17,6 +17,7 @@ import polars as pl
 from prox_assets.core.errors import UserError
 from prox_assets.core.names import validate_name
 from prox_assets.core.targets import TASK_NAMES, load_task, split_target
+from prox_assets.layout import target_key, target_prefix
 from prox_assets.lineage import content_version
 from prox_assets.metadata import lineage, md_table
 from prox_assets.partitions import target_partitions
@@ -33,11 +34,6 @@ class TargetConfig(dg.Config):
     n_target: int = 8  # examples that selection optimises for
     n_heldout: int = 200  # disjoint examples for evaluation
     seed: int = 0
-
-
-def target_prefix(target: str) -> str:
-    """``targets/<target>``; a target name that could leave that folder is refused (InvalidName)."""
-    return f"targets/{validate_name(target, 'target name')}"
 
 
 @dg.asset(
@@ -69,8 +65,8 @@ def target_set(
         )
     except ValueError as exc:  # more examples asked than the task has
         raise dg.Failure(str(exc)) from exc
-    store.write_parquet(f"{prefix}/target.parquet", pl.DataFrame([e.to_dict() for e in target]))
-    store.write_parquet(f"{prefix}/heldout.parquet", pl.DataFrame([e.to_dict() for e in heldout]))
+    store.write_parquet(target_key(name, "target"), pl.DataFrame([e.to_dict() for e in target]))
+    store.write_parquet(target_key(name, "heldout"), pl.DataFrame([e.to_dict() for e in heldout]))
     row = {
         "target": name,
         "task": config.task,

@@ -67,6 +67,9 @@ class SFTConfig(dg.Config):
     heldout_pages: float = 0.3  # gold pages kept out of every SFT set: the evaluation's pages
     clean_sources: list[str] = ["janeaustenr", "math"]  # clean text: keep_chunk() / keep_doc()
     keep_fraction: float = 0.6  # chunk examples without a removal, at most (clean windows included)
+    # windows removed whole, at most this many per window where content meets noise (0: no cap);
+    # at their natural share a small refiner never learns where the noise starts (README)
+    whole_per_partial: float = 1.0
     doc_keep_per_drop: float = 3.0
 
 
@@ -210,7 +213,9 @@ def _chunk_examples(
                 doc_id, shard, text, windows, programs, heuristic, model, config.max_removal_ratio
             )
         log.info(f"{key}: {len(examples)} chunk examples so far")
-    return balance_chunk_examples(examples, config.keep_fraction, config.seed)
+    return balance_chunk_examples(
+        examples, config.keep_fraction, config.seed, config.whole_per_partial or None
+    )
 
 
 @dg.asset(

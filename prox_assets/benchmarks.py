@@ -269,7 +269,7 @@ def refine_once(
     FLOPs, and what was generated (to compare precisions)."""
     from prox_assets.core.chunking import hf_token_counter
     from prox_assets.core.prompts import chunk_refiner_chat, doc_refiner_chat
-    from prox_assets.core.refine import run_chunk_refiner, run_doc_refiner
+    from prox_assets.core.refinement import run_chunk_refiner, run_doc_refiner
 
     tok = chunk_backend.tokenizer
     count = hf_token_counter(tok)

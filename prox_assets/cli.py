@@ -619,7 +619,7 @@ def demo(
 
 def _print_refiner_summary() -> None:
     """The evaluations of the refiners of the newest refiner version (Dagster's, as the assets read it)."""
-    from prox_assets.refine import refiner_pair
+    from prox_assets.refinement import refiner_pair
     from prox_resources.catalog import Catalog
 
     version = _latest_refiner_version()
@@ -645,7 +645,7 @@ def _print_refiner_summary() -> None:
 
 def _latest_refiner_version() -> str | None:
     """The newest registered refiner version: what refined_pool's dependents read by default."""
-    from prox_assets.refine import latest_refiner_version
+    from prox_assets.refinement import latest_refiner_version
 
     return latest_refiner_version(_instance())
 
@@ -854,7 +854,7 @@ def backfill(refiner_version: str, url: str, shards: tuple[str, ...], wait: bool
     from prox_assets.backfill import BackfillError, launch_backfill, wait_for_backfill
     from prox_assets.partition_runs import partition_ranges
     from prox_assets.partitions import refiner_version_partitions, shard_partitions
-    from prox_assets.refine import refined_corpus
+    from prox_assets.refinement import refined_corpus
 
     instance = _instance()
     if not instance.has_dynamic_partition(refiner_version_partitions.name, refiner_version):
@@ -1049,8 +1049,8 @@ def bench_refine(docs: int, refiner_version: str | None, dtypes: str, as_json: b
 
     from prox_assets.benchmarks import refine_benchmark
     from prox_assets.ingest import raw_paths
-    from prox_assets.refine import refiner_pair
-    from prox_assets.refiner import refiner_prefix
+    from prox_assets.refinement import refiner_pair
+    from prox_assets.refiner_training import refiner_prefix
     from prox_resources.catalog import Catalog
     from prox_resources.device import DeviceSettings
     from prox_resources.models import fetch_model
@@ -1288,8 +1288,8 @@ def bench_refinement(
     seeds, and scored by perplexity on the clean text of held-out pages."""
     from prox_assets.core.chunking import hf_token_counter
     from prox_assets.core.refiner_quality import refinement_training_evidence, refinement_variants
-    from prox_assets.refine import refiner_pair
-    from prox_assets.refiner import refiner_prefix
+    from prox_assets.refinement import refiner_pair
+    from prox_assets.refiner_training import refiner_prefix
     from prox_resources.catalog import Catalog
     from prox_resources.models import fetch_model
     from prox_resources.store import ObjectStore

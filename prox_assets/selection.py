@@ -30,7 +30,7 @@ from prox_assets.lineage import consumed_refiner_version, content_version, recor
 from prox_assets.metadata import histogram, md_table, with_lineage
 from prox_assets.partition_runs import MODEL_BACKFILL_POLICY, PartitionOutcome, materialize_each
 from prox_assets.partitions import target_partitions
-from prox_assets.refine import read_refined_pool, refined_pool
+from prox_assets.refinement import read_refined_pool, refined_pool
 from prox_resources.catalog import Catalog
 from prox_resources.device import CPU_STEP, GPU_STEP, DeviceSettings
 from prox_resources.engine import ModelEngine

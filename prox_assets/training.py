@@ -30,7 +30,7 @@ from prox_assets.lineage import consumed_refiner_version, content_version, recor
 from prox_assets.metadata import lineage, md_table
 from prox_assets.partition_runs import MODEL_BACKFILL_POLICY, PartitionOutcome, materialize_each
 from prox_assets.partitions import VARIANTS, checkpoint_partitions, target_partitions
-from prox_assets.refine import read_refined_pool, refined_pool
+from prox_assets.refinement import read_refined_pool, refined_pool
 from prox_assets.selection import pool_frame, pool_refiner_version, selected_subset, target_prefix
 from prox_resources.catalog import Catalog
 from prox_resources.device import CPU_STEP, GPU_STEP, DeviceSettings

@@ -230,7 +230,7 @@ def test_refine_benchmark_compares_precisions_on_the_same_windows(tiny_llama_dir
     backend = engine.load(DeviceSettings(device="cpu", dtype="float32"))
     run = refine_once(texts, backend, backend, 128, 128, 12, 4)
     assert program_agreement(run, run)["window_outputs_agree"] == 1.0
-    from prox_assets.core.refine import ChunkRun
+    from prox_assets.core.refinement import ChunkRun
 
     other = {
         **run,

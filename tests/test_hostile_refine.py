@@ -15,10 +15,10 @@ import polars as pl
 import pytest
 
 from prox_assets.core.chunking import hf_token_counter
-from prox_assets.core.refine import DocumentFailed, refine_documents
+from prox_assets.core.refinement import DocumentFailed, refine_documents
 from prox_assets.definitions import ASSETS, build_resources
 from prox_assets.partitions import shard_partitions
-from prox_assets.refine import ROW_SCHEMA, RefineConfig, RefinerPair, _conform, refine_batch
+from prox_assets.refinement import ROW_SCHEMA, RefineConfig, RefinerPair, _conform, refine_batch
 from prox_resources.catalog import Catalog
 from prox_resources.engine import ModelEngine, TransformersBackend
 from tests.test_refined_corpus import REFINE, _train_refiners

@@ -345,9 +345,9 @@ def test_refiner_update_then_daemon_backfill(pipeline, tmp_path):  # noqa: F811
 def test_the_new_shards_sensor_asks_for_one_run_per_range_of_shards(prox_env, monkeypatch):
     """Seven new shards under the newest refiner version: one run of a contiguous range (so the
     refiners load once), not seven; nothing is asked for twice."""
-    import prox_assets.refine as refine
+    import prox_assets.refinement as refinement
 
-    monkeypatch.setattr(refine, "PARTITIONS_PER_RUN", 4)
+    monkeypatch.setattr(refinement, "PARTITIONS_PER_RUN", 4)
     catalog = Catalog()
     catalog.migrate()
     catalog.replace_rows(
@@ -360,7 +360,7 @@ def test_the_new_shards_sensor_asks_for_one_run_per_range_of_shards(prox_env, mo
         shards = [f"s{i}" for i in range(7)]
         instance.add_dynamic_partitions(shard_partitions.name, shards)
         context = dg.build_sensor_context(instance=instance, resources={"catalog": catalog})
-        result = refine.refine_new_shards_sensor(context)
+        result = refinement.refine_new_shards_sensor(context)
         ranges = [
             (r.partition_key_range.start, r.partition_key_range.end)
             if r.partition_key_range
@@ -369,14 +369,14 @@ def test_the_new_shards_sensor_asks_for_one_run_per_range_of_shards(prox_env, mo
         ]
         assert ranges == [("da-cb|s0", "da-cb|s3"), ("da-cb|s4", "da-cb|s6")]
         assert len({r.run_key for r in result.run_requests}) == 2
-        again = refine.refine_new_shards_sensor(
+        again = refinement.refine_new_shards_sensor(
             dg.build_sensor_context(
                 instance=instance, resources={"catalog": catalog}, cursor=result.cursor
             )
         )
         assert not again.run_requests  # requested already, still running
         instance.add_dynamic_partitions(shard_partitions.name, ["s7"])
-        more = refine.refine_new_shards_sensor(
+        more = refinement.refine_new_shards_sensor(
             dg.build_sensor_context(
                 instance=instance, resources={"catalog": catalog}, cursor=result.cursor
             )

@@ -25,7 +25,7 @@ from prox_assets.core.refiner_quality import (
     random_writers,
 )
 from prox_assets.core.sft import SFTExample, balance_chunk_examples, balance_doc_examples
-from prox_assets.refiner import generation_budget
+from prox_assets.refiner_training import generation_budget
 from prox_resources.settings import downloads_dir
 
 

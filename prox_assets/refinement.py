@@ -29,7 +29,7 @@ import dagster as dg
 import polars as pl
 
 from prox_assets.core.chunking import hf_token_counter
-from prox_assets.core.refine import refined_rows
+from prox_assets.core.refinement import refined_rows
 from prox_assets.core.scoring import seed_sample
 from prox_assets.ingest import raw_corpus, raw_key
 from prox_assets.lineage import content_version, newest_refiner_version, recorded
@@ -43,7 +43,7 @@ from prox_assets.partition_runs import (
     partition_run_request,
 )
 from prox_assets.partitions import refined_partitions, refiner_version_partitions, shard_partitions
-from prox_assets.refiner import refiner, refiner_prefix
+from prox_assets.refiner_training import refiner, refiner_prefix
 from prox_resources.catalog import Catalog
 from prox_resources.device import CPU_STEP, GPU_STEP, DeviceSettings
 from prox_resources.engine import ModelEngine
@@ -163,7 +163,7 @@ def refine_batch(
     pair: RefinerPair,
     config: RefineConfig,
 ) -> pl.DataFrame:
-    """One row per document of ``batch``, in order (``core.refine.refined_rows``): kept, dropped,
+    """One row per document of ``batch``, in order (``core.refinement.refined_rows``): kept, dropped,
     or (status ``error``) a document one of whose stages raised; the others are refined all the same."""
     rows = refined_rows(
         doc_backend,

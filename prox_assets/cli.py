@@ -1335,7 +1335,7 @@ def bench_refinement(
 
 def _evidence_train_config(steps: int, batch_size: int, seq_len: int, lr: float):
     """The evidence benchmarks' checkpoints: LoRA r=8 on every block, one token budget."""
-    from prox_assets.core.refiner_training import TrainConfig
+    from prox_assets.core.training_loop import TrainConfig
 
     return TrainConfig(
         method="lora",

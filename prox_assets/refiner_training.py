@@ -27,7 +27,8 @@ from prox_assets.core.refiner_quality import (
     noise_rate,
     random_writers,
 )
-from prox_assets.core.refiner_training import TrainConfig, train_refiner, version_id
+from prox_assets.core.refiner_training import train_refiner, version_id
+from prox_assets.core.training_loop import TrainConfig
 from prox_assets.lineage import recorded
 from prox_assets.metadata import lineage, md_table
 from prox_assets.partition_runs import ONE_PARTITION_PER_RUN

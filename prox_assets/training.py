@@ -20,10 +20,10 @@ import polars as pl
 
 from prox_assets.core.evaluation import evaluate
 from prox_assets.core.influence import representation_similarity
-from prox_assets.core.refiner_training import TrainConfig
 from prox_assets.core.report import METRICS, comparisons, plot_report, summarize
 from prox_assets.core.samples import heldout_prose
 from prox_assets.core.training import checkpoint_version, train_lm
+from prox_assets.core.training_loop import TrainConfig
 from prox_assets.core.variants import SELECTION_VARIANTS, refinement_documents, selection_documents
 from prox_assets.ingest import raw_corpus, raw_paths
 from prox_assets.lineage import consumed_refiner_version, content_version, recorded

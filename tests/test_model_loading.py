@@ -33,8 +33,8 @@ def test_no_module_but_the_loader_imports_model_classes():
 
 
 def test_the_engine_loads_on_the_device_resources_device(tiny_llama_dir, tmp_path):
-    from prox_assets.core.refiner_training import TrainConfig
     from prox_assets.core.training import train_lm
+    from prox_assets.core.training_loop import TrainConfig
 
     engine = ModelEngine(model=str(tiny_llama_dir))
     model, _tokenizer = engine.load_model(DeviceSettings(device="cpu"))

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from prox_assets.core.refiner_eval import chunk_metrics, doc_metrics, with_shots
-from prox_assets.core.refiner_training import TrainConfig, encode_example, lr_at, version_id
+from prox_assets.core.refiner_training import encode_example, version_id
+from prox_assets.core.training_loop import TrainConfig, lr_at
 from prox_assets.partitions import refiner_version_partitions
 from prox_resources.catalog import Catalog
 from tests.test_synthesis_assets import _run, pipeline  # noqa: F401  (the fixture)

@@ -17,7 +17,6 @@ from prox_assets.core.evaluation import (
     squad_f1,
 )
 from prox_assets.core.quality_filters import rule_filter
-from prox_assets.core.refiner_training import TrainConfig
 from prox_assets.core.report import comparisons, summarize
 from prox_assets.core.training import (
     checkpoint_version,
@@ -25,6 +24,7 @@ from prox_assets.core.training import (
     repeat_counts,
     train_lm,
 )
+from prox_assets.core.training_loop import TrainConfig
 from prox_assets.definitions import ASSETS, build_resources
 from prox_assets.partitions import VARIANTS
 from prox_resources.catalog import Catalog

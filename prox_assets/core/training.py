@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from prox_assets.core.refiner_training import (
+from prox_assets.core.training_loop import (
     TrainConfig,
     TrainReport,
     attach_adapters,

@@ -207,7 +207,7 @@ def _conform(part: pl.DataFrame) -> pl.DataFrame:
         ),
         dg.AssetDep(refiner, partition_mapping=dg.AllPartitionMapping()),
     ],
-    group_name="refine",
+    group_name="refinement",
     kinds={"pytorch", "parquet"},
     owners=["team:data-platform"],
     **GPU_STEP,
@@ -494,7 +494,7 @@ def build_refined_pool(store: ObjectStore, catalog: Catalog, version: str) -> Re
             ),
         )
     ],
-    group_name="refine",
+    group_name="refinement",
     kinds={"json"},
     **CPU_STEP,
     owners=["team:data-platform"],

@@ -186,7 +186,7 @@ HEADLINES = {
 @dg.asset(
     partitions_def=level_partitions,
     deps=[sft_programs],
-    group_name="refiner",
+    group_name="refiner_training",
     kinds={"pytorch", "safetensors"},
     owners=["team:data-platform"],
     **GPU_STEP,

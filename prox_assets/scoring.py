@@ -50,7 +50,7 @@ def _score_table(frame: pl.DataFrame) -> dg.MetadataValue:
 @dg.asset(
     partitions_def=shard_partitions,
     deps=[raw_corpus],
-    group_name="synthesis",
+    group_name="scoring",
     kinds={"pytorch", "parquet"},
     owners=["team:data-platform"],
     **GPU_STEP,

@@ -17,7 +17,16 @@ from tests.conftest import _free_port
 from tests.servers import BIN, Server, wait_http
 
 CHROMIUM = "/usr/bin/chromium"
-GROUPS = ["ingest", "synthesis", "refiner", "refine", "selection", "training"]
+# the asset groups, one per stage module of prox_assets, in data-flow order
+GROUPS = [
+    "ingest",
+    "scoring",
+    "synthesis",
+    "refiner_training",
+    "refinement",
+    "selection",
+    "training",
+]
 
 
 def artifacts_dir() -> Path:
@@ -42,11 +51,15 @@ def test_model_steps_share_the_gpu_pool():
         assert defs.resolve_assets_def(key).op.pool == GPU_POOL, key
     for key in ("raw_corpus", "selected_subset", "evaluation_report"):
         assert defs.resolve_assets_def(key).op.pool is None, key
-    for spec in defs.resolve_all_asset_specs():
+    specs = list(defs.resolve_all_asset_specs())
+    for spec in specs:
         assert spec.group_name in GROUPS and spec.description and spec.owners and spec.kinds, (
             spec.key
         )
         assert spec.code_version, spec.key
+    assert {spec.group_name for spec in specs} == set(GROUPS)  # no group left empty
+    groups = {spec.key.to_user_string(): spec.group_name for spec in specs}
+    assert groups["seed_scores"] == "scoring" and groups["sft_programs"] == "synthesis"
 
 
 def _choose_partition(page, key: str, attempts: int = 3) -> None:

@@ -15,9 +15,10 @@ import duckdb
 import polars as pl
 import pytest
 
+from prox_assets.servers import BIN
 from prox_resources.catalog import METADATA_SCHEMA, Catalog, ParquetRows, migrations
 from prox_resources.settings import REPO_ROOT
-from tests.servers import BIN, fresh_lake
+from tests.servers import fresh_lake
 from tests.test_deployment import postgres  # noqa: F401  (the PostgreSQL server fixture)
 
 

@@ -25,6 +25,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from prox_assets.servers import code_location_args, code_server_command
 from prox_resources.device import DEFAULT_GPU_K8S_CONFIG, gpu_op_tags
 from prox_resources.settings import REPO_ROOT
 
@@ -136,7 +137,7 @@ def test_helm_values_use_the_kubernetes_launcher_and_executor():
     values = _docs(DEPLOY / "helm" / "values.yaml")[0]
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
     deployment = values["dagster-user-deployments"]["deployments"][0]
-    assert "prox_assets.definitions" in deployment["dagsterApiGrpcArgs"]
+    assert deployment["dagsterApiGrpcArgs"] == code_location_args()
     assert {"name": "PROX_EXECUTOR", "value": "k8s"} in deployment["env"]
     assert (
         values["postgresql"]["enabled"] is False
@@ -172,7 +173,10 @@ def test_the_image_installs_with_the_readme_setup():
     assert "bash deploy/setup.sh" in readme and "bash deploy/setup.sh --deploy" in dockerfile
     for part in ("pyproject.toml", "prox_assets", "prox_resources", "deploy"):
         assert re.search(rf"^COPY {part}\b", dockerfile, re.M), part
-    assert "cp deploy/dagster.yaml" in dockerfile and "prox_assets.definitions" in dockerfile
+    assert "cp deploy/dagster.yaml" in dockerfile
+    # the image serves the code location with the command line the tests and the bench start
+    cmd = re.search(r"^CMD (\[.*\])$", dockerfile, re.M)
+    assert cmd and json.loads(cmd[1]) == code_server_command(4000, "0.0.0.0", "dagster")
     assert re.search(r"^USER (?!root)", dockerfile, re.M)  # not root at run time
     # numeric, so that Kubernetes' runAsNonRoot can verify it, and the uid the pods run as
     uid, gid = _image_user()

@@ -3,7 +3,6 @@ the code location in a gRPC code server, webserver and daemon as separate proces
 in SeaweedFS, and a partition backfill that the daemon runs to success. The instance file is the
 committed ``deploy/dagster.yaml``."""
 
-import json
 import os
 import secrets
 import shutil
@@ -15,17 +14,18 @@ from pathlib import Path
 import pytest
 
 from prox_assets.backfill import launch_backfill, wait_for_backfill
-from prox_resources.settings import REPO_ROOT
-from tests.conftest import _free_port
-from tests.servers import (
+from prox_assets.servers import (
     BIN,
     Server,
-    as_postgres_user,
-    chown_postgres,
-    postgres_bin,
+    code_server_answers,
+    code_server_command,
+    free_port,
     wait_http,
     wait_until,
+    write_grpc_workspace,
 )
+from prox_resources.settings import REPO_ROOT
+from tests.servers import as_postgres_user, chown_postgres, postgres_bin
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +59,7 @@ def postgres():
         check=True,
         capture_output=True,
     )
-    port = _free_port(set())
+    port = free_port()
     server = Server(
         "postgres",
         [
@@ -133,57 +133,17 @@ def test_backfill_through_the_daemon_on_postgres_and_s3(
     }
     env.pop("PROX_CATALOG", None)
     taken: set[int] = set()
-    grpc_port, web_port = _free_port(taken), _free_port(taken)
-    workspace = tmp_path / "workspace.yaml"
-    workspace.write_text(
-        json.dumps(
-            {
-                "load_from": [
-                    {
-                        "grpc_server": {
-                            "host": "127.0.0.1",
-                            "port": grpc_port,
-                            "location_name": "prox",
-                        }
-                    }
-                ]
-            }
-        )
-    )
+    grpc_port, web_port = free_port(taken), free_port(taken)
+    workspace = write_grpc_workspace(tmp_path / "workspace.yaml", grpc_port)
     logs = tmp_path / "logs"
     logs.mkdir()
 
     servers = []
     try:
-        code = Server(
-            "code-server",
-            [
-                BIN / "dagster",
-                "code-server",
-                "start",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                grpc_port,
-                "-m",
-                "prox_assets.definitions",
-                "--location-name",
-                "prox",
-            ],
-            logs,
-            env,
-            REPO_ROOT,
-        )
+        code = Server("code-server", code_server_command(grpc_port), logs, env, REPO_ROOT)
         servers.append(code)
         wait_until(
-            lambda: (
-                subprocess.run(
-                    [BIN / "dagster", "api", "grpc-health-check", "-p", str(grpc_port)],
-                    capture_output=True,
-                    env=env,
-                ).returncode
-                == 0
-            ),
+            lambda: code_server_answers(grpc_port, env),
             "the code server answering gRPC",
             180,
             servers,

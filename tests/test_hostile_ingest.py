@@ -15,7 +15,7 @@ import pytest
 
 from prox_assets.benchmarks import gzip_bomb, ingest_in_subprocess, jsonl_shard, warc_header_bomb
 from prox_assets.core.ingest import QUARANTINE_SAMPLES, read_documents
-from tests.servers import BIN
+from prox_assets.servers import BIN
 from tests.test_raw_corpus import materialize
 
 

@@ -14,9 +14,9 @@ import dagster as dg
 import pytest
 import yaml
 
+from prox_assets.servers import Server
 from prox_resources.run_launcher import WORKER_TAG
 from prox_resources.settings import REPO_ROOT
-from tests.servers import Server
 
 BIN = Path(sys.executable).parent
 DEFS = REPO_ROOT / "tests" / "monitoring_defs.py"

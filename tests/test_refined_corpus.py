@@ -13,10 +13,9 @@ import pytest
 from prox_assets.definitions import ASSETS, build_resources
 from prox_assets.ingest import raw_key
 from prox_assets.partitions import refiner_version_partitions, shard_partitions
+from prox_assets.servers import BIN, Server, free_port, wait_http
 from prox_resources.catalog import Catalog
 from prox_resources.settings import REPO_ROOT
-from tests.conftest import _free_port
-from tests.servers import BIN, Server, wait_http
 from tests.test_synthesis_assets import _run, pipeline  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.slow
@@ -258,7 +257,7 @@ def test_refiner_update_then_daemon_backfill(pipeline, tmp_path):  # noqa: F811
     assert {f"{v1}|web-00", f"{v1}|clean-00"} <= materialized  # what the UI shows as done...
     assert not {f"{v2}|web-00", f"{v2}|clean-00"} & materialized  # ...and as missing for the update
 
-    port = _free_port(set())
+    port = free_port()
     env = dict(os.environ)
     dev = Server(
         "dagster-dev",

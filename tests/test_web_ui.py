@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 
 from prox_assets.definitions import defs
+from prox_assets.servers import BIN, Server, free_port, wait_http
 from prox_resources.device import GPU_POOL
 from prox_resources.settings import REPO_ROOT
-from tests.conftest import _free_port
-from tests.servers import BIN, Server, wait_http
 
 CHROMIUM = "/usr/bin/chromium"
 # the asset groups, one per stage module of prox_assets, in data-flow order
@@ -97,7 +96,7 @@ def test_materialize_one_partition_from_the_ui(sample_files, tmp_path):
         [BIN / "prox", "ingest", "--no-run", *files], env=env, check=True, capture_output=True
     )
 
-    port = _free_port(set())
+    port = free_port()
     ui = Server("prox-ui", [BIN / "prox", "ui", "--port", port], tmp_path, env, REPO_ROOT)
     url = f"http://127.0.0.1:{port}"
     try:

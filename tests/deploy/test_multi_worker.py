@@ -44,10 +44,10 @@ from prox_assets.servers import (
     write_grpc_workspace,
 )
 from prox_resources.settings import REPO_ROOT
-from tests.servers import fresh_lake
-from tests.test_deployment import postgres  # noqa: F401  (the PostgreSQL server fixture)
-from tests.test_refined_corpus import REFINER, _train_refiners
-from tests.test_synthesis_assets import _docs, _run
+from tests.assets.test_refined_corpus import REFINER, _train_refiners
+from tests.assets.test_synthesis import _docs, _run
+from tests.deploy.test_deployment import postgres  # noqa: F401  (the PostgreSQL server fixture)
+from tests.support.servers import fresh_lake
 
 pytestmark = pytest.mark.slow
 

@@ -25,7 +25,7 @@ from prox_assets.servers import (
     write_grpc_workspace,
 )
 from prox_resources.settings import REPO_ROOT
-from tests.servers import as_postgres_user, chown_postgres, postgres_bin
+from tests.support.servers import as_postgres_user, chown_postgres, postgres_bin
 
 pytestmark = pytest.mark.slow
 

@@ -19,12 +19,12 @@ from prox_resources.run_launcher import WORKER_TAG
 from prox_resources.settings import REPO_ROOT
 
 BIN = Path(sys.executable).parent
-DEFS = REPO_ROOT / "tests" / "monitoring_defs.py"
+DEFS = REPO_ROOT / "tests" / "support" / "monitoring_defs.py"
 # a run executed in-process by a command, the way `prox ingest` and `prox demo` run them
 IN_PROCESS = (
     "import dagster as dg\n"
     "from prox_resources.run_launcher import worker_tags\n"
-    "from tests.monitoring_defs import sleepy\n"
+    "from tests.support.monitoring_defs import sleepy\n"
     "dg.materialize([sleepy], instance=dg.DagsterInstance.get(), tags={'prox/launched_by': 'cli', **worker_tags()})\n"
 )
 

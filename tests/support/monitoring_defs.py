@@ -1,4 +1,4 @@
-"""A code location for tests/test_hostile_instance.py: one asset that sleeps until killed."""
+"""A code location for tests/deploy/test_hostile_instance.py: one asset that sleeps until killed."""
 
 import time
 

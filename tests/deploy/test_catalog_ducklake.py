@@ -18,8 +18,8 @@ import pytest
 from prox_assets.servers import BIN
 from prox_resources.catalog import METADATA_SCHEMA, Catalog, ParquetRows, migrations
 from prox_resources.settings import REPO_ROOT
-from tests.servers import fresh_lake
-from tests.test_deployment import postgres  # noqa: F401  (the PostgreSQL server fixture)
+from tests.deploy.test_deployment import postgres  # noqa: F401  (the PostgreSQL server fixture)
+from tests.support.servers import fresh_lake
 
 
 @pytest.fixture

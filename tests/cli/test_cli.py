@@ -226,7 +226,7 @@ def test_bench_executor_reports_both_workloads_against_the_reference(sample_file
 
 def test_bench_ingest_reports_throughput_and_peak_memory(sample_files):
     """`prox bench ingest` on the sample corpus and a small generated shard: both readers' speed,
-    exact bomb counts, and peak RSS figures (no bound asserted here: tests/test_hostile_ingest.py
+    exact bomb counts, and peak RSS figures (no bound asserted here: tests/core/test_hostile_ingest.py
     asserts the bounds)."""
     home = sample_files[0].parent.parent
     report = json.loads(

@@ -16,7 +16,7 @@ import pytest
 from prox_assets.benchmarks import gzip_bomb, ingest_in_subprocess, jsonl_shard, warc_header_bomb
 from prox_assets.core.ingest import QUARANTINE_SAMPLES, read_documents
 from prox_assets.servers import BIN
-from tests.test_raw_corpus import materialize
+from tests.assets.test_raw_corpus import materialize
 
 
 def read(data: bytes, name: str):

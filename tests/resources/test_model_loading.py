@@ -10,7 +10,7 @@ import torch
 from prox_resources.device import DeviceSettings
 from prox_resources.engine import ModelEngine
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MODEL_CLASS = re.compile(r"AutoModel\w*|\w+(ForCausalLM|PreTrainedModel|Model)|PeftModel\w*")
 
 

@@ -30,8 +30,8 @@ from prox_assets.partitions import VARIANTS
 from prox_resources.catalog import Catalog
 from prox_resources.device import DeviceSettings
 from prox_resources.engine import ModelEngine
-from tests.test_refined_corpus import _refine, _train_refiners
-from tests.test_synthesis_assets import _run, pipeline  # noqa: F401  (the fixture)
+from tests.assets.test_refined_corpus import _refine, _train_refiners
+from tests.assets.test_synthesis import _run, pipeline  # noqa: F401  (the fixture)
 
 PROSE = (
     "It was a truth generally acknowledged that the evening walk along the river had done them "

@@ -21,8 +21,8 @@ from prox_assets.partitions import shard_partitions
 from prox_assets.refinement import ROW_SCHEMA, RefineConfig, RefinerPair, _conform, refine_batch
 from prox_resources.catalog import Catalog
 from prox_resources.engine import ModelEngine, TransformersBackend
-from tests.test_refined_corpus import REFINE, _train_refiners
-from tests.test_synthesis_assets import pipeline  # noqa: F401  (the fixture)
+from tests.assets.test_refined_corpus import REFINE, _train_refiners
+from tests.assets.test_synthesis import pipeline  # noqa: F401  (the fixture)
 
 REJECT, SURROGATE, DROP = "REJECTED-BY-THE-ENGINE", "SURROGATE-IN-PROGRAM", "DROPPED-BY-PROGRAM"
 LONE_SURROGATE_PROGRAM = 'normalize(source_str="line", target_str="\ud800")'

@@ -8,8 +8,8 @@ from dagster._utils.test.data_versions import get_stale_status_resolver
 from prox_assets.definitions import ASSETS, build_resources
 from prox_assets.lineage import recorded
 from prox_assets.refinement import refined_pool_sensor
-from tests.test_refined_corpus import REFINER, _refine, _train_refiners
-from tests.test_synthesis_assets import _run, pipeline  # noqa: F401  (the fixture)
+from tests.assets.test_refined_corpus import REFINER, _refine, _train_refiners
+from tests.assets.test_synthesis import _run, pipeline  # noqa: F401  (the fixture)
 
 TARGET = "arc-t"
 CHECKPOINTS = [f"{TARGET}|influence", f"{TARGET}|refined"]

@@ -9,7 +9,7 @@ from prox_assets.core.refiner_training import encode_example, version_id
 from prox_assets.core.training_loop import TrainConfig, lr_at
 from prox_assets.partitions import refiner_version_partitions
 from prox_resources.catalog import Catalog
-from tests.test_synthesis_assets import _run, pipeline  # noqa: F401  (the fixture)
+from tests.assets.test_synthesis import _run, pipeline  # noqa: F401  (the fixture)
 
 
 def test_loss_is_on_program_tokens_only(smollm2_tokenizer_dir):

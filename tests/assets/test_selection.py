@@ -8,7 +8,7 @@ import pytest
 from prox_assets.audit import audit_document
 from prox_assets.core.targets import load_task, split_target
 from prox_resources.catalog import Catalog
-from tests.test_synthesis_assets import _run, pipeline  # noqa: F401  (the fixture)
+from tests.assets.test_synthesis import _run, pipeline  # noqa: F401  (the fixture)
 
 
 def test_targets_are_deduplicated_and_disjoint():

@@ -16,7 +16,7 @@ from prox_assets.partitions import refiner_version_partitions, shard_partitions
 from prox_assets.servers import BIN, Server, free_port, wait_http
 from prox_resources.catalog import Catalog
 from prox_resources.settings import REPO_ROOT
-from tests.test_synthesis_assets import _run, pipeline  # noqa: F401  (the fixture)
+from tests.assets.test_synthesis import _run, pipeline  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.slow
 REFINER = {

@@ -52,7 +52,7 @@ def test_exact_scores_rank_the_target_domain_and_landmarks_track_them(smollm2_di
         stability_seeds=[1],
         stability_samples=64,
     )
-    out = Path(__file__).resolve().parent.parent / ".prox" / "test-artifacts" / "influence"
+    out = Path(__file__).resolve().parents[2] / ".prox" / "test-artifacts" / "influence"
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2))
 

@@ -16,13 +16,11 @@ import pytest
 
 from prox_assets.core.chunking import hf_token_counter
 from prox_assets.core.refinement import DocumentFailed, refine_documents
-from prox_assets.definitions import ASSETS, build_resources
 from prox_assets.partitions import shard_partitions
 from prox_assets.refinement import ROW_SCHEMA, RefineConfig, RefinerPair, _conform, refine_batch
 from prox_resources.catalog import Catalog
 from prox_resources.engine import ModelEngine, TransformersBackend
-from tests.assets.test_refined_corpus import REFINE, _train_refiners
-from tests.assets.test_synthesis import pipeline  # noqa: F401  (the fixture)
+from tests.support.pipeline import REFINE, materialize, train_refiners
 
 REJECT, SURROGATE, DROP = "REJECTED-BY-THE-ENGINE", "SURROGATE-IN-PROGRAM", "DROPPED-BY-PROGRAM"
 LONE_SURROGATE_PROGRAM = 'normalize(source_str="line", target_str="\ud800")'
@@ -85,31 +83,24 @@ def _by_marker(frame: pl.DataFrame, marker: str) -> dict:
     return rows[0]
 
 
-def test_refinement_batch_isolates_a_failing_document(pipeline):  # noqa: F811
+def test_refinement_batch_isolates_a_failing_document(pipeline):
     instance, store, model = pipeline
     store.write_bytes(
         "incoming/hostile-00.jsonl",
         "".join(json.dumps({"text": t}) + "\n" for t in HOSTILE_DOCS).encode(),
     )
     instance.add_dynamic_partitions(shard_partitions.name, ["hostile-00"])
-    assert dg.materialize(
-        ASSETS,
-        selection=["raw_corpus"],
-        partition_key="hostile-00",
-        instance=instance,
-        resources=build_resources(),
-    ).success
-    version = _train_refiners(instance, model)
+    assert materialize(instance, "raw_corpus", "hostile-00").success
+    version = train_refiners(instance, model)
     key = dg.MultiPartitionKey({"shard": "hostile-00", "refiner_version": version})
 
     def refine(engine: ModelEngine):
-        return dg.materialize(
-            ASSETS,
-            selection=["refined_corpus"],
-            instance=instance,
-            resources={**build_resources(), "engine": engine},
-            partition_key=key,
-            run_config={"ops": {"refined_corpus": {"config": {**REFINE, "batch_docs": 4}}}},
+        return materialize(
+            instance,
+            "refined_corpus",
+            key,
+            {**REFINE, "batch_docs": 4},
+            resources={"engine": engine},
             raise_on_error=False,
         )
 

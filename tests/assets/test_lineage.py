@@ -5,26 +5,17 @@ import dagster as dg
 from dagster._core.definitions.data_version import StaleStatus, extract_data_provenance_from_entry
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
-from prox_assets.definitions import ASSETS, build_resources
+from prox_assets.definitions import ASSETS
 from prox_assets.lineage import recorded
 from prox_assets.refinement import refined_pool_sensor
-from tests.assets.test_refined_corpus import REFINER, _refine, _train_refiners
-from tests.assets.test_synthesis import _run, pipeline  # noqa: F401  (the fixture)
+from tests.support.pipeline import REFINER, materialize, refine, train_refiners
 
 TARGET = "arc-t"
 CHECKPOINTS = [f"{TARGET}|influence", f"{TARGET}|refined"]
 
 
 def _materialize(instance, asset, key, config=None):
-    run_config = {"ops": {asset: {"config": config}}} if config is not None else None
-    result = dg.materialize(
-        ASSETS,
-        selection=[asset],
-        partition_key=key,
-        instance=instance,
-        resources=build_resources(),
-        run_config=run_config,
-    )
+    result = materialize(instance, asset, key, config)
     assert result.success, (asset, key)
     return result
 
@@ -52,13 +43,13 @@ def _causes(instance, asset, key):
     ]
 
 
-def test_a_new_refiner_version_marks_selection_and_checkpoints_stale(pipeline, capsys):  # noqa: F811
+def test_a_new_refiner_version_marks_selection_and_checkpoints_stale(pipeline, capsys):
     from prox_assets.cli import add_target
 
     instance, _store, model = pipeline
-    v1 = _train_refiners(instance, model)
+    v1 = train_refiners(instance, model)
     for shard in ("web-00", "clean-00"):
-        assert _refine(instance, v1, shard).success
+        assert refine(instance, v1, shard).success
     _materialize(instance, "refined_pool", v1)
     add_target(TARGET, "arc_challenge", 3, 6, 0)
     influence = {
@@ -97,11 +88,13 @@ def test_a_new_refiner_version_marks_selection_and_checkpoints_stale(pipeline, c
 
     # a backfill of a new refiner version: new refiners, every shard refined, its pool recorded
     for level in ("doc", "chunk"):
-        result = _run(instance, "refiner", level, {**REFINER, "base_model": model, "seed": 1})
+        result = materialize(
+            instance, "refiner", level, {**REFINER, "base_model": model, "seed": 1}
+        )
     v2 = result.asset_materializations_for_node("refiner")[0].metadata["refiner_pair"].value
     assert v2 != v1
     for shard in ("web-00", "clean-00"):
-        assert _refine(instance, v2, shard).success
+        assert refine(instance, v2, shard).success
     # (refined_pool_sensor, when enabled, asks for the pool once every shard is refined)
     asks = refined_pool_sensor(dg.build_sensor_context(instance=instance))
     assert [r.partition_key for r in asks.run_requests] == [v2]

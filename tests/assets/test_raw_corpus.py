@@ -6,11 +6,11 @@ import multiprocessing as mp
 import dagster as dg
 import pytest
 
-from prox_assets.definitions import ASSETS, build_resources
 from prox_assets.ingest import incoming_files_sensor, raw_key
 from prox_assets.partitions import shard_partitions
 from prox_resources.catalog import Catalog
 from prox_resources.store import ObjectStore
+from tests.support.pipeline import ingest_shard, materialize
 
 
 @pytest.fixture
@@ -24,23 +24,11 @@ def put_incoming(store, name: str, data: bytes) -> str:
     return name.split(".")[0]
 
 
-def materialize(instance, shard):
-    instance.add_dynamic_partitions(shard_partitions.name, [shard])
-    return dg.materialize(
-        ASSETS,
-        selection=["raw_corpus"],
-        partition_key=shard,
-        instance=instance,
-        resources=build_resources(),
-        raise_on_error=False,
-    )
-
-
 def test_materialize_publishes_metadata_and_registers_documents(instance):
     store = ObjectStore()
     lines = [json.dumps({"text": f"Document {i} " + "word " * (10 * i + 1)}) for i in range(20)]
     shard = put_incoming(store, "docs-01.jsonl", ("\n".join(lines + ["{oops"]) + "\n").encode())
-    result = materialize(instance, shard)
+    result = ingest_shard(instance, shard)
     assert result.success
     meta = result.asset_materializations_for_node("raw_corpus")[0].metadata
     assert meta["dagster/row_count"].value == 20 and meta["n_quarantined"].value == 1
@@ -58,7 +46,7 @@ def test_materialize_publishes_metadata_and_registers_documents(instance):
     q = catalog.query("SELECT locator, reason FROM quarantine").rows()
     assert q == [("line:21", "malformed_json")]
 
-    again = materialize(instance, shard)  # re-running replaces, never duplicates
+    again = ingest_shard(instance, shard)  # re-running replaces, never duplicates
     assert again.success
     assert catalog.query("SELECT count(*) n FROM documents")["n"][0] == 20
     assert store.list("raw/docs-01/") == [
@@ -69,7 +57,7 @@ def test_materialize_publishes_metadata_and_registers_documents(instance):
 def test_unreadable_file_fails_naming_it_and_is_quarantined(instance):
     store = ObjectStore()
     shard = put_incoming(store, "broken.parquet", b"definitely not parquet")
-    result = materialize(instance, shard)
+    result = ingest_shard(instance, shard)
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "broken.parquet" in failure.step_failure_data.error.message
@@ -119,13 +107,7 @@ def test_sensor_asks_for_ranges_of_new_shards_that_run_as_one_run_each(instance,
 
     for add in result.dynamic_partitions_requests:
         instance.add_dynamic_partitions(add.partitions_def_name, list(add.partition_keys))
-    run = dg.materialize(
-        ASSETS,
-        selection=["raw_corpus"],
-        instance=instance,
-        resources=build_resources(),
-        tags=result.run_requests[1].tags,
-    )
+    run = materialize(instance, "raw_corpus", tags=result.run_requests[1].tags)
     assert run.success
     assert sorted(m.partition for m in run.asset_materializations_for_node("raw_corpus")) == [
         "c",

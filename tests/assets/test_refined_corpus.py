@@ -10,64 +10,20 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from prox_assets.definitions import ASSETS, build_resources
 from prox_assets.ingest import raw_key
 from prox_assets.partitions import refiner_version_partitions, shard_partitions
 from prox_assets.servers import BIN, Server, free_port, wait_http
 from prox_resources.catalog import Catalog
 from prox_resources.settings import REPO_ROOT
-from tests.assets.test_synthesis import _run, pipeline  # noqa: F401  (the fixture)
+from tests.support.pipeline import REFINE, REFINER, materialize, refine, train_refiners
 
 pytestmark = pytest.mark.slow
-REFINER = {
-    "max_steps": 2,
-    "batch_size": 2,
-    "eval_examples": 2,
-    "max_new_tokens": 8,
-    "quality_pages": 0,
-    "quality_clean": 0,
-    "max_seq_len": 512,
-}
-REFINE = {"batch_docs": 4, "doc_max_new_tokens": 6, "chunk_max_new_tokens": 16}
 
 
-def _train_refiners(instance, model, **overrides):
-    for shard in ("web-00", "clean-00"):
-        _run(instance, "seed_scores", shard, {"seeds_per_shard": 6, "max_doc_tokens": 48})
-    sft = {
-        "refiner_base_model": model,
-        "doc_max_tokens": 48,
-        "window_tokens": 96,
-        "chunk_docs_per_shard": 4,
-    }
-    for level in ("doc", "chunk"):
-        _run(instance, "sft_programs", level, sft)
-    cfg = {**REFINER, "base_model": model, **overrides}
-    _run(instance, "refiner", "doc", cfg)
-    return (
-        _run(instance, "refiner", "chunk", cfg)
-        .asset_materializations_for_node("refiner")[0]
-        .metadata["refiner_pair"]
-        .value
-    )
-
-
-def _refine(instance, version, shard, **config):
-    return dg.materialize(
-        ASSETS,
-        selection=["refined_corpus"],
-        instance=instance,
-        resources=build_resources(),
-        partition_key=dg.MultiPartitionKey({"shard": shard, "refiner_version": version}),
-        run_config={"ops": {"refined_corpus": {"config": {**REFINE, **config}}}},
-        raise_on_error=False,
-    )
-
-
-def test_refine_resume_and_counts(pipeline):  # noqa: F811
+def test_refine_resume_and_counts(pipeline):
     instance, store, model = pipeline
-    v1 = _train_refiners(instance, model)
-    result = _refine(instance, v1, "web-00")
+    v1 = train_refiners(instance, model)
+    result = refine(instance, v1, "web-00")
     assert result.success
     meta = result.asset_materializations_for_node("refined_corpus")[0].metadata
     frame = store.read_parquet(f"refined/{v1}/web-00.parquet")
@@ -92,12 +48,12 @@ def test_refine_resume_and_counts(pipeline):  # noqa: F811
 
     # a killed run: two batches were written before it died; the retry skips them
     parts = f"refined/{v1}/.parts/clean-00"
-    first = _refine(instance, v1, "clean-00", max_docs=8)
+    first = refine(instance, v1, "clean-00", max_docs=8)
     assert first.success
     full = store.read_parquet(f"refined/{v1}/clean-00.parquet")
     marker = full.head(4).with_columns(doc_program=pl.lit("from an earlier attempt"))
     store.write_parquet(f"{parts}/part-00000-of-00002.parquet", marker)
-    again = _refine(instance, v1, "clean-00", max_docs=8)
+    again = refine(instance, v1, "clean-00", max_docs=8)
     logs = [e.message for e in instance.all_logs(again.run_id) if e.message]
     assert any("done by an earlier attempt, skipped" in m for m in logs)
     redone = store.read_parquet(f"refined/{v1}/clean-00.parquet")
@@ -125,13 +81,7 @@ def _more_shards(instance, store, n: int) -> list[str]:
         )
     instance.add_dynamic_partitions(shard_partitions.name, names)
     for name in names:
-        assert dg.materialize(
-            ASSETS,
-            selection=["raw_corpus"],
-            partition_key=name,
-            instance=instance,
-            resources=build_resources(),
-        ).success
+        assert materialize(instance, "raw_corpus", name).success
     return ["web-00", "clean-00", *names]
 
 
@@ -148,7 +98,7 @@ def _loads(instance, run_id: str) -> list[str]:
     ]
 
 
-def test_a_backfill_of_seven_shards_loads_each_model_once(pipeline):  # noqa: F811
+def test_a_backfill_of_seven_shards_loads_each_model_once(pipeline):
     from prox_assets.cli import materialize_partitions
 
     instance, store, model = pipeline
@@ -163,7 +113,7 @@ def test_a_backfill_of_seven_shards_loads_each_model_once(pipeline):  # noqa: F8
     assert _loads(instance, run.run_id) == [model]
     assert Catalog().query("SELECT count(DISTINCT partition_key) n FROM seed_scores")["n"][0] == 7
 
-    v1 = _train_refiners(instance, model)
+    v1 = train_refiners(instance, model)
     keys = [f"{v1}|{s}" for s in shards]
     config = {**REFINE, "max_docs": 4}
 
@@ -214,12 +164,12 @@ def test_a_backfill_of_seven_shards_loads_each_model_once(pipeline):  # noqa: F8
     assert all(p == f"{v1}|{s}" for s, p, _ in rows.rows())
 
 
-def test_one_failed_shard_fails_the_run_but_not_the_others(pipeline):  # noqa: F811
+def test_one_failed_shard_fails_the_run_but_not_the_others(pipeline):
     from prox_assets.cli import materialize_partitions
 
     instance, store, model = pipeline
     shards = _more_shards(instance, store, 3)
-    v1 = _train_refiners(instance, model)
+    v1 = train_refiners(instance, model)
     store.delete(raw_key(Catalog(), "clean-00"))  # this shard's input is gone
     keys = [f"{v1}|{s}" for s in shards]
     before = {r.run_id for r in instance.get_runs()}
@@ -235,16 +185,16 @@ def test_one_failed_shard_fails_the_run_but_not_the_others(pipeline):  # noqa: F
     )
 
 
-def test_refiner_update_then_daemon_backfill(pipeline, tmp_path):  # noqa: F811
+def test_refiner_update_then_daemon_backfill(pipeline, tmp_path):
     instance, store, model = pipeline
-    v1 = _train_refiners(instance, model)
+    v1 = train_refiners(instance, model)
     for shard in ("web-00", "clean-00"):
-        assert _refine(instance, v1, shard).success
+        assert refine(instance, v1, shard).success
     v1_bytes = {s: store.read_bytes(f"refined/{v1}/{s}.parquet") for s in ("web-00", "clean-00")}
 
     # the refiner update: a retrained chunk refiner makes a new refiner_version with the same doc one
     v2 = (
-        _run(instance, "refiner", "chunk", {**REFINER, "base_model": model, "lr": 1e-4})
+        materialize(instance, "refiner", "chunk", {**REFINER, "base_model": model, "lr": 1e-4})
         .asset_materializations_for_node("refiner")[0]
         .metadata["refiner_pair"]
         .value

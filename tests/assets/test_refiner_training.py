@@ -9,7 +9,7 @@ from prox_assets.core.refiner_training import encode_example, version_id
 from prox_assets.core.training_loop import TrainConfig, lr_at
 from prox_assets.partitions import refiner_version_partitions
 from prox_resources.catalog import Catalog
-from tests.assets.test_synthesis import _run, pipeline  # noqa: F401  (the fixture)
+from tests.support.pipeline import materialize
 
 
 def test_loss_is_on_program_tokens_only(smollm2_tokenizer_dir):
@@ -61,10 +61,10 @@ def test_metrics():
 
 
 @pytest.mark.slow
-def test_refiner_asset_two_versions_coexist(pipeline):  # noqa: F811
+def test_refiner_asset_two_versions_coexist(pipeline):
     instance, store, model = pipeline
     for shard in ("web-00", "clean-00"):
-        _run(instance, "seed_scores", shard, {"seeds_per_shard": 6, "max_doc_tokens": 48})
+        materialize(instance, "seed_scores", shard, {"seeds_per_shard": 6, "max_doc_tokens": 48})
     sft = {
         "refiner_base_model": model,
         "doc_max_tokens": 48,
@@ -73,7 +73,7 @@ def test_refiner_asset_two_versions_coexist(pipeline):  # noqa: F811
         "val_fraction": 0.3,
     }
     for level in ("doc", "chunk"):
-        _run(instance, "sft_programs", level, sft)
+        materialize(instance, "sft_programs", level, sft)
 
     cfg = {
         "base_model": model,
@@ -88,8 +88,8 @@ def test_refiner_asset_two_versions_coexist(pipeline):  # noqa: F811
         "quality_max_chars": 3000,
         "max_seq_len": 512,
     }
-    doc = _run(instance, "refiner", "doc", cfg)
-    chunk = _run(instance, "refiner", "chunk", cfg)
+    doc = materialize(instance, "refiner", "doc", cfg)
+    chunk = materialize(instance, "refiner", "chunk", cfg)
     meta = chunk.asset_materializations_for_node("refiner")[0].metadata
     v1 = meta["refiner_version"].value
     pair1 = meta["refiner_pair"].value
@@ -106,7 +106,7 @@ def test_refiner_asset_two_versions_coexist(pipeline):  # noqa: F811
         "manifest.json",
     } <= files
 
-    v2_run = _run(instance, "refiner", "chunk", {**cfg, "lr": 1e-4})  # a refiner update
+    v2_run = materialize(instance, "refiner", "chunk", {**cfg, "lr": 1e-4})  # a refiner update
     v2 = v2_run.asset_materializations_for_node("refiner")[0].metadata["refiner_version"].value
     assert v2 != v1
     assert store.exists(f"models/refiner/chunk/{v1}/manifest.json") and store.exists(

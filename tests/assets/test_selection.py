@@ -8,7 +8,7 @@ import pytest
 from prox_assets.audit import audit_document
 from prox_assets.core.targets import load_task, split_target
 from prox_resources.catalog import Catalog
-from tests.assets.test_synthesis import _run, pipeline  # noqa: F401  (the fixture)
+from tests.support.pipeline import materialize
 
 
 def test_targets_are_deduplicated_and_disjoint():
@@ -26,7 +26,7 @@ def test_targets_are_deduplicated_and_disjoint():
 
 
 @pytest.mark.slow
-def test_influence_then_selection(pipeline):  # noqa: F811
+def test_influence_then_selection(pipeline):
     from prox_assets.cli import add_target, materialize_partitions
 
     instance, store, model = pipeline
@@ -41,7 +41,7 @@ def test_influence_then_selection(pipeline):  # noqa: F811
         "warmup_steps": 2,
         "batch_size": 4,
     }
-    first = _run(instance, "landmark_influence", "gsm8k-t", cfg)
+    first = materialize(instance, "landmark_influence", "gsm8k-t", cfg)
     meta = first.asset_materializations_for_node("landmark_influence")[0].metadata
     version = meta["influence_version"].value
     scores = store.read_parquet(f"influence/gsm8k-t/{version}/scores.parquet")
@@ -63,7 +63,7 @@ def test_influence_then_selection(pipeline):  # noqa: F811
     assert meta["device"].value == "cpu"
     assert marks["exact_score"].abs().max() <= 1.0  # cosines
 
-    arc = _run(instance, "landmark_influence", "arc-t", cfg)
+    arc = materialize(instance, "landmark_influence", "arc-t", cfg)
     versions = {
         "gsm8k-t": version,
         "arc-t": arc.asset_materializations_for_node("landmark_influence")[0]
@@ -91,14 +91,16 @@ def test_influence_then_selection(pipeline):  # noqa: F811
             alone[target]["score"].to_list(), abs=1e-6
         )
 
-    sel = _run(instance, "selected_subset", "gsm8k-t", {"budget": 5})
+    sel = materialize(instance, "selected_subset", "gsm8k-t", {"budget": 5})
     chosen = store.read_parquet(f"selections/gsm8k-t/{version}.parquet")
     assert chosen["rank"].to_list() == [1, 2, 3, 4, 5] and chosen["budget"].unique().to_list() == [
         5
     ]
     assert chosen["weight"].sum() == pytest.approx(20.0)
     assert sel.asset_materializations_for_node("selected_subset")[0].metadata["budget"].value == 5
-    simplex = _run(instance, "selected_subset", "gsm8k-t", {"budget": 5, "method": "simplex"})
+    simplex = materialize(
+        instance, "selected_subset", "gsm8k-t", {"budget": 5, "method": "simplex"}
+    )
     assert simplex.success
     weights = store.read_parquet(f"selections/gsm8k-t/{version}.parquet")["weight"]
     assert weights.sum() == pytest.approx(20.0, rel=1e-4) and (weights > 0).all()

@@ -25,13 +25,11 @@ from prox_assets.core.training import (
     train_lm,
 )
 from prox_assets.core.training_loop import TrainConfig
-from prox_assets.definitions import ASSETS, build_resources
 from prox_assets.partitions import VARIANTS
 from prox_resources.catalog import Catalog
 from prox_resources.device import DeviceSettings
 from prox_resources.engine import ModelEngine
-from tests.assets.test_refined_corpus import _refine, _train_refiners
-from tests.assets.test_synthesis import _run, pipeline  # noqa: F401  (the fixture)
+from tests.support.pipeline import materialize, refine, train_refiners
 
 PROSE = (
     "It was a truth generally acknowledged that the evening walk along the river had done them "
@@ -196,20 +194,14 @@ def test_report_summary_and_contrasts():
 
 
 @pytest.mark.slow
-def test_every_variant_trains_evaluates_reports_and_audits(pipeline):  # noqa: F811
+def test_every_variant_trains_evaluates_reports_and_audits(pipeline):
     from prox_assets.cli import add_target, materialize_partitions
 
     instance, store, model = pipeline
-    version = _train_refiners(instance, model)
+    version = train_refiners(instance, model)
     for shard in ("web-00", "clean-00"):
-        assert _refine(instance, version, shard).success
-    assert dg.materialize(
-        ASSETS,
-        selection=["refined_pool"],
-        partition_key=version,
-        instance=instance,
-        resources=build_resources(),
-    ).success
+        assert refine(instance, version, shard).success
+    assert materialize(instance, "refined_pool", version).success
     add_target("arc-t", "arc_challenge", 3, 12, 0)
     influence = {
         "pool": "raw",
@@ -220,8 +212,8 @@ def test_every_variant_trains_evaluates_reports_and_audits(pipeline):  # noqa: F
         "warmup_steps": 1,
         "batch_size": 4,
     }
-    assert _run(instance, "landmark_influence", "arc-t", influence).success
-    assert _run(instance, "selected_subset", "arc-t", {"budget": 5}).success
+    assert materialize(instance, "landmark_influence", "arc-t", influence).success
+    assert materialize(instance, "selected_subset", "arc-t", {"budget": 5}).success
 
     config = {
         "base_model": model,
@@ -237,14 +229,12 @@ def test_every_variant_trains_evaluates_reports_and_audits(pipeline):  # noqa: F
     }
     metas = {}
     for variant in VARIANTS:
-        result = dg.materialize(
-            ASSETS,
-            selection=["trained_checkpoint"],
-            instance=instance,
-            resources=build_resources(),
+        result = materialize(
+            instance,
+            "trained_checkpoint",
+            dg.MultiPartitionKey({"target": "arc-t", "variant": variant}),
+            config,
             raise_on_error=False,
-            partition_key=dg.MultiPartitionKey({"target": "arc-t", "variant": variant}),
-            run_config={"ops": {"trained_checkpoint": {"config": config}}},
         )
         if (
             variant == "rule_filtered" and not result.success
@@ -278,7 +268,7 @@ def test_every_variant_trains_evaluates_reports_and_audits(pipeline):  # noqa: F
     assert {"heldout_loss", "accuracy", "acc_per_char", "prose_perplexity"} <= set(evals["metric"])
     assert evals.filter(pl.col("variant") == "random")["n"].min() == 2  # both seeds evaluated
 
-    report = _run(instance, "evaluation_report", "arc-t", {})
+    report = materialize(instance, "evaluation_report", "arc-t", {})
     meta = report.asset_materializations_for_node("evaluation_report")[0].metadata
     assert meta["variants"].value == len(metas)
     assert "influence − random" in meta["contrasts"].value and "± " in meta["results"].value
@@ -286,13 +276,11 @@ def test_every_variant_trains_evaluates_reports_and_audits(pipeline):  # noqa: F
     assert store.read_bytes("reports/arc-t/evaluation.png")[:4] == b"\x89PNG"
 
     # retraining the same partition reuses the checkpoints (same inputs, same version)
-    again = dg.materialize(
-        ASSETS,
-        selection=["trained_checkpoint"],
-        instance=instance,
-        resources=build_resources(),
-        partition_key=dg.MultiPartitionKey({"target": "arc-t", "variant": "full"}),
-        run_config={"ops": {"trained_checkpoint": {"config": config}}},
+    again = materialize(
+        instance,
+        "trained_checkpoint",
+        dg.MultiPartitionKey({"target": "arc-t", "variant": "full"}),
+        config,
     )
     logs = [e.message for e in instance.all_logs(again.run_id) if e.message]
     assert sum("exists" in m and "evaluating only" in m for m in logs) == 2

@@ -293,7 +293,6 @@ def test_concurrent_ingests_of_one_basename_do_not_both_succeed(tmp_path):
 def test_a_collision_dropped_into_incoming_is_reported_and_used_for_neither(prox_env):
     import dagster as dg
 
-    from prox_assets.definitions import ASSETS, build_resources
     from prox_assets.ingest import (
         incoming_file,
         incoming_files,
@@ -301,6 +300,7 @@ def test_a_collision_dropped_into_incoming_is_reported_and_used_for_neither(prox
         scan_incoming,
     )
     from prox_resources.store import ObjectStore
+    from tests.support.pipeline import materialize
 
     store = ObjectStore()
     store.write_bytes("incoming/same.jsonl", b'{"text": "one"}\n')
@@ -323,14 +323,7 @@ def test_a_collision_dropped_into_incoming_is_reported_and_used_for_neither(prox
         assert not result.run_requests and "ambiguous" in str(result.skip_reason)
         # a run for the ambiguous shard (registered by hand) fails and reads neither file
         instance.add_dynamic_partitions("shard", ["same"])
-        run = dg.materialize(
-            ASSETS,
-            selection=["raw_corpus"],
-            partition_key="same",
-            instance=instance,
-            resources=build_resources(),
-            raise_on_error=False,
-        )
+        run = materialize(instance, "raw_corpus", "same", raise_on_error=False)
     assert not run.success
     assert not [k for k in store.list("raw/") if "same" in k]
 
@@ -408,10 +401,10 @@ def test_symbolic_links_given_or_found_are_refused(tmp_path):
 def test_a_link_dropped_into_incoming_is_never_read(prox_env, tmp_path):
     import dagster as dg
 
-    from prox_assets.definitions import ASSETS, build_resources
     from prox_assets.ingest import incoming_files, incoming_files_sensor, scan_incoming
     from prox_resources.catalog import Catalog
     from prox_resources.store import ObjectStore
+    from tests.support.pipeline import materialize
 
     secret = jsonl(tmp_path / "outside" / "secret.jsonl", "SECRET-LINE-1", '{"not json')
     store = ObjectStore()
@@ -429,22 +422,8 @@ def test_a_link_dropped_into_incoming_is_never_read(prox_env, tmp_path):
         )
         assert [r.partition_key for r in result.run_requests] == ["fine"]
         instance.add_dynamic_partitions("shard", ["evil", "fine"])
-        bad = dg.materialize(
-            ASSETS,
-            selection=["raw_corpus"],
-            partition_key="evil",
-            instance=instance,
-            resources=build_resources(),
-            raise_on_error=False,
-        )
-        good = dg.materialize(
-            ASSETS,
-            selection=["raw_corpus"],
-            partition_key="fine",
-            instance=instance,
-            resources=build_resources(),
-            raise_on_error=False,
-        )
+        bad = materialize(instance, "raw_corpus", "evil", raise_on_error=False)
+        good = materialize(instance, "raw_corpus", "fine", raise_on_error=False)
     assert not bad.success and good.success
     dump = (
         Catalog().query("SELECT * FROM quarantine").write_csv()

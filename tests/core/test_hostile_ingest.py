@@ -16,7 +16,7 @@ import pytest
 from prox_assets.benchmarks import gzip_bomb, ingest_in_subprocess, jsonl_shard, warc_header_bomb
 from prox_assets.core.ingest import QUARANTINE_SAMPLES, read_documents
 from prox_assets.servers import BIN
-from tests.assets.test_raw_corpus import materialize
+from tests.support.pipeline import ingest_shard
 
 
 def read(data: bytes, name: str):
@@ -203,7 +203,7 @@ def _materialize(shard: str):
     import dagster as dg
 
     with dg.DagsterInstance.get() as instance:
-        return materialize(instance, shard)
+        return ingest_shard(instance, shard)
 
 
 def test_a_raw_file_left_by_a_killed_run_never_looks_current_and_is_reconciled(prox_env):

@@ -18,12 +18,11 @@ import pytest
 from prox_assets.servers import BIN
 from prox_resources.catalog import METADATA_SCHEMA, Catalog, ParquetRows, migrations
 from prox_resources.settings import REPO_ROOT
-from tests.deploy.test_deployment import postgres  # noqa: F401  (the PostgreSQL server fixture)
 from tests.support.servers import fresh_lake
 
 
 @pytest.fixture
-def lake(postgres, seaweedfs, prox_env, monkeypatch):  # noqa: F811
+def lake(postgres, seaweedfs, prox_env, monkeypatch):
     """A fresh catalog database and bucket; PROX_CATALOG, PROX_STORE, PGPASSWORD and AWS_* set."""
     fresh = fresh_lake(postgres, seaweedfs)
     name, s3, env = fresh["db"], fresh["s3"], fresh["env"]
@@ -339,10 +338,10 @@ def test_prox_catalog_is_read_only_and_prox_audit_works_on_ducklake(lake, tmp_pa
 def test_raw_corpus_on_seaweedfs_and_ducklake_reconciles(lake, sample_files):
     import dagster as dg
 
-    from prox_assets.definitions import ASSETS, build_resources
     from prox_assets.ingest import raw_key
     from prox_assets.partitions import shard_partitions
     from prox_resources.store import ObjectStore
+    from tests.support.pipeline import materialize
 
     store = ObjectStore()
     news = next(p for p in sample_files if p.name == "news-00.warc.gz")
@@ -350,13 +349,7 @@ def test_raw_corpus_on_seaweedfs_and_ducklake_reconciles(lake, sample_files):
     with dg.DagsterInstance.get() as instance:
         instance.add_dynamic_partitions(shard_partitions.name, ["news-00"])
         for _ in range(2):  # a re-materialization replaces the shard's rows, never adds to them
-            result = dg.materialize(
-                ASSETS,
-                selection=["raw_corpus"],
-                partition_key="news-00",
-                instance=instance,
-                resources=build_resources(),
-            )
+            result = materialize(instance, "raw_corpus", "news-00")
             assert result.success
     meta = result.asset_materializations_for_node("raw_corpus")[0].metadata
     catalog = Catalog()

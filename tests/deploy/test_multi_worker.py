@@ -44,9 +44,7 @@ from prox_assets.servers import (
     write_grpc_workspace,
 )
 from prox_resources.settings import REPO_ROOT
-from tests.assets.test_refined_corpus import REFINER, _train_refiners
-from tests.assets.test_synthesis import _docs, _run
-from tests.deploy.test_deployment import postgres  # noqa: F401  (the PostgreSQL server fixture)
+from tests.support.pipeline import REFINER, materialize, noisy_docs, train_refiners
 from tests.support.servers import fresh_lake
 
 pytestmark = pytest.mark.slow
@@ -186,7 +184,7 @@ def _materializations(instance, asset: str, key: str) -> list:
 
 
 def test_a_backfill_across_two_workers_that_share_only_the_servers(
-    postgres,  # noqa: F811
+    postgres,
     seaweedfs,
     rabbitmq,
     sample_files,
@@ -286,8 +284,8 @@ def test_a_backfill_across_two_workers_that_share_only_the_servers(
             trainer / "web-00.jsonl.gz",
             trainer / "clean-00.jsonl.gz",
         ]
-        files[1].write_bytes(gzip.compress(_docs(26, noisy=True)))
-        files[2].write_bytes(gzip.compress(_docs(25, noisy=False)))
+        files[1].write_bytes(gzip.compress(noisy_docs(26, noisy=True)))
+        files[2].write_bytes(gzip.compress(noisy_docs(25, noisy=False)))
         assert set(ingest_paths(files, run=False, echo=lambda *_: None).values()) == {"registered"}
         shards, refined_shards = ["clean-00", "news-00", "web-00"], ["clean-00", "web-00"]
 
@@ -376,9 +374,9 @@ def test_a_backfill_across_two_workers_that_share_only_the_servers(
         # --- 2. two refiner versions (tiny models), trained by the trainer in this process -----------
         t = time.monotonic()
         model = str(tiny_llama_dir)
-        v1 = _train_refiners(instance, model)
+        v1 = train_refiners(instance, model)
         v2 = (
-            _run(instance, "refiner", "chunk", {**REFINER, "base_model": model, "lr": 1e-4})
+            materialize(instance, "refiner", "chunk", {**REFINER, "base_model": model, "lr": 1e-4})
             .asset_materializations_for_node("refiner")[0]
             .metadata["refiner_pair"]
             .value

@@ -4,11 +4,11 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from prox_assets.definitions import ASSETS, build_resources
 from prox_assets.ingest import raw_key
 from prox_assets.partitions import shard_partitions
 from prox_resources.catalog import Catalog
 from prox_resources.store import ObjectStore
+from tests.support.pipeline import materialize
 
 pytestmark = pytest.mark.slow
 
@@ -41,13 +41,7 @@ def test_ingest_to_s3_and_read_back(s3_store_env, sample_files):
     store.put_file(str(news), f"incoming/{news.name}")
     with dg.DagsterInstance.get() as instance:
         instance.add_dynamic_partitions(shard_partitions.name, ["news-00"])
-        result = dg.materialize(
-            ASSETS,
-            selection=["raw_corpus"],
-            partition_key="news-00",
-            instance=instance,
-            resources=build_resources(),
-        )
+        result = materialize(instance, "raw_corpus", "news-00")
     assert result.success
     meta = result.asset_materializations_for_node("raw_corpus")[0].metadata
     assert meta["path"].value == f"s3://{s3_store_env}/prox/raw/news-00/{result.run_id}.parquet"
@@ -63,13 +57,7 @@ def test_plain_jsonl_on_s3_is_read_line_by_line(s3_store_env):
     store.write_bytes("incoming/plain-00.jsonl", b'{"text": "first"}\n{oops\n{"text": "second"}\n')
     with dg.DagsterInstance.get() as instance:
         instance.add_dynamic_partitions(shard_partitions.name, ["plain-00"])
-        result = dg.materialize(
-            ASSETS,
-            selection=["raw_corpus"],
-            partition_key="plain-00",
-            instance=instance,
-            resources=build_resources(),
-        )
+        result = materialize(instance, "raw_corpus", "plain-00")
     assert result.success
     assert store.read_parquet(raw_key(Catalog(), "plain-00"))["text"].to_list() == [
         "first",

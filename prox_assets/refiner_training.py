@@ -41,7 +41,8 @@ from prox_resources.models import DEFAULT_MODEL, fetch_model, resolve_model, tra
 from prox_resources.settings import downloads_dir
 from prox_resources.store import ObjectStore
 
-# What the paper reports for its 0.35B refiners (validation), shown next to ours.
+# What ProX reports for its 0.35B refiners (validation; Zhou et al., 2024, arXiv:2409.17115), shown
+# next to ours (docs/methods.md#refiner-training).
 PAPER_ANCHORS = {"doc": ("macro_f1", 0.826), "chunk": ("line_f1", 0.752)}
 
 

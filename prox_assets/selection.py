@@ -3,7 +3,8 @@
 The pool is the refined corpus of one refiner version (``refined_pool[<version>]``; default: the
 newest, the partition the dependency maps to; kept documents only) or the raw corpus. Influence is
 computed exactly on landmark samples and propagated to the pool through JVP embeddings
-(``core/influence.py``); the subset is chosen from the estimates.
+(``core/influence.py``); the subset is chosen from the estimates. The method as implemented:
+docs/methods.md#influence-distillation.
 """
 
 import copy

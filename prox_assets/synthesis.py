@@ -3,7 +3,8 @@
 ``doc``: keep_doc()/drop_doc() targets from the seed scores. ``chunk``: programs for
 line-numbered windows of sampled documents, from the rule annotator (default), the LLM annotator
 (few-shot, one prompt per noise type), or both merged. Written as versioned train/val/rejected
-Parquet files under ``sft/<level>/<sft_version>/``.
+Parquet files under ``sft/<level>/<sft_version>/``. Where the labels come from:
+docs/methods.md#sft-synthesis.
 """
 
 import json
@@ -52,7 +53,7 @@ class SFTConfig(dg.Config):
     seed: int = 0
     refiner_base_model: str = DEFAULT_MODEL  # whose tokenizer sizes documents and windows
     doc_max_tokens: int = 384  # the document refiner sees this many tokens of a document
-    window_tokens: int = 384  # chunk windows (the paper uses ~1500; shorter trains faster on CPUs)
+    window_tokens: int = 384  # chunk windows (ProX uses ~1500; shorter trains faster on CPUs)
     chunk_docs_per_shard: int = 12
     annotator: Literal["rules", "llm", "both"] = "rules"  # for pages without gold labels
     max_removal_ratio: float = 0.75  # caps what rule/LLM labels remove; gold labels have no cap

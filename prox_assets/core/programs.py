@@ -1,4 +1,5 @@
-"""The ProX program language: a parser for the tiny programs a refiner model writes.
+"""The ProX program language: a parser for the tiny programs a refiner model writes
+(docs/methods.md#program-language).
 
 A program is a sequence of calls, one statement per line (or separated by ``;``)::
 

@@ -1,4 +1,5 @@
-"""Running refiners over documents: the document stage, then windows of the chunk stage.
+"""Running refiners over documents: the document stage, then windows of the chunk stage
+(docs/methods.md#the-two-stages-over-a-corpus).
 
 ``backend`` is anything with the engine's ``generate(chats, max_new_tokens)``; the executor is
 the trusted part. Documents the document stage drops never reach the chunk stage.

@@ -1,4 +1,5 @@
-"""Supervised fine-tuning of a refiner: the loss falls on the program tokens only.
+"""Supervised fine-tuning of a refiner: the loss falls on the program tokens only
+(docs/methods.md#refiner-training).
 
 Each example is a chat (system + document or window) and its target program. The prompt is the
 chat rendered with the model's own template and the generation prompt; the answer is whatever the

@@ -2,7 +2,8 @@
 
 Used by the refiners' supervised fine-tuning (``core/refiner_training.py``: labels on the program
 tokens only) and by continued pre-training of the checkpoints (``core/training.py``: labels on every
-token of packed windows); ``deploy/gpu_check.py`` times it on a GPU.
+token of packed windows); ``deploy/gpu_check.py`` times it on a GPU. docs/methods.md#refiner-training
+describes it.
 
 LoRA (peft) by default; ``lora_layers`` puts adapters only on the top N blocks, which on a CPU
 also stops back-propagation early (the dominant cost), at some cost in quality. Full fine-tuning

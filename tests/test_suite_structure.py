@@ -57,7 +57,7 @@ def test_the_import_check_catches_every_spelling():
         "from .test_refined_corpus import REFINE": "tests.assets.test_refined_corpus",
         "from ..deploy.test_deployment import postgres": "tests.deploy.test_deployment",
         "from tests.conftest import free_port": "tests.conftest",
-        "def f():\n    from tests.test_layout import TESTS": "tests.test_layout",
+        "def f():\n    from tests.test_suite_structure import TESTS": "tests.test_suite_structure",
     }
     for source, module in caught.items():
         assert module in forbidden_among(imported_modules(source, package)), source

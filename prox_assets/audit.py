@@ -5,44 +5,20 @@ from __future__ import annotations
 import json
 import re
 
-from prox_resources.catalog import CatalogCore
+from prox_resources.catalog import CatalogCore, query_text
 
-# section -> (table, query); sections whose table does not exist yet are skipped
+# section -> the table it reads; its query is the named query audit_<section>
+# (``prox_resources/catalog_sql/queries/``, parameter ``$doc_id``). Sections whose table does not
+# exist yet are skipped.
 SECTIONS = {
-    "ingested": (
-        "documents",
-        "SELECT shard, source, url, raw_path, row_index, n_chars, n_words, run_id, written_at "
-        "FROM documents WHERE doc_id = ? ORDER BY shard",
-    ),
-    "quarantine_duplicates": (
-        "quarantine",
-        "SELECT shard, locator, reason, run_id FROM quarantine WHERE detail = ?",
-    ),
-    "seed_scores": (
-        "seed_scores",
-        "SELECT shard, edu_score, edu_expected, format_score, format_expected, keep, model, "
-        "prompt_version, edu_critique, format_critique, run_id FROM seed_scores WHERE doc_id = ?",
-    ),
-    "sft_examples": (
-        "sft_examples",
-        "SELECT level, sft_version, window_index, split, label, status, reject_reason, target, "
-        "annotator, run_id FROM sft_examples WHERE doc_id = ? ORDER BY level, window_index",
-    ),
-    "refinements": (
-        "program_runs",
-        "SELECT refiner_version, shard, kept, reason, doc_program, chunk_programs, windows, edits, "
-        "errors, n_chars_before, n_chars_after, refined_path, run_id, written_at "
-        "FROM program_runs WHERE doc_id = ? ORDER BY written_at",
-    ),
-    "influence": ("influence_scores", "SELECT * FROM influence_scores WHERE doc_id = ?"),
-    "selections": ("selections", "SELECT * FROM selections WHERE doc_id = ?"),
-    "checkpoints": (
-        "checkpoint_documents",
-        "SELECT d.target, d.variant, d.seed, d.version, d.weight, c.text_kind, c.data_spec, "
-        "c.train_tokens, c.path, "
-        "d.run_id FROM checkpoint_documents d LEFT JOIN checkpoints c "
-        "USING (target, variant, seed, version) WHERE d.doc_id = ? ORDER BY 1, 2, 3",
-    ),
+    "ingested": "documents",
+    "quarantine_duplicates": "quarantine",
+    "seed_scores": "seed_scores",
+    "sft_examples": "sft_examples",
+    "refinements": "program_runs",
+    "influence": "influence_scores",
+    "selections": "selections",
+    "checkpoints": "checkpoint_documents",
 }
 _JSON_COLUMNS = {"chunk_programs", "windows", "edits", "errors"}
 
@@ -50,25 +26,26 @@ _JSON_COLUMNS = {"chunk_programs", "windows", "edits", "errors"}
 # literal (a doc_id is 32 hex digits). DuckDB's Python client imports pandas (and numpy) the first
 # time it converts a bound Python value, ~0.3 s of a ~0.65 s `prox audit`; a literal binds nothing.
 _PLAIN_VALUE = re.compile(r"[0-9A-Za-z_.:-]{1,256}")
+_DOC_ID_PARAMETER = re.compile(r"\$doc_id\b")
 
 
-def _bind(sql: str, value: str) -> tuple[str, list[str]]:
-    """``sql`` (one ``?``) and its parameters: ``value`` as a literal when it is plain, else bound."""
-    if _PLAIN_VALUE.fullmatch(value) and sql.count("?") == 1:
-        return sql.replace("?", f"'{value}'"), []
-    return sql, [value]
+def _bind(sql: str, value: str) -> tuple[str, dict[str, str]]:
+    """``sql`` (parameter ``$doc_id``) and its parameters: ``value`` as a literal when it is plain,
+    else bound."""
+    if _PLAIN_VALUE.fullmatch(value):
+        return _DOC_ID_PARAMETER.sub(f"'{value}'", sql), {}
+    return sql, {"doc_id": value}
 
 
 def audit_document(catalog: CatalogCore, doc_id: str) -> dict:
     with catalog.read() as con:
-        tables = {
-            r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
-        }
+        tables = {r[0] for r in con.execute(query_text("catalog_tables")).fetchall()}
         out: dict = {"doc_id": doc_id}
-        for section, (table, sql) in SECTIONS.items():
+        for section, table in SECTIONS.items():
             if table not in tables:
                 continue
-            cursor = con.execute(*_bind(sql, doc_id))
+            sql, params = _bind(query_text(f"audit_{section}"), doc_id)
+            cursor = con.execute(sql, params or None)
             names = [d[0] for d in cursor.description]
             rows = [dict(zip(names, r)) for r in cursor.fetchall()]
             for row in rows:

@@ -152,7 +152,8 @@ def ingest_paths(
     """
     from prox_assets.core.ingest import format_of
     from prox_assets.core.names import InvalidName, check_input_file_name, shard_name
-    from prox_assets.ingest import INCOMING, scan_incoming
+    from prox_assets.ingest import scan_incoming
+    from prox_assets.layout import INCOMING, incoming_key
     from prox_assets.partitions import shard_partitions
     from prox_resources.settings import file_lock, lock_path
     from prox_resources.store import ObjectStore
@@ -169,7 +170,7 @@ def ingest_paths(
         shard = shard_name(f.name)
         if shard in plan:
             raise click.ClickException(f"{f}: shard {shard!r} already comes from {plan[shard][0]}")
-        plan[shard] = (f, INCOMING + f.name)
+        plan[shard] = (f, incoming_key(f.name))
     instance = _instance()  # before any upload: a failure here leaves nothing behind
     store = ObjectStore()
     created: list[str] = []
@@ -387,13 +388,8 @@ def _print_ingest_summary() -> None:
     from prox_resources.catalog import Catalog
 
     catalog = Catalog()
-    counts = catalog.query(
-        "SELECT count(*) AS shards, sum(n_read) AS n_read, sum(n_ingested) AS n_ingested, "
-        "sum(n_quarantined) AS n_quarantined FROM ingestions"
-    ).row(0, named=True)
-    reasons = catalog.query(
-        "SELECT reason, count(*) AS n FROM quarantine GROUP BY 1 ORDER BY 2 DESC"
-    )
+    counts = catalog.named_query("ingestion_totals").row(0, named=True)
+    reasons = catalog.named_query("quarantine_reasons")
     click.echo(
         f"catalog: {counts['shards']} shards, read {counts['n_read']} = ingested {counts['n_ingested']}"
         f" + quarantined {counts['n_quarantined']}"
@@ -628,13 +624,7 @@ def _print_refiner_summary() -> None:
     pair = refiner_pair(Catalog(), version)
     rows = (
         Catalog()
-        .query(
-            "SELECT level, version, model, dataset, metric, value FROM refiner_evals "
-            "WHERE ((level = 'doc' AND version = ?) OR (level = 'chunk' AND version = ?)) "
-            "AND metric IN ('macro_f1', 'line_f1', 'parse_rate', 'noise_removed', 'gold_text_kept', "
-            "'tokens_kept', 'docs_dropped') ORDER BY 1, 4, 5, 3",
-            [pair.doc, pair.chunk],
-        )
+        .named_query("refiner_pair_evals", doc_version=pair.doc, chunk_version=pair.chunk)
         .rows()
     )
     for level, version, model, dataset, metric, value in rows:
@@ -653,15 +643,7 @@ def _latest_refiner_version() -> str | None:
 def _print_refined_summary() -> None:
     from prox_resources.catalog import Catalog
 
-    rows = (
-        Catalog()
-        .query(
-            "SELECT refiner_version, count(*) AS n, count(*) FILTER (status = 'kept') AS kept, "
-            "count(*) FILTER (status = 'dropped') AS dropped, count(*) FILTER (status = 'error') AS errored, "
-            "sum(n_chars_after) / sum(n_chars_before) AS chars_kept FROM program_runs GROUP BY 1 ORDER BY 1"
-        )
-        .rows()
-    )
+    rows = Catalog().named_query("refinement_totals").rows()
     for version, n, kept, dropped, errored, chars in rows:
         click.echo(
             f"refined_corpus[{version}]: {n} documents = kept {kept} + dropped {dropped} + errored {errored}; "
@@ -672,14 +654,7 @@ def _print_refined_summary() -> None:
 def _print_evaluation_summary() -> None:
     from prox_resources.catalog import Catalog
 
-    rows = (
-        Catalog()
-        .query(
-            "SELECT target, variant, metric, avg(value) AS mean, coalesce(stddev_samp(value), 0) AS std, count(*) AS n "
-            "FROM checkpoint_evals GROUP BY ALL ORDER BY target, metric, variant"
-        )
-        .rows()
-    )
+    rows = Catalog().named_query("evaluation_summary").rows()
     for target, variant, metric, mean, std, n in rows:
         click.echo(
             f"evaluation[{target}] {metric:>16} {variant:>14} = {mean:.4f} ± {std:.4f} (seeds {n})"
@@ -694,10 +669,7 @@ def _print_synthesis_summary() -> None:
     from prox_resources.catalog import Catalog
 
     catalog = Catalog()
-    scores = catalog.query(
-        "SELECT count(*) AS n, count(DISTINCT shard) AS shards, avg(edu_expected) AS edu, "
-        "avg(format_expected) AS fmt, avg(keep::INT) AS keep FROM seed_scores"
-    ).row(0, named=True)
+    scores = catalog.named_query("seed_score_totals").row(0, named=True)
     click.echo(
         f"seed_scores: {scores['n']} documents in {scores['shards']} shards, mean expected edu "
         f"{scores['edu'] or 0:.2f}, format {scores['fmt'] or 0:.2f}, keep ratio {scores['keep'] or 0:.2f}"
@@ -712,20 +684,14 @@ def _print_synthesis_summary() -> None:
         if (found := recorded(instance, "sft_programs", level))
     ]
     sets = [
-        catalog.query(
-            "SELECT level, sft_version, n_train, n_val, n_rejected FROM sft_sets "
-            "WHERE level = ? AND sft_version = ?",
-            [level, version],
-        ).rows()[0]
+        catalog.named_query("sft_set", level=level, sft_version=version).rows()[0]
         for level, version in current
     ]
     labels = {
-        (lvl, lab): n
-        for lvl, lab, n in catalog.query(
-            "SELECT level, label, count(*) FROM sft_examples WHERE status = 'accepted' AND ("
-            + (" OR ".join("(level = ? AND sft_version = ?)" for _ in current) or "false")
-            + ") GROUP BY 1, 2",
-            [x for pair in current for x in pair],
+        (level, label): n
+        for level, version in current
+        for label, n in catalog.named_query(
+            "sft_label_counts", level=level, sft_version=version
         ).rows()
     }
     for level, version, n_train, n_val, n_rejected in sets:
@@ -760,8 +726,8 @@ def add_target(name: str, task: str, n_target: int, n_heldout: int, seed: int) -
 
     from prox_assets.core.names import validate_name
     from prox_assets.core.targets import load_task, split_target
+    from prox_assets.layout import target_key, target_prefix
     from prox_assets.partitions import target_partitions
-    from prox_assets.selection import target_prefix
     from prox_resources.catalog import Catalog
     from prox_resources.store import ObjectStore
 
@@ -771,8 +737,8 @@ def add_target(name: str, task: str, n_target: int, n_heldout: int, seed: int) -
     store = ObjectStore()
     target, heldout = split_target(load_task(task), n_target, n_heldout, seed)
     prefix = target_prefix(name)
-    store.write_parquet(f"{prefix}/target.parquet", pl.DataFrame([e.to_dict() for e in target]))
-    store.write_parquet(f"{prefix}/heldout.parquet", pl.DataFrame([e.to_dict() for e in heldout]))
+    store.write_parquet(target_key(name, "target"), pl.DataFrame([e.to_dict() for e in target]))
+    store.write_parquet(target_key(name, "heldout"), pl.DataFrame([e.to_dict() for e in heldout]))
     Catalog().replace_rows(
         "targets",
         {"target": name},
@@ -1048,9 +1014,8 @@ def bench_refine(docs: int, refiner_version: str | None, dtypes: str, as_json: b
     import polars as pl
 
     from prox_assets.benchmarks import refine_benchmark
-    from prox_assets.ingest import raw_paths
+    from prox_assets.layout import raw_paths, refiner_prefix
     from prox_assets.refinement import refiner_pair
-    from prox_assets.refiner_training import refiner_prefix
     from prox_resources.catalog import Catalog
     from prox_resources.device import DeviceSettings
     from prox_resources.models import fetch_model
@@ -1288,8 +1253,8 @@ def bench_refinement(
     seeds, and scored by perplexity on the clean text of held-out pages."""
     from prox_assets.core.chunking import hf_token_counter
     from prox_assets.core.refiner_quality import refinement_training_evidence, refinement_variants
+    from prox_assets.layout import refiner_prefix
     from prox_assets.refinement import refiner_pair
-    from prox_assets.refiner_training import refiner_prefix
     from prox_resources.catalog import Catalog
     from prox_resources.models import fetch_model
     from prox_resources.store import ObjectStore

@@ -32,6 +32,7 @@ from prox_assets.core.ingest import (
 )
 from prox_assets.core.names import InvalidName, check_input_file_name, shard_name
 from prox_assets.core.unicode import printable
+from prox_assets.layout import INCOMING, legacy_raw_key, raw_paths, raw_prefix, raw_run_key
 from prox_assets.metadata import counts_table, histogram, lineage, md_table
 from prox_assets.partition_runs import (
     INGEST_BACKFILL_POLICY,
@@ -43,8 +44,6 @@ from prox_assets.partitions import shard_partitions
 from prox_resources.catalog import Catalog, ParquetRows
 from prox_resources.device import CPU_STEP
 from prox_resources.store import ObjectStore
-
-INCOMING = "incoming/"
 
 
 @dataclass
@@ -112,22 +111,6 @@ def incoming_file(store: ObjectStore, shard: str) -> str:
         f"no file for shard {shard!r} under {store.uri(INCOMING)}"
         + (f" ({'; '.join(refused)})" if refused else "")
     )
-
-
-def raw_run_key(shard: str, run_id: str) -> str:
-    """Each ingestion writes its own file; the catalog's ``ingestions.raw_path`` names the current
-    one, so a run killed between the write and the catalog commit leaves only an orphan that the
-    next ingestion of the shard deletes, never a file that looks current."""
-    return f"raw/{shard}/{run_id}.parquet"
-
-
-def raw_paths(catalog: Catalog, shards: list[str] | None = None) -> dict[str, str]:
-    """shard -> store key of its current raw file, for every ingested shard (or ``shards``)."""
-    rows = catalog.query(
-        "SELECT shard, raw_path FROM ingestions WHERE raw_path IS NOT NULL ORDER BY shard"
-    )
-    paths = dict(rows.rows())
-    return paths if shards is None else {s: paths[s] for s in shards if s in paths}
 
 
 def raw_key(catalog: Catalog, shard: str) -> str:
@@ -282,20 +265,12 @@ def _index_stats(index_path: str) -> dict:
 
 def duplicates_in_other_shards(catalog: Catalog, shard: str) -> Counter:
     """other shard -> documents of ``shard`` it holds too (both are kept; this is a report)."""
-    rows = catalog.query(
-        "SELECT o.shard, count(*) FROM documents d JOIN documents o ON o.doc_id = d.doc_id "
-        "WHERE d.shard = ? AND o.shard <> ? GROUP BY 1 ORDER BY 2 DESC",
-        [shard, shard],
-    )
-    return Counter(dict(rows.rows()))
+    return Counter(dict(catalog.named_query("shards_sharing_documents", shard=shard).rows()))
 
 
 def _delete_stale_raw_files(store: ObjectStore, shard: str, keep: str | None) -> None:
     """Remove the raw files of ``shard`` other than ``keep`` (earlier or killed runs)."""
-    for stale in [
-        *store.list(f"raw/{shard}/"),
-        f"raw/{shard}.parquet",
-    ]:  # and the old one-file layout
+    for stale in [*store.list(raw_prefix(shard)), legacy_raw_key(shard)]:  # and the old layout
         if stale != keep:
             store.delete(stale)
 

@@ -32,6 +32,14 @@ from prox_assets.core.chunking import hf_token_counter
 from prox_assets.core.refinement import refined_rows
 from prox_assets.core.scoring import seed_sample
 from prox_assets.ingest import raw_corpus, raw_key
+from prox_assets.layout import (
+    pool_manifest_key,
+    refined_key,
+    refined_part_key,
+    refined_parts_prefix,
+    refined_shard_keys,
+    refiner_prefix,
+)
 from prox_assets.lineage import content_version, newest_refiner_version, recorded
 from prox_assets.metadata import histogram, md_table, with_lineage
 from prox_assets.partition_runs import (
@@ -43,7 +51,7 @@ from prox_assets.partition_runs import (
     partition_run_request,
 )
 from prox_assets.partitions import refined_partitions, refiner_version_partitions, shard_partitions
-from prox_assets.refiner_training import refiner, refiner_prefix
+from prox_assets.refiner_training import refiner
 from prox_resources.catalog import Catalog
 from prox_resources.device import CPU_STEP, GPU_STEP, DeviceSettings
 from prox_resources.engine import ModelEngine
@@ -60,19 +68,6 @@ class RefineConfig(dg.Config):
     chunk_max_new_tokens: int = (
         0  # 0: the chunk refiner's own budget, sized from its training programs
     )
-
-
-def refined_key(version: str, shard: str) -> str:
-    return f"refined/{version}/{shard}.parquet"
-
-
-def _parts_prefix(version: str, shard: str) -> str:
-    return f"refined/{version}/.parts/{shard}"
-
-
-def refined_shard_keys(store: ObjectStore, version: str) -> list[str]:
-    """The finished shard files of a refiner version (not the part files of unfinished runs)."""
-    return [k for k in store.list(f"refined/{version}/") if "/.parts/" not in k]
 
 
 def latest_refiner_version(instance: dg.DagsterInstance) -> str | None:
@@ -99,18 +94,7 @@ class RefinerPair:
 
 def refiner_pair(catalog: Catalog, version: str) -> RefinerPair:
     """The doc and chunk refiner versions of a pair key, and the input sizes each was trained on."""
-    rows = catalog.query(
-        "SELECT p.doc_version, p.chunk_version, vd.sft_version AS doc_sft_version, "
-        "vc.sft_version AS chunk_sft_version, sd.config AS doc_sft, sc.config AS chunk_sft, "
-        "vc.train_report AS chunk_report "
-        "FROM refiner_pairs p "
-        "JOIN refiner_versions vd ON vd.level = 'doc' AND vd.version = p.doc_version "
-        "JOIN refiner_versions vc ON vc.level = 'chunk' AND vc.version = p.chunk_version "
-        "JOIN sft_sets sd ON sd.level = 'doc' AND sd.sft_version = vd.sft_version "
-        "JOIN sft_sets sc ON sc.level = 'chunk' AND sc.sft_version = vc.sft_version "
-        "WHERE p.refiner_version = ? LIMIT 1",
-        [version],
-    ).rows(named=True)
+    rows = catalog.named_query("refiner_pair", refiner_version=version).rows(named=True)
     if not rows:
         raise dg.Failure(
             f"unknown refiner_version {version!r}: materialize refiner[doc] and refiner[chunk]"
@@ -291,10 +275,10 @@ def refine_shard(
         raw = raw.filter(pl.col("doc_id").is_in(chosen))
     raw = raw.sort("doc_id")  # a fixed order makes batch k the same documents on every attempt
     n_batches = (raw.height + config.batch_docs - 1) // config.batch_docs
-    parts = _parts_prefix(version, shard)
+    parts = refined_parts_prefix(version, shard)
     started, done_now = time.monotonic(), 0
     for b in range(n_batches):
-        part = f"{parts}/part-{b:05d}-of-{n_batches:05d}.parquet"
+        part = refined_part_key(version, shard, b, n_batches)
         if store.exists(part):
             context.log.info(f"batch {b + 1}/{n_batches}: done by an earlier attempt, skipped")
             continue
@@ -317,7 +301,7 @@ def refine_shard(
     frame = (
         pl.concat(
             [
-                _conform(store.read_parquet(f"{parts}/part-{b:05d}-of-{n_batches:05d}.parquet"))
+                _conform(store.read_parquet(refined_part_key(version, shard, b, n_batches)))
                 for b in range(n_batches)
             ]
         )
@@ -442,10 +426,6 @@ class RefinedPool:
         return json.dumps(asdict(self), indent=2, sort_keys=True).encode()
 
 
-def pool_manifest_key(version: str) -> str:
-    return f"pools/refined/{version}.json"
-
-
 def read_refined_pool(store: ObjectStore, version: str) -> RefinedPool:
     """The pool that ``refined_pool[version]`` recorded; a Failure when it was never materialized."""
     key = pool_manifest_key(version)
@@ -542,11 +522,7 @@ def refine_new_shards_sensor(
     if version is None:
         return dg.SensorResult(skip_reason="no refiner version yet")
     shards = set(context.instance.get_dynamic_partitions(shard_partitions.name))
-    done = set(
-        catalog.query(
-            "SELECT DISTINCT shard FROM program_runs WHERE refiner_version = ?", [version]
-        )["shard"]
-    )
+    done = set(catalog.named_query("refined_shards", refiner_version=version)["shard"])
     # Shards requested on an earlier tick are not requested again (as a run key per shard did):
     # the cursor holds them for the newest version; a failed one is retried by a backfill.
     cursor = json.loads(context.cursor) if context.cursor else {}

@@ -29,11 +29,12 @@ from prox_assets.core.refiner_quality import (
 )
 from prox_assets.core.refiner_training import train_refiner, version_id
 from prox_assets.core.training_loop import TrainConfig
+from prox_assets.layout import refiner_prefix, sft_split_key
 from prox_assets.lineage import recorded
 from prox_assets.metadata import lineage, md_table
 from prox_assets.partition_runs import ONE_PARTITION_PER_RUN
 from prox_assets.partitions import level_partitions, refiner_pair_key, refiner_version_partitions
-from prox_assets.synthesis import sft_prefix, sft_programs
+from prox_assets.synthesis import sft_programs
 from prox_resources.catalog import Catalog
 from prox_resources.device import GPU_STEP, DeviceSettings
 from prox_resources.engine import ModelEngine
@@ -66,10 +67,6 @@ class RefinerConfig(dg.Config):
     quality_clean: int = 6  # held-out Austen passages and MATH problems, each (both stages)
     quality_doc_pages: int = 16  # docs pages for the document stage, half of them index pages
     quality_max_chars: int = 6000  # chunk-stage pages at most this long (a CPU budget)
-
-
-def refiner_prefix(level: str, version: str) -> str:
-    return f"models/refiner/{level}/{version}"
 
 
 def consumed_sft_version(instance: dg.DagsterInstance, level: str) -> str:
@@ -219,8 +216,8 @@ def refiner(
 ) -> dg.MaterializeResult:
     level = context.partition_key
     sft_version = consumed_sft_version(context.instance, level)
-    train = store.read_parquet(f"{sft_prefix(level, sft_version)}/train.parquet")
-    val = store.read_parquet(f"{sft_prefix(level, sft_version)}/val.parquet")
+    train = store.read_parquet(sft_split_key(level, sft_version, "train"))
+    val = store.read_parquet(sft_split_key(level, sft_version, "val"))
     train_config = _train_config(config)
     version = version_id(config.base_model, sft_version, train_config)
     prefix = refiner_prefix(level, version)
@@ -290,10 +287,7 @@ def refiner(
     quality = {}
     if config.quality_pages or config.quality_clean:
         sft_config = json.loads(
-            catalog.query(
-                "SELECT config FROM sft_sets WHERE level = ? AND sft_version = ?",
-                [level, sft_version],
-            )["config"][0]
+            catalog.named_query("sft_set_config", level=level, sft_version=sft_version)["config"][0]
         )
         context.log.info(
             f"evaluating {level} on held-out real data: refiner, perfect imitator, random control"

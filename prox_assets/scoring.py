@@ -13,6 +13,7 @@ import polars as pl
 from prox_assets.core.prompts import SCORE_PROMPT_VERSION
 from prox_assets.core.scoring import prox_keep, score_documents, seed_sample
 from prox_assets.ingest import raw_corpus, raw_key
+from prox_assets.layout import scores_key
 from prox_assets.metadata import md_table, with_lineage
 from prox_assets.partition_runs import MODEL_BACKFILL_POLICY, materialize_each
 from prox_assets.partitions import shard_partitions
@@ -28,10 +29,6 @@ class SeedScoresConfig(dg.Config):
     max_doc_tokens: int = 256  # the scorer sees the start of each document
     with_critique: bool = False  # write a short critique first (costly on a CPU; ProX's setting)
     critique_tokens: int = 96
-
-
-def scores_key(shard: str) -> str:
-    return f"scores/{shard}.parquet"
 
 
 def _score_table(frame: pl.DataFrame) -> dg.MetadataValue:

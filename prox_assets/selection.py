@@ -23,10 +23,16 @@ from prox_assets.core.influence import (
     flops_ratio,
     select_subset,
 )
-from prox_assets.core.names import validate_name
 from prox_assets.core.precision import uses_bf16
 from prox_assets.core.scoring import seed_sample
-from prox_assets.ingest import raw_corpus, raw_paths
+from prox_assets.ingest import raw_corpus
+from prox_assets.layout import (
+    influence_landmarks_key,
+    influence_scores_key,
+    raw_paths,
+    selection_key,
+    target_key,
+)
 from prox_assets.lineage import consumed_refiner_version, content_version, recorded
 from prox_assets.metadata import histogram, md_table, with_lineage
 from prox_assets.partition_runs import MODEL_BACKFILL_POLICY, PartitionOutcome, materialize_each
@@ -37,11 +43,6 @@ from prox_resources.device import CPU_STEP, GPU_STEP, DeviceSettings
 from prox_resources.engine import ModelEngine
 from prox_resources.models import DEFAULT_MODEL
 from prox_resources.store import ObjectStore
-
-
-def target_prefix(target: str) -> str:
-    """``targets/<target>``; a target name that could leave that folder is refused (InvalidName)."""
-    return f"targets/{validate_name(target, 'target name')}"
 
 
 class InfluenceAssetConfig(dg.Config):
@@ -189,7 +190,7 @@ def target_influence(
 ) -> PartitionOutcome:
     """One partition of landmark_influence: its files, its catalog rows; returns its metadata and
     its data version (the influence version)."""
-    examples = store.read_parquet(f"{target_prefix(target)}/target.parquet")
+    examples = store.read_parquet(target_key(target, "target"))
     icfg = config.influence()
     context.log.info(
         f"{target}: pool {spec} with {pool.height} documents, {examples.height} target examples, "
@@ -227,9 +228,10 @@ def target_influence(
             [target, spec, sorted(doc_ids), config.model_dump(), dev, bf16], sort_keys=True
         ).encode()
     ).hexdigest()[:12]
-    prefix = f"influence/{target}/{version}"
-    uri = store.write_parquet(f"{prefix}/scores.parquet", frame)
-    store.write_parquet(f"{prefix}/landmarks.parquet", frame.filter(pl.col("is_landmark")))
+    uri = store.write_parquet(influence_scores_key(target, version), frame)
+    store.write_parquet(
+        influence_landmarks_key(target, version), frame.filter(pl.col("is_landmark"))
+    )
     catalog.replace_rows(
         "influence_scores",
         {"target": target, "version": version},
@@ -311,7 +313,7 @@ def selected_subset(
             f"no influence scores for {target}: materialize landmark_influence[{target}]"
         )
     version, spec = influence.value("influence_version"), influence.value("pool")
-    scores = store.read_parquet(f"influence/{target}/{version}/scores.parquet")
+    scores = store.read_parquet(influence_scores_key(target, version))
     picked = select_subset(
         torch.tensor(scores["score"].to_list()),
         torch.tensor(scores["scores_per_example"].to_list()),
@@ -333,7 +335,7 @@ def selected_subset(
     # the selection's data version: the influence version and what was chosen from it
     picked_hash = content_version(config.model_dump_json(), frame.select("doc_id", "weight").rows())
     selection_version = f"{version}-{picked_hash[:6]}"
-    uri = store.write_parquet(f"selections/{target}/{version}.parquet", frame)
+    uri = store.write_parquet(selection_key(target, version), frame)
     catalog.replace_rows(
         "selections",
         {"target": target, "version": version},

@@ -36,7 +36,8 @@ from prox_assets.core.sft import (
     sft_version,
     unparsable_targets,
 )
-from prox_assets.ingest import raw_corpus, raw_paths
+from prox_assets.ingest import raw_corpus
+from prox_assets.layout import SCORES, raw_paths, sft_prefix, sft_split_key
 from prox_assets.metadata import counts_table, lineage, md_table, with_lineage
 from prox_assets.partition_runs import ONE_PARTITION_PER_RUN
 from prox_assets.partitions import level_partitions
@@ -64,10 +65,6 @@ class SFTConfig(dg.Config):
     clean_sources: list[str] = ["janeaustenr", "math"]  # clean text: keep_chunk() / keep_doc()
     keep_fraction: float = 0.6  # chunk examples without a removal, at most (clean windows included)
     doc_keep_per_drop: float = 3.0
-
-
-def sft_prefix(level: str, version: str) -> str:
-    return f"sft/{level}/{version}"
 
 
 def _tokenizer(name: str):
@@ -110,7 +107,7 @@ def _doc_examples(
     """Distant labels where a document has them (the docs' layout: index and near-empty pages
     are drops; clean sources are keeps), the seed rubric scores elsewhere."""
     rubric = {}
-    for key in store.list("scores/"):
+    for key in store.list(SCORES):
         for row in store.read_parquet(key).iter_rows(named=True):
             rubric[row["doc_id"]] = (row["keep"], row["model"])
     examples, agree = [], []
@@ -274,8 +271,12 @@ def sft_programs(
     accepted = frame.filter(pl.col("status") == "accepted")
     prefix = sft_prefix(level, version)
     for split in ("train", "val"):
-        store.write_parquet(f"{prefix}/{split}.parquet", accepted.filter(pl.col("split") == split))
-    store.write_parquet(f"{prefix}/rejected.parquet", frame.filter(pl.col("status") == "rejected"))
+        store.write_parquet(
+            sft_split_key(level, version, split), accepted.filter(pl.col("split") == split)
+        )
+    store.write_parquet(
+        sft_split_key(level, version, "rejected"), frame.filter(pl.col("status") == "rejected")
+    )
 
     tags = lineage(context)
     n_train = int((accepted["split"] == "train").sum())

@@ -25,21 +25,28 @@ from prox_assets.core.samples import heldout_prose
 from prox_assets.core.training import checkpoint_version, train_lm
 from prox_assets.core.training_loop import TrainConfig
 from prox_assets.core.variants import SELECTION_VARIANTS, refinement_documents, selection_documents
-from prox_assets.ingest import raw_corpus, raw_paths
+from prox_assets.ingest import raw_corpus
+from prox_assets.layout import (
+    HELDOUT_PROSE_KEY,
+    checkpoint_prefix,
+    evaluation_report_key,
+    influence_scores_key,
+    raw_paths,
+    selection_key,
+    target_key,
+)
 from prox_assets.lineage import consumed_refiner_version, content_version, recorded
 from prox_assets.metadata import lineage, md_table
 from prox_assets.partition_runs import MODEL_BACKFILL_POLICY, PartitionOutcome, materialize_each
 from prox_assets.partitions import VARIANTS, checkpoint_partitions, target_partitions
 from prox_assets.refinement import read_refined_pool, refined_pool
-from prox_assets.selection import pool_frame, pool_refiner_version, selected_subset, target_prefix
+from prox_assets.selection import pool_frame, pool_refiner_version, selected_subset
 from prox_resources.catalog import Catalog
 from prox_resources.device import CPU_STEP, GPU_STEP, DeviceSettings
 from prox_resources.engine import ModelEngine
-from prox_resources.models import DEFAULT_MODEL, fetch_model, train_into_store
+from prox_resources.models import DEFAULT_MODEL, fetch_model, manifest_key, train_into_store
 from prox_resources.settings import downloads_dir
 from prox_resources.store import ObjectStore
-
-PROSE_KEY = "eval/heldout_prose.parquet"
 
 
 class CheckpointConfig(dg.Config):
@@ -77,12 +84,8 @@ class CheckpointConfig(dg.Config):
         )
 
 
-def checkpoint_prefix(target: str, variant: str, version: str) -> str:
-    return f"models/checkpoints/{target}/{variant}/{version}"
-
-
 def _target_task(catalog: Catalog, target: str) -> str:
-    rows = catalog.query("SELECT task FROM targets WHERE target = ? LIMIT 1", [target]).rows()
+    rows = catalog.named_query("target_task", target=target).rows()
     if not rows:
         raise dg.Failure(f"unknown target {target!r}: register it with `prox target add`")
     return rows[0][0]
@@ -140,8 +143,8 @@ def _selection(
     if found is None:
         raise dg.Failure(f"no selection for {target}: materialize selected_subset[{target}]")
     version, pool_spec = found.value("influence_version"), found.value("pool")
-    chosen = store.read_parquet(f"selections/{target}/{version}.parquet").select("doc_id", "weight")
-    pool_ids = store.read_parquet(f"influence/{target}/{version}/scores.parquet").select("doc_id")
+    chosen = store.read_parquet(selection_key(target, version)).select("doc_id", "weight")
+    pool_ids = store.read_parquet(influence_scores_key(target, version)).select("doc_id")
     pool = pool_frame(store, catalog, pool_spec).join(pool_ids, on="doc_id", how="semi")
     lineage = CheckpointLineage.of_pool(
         store,
@@ -203,9 +206,10 @@ def variant_documents(
 
 def _heldout_prose(store: ObjectStore, n: int) -> list[str]:
     """Held-out prose, written to the store once so that every run evaluates on the same texts."""
-    if not store.exists(PROSE_KEY):
-        store.write_parquet(PROSE_KEY, pl.DataFrame({"text": heldout_prose(downloads_dir(), 64)}))
-    texts = store.read_parquet(PROSE_KEY)["text"].to_list()
+    if not store.exists(HELDOUT_PROSE_KEY):
+        prose = pl.DataFrame({"text": heldout_prose(downloads_dir(), 64)})
+        store.write_parquet(HELDOUT_PROSE_KEY, prose)
+    texts = store.read_parquet(HELDOUT_PROSE_KEY)["text"].to_list()
     step = max(1, len(texts) // max(1, n))
     return texts[::step][:n]
 
@@ -325,7 +329,7 @@ def train_variant(
             engine,
             device,
             config,
-            store.read_parquet(f"{target_prefix(target)}/target.parquet"),
+            store.read_parquet(target_key(target, "target")),
         )
         choose = partial(
             variant_documents,
@@ -421,7 +425,7 @@ def train_variant(
 def _evaluation_sets(
     store: ObjectStore, catalog: Catalog, target: str, config: CheckpointConfig
 ) -> EvaluationSets:
-    heldout = store.read_parquet(f"{target_prefix(target)}/heldout.parquet")
+    heldout = store.read_parquet(target_key(target, "heldout"))
     if config.eval_examples:
         heldout = heldout.head(config.eval_examples)
     return EvaluationSets(
@@ -532,7 +536,7 @@ def _train_seed(
         "text_kind": chosen.text_kind,
         "train_config": train_config.to_dict(),
     }
-    if not store.exists(f"{prefix}/manifest.json"):
+    if not store.exists(manifest_key(prefix)):
         context.log.info(
             f"seed {seed}: training {version} on {docs.height} documents ({chosen.spec}, "
             f"{chosen.text_kind})"
@@ -572,11 +576,9 @@ def _train_seed(
 
 def _existing_checkpoint(store: ObjectStore, catalog: Catalog, version: str) -> str | None:
     """Where a checkpoint of this version already is (trained for another target), if anywhere."""
-    for (path,) in catalog.query(
-        "SELECT DISTINCT path FROM checkpoints WHERE version = ?", [version]
-    ).rows():
+    for (path,) in catalog.named_query("checkpoint_paths", version=version).rows():
         prefix = path[len(store.uri("")) :].strip("/") if path.startswith(store.uri("")) else None
-        if prefix and store.exists(f"{prefix}/manifest.json"):
+        if prefix and store.exists(manifest_key(prefix)):
             return prefix
     return None
 
@@ -605,20 +607,12 @@ def evaluation_report(
     context: dg.AssetExecutionContext, store: ObjectStore, catalog: Catalog
 ) -> dg.MaterializeResult:
     target = context.partition_key
-    evals = catalog.query(
-        "SELECT variant, seed, version, task, metric, value, n FROM checkpoint_evals "
-        "WHERE target = ?",
-        [target],
-    )
+    evals = catalog.named_query("checkpoint_evals", target=target)
     if evals.is_empty():
         raise dg.Failure(
             f"no evaluated checkpoint for {target}: materialize trained_checkpoint[{target}|…]"
         )
-    ckpts = catalog.query(
-        "SELECT variant, any_value(n_docs) AS docs, any_value(train_tokens) AS train_tokens "
-        "FROM checkpoints WHERE target = ? GROUP BY variant",
-        [target],
-    )
+    ckpts = catalog.named_query("checkpoint_sizes", target=target)
     summary = summarize(evals)
     metrics = [m for m in METRICS if m in set(summary["metric"])]
     cells = {
@@ -634,8 +628,8 @@ def evaluation_report(
     ]
     task = evals["task"][0]
     png = plot_report(summary, evals, f"{target} ({task}): mean ± std over seeds")
-    uri = store.write_parquet(f"reports/{target}/evaluation.parquet", summary)
-    png_uri = store.write_bytes(f"reports/{target}/evaluation.png", png)
+    uri = store.write_parquet(evaluation_report_key(target, "parquet"), summary)
+    png_uri = store.write_bytes(evaluation_report_key(target, "png"), png)
     missing = [v for v in VARIANTS if v not in seeds]
     return dg.MaterializeResult(
         metadata={

@@ -19,6 +19,19 @@ idempotent — run again on the new snapshot. The extensions (ducklake, postgres
 come from PyPI packages built for the pinned duckdb and are loaded from their files: nothing is
 downloaded at run time.
 
+Every statement over the catalog's tables is a file under ``catalog_sql/``, none is Python text:
+
+- ``NNNN_name.sql``: the migrations;
+- ``queries/<name>.sql``: the named queries, each headed by a comment that says what it returns
+  and its ``$parameters``. Code reads the catalog through ``named_query(<name>, param=value)``;
+  a connection of ``read()`` / ``write()`` runs ``query_text(<name>)`` with the same parameters;
+- ``templates/<name>.sql``: the statements of ``replace_rows`` over any table, whose table and
+  column names the catalog fills in (``{table}``).
+
+This module spells only DuckDB's session commands (LOAD, ATTACH, USE, SET, CREATE SECRET, CHECKPOINT
+and DuckLake's maintenance calls). ``query(sql)`` stays for SQL written elsewhere (tests, a
+notebook); ``query_untrusted(sql)`` is ``prox catalog``'s.
+
 The schema is versioned: ``catalog_sql/NNNN_name.sql`` files are applied in order, each in its
 own transaction, and recorded in ``schema_migrations``. Both backends run the same files. DuckLake
 has no PRIMARY KEY, so its ``schema_migrations`` has none; instead a migration's transaction also
@@ -30,10 +43,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import importlib.util
 import json
 import os
 import random
+import re
 import threading
 import time
 import urllib.parse
@@ -71,6 +86,33 @@ def migrations() -> list[tuple[int, str, str]]:
             version, _, name = entry.name.removesuffix(".sql").partition("_")
             out.append((int(version), name, entry.read_text()))
     return sorted(out)
+
+
+_QUERY_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+def query_names() -> list[str]:
+    """The name of every named query shipped with the package (``catalog_sql/queries/*.sql``)."""
+    folder = resources.files("prox_resources") / "catalog_sql" / "queries"
+    return sorted(e.name.removesuffix(".sql") for e in folder.iterdir() if e.name.endswith(".sql"))
+
+
+@functools.cache
+def query_text(name: str) -> str:
+    """The SQL of named query ``name`` (``catalog_sql/queries/<name>.sql``)."""
+    return _sql_file("queries", name)
+
+
+@functools.cache
+def _template(name: str) -> str:
+    return _sql_file("templates", name)
+
+
+def _sql_file(folder: str, name: str) -> str:
+    entry = resources.files("prox_resources") / "catalog_sql" / folder / f"{name}.sql"
+    if not _QUERY_NAME.fullmatch(name) or not entry.is_file():
+        raise KeyError(f"no SQL file catalog_sql/{folder}/{name}.sql")
+    return entry.read_text()
 
 
 @dataclass(frozen=True)
@@ -328,10 +370,7 @@ class CatalogCore:
         con = lake.database.cursor()
         try:
             con.execute(f"USE {LAKE}")
-            con.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations "
-                "(version INTEGER NOT NULL, name VARCHAR, applied_at TIMESTAMP DEFAULT current_timestamp)"
-            )
+            con.execute(query_text("schema_migrations_lake_table"))
             if self.schema_version(con) >= max(v for v, _, _ in migrations()):
                 return
             for version, name, sql in migrations():
@@ -342,15 +381,9 @@ class CatalogCore:
                         con.commit()
                         continue
                     # rewrite the latest row: a concurrent migration of this version conflicts
-                    con.execute(
-                        "UPDATE schema_migrations SET applied_at = applied_at WHERE version = ?",
-                        [current],
-                    )
+                    con.execute(query_text("claim_migration"), {"version": current})
                     con.execute(sql)
-                    con.execute(
-                        "INSERT INTO schema_migrations (version, name) VALUES (?, ?)",
-                        [version, name],
-                    )
+                    con.execute(query_text("record_migration"), {"version": version, "name": name})
                     con.commit()
                 except BaseException:
                     _rollback_quietly(con)
@@ -460,16 +493,11 @@ class CatalogCore:
 
     @staticmethod
     def schema_version(con: duckdb.DuckDBPyConnection) -> int:
-        return con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchall()[0][
-            0
-        ]
+        return con.execute(query_text("schema_version")).fetchall()[0][0]
 
     @staticmethod
     def _migrate(con: duckdb.DuckDBPyConnection) -> None:
-        con.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations "
-            "(version INTEGER PRIMARY KEY, name VARCHAR, applied_at TIMESTAMP DEFAULT current_timestamp)"
-        )
+        con.execute(query_text("schema_migrations_table"))
         current = CatalogCore.schema_version(con)
         for version, name, sql in migrations():
             if version <= current:
@@ -477,9 +505,7 @@ class CatalogCore:
             con.begin()
             try:
                 con.execute(sql)
-                con.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name]
-                )
+                con.execute(query_text("record_migration"), {"version": version, "name": name})
                 con.commit()
             except BaseException:
                 con.rollback()
@@ -497,20 +523,23 @@ class CatalogCore:
     @staticmethod
     def _replace(con, table: str, where: Mapping[str, object], rows: Rows) -> None:
         if where:
-            clause = " AND ".join(f"{col} = ?" for col in where)
-            con.execute(f"DELETE FROM {table} WHERE {clause}", list(where.values()))
-        if isinstance(rows, ParquetRows):  # DuckDB streams the file: memory stays bounded
-            names = ", ".join(f"? AS {col}" for col in rows.constants)
+            condition = " AND ".join(f"{col} = ${col}" for col in where)
             con.execute(
-                f"INSERT INTO {table} BY NAME SELECT *{', ' + names if names else ''} "
-                "FROM read_parquet(?)",
-                [*rows.constants.values(), rows.path],
+                _template("delete_where").format(table=table, condition=condition), dict(where)
+            )
+        if isinstance(rows, ParquetRows):  # DuckDB streams the file: memory stays bounded
+            if "rows_file" in rows.constants:
+                raise ValueError("a constant column may not be named rows_file")
+            constants = "".join(f", ${col} AS {col}" for col in rows.constants)
+            con.execute(
+                _template("insert_parquet").format(table=table, constants=constants),
+                {**rows.constants, "rows_file": rows.path},
             )
         elif rows is not None and rows.height:
             con.register("_rows", rows.to_arrow())
-            # no finally: after a failed INSERT the transaction is aborted, and unregistering would
+            # no finally: after a failed insert the transaction is aborted, and unregistering would
             # raise over the real error; the rollback and close drop the registration anyway
-            con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _rows")
+            con.execute(_template("insert_frame").format(table=table))
             con.unregister("_rows")
 
     def replace_many(self, writes: list[tuple[str, Mapping[str, object], Rows]]) -> None:
@@ -522,7 +551,15 @@ class CatalogCore:
 
         self._transaction(body)
 
-    def query(self, sql: str, params: list | None = None) -> pl.DataFrame:
+    def named_query(self, name: str, /, **params: object) -> pl.DataFrame:
+        """The rows of named query ``name`` (``catalog_sql/queries/<name>.sql``) with its
+        ``$parameters`` given by keyword: how the platform's code reads the catalog."""
+        with self.read() as con:
+            return _frame(con.sql(query_text(name), params=params or None).to_arrow_table())
+
+    def query(self, sql: str, params: list | dict | None = None) -> pl.DataFrame:
+        """The rows of SQL written elsewhere (tests, a notebook); the platform's own modules hold
+        no SQL and read through ``named_query``."""
         with self.read() as con:
             return _frame(con.sql(sql, params=params or None).to_arrow_table())
 
@@ -531,7 +568,7 @@ class CatalogCore:
         and network access off (no ``COPY ... TO``, ``read_text('/any/file')``, ``ATTACH``,
         extension loading) and the configuration locked so that the query cannot turn it back on.
         On DuckLake the data files' folder stays readable, so the statements must also be
-        queries (SELECT, SHOW, DESCRIBE, SUMMARIZE; no COPY or EXPORT, which could write there)
+        queries (select, show, describe, summarize; no copy or export, which could write there)
         calling no ``ducklake_*`` or ``postgres_*`` function.
         Raises ``duckdb.Error`` for bad or refused SQL."""
         if self.is_ducklake:
@@ -570,10 +607,12 @@ def _function_names(node) -> Iterator[str]:
 
 def _refuse_writing_statements(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     """Refuse anything but queries, and queries calling DuckLake's or PostgreSQL's functions
-    (DuckDB's own parser decides: a statement it cannot serialise as a SELECT is not one)."""
+    (DuckDB's own parser decides: a statement it cannot serialise as a query is not one)."""
     for statement in con.extract_statements(sql):
         tree = json.loads(
-            con.execute("SELECT json_serialize_sql(?::VARCHAR)", [statement.query]).fetchall()[0][0]
+            con.execute(query_text("statement_tree"), {"statement": statement.query}).fetchall()[0][
+                0
+            ]
         )
         if tree.get("error"):
             raise duckdb.PermissionException(

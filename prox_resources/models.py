@@ -64,6 +64,11 @@ def fetch_model(store, prefix: str) -> Path:
     return target
 
 
+def manifest_key(prefix: str) -> str:
+    """A model folder's manifest: written last, so the folder is complete once it exists."""
+    return f"{prefix}/manifest.json"
+
+
 def train_into_store(
     store, prefix: str, manifest: dict, train, log, log_every: int = 5
 ) -> tuple[dict, bool]:
@@ -75,8 +80,8 @@ def train_into_store(
     import json
     import time
 
-    if store.exists(f"{prefix}/manifest.json"):
-        return json.loads(store.read_bytes(f"{prefix}/manifest.json"))["train_report"], True
+    if store.exists(manifest_key(prefix)):
+        return json.loads(store.read_bytes(manifest_key(prefix)))["train_report"], True
     started = time.monotonic()
 
     def progress(step: int, total: int, loss: float) -> None:
@@ -89,7 +94,7 @@ def train_into_store(
             if f.is_file():
                 store.put_file(str(f), f"{prefix}/{f.name}")
     store.write_bytes(
-        f"{prefix}/manifest.json",
+        manifest_key(prefix),
         json.dumps({**manifest, "train_report": report}, indent=2).encode(),
     )
     return report, False

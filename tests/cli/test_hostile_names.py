@@ -357,7 +357,7 @@ def test_target_add_refuses_names_and_counts(tmp_path, args, needle):
 
 def test_add_target_refuses_a_path_name_when_called_directly(prox_env, tmp_path):
     from prox_assets.cli import add_target
-    from prox_assets.selection import target_prefix
+    from prox_assets.layout import target_prefix
 
     for bad in ("../../outside", "a|b", ""):
         with pytest.raises(InvalidName):

@@ -65,9 +65,12 @@ def test_audit_binds_a_value_that_is_no_plain_literal(tmp_path):
     catalog.migrate()
     fill_catalog(catalog, 100, n_shards=2)
     doc_id = _synthetic_doc_ids(100, 1)[0]
-    assert _bind("SELECT 1 WHERE x = ?", doc_id) == (f"SELECT 1 WHERE x = '{doc_id}'", [])
+    assert _bind("SELECT 1 WHERE x = $doc_id", doc_id) == (f"SELECT 1 WHERE x = '{doc_id}'", {})
     hostile = f"{doc_id}' OR '1' = '1"
-    assert _bind("SELECT 1 WHERE x = ?", hostile) == ("SELECT 1 WHERE x = ?", [hostile])
+    assert _bind("SELECT 1 WHERE x = $doc_id", hostile) == (
+        "SELECT 1 WHERE x = $doc_id",
+        {"doc_id": hostile},
+    )
     assert len(audit_document(catalog, doc_id)["ingested"]) == 1
     assert audit_document(catalog, hostile)["ingested"] == []
 

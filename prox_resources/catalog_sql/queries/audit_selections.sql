@@ -1,0 +1,2 @@
+-- prox audit: the selections document $doc_id is in
+SELECT * FROM selections WHERE doc_id = $doc_id

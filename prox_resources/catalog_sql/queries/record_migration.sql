@@ -1,0 +1,2 @@
+-- records migration $version ($name) as applied
+INSERT INTO schema_migrations (version, name) VALUES ($version, $name)

@@ -11,7 +11,7 @@ import pytest
 
 from prox_resources.catalog import PlainCatalog, query_names, query_text
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # SQL statements as they would be spelled in a Python string (upper case, as in the .sql files)
 SQL_TEXT = re.compile(
     r"\b(SELECT|INSERT|UPDATE|DELETE FROM|MERGE INTO|"

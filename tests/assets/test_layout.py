@@ -9,7 +9,7 @@ from pathlib import Path
 
 from prox_assets import layout
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SAMPLE = {
     "file": "news-00.jsonl",
     "shard": "news-00",

@@ -90,12 +90,15 @@ def _messages(instance: dg.DagsterInstance, run_id: str) -> str:
 def test_the_daemon_fails_runs_whose_worker_was_killed(tmp_path):
     home = _instance_dir(tmp_path, poll_s=1)
     env = _env(DAGSTER_HOME=str(home))
+    # the instance's SQLite storage first: a daemon starting meanwhile would create the same tables
+    # at the same moment ("table alembic_version already exists", two runs of three on a busy
+    # machine)
+    instance = dg.DagsterInstance.from_config(str(home))
     daemon = Server(
         "daemon", [BIN / "dagster-daemon", "run", "-f", DEFS], tmp_path, env=env, cwd=REPO_ROOT
     )
     cli = None
     try:
-        instance = dg.DagsterInstance.from_config(str(home))
         # 1. a run launched through the daemon and its code server (the UI's, a sensor's way)
         launched = subprocess.run(
             [BIN / "dagster", "job", "launch", "-f", DEFS, "-j", "sleepy_job"],

@@ -577,3 +577,233 @@ def ingest_benchmark(files: Sequence[Path], shard_mb: int, workdir: Path) -> dic
             **ingest_in_subprocess(header),
         },
     }
+
+
+# --- the model benchmarks of `prox bench`: the settings' engine, outside any Dagster run ---------
+def engine_and_device(settings=None):
+    """The engine and device the settings name, built by the functions that build the Dagster
+    resources (``ModelEngine.from_settings``; the OpenAI server and key read from the settings
+    when a model loads, as no run resolves an ``EnvVar`` here)."""
+    from prox_resources.device import DeviceSettings
+    from prox_resources.engine import ModelEngine
+    from prox_resources.settings import ProxSettings
+
+    settings = settings or ProxSettings.from_environment()
+    return ModelEngine.from_settings(settings, env_vars=False), DeviceSettings.from_settings(
+        settings
+    )
+
+
+def newest_refiner_version() -> str | None:
+    from prox_assets.lineage import newest_refiner_version as newest
+    from prox_assets.runs import instance
+
+    return newest(instance())
+
+
+def evidence_train_config(steps: int, batch_size: int, seq_len: int, lr: float):
+    """The evidence benchmarks' checkpoints: LoRA r=8 on every block, one token budget."""
+    from prox_assets.core.training_loop import lora_train_config
+
+    return lora_train_config(
+        method="lora",
+        lora_r=8,
+        lora_layers=None,
+        lr=lr,
+        max_steps=steps,
+        batch_size=batch_size,
+        warmup_steps=2,
+        max_seq_len=seq_len,
+    )
+
+
+def local_models(engine, device):
+    """(load, serve) over the engine's base model, for the evidence benchmarks' core functions."""
+
+    def load(checkpoint=None, train=False):
+        return engine.load_model(device, adapter=checkpoint, train=train)
+
+    return load, lambda loaded: engine.serve(loaded, device)
+
+
+def _sample_files() -> list[Path]:
+    from prox_assets.core.samples import build_sample_corpus
+    from prox_resources.settings import downloads_dir, prox_home
+
+    return build_sample_corpus(prox_home() / "samples", downloads_dir())
+
+
+def refine_precision_report(docs: int, refiner_version: str | None, dtypes: list[str]) -> dict:
+    """``prox bench refine``: the newest (or the given) refiner pair, or the engine's own model if
+    there is none, on ``docs`` raw documents in each precision of ``dtypes``."""
+    import polars as pl
+
+    from prox_assets.core.chunking import DEFAULT_DOC_MAX_TOKENS, DEFAULT_WINDOW_TOKENS
+    from prox_assets.layout import raw_paths, refiner_prefix
+    from prox_assets.refinement import refiner_pair
+    from prox_assets.refiner_training import FALLBACK_PROGRAM_TOKENS
+    from prox_resources.catalog import Catalog
+    from prox_resources.device import DeviceSettings
+    from prox_resources.models import fetch_model
+    from prox_resources.store import ObjectStore
+
+    store = ObjectStore()
+    engine, device = engine_and_device()
+    version = refiner_version or newest_refiner_version()
+    if version:  # trained refiners are local folders: a local backend (openai: transformers)
+        engine = engine.local()
+        pair = refiner_pair(Catalog(), version)
+        doc_model = str(fetch_model(store, refiner_prefix("doc", pair.doc)))
+        chunk_model = str(fetch_model(store, refiner_prefix("chunk", pair.chunk)))
+        sizes = (pair.doc_max_tokens, pair.window_tokens, pair.chunk_max_new_tokens)
+    else:  # the engine's own model, wherever it runs
+        doc_model = chunk_model = engine.model
+        sizes = (DEFAULT_DOC_MAX_TOKENS, DEFAULT_WINDOW_TOKENS, FALLBACK_PROGRAM_TOKENS)
+    texts = pl.concat([store.read_parquet(k).select("text") for k in raw_paths(Catalog()).values()])
+    texts = texts.sample(n=min(docs, texts.height), seed=0)["text"].to_list()
+
+    def load(dtype: str):
+        settings = DeviceSettings(device=device.device, dtype=dtype)  # type: ignore[arg-type]
+        return engine.load(settings, model=doc_model), engine.load(settings, model=chunk_model)
+
+    report = refine_benchmark(texts, load, *sizes, dtypes=dtypes)
+    return {
+        "refiner_version": version or f"base model {engine.model}",
+        "backend": engine.backend,
+        "device": device.resolve_device(),
+        **report,
+    }
+
+
+def influence_report(
+    pool_size: int,
+    landmarks: list[int],
+    draws: int,
+    embeddings: list[str],
+    task: str,
+    target_domain: str,
+    n_target: int,
+    max_len: int,
+    piece_chars: int,
+    warmup_steps: int,
+    stability_samples: int,
+    dtype: str,
+    log: Callable[[str], None],
+) -> dict:
+    """``prox bench influence``: the influence study on a four-domain pool of the sample corpus,
+    on the base model as landmark_influence loads it."""
+    from prox_assets.core.influence import InfluenceConfig
+    from prox_assets.core.influence_eval import influence_study
+    from prox_assets.core.targets import load_task, split_target
+
+    texts, domains = domain_pool(_sample_files(), pool_size, piece_chars)
+    targets, _ = split_target(load_task(task), n_target, 0)
+    engine, device = engine_and_device()
+    model, tokenizer = engine.local().load_model(device)
+    config = InfluenceConfig(max_len=max_len, warmup_steps=warmup_steps, dtype=dtype)
+    report = influence_study(
+        model,
+        tokenizer,
+        texts,
+        domains,
+        target_domain,
+        [t.prompt for t in targets],
+        [t.answer for t in targets],
+        config,
+        landmarks,
+        draws,
+        embeddings,
+        stability_samples=stability_samples,
+        log=log,
+    )
+    report.pop("exact_scores")
+    return report
+
+
+def selection_report(
+    pool_size: int,
+    task: str,
+    n_target: int,
+    heldout: int,
+    landmarks: int,
+    budget_fraction: float,
+    train,
+    seeds: list[int],
+    log: Callable[[str], None],
+) -> dict:
+    """``prox bench selection``: influence-selected against random subsets of a four-domain pool,
+    trained under one token budget (``train``), held-out target loss over ``seeds``."""
+    from prox_assets.core.influence import InfluenceConfig
+    from prox_assets.core.influence_eval import selection_experiment
+    from prox_assets.core.targets import load_task, split_target
+
+    texts, domains = domain_pool(_sample_files(), pool_size, 600)
+    targets, held = split_target(load_task(task), n_target, heldout)
+    engine, device = engine_and_device()
+    return selection_experiment(
+        *local_models(engine.local(), device),
+        texts,
+        domains,
+        [t.prompt for t in targets],
+        [t.answer for t in targets],
+        [t.prompt for t in held],
+        [t.answer for t in held],
+        InfluenceConfig(landmarks=landmarks, max_len=128),
+        train,
+        budget_fraction,
+        seeds,
+        log=log,
+    )
+
+
+def refinement_report(
+    refiner_version: str | None,
+    pages: int,
+    heldout: int,
+    max_chars: int,
+    train,
+    seeds: list[int],
+    log: Callable[[str], None],
+) -> dict:
+    """``prox bench refinement``: docs pages as raw, refined (the chunk refiner of the newest or
+    given version) and clean text, trained under one token budget, perplexity on held-out pages."""
+    from prox_assets.core.chunking import hf_token_counter
+    from prox_assets.core.errors import UserError
+    from prox_assets.core.refiner_quality import refinement_training_evidence, refinement_variants
+    from prox_assets.layout import refiner_prefix
+    from prox_assets.refinement import refiner_pair
+    from prox_resources.catalog import Catalog
+    from prox_resources.models import fetch_model
+    from prox_resources.store import ObjectStore
+
+    version = refiner_version or newest_refiner_version()
+    if not version:
+        raise UserError(
+            "no refiner version: materialize refiner[doc] and refiner[chunk] (or run prox demo)"
+        )
+    pair = refiner_pair(Catalog(), version)
+    if pair.heldout_pages is None:
+        raise UserError(
+            f"{version}: its SFT set has no held-out docs pages; re-materialize sft_programs"
+        )
+    engine, device = engine_and_device()
+    engine = engine.local()
+    backend = engine.load(
+        device, model=str(fetch_model(ObjectStore(), refiner_prefix("chunk", pair.chunk)))
+    )
+    variants, held = refinement_variants(
+        backend,
+        hf_token_counter(backend.tokenizer),
+        pair.window_tokens,
+        pair.chunk_max_new_tokens,
+        pages,
+        heldout,
+        max_chars,
+        pair.heldout_pages,
+        pair.split_seed,
+        log,
+    )
+    report = refinement_training_evidence(
+        *local_models(engine, device), variants, held, train, seeds, log=log
+    )
+    return {"refiner_version": version, **report}

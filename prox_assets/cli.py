@@ -1,10 +1,15 @@
-"""The ``prox`` command line: demo, ingest, programs, benchmarks, catalog, web UI."""
+"""The ``prox`` command line: demo, ingest, targets, programs, benchmarks, catalog, web UI.
+
+It parses arguments and calls the functions the assets and tests use: ``prox_assets.runs``
+(in-process materializations, plans of steps), ``.ingest`` (uploads), ``.targets`` (target_set),
+``.demo`` (the demo's steps), ``.benchmarks`` (the bench reports); settings come from
+``ProxSettings`` like the Dagster definitions'. Commands that need no Dagster (audit, program,
+catalog) start without importing it.
+"""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -12,7 +17,15 @@ from pathlib import Path
 
 import click
 
-from prox_resources.settings import REPO_ROOT, configure_environment, downloads_dir, prox_home
+from prox_assets.core.targets import TASK_NAMES
+from prox_assets.demo import DemoBudget
+from prox_resources.settings import (
+    REPO_ROOT,
+    configure_environment,
+    downloads_dir,
+    prox_home,
+    settings,
+)
 
 
 def _user_error(exc: Exception) -> str | None:
@@ -20,13 +33,14 @@ def _user_error(exc: Exception) -> str | None:
     None for anything else, whose traceback is worth seeing."""
     import duckdb
 
+    from prox_assets.core.errors import UserError
     from prox_assets.core.names import InvalidName
     from prox_resources.settings import store_url
 
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     if isinstance(exc, duckdb.Error):
         return f"catalog: {first}"
-    if isinstance(exc, InvalidName):
+    if isinstance(exc, (InvalidName, UserError)):
         return first
     remote = "://" in store_url()
     if isinstance(exc, PermissionError) and remote:
@@ -66,307 +80,34 @@ def main() -> None:
     configure_environment()
 
 
-# --- ingestion -------------------------------------------------------------------------------
-_INSTANCES: dict[str, object] = {}
-
-
-def _instance():
-    """The Dagster instance, created (its SQLite storage and migrations, on a fresh home) under a
-    file lock, once per process: commands started together never migrate one database at once.
-    STARTED runs of killed ``prox`` commands on this machine are marked failed here."""
-    import dagster as dg
-
-    from prox_resources.run_launcher import fail_dead_local_runs
-    from prox_resources.settings import file_lock
-
-    home = os.environ.get("DAGSTER_HOME", "")
-    if home not in _INSTANCES:
-        with file_lock(Path(home or prox_home()) / ".prox-instance.lock"):
-            instance = dg.DagsterInstance.get()
-            for run_id in fail_dead_local_runs(instance):
-                click.echo(f"run {run_id}: its prox process is gone; marked failed", err=True)
-        _INSTANCES[home] = instance
-    return _INSTANCES[home]
-
-
-def _no_follow(path, flags):
-    return os.open(path, flags | os.O_NOFOLLOW)
-
-
-def _input_files(paths: list[Path]) -> list[Path]:
-    """The files to ingest: every argument that is a file, every supported file under a folder.
-    Symbolic links are refused (they could point anywhere), never followed."""
-    from prox_assets.core.ingest import format_of
-
-    files: list[Path] = []
-    for p in paths:
-        if p.is_symlink():
-            raise click.ClickException(
-                f"{p}: a symbolic link; give the file itself (links are not followed)"
-            )
-        if p.is_dir():
-            for root, dirs, names in os.walk(p):  # does not descend into linked folders
-                dirs.sort()
-                for name in sorted(dirs + names):
-                    q = Path(root) / name
-                    if q.is_symlink() and (name in dirs or format_of(name)):
-                        raise click.ClickException(f"{q}: a symbolic link; links are not followed")
-                files += [
-                    Path(root) / n
-                    for n in sorted(names)
-                    if format_of(n) and (Path(root) / n).is_file()
-                ]
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise click.ClickException(f"{p}: no such file or directory")
-    return files
-
-
-def _same_content(store, key: str, path: Path) -> bool:
-    import hashlib
-
-    if store.size(key) != path.stat().st_size:
-        return False
-    digests = []
-    for opener in (lambda: store.open_read(key), lambda: open(path, "rb", opener=_no_follow)):  # noqa: SIM115
-        h = hashlib.sha256()
-        with opener() as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-        digests.append(h.digest())
-    return digests[0] == digests[1]
-
-
-def ingest_paths(
-    paths: list[Path], run: bool = True, echo=click.echo, replace: bool = False
-) -> dict[str, str]:
-    """Upload files to incoming/, add their shard partitions, and (optionally) ingest them.
-
-    Returns shard -> "ok" | "failed: <message>" | "registered". Everything is checked before
-    anything is uploaded: file names (``core/names.py``), symbolic links, and shard collisions
-    with each other and with what incoming/ holds. An upload never overwrites another file: the
-    object is created only if its key is free (``ObjectStore.create_file``), under a lock shared by
-    the commands of this machine; the same bytes again are fine, other bytes need ``replace``.
-    If registering fails, the objects this call created are deleted again.
-    """
-    from prox_assets.core.ingest import format_of
-    from prox_assets.core.names import InvalidName, check_input_file_name, shard_name
-    from prox_assets.ingest import scan_incoming
-    from prox_assets.layout import INCOMING, incoming_key
-    from prox_assets.partitions import shard_partitions
-    from prox_resources.settings import file_lock, lock_path
-    from prox_resources.store import ObjectStore
-
-    files = _input_files(paths)
-    plan: dict[str, tuple[Path, str]] = {}  # shard -> (file, key)
-    for f in files:
-        if format_of(f.name) is None:
-            raise click.ClickException(f"{f}: unsupported format")
-        try:
-            check_input_file_name(f.name)
-        except InvalidName as exc:
-            raise click.ClickException(f"{f}: {exc}") from exc
-        shard = shard_name(f.name)
-        if shard in plan:
-            raise click.ClickException(f"{f}: shard {shard!r} already comes from {plan[shard][0]}")
-        plan[shard] = (f, incoming_key(f.name))
-    instance = _instance()  # before any upload: a failure here leaves nothing behind
-    store = ObjectStore()
-    created: list[str] = []
-    with file_lock(lock_path("incoming")):
-        scan = scan_incoming(store)
-        for shard, (f, key) in plan.items():
-            if shard in scan.collisions:
-                raise click.ClickException(
-                    f"{f}: shard {shard!r} is ambiguous in incoming/: "
-                    f"{', '.join(scan.collisions[shard])}; remove all but one"
-                )
-            other = scan.files.get(shard)
-            if other is not None and other != key:
-                raise click.ClickException(
-                    f"{f}: shard {shard!r} already comes from {store.uri(other)}"
-                )
-            if key in scan.refused:
-                raise click.ClickException(
-                    f"{f}: {store.uri(key)} exists and is refused: {scan.refused[key]}"
-                )
-        try:
-            for f, key in plan.values():
-                if not store.exists(key):
-                    with open(f, "rb", opener=_no_follow) as src:
-                        try:
-                            store.create_file(src, key)
-                            created.append(key)
-                            continue
-                        except FileExistsError:  # created since: by a process outside this lock
-                            pass
-                if _same_content(store, key, f):
-                    continue
-                if not replace:
-                    raise click.ClickException(
-                        f"{f}: {store.uri(key)} exists with other content; rename the file, or pass --replace"
-                    )
-                with open(f, "rb", opener=_no_follow) as src, store.open_write(key) as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-            instance.add_dynamic_partitions(shard_partitions.name, list(plan))
-        except BaseException:
-            for key in created:  # an upload that is not registered leaves nothing behind
-                store.delete(key)
-            raise
-    shards = list(plan)
-    echo(f"registered {len(shards)} shard(s) under {store.uri(INCOMING)}")
-    if not run:
-        return dict.fromkeys(shards, "registered")
-    return materialize_partitions("raw_corpus", shards, echo=echo)
-
-
-# What each asset's progress line shows from its materialization metadata.
-SUMMARY_KEYS = {
-    "raw_corpus": ("n_read", "n_ingested", "n_quarantined"),
-    "seed_scores": ("dagster/row_count", "keep_ratio", "mean_edu_expected", "documents_per_second"),
-    "sft_programs": ("sft_version", "n_train", "n_val", "n_rejected"),
-    "refined_corpus": (
-        "documents_in",
-        "kept",
-        "dropped",
-        "errored",
-        "tokens_kept_ratio",
-        "lines_removed",
-        "executor_errors",
-        "documents_per_second",
-    ),
-    "landmark_influence": (
-        "dagster/row_count",
-        "landmarks",
-        "wall_clock_vs_exact",
-        "flops_vs_rds_model",
-    ),
-    "selected_subset": ("budget", "pool_size", "selected_score_mean", "pool_score_mean"),
-    "refiner": (
-        "refiner_version",
-        "train_seconds",
-        "loss_first_last",
-        "refiner_macro_f1",
-        "base_macro_f1",
-        "refiner_line_f1",
-        "base_line_f1",
-        "heldout_doc_labelled_macro_f1",
-        "heldout_pydocs_heldout_line_f1",
-        "heldout_pydocs_heldout_gold_text_kept",
-        "heldout_news_heldout_gold_text_kept",
-        "heldout_clean_austen_tokens_kept",
-        "refiner_pair",
-    ),
-    "trained_checkpoint": (
-        "dagster/row_count",
-        "train_tokens_per_seed",
-        "mean_heldout_loss",
-        "mean_accuracy",
-        "mean_exact_match",
-        "mean_f1",
-        "mean_prose_perplexity",
-    ),
-    "evaluation_report": ("variants", "missing_variants"),
+# --- what the commands call -------------------------------------------------------------------
+# The work is done by the modules the assets and tests use (prox_assets.runs, .ingest, .targets,
+# .demo); these names stay importable from here, loaded on first use so that commands which need
+# no Dagster (audit, program, catalog) start without importing it.
+_MOVED = {
+    "ingest_paths": "prox_assets.ingest",
+    "materialize_partitions": "prox_assets.runs",
+    "SUMMARY_KEYS": "prox_assets.runs",
+    "add_target": "prox_assets.targets",
 }
 
 
-def materialize_partitions(
-    asset: str,
-    partition_keys: list[str],
-    config: dict | None = None,
-    echo=click.echo,
-    per_run: int | None = 0,
-) -> dict[str, str]:
-    """Materialize partitions of one asset in-process, with progress lines. An asset whose
-    backfill policy takes several partitions per run (the model assets: they load their models
-    once per run) gets one run per partition range of up to that many partitions, as a backfill
-    would; others one run per partition. ``per_run``: 0 follows the policy, 1 forces a run per
-    partition, None no bound."""
-    import dagster as dg
-    from dagster._core.storage.tags import (
-        ASSET_PARTITION_RANGE_END_TAG,
-        ASSET_PARTITION_RANGE_START_TAG,
-    )
+def __getattr__(name: str):
+    if name in _MOVED:
+        import importlib
 
-    from prox_assets.definitions import ASSETS, build_resources
-    from prox_assets.partition_runs import partition_ranges
-    from prox_resources.run_launcher import worker_tags
-
-    instance = _instance()
-    resources = build_resources()
-    run_config = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-    if config:
-        run_config["ops"] = {asset: {"config": config}}
-    assets_def = next(a for a in ASSETS if a.key == dg.AssetKey(asset))
-    if per_run == 0:
-        policy = assets_def.backfill_policy
-        per_run = policy.max_partitions_per_run if policy else 1
-    runs = (
-        [[k] for k in partition_keys]
-        if per_run == 1 or len(partition_keys) < 2
-        else partition_ranges(assets_def.partitions_def, partition_keys, per_run, instance)
-    )
-    outcome: dict[str, str] = {}
-    i = 0
-    for keys in runs:
-        started = time.monotonic()
-        tags = {"prox/launched_by": "cli", **worker_tags()}
-        if len(keys) > 1:  # a partition key range: what a backfill run of this asset gets
-            tags |= {
-                ASSET_PARTITION_RANGE_START_TAG: keys[0],
-                ASSET_PARTITION_RANGE_END_TAG: keys[-1],
-            }
-        result = dg.materialize(
-            ASSETS,
-            selection=[asset],
-            partition_key=keys[0] if len(keys) == 1 else None,
-            instance=instance,
-            resources=resources,
-            run_config=run_config,
-            raise_on_error=False,
-            tags=tags,
-        )
-        took = time.monotonic() - started
-        metadata = _materialization_metadata(instance, result.run_id)
-        failure = next((e for e in result.all_events if e.is_step_failure), None)
-        msg = failure.step_failure_data.error.message.strip() if failure else "run failed"
-        shared = f" (one run of {len(keys)} partitions)" if len(keys) > 1 else ""
-        for key in keys:
-            i += 1
-            meta = metadata.get(
-                key
-            )  # a run that failed may still have materialized some of its partitions
-            if meta is not None:
-                outcome[key] = "ok"
-                detail = ", ".join(
-                    f"{k.split('/')[-1]}={meta[k]}"
-                    for k in SUMMARY_KEYS.get(asset, ())
-                    if k in meta
-                )
-                echo(
-                    f"[{i}/{len(partition_keys)}] {asset}[{key}] ok in {took:.1f}s{shared}  {detail}"
-                )
-            else:
-                outcome[key] = f"failed: {msg}"
-                echo(f"[{i}/{len(partition_keys)}] {asset}[{key}] FAILED: {msg}")
-    return outcome
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _materialization_metadata(instance, run_id: str) -> dict[str, dict]:
-    """Each partition a run materialized, with its metadata. From the event log: the
-    materializations a failed run of several partitions logged for its finished ones are there."""
-    import dagster as dg
+def _instance():
+    """The Dagster instance of this process (``prox_assets.runs.instance``)."""
+    from prox_assets.runs import instance
 
-    records = instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
-    return {
-        str(e.asset_materialization.partition): {
-            k: v.value for k, v in e.asset_materialization.metadata.items()
-        }
-        for e in records
-    }
+    return instance()
 
 
+# --- ingestion -------------------------------------------------------------------------------
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--no-run", is_flag=True, help="Only upload and register partitions.")
@@ -377,7 +118,9 @@ def _materialization_metadata(instance, run_id: str) -> dict[str, dict]:
 )
 def ingest(paths: tuple[Path, ...], no_run: bool, replace: bool) -> None:
     """Add files (or folders of files) as raw_corpus shard partitions and ingest them."""
-    outcome = ingest_paths(list(paths), run=not no_run, replace=replace)
+    from prox_assets.ingest import ingest_paths
+
+    outcome = ingest_paths(list(paths), run=not no_run, replace=replace, echo=click.echo)
     failed = {k: v for k, v in outcome.items() if v.startswith("failed")}
     _print_ingest_summary()
     if failed:
@@ -417,190 +160,43 @@ def _build_samples(out: Path | None = None) -> list[Path]:
         raise click.ClickException(f"{exc} (run deploy/setup.sh)") from exc
 
 
-# Refiner budgets: `demo` fits the demo's ~20 minutes on a 2-core CPU; `cpu-large` is about 45
-# minutes of refiner training and a larger held-out evaluation on the same machine (README).
-BUDGETS = {
-    "demo": {
-        "sft": {"chunk_docs_per_shard": 12},
-        "steps": {"doc": 80, "chunk": 64},
-        "refiner": {
-            "quality_pages": 4,
-            "quality_news": 2,
-            "quality_clean": 4,
-            "quality_doc_pages": 12,
-            "quality_max_chars": 5000,
-            "eval_examples": 8,
-        },
-    },
-    "cpu-large": {
-        "sft": {"chunk_docs_per_shard": 60},
-        "steps": {"doc": 120, "chunk": 450},
-        "refiner": {
-            "quality_pages": 24,
-            "quality_news": 8,
-            "quality_clean": 12,
-            "quality_doc_pages": 40,
-            "quality_max_chars": 10000,
-        },
-    },
-}
+def _options_from(cls):
+    """click options from a dataclass's fields: ``--field-name``, its default (None: the asset's
+    own), its help and choices (``metadata``). The defaults are written once, in the dataclass."""
+    import dataclasses
+
+    def decorate(f):
+        for fld in reversed(dataclasses.fields(cls)):
+            default = None if fld.default is dataclasses.MISSING else fld.default
+            choices = fld.metadata.get("choices")
+            kind = click.Choice(choices) if choices else (int if "int" in str(fld.type) else str)
+            f = click.option(
+                "--" + fld.name.replace("_", "-"),
+                fld.name,
+                type=kind,
+                default=default,
+                show_default=default is not None,
+                help=fld.metadata["help"],
+            )(f)
+        return f
+
+    return decorate
 
 
 @main.command()
-@click.option(
-    "--budget",
-    type=click.Choice(sorted(BUDGETS)),
-    default="demo",
-    show_default=True,
-    help="Refiner budget: SFT documents, training steps and held-out evaluation size.",
-)
-@click.option(
-    "--seeds-per-shard", default=6, show_default=True, help="Seed documents scored per shard."
-)
-@click.option(
-    "--chunk-docs-per-shard",
-    type=int,
-    default=None,
-    help="Documents per shard for chunk SFT (overrides --budget).",
-)
-@click.option(
-    "--annotator",
-    type=click.Choice(["rules", "llm", "both"]),
-    default="rules",
-    show_default=True,
-    help="Chunk labels for pages without gold labels.",
-)
-@click.option(
-    "--refiner-steps",
-    type=int,
-    default=None,
-    help="Fine-tuning steps per refiner level (overrides --budget).",
-)
-@click.option(
-    "--refine-docs", default=4, show_default=True, help="Documents refined per shard (0 = all)."
-)
-@click.option(
-    "--refine-max-chars",
-    default=4000,
-    show_default=True,
-    help="Sample refined documents among those this short (0 = any length).",
-)
-@click.option(
-    "--checkpoint-targets",
-    default="arc-challenge",
-    show_default=True,
-    help="Comma-separated targets (gsm8k, arc-challenge) to train and evaluate every variant for; "
-    "'' skips training.",
-)
-@click.option(
-    "--train-steps",
-    default=6,
-    show_default=True,
-    help="Training steps per checkpoint (x 4 windows x 128 tokens: the token budget of every variant).",
-)
-@click.option(
-    "--eval-examples",
-    default=32,
-    show_default=True,
-    help="Held-out target examples per evaluation.",
-)
-def demo(
-    budget: str,
-    seeds_per_shard: int,
-    chunk_docs_per_shard: int | None,
-    annotator: str,
-    refiner_steps: int | None,
-    refine_docs: int,
-    refine_max_chars: int,
-    checkpoint_targets: str,
-    train_steps: int,
-    eval_examples: int,
-) -> None:
-    """Build the sample corpus and materialize every asset of the graph on it."""
-    from prox_assets.ingest import incoming_files
-    from prox_resources.store import ObjectStore
+@_options_from(DemoBudget)
+def demo(**options) -> None:
+    """Build the sample corpus and materialize every asset of the graph on it
+    (prox_assets.demo: the steps, in data-flow order)."""
+    from prox_assets.demo import run_demo
+    from prox_assets.runs import failed
 
     started = time.monotonic()
     click.echo(f"PROX_HOME={prox_home()}")
     click.echo("== sample corpus")
     files = _build_samples()
     click.echo(f"{len(files)} files in {prox_home() / 'samples'}")
-    click.echo("== raw_corpus")
-    outcome = ingest_paths(files)
-    shards = sorted(incoming_files(ObjectStore()))
-    click.echo(f"== seed_scores ({seeds_per_shard} seeds per shard through the model)")
-    outcome |= _prefixed(
-        "seed_scores",
-        materialize_partitions("seed_scores", shards, {"seeds_per_shard": seeds_per_shard}),
-    )
-    click.echo("== sft_programs")
-    sft = {**BUDGETS[budget]["sft"], "annotator": annotator}
-    steps = {level: refiner_steps or n for level, n in BUDGETS[budget]["steps"].items()}
-    if chunk_docs_per_shard is not None:
-        sft["chunk_docs_per_shard"] = chunk_docs_per_shard
-    outcome |= _prefixed(
-        "sft_programs", materialize_partitions("sft_programs", ["doc", "chunk"], sft)
-    )
-    click.echo(
-        f"== refiner (LoRA, {steps['doc']} + {steps['chunk']} steps on this machine, budget {budget})"
-    )
-    for level in ("doc", "chunk"):
-        outcome |= _prefixed(
-            "refiner",
-            materialize_partitions(
-                "refiner", [level], {**BUDGETS[budget]["refiner"], "max_steps": steps[level]}
-            ),
-        )
-    version = _latest_refiner_version()
-    if version:
-        click.echo(f"== refined_corpus (refiner {version}, {refine_docs} documents per shard)")
-        keys = [f"{version}|{shard}" for shard in shards]
-        outcome |= _prefixed(
-            "refined_corpus",
-            materialize_partitions(
-                "refined_corpus",
-                keys,
-                {"max_docs": refine_docs, "sample_max_chars": refine_max_chars},
-            ),
-        )
-        outcome |= _prefixed("refined_pool", materialize_partitions("refined_pool", [version]))
-        click.echo("== targets, landmark_influence, selected_subset (pool: the refined corpus)")
-        for name, task in (("gsm8k", "gsm8k"), ("arc-challenge", "arc_challenge")):
-            add_target(name, task, n_target=8, n_heldout=100, seed=0)
-        influence = {"landmarks": 8, "exact_holdout": 8, "max_len": 96, "warmup_steps": 8}
-        outcome |= _prefixed(
-            "landmark_influence",
-            materialize_partitions("landmark_influence", ["gsm8k", "arc-challenge"], influence),
-        )
-        outcome |= _prefixed(
-            "selected_subset",
-            materialize_partitions(
-                "selected_subset", ["gsm8k", "arc-challenge"], {"budget_fraction": 0.25}
-            ),
-        )
-        trained = [t.strip() for t in checkpoint_targets.split(",") if t.strip()]
-        if trained:
-            from prox_assets.partitions import VARIANTS
-
-            click.echo(
-                f"== trained_checkpoint ({len(VARIANTS)} variants x 2 seeds, {train_steps} steps each), "
-                "evaluation_report"
-            )
-            outcome |= _prefixed(
-                "trained_checkpoint",
-                materialize_partitions(
-                    "trained_checkpoint",
-                    [f"{t}|{v}" for t in trained for v in VARIANTS],
-                    {
-                        "max_steps": train_steps,
-                        "eval_examples": eval_examples,
-                        "prose_passages": 12,
-                    },
-                ),
-            )
-            outcome |= _prefixed(
-                "evaluation_report", materialize_partitions("evaluation_report", trained)
-            )
+    outcome = run_demo(DemoBudget(**options), files, echo=click.echo)
     click.echo("== summary")
     _print_ingest_summary()
     _print_synthesis_summary()
@@ -608,9 +204,8 @@ def demo(
     _print_refined_summary()
     _print_evaluation_summary()
     click.echo(f"demo finished in {time.monotonic() - started:.0f}s; browse it with `prox ui`")
-    failed = [k for k, v in outcome.items() if v.startswith("failed")]
-    if failed:
-        raise click.ClickException(f"failed: {', '.join(failed)}")
+    if failed(outcome):
+        raise click.ClickException(f"failed: {', '.join(failed(outcome))}")
 
 
 def _print_refiner_summary() -> None:
@@ -659,10 +254,6 @@ def _print_evaluation_summary() -> None:
         click.echo(
             f"evaluation[{target}] {metric:>16} {variant:>14} = {mean:.4f} ± {std:.4f} (seeds {n})"
         )
-
-
-def _prefixed(asset: str, outcome: dict[str, str]) -> dict[str, str]:
-    return {f"{asset}[{k}]": v for k, v in outcome.items()}
 
 
 def _print_synthesis_summary() -> None:
@@ -720,45 +311,6 @@ def _name_param(kind: str):
     return check
 
 
-def add_target(name: str, task: str, n_target: int, n_heldout: int, seed: int) -> str:
-    """Write a target's example sets to the store and register its partition."""
-    import polars as pl
-
-    from prox_assets.core.names import validate_name
-    from prox_assets.core.targets import load_task, split_target
-    from prox_assets.layout import target_key, target_prefix
-    from prox_assets.partitions import target_partitions
-    from prox_resources.catalog import Catalog
-    from prox_resources.store import ObjectStore
-
-    validate_name(name, "target name")
-    if n_target < 1 or n_heldout < 0:
-        raise ValueError(f"need n_target >= 1 and n_heldout >= 0 (got {n_target}, {n_heldout})")
-    store = ObjectStore()
-    target, heldout = split_target(load_task(task), n_target, n_heldout, seed)
-    prefix = target_prefix(name)
-    store.write_parquet(target_key(name, "target"), pl.DataFrame([e.to_dict() for e in target]))
-    store.write_parquet(target_key(name, "heldout"), pl.DataFrame([e.to_dict() for e in heldout]))
-    Catalog().replace_rows(
-        "targets",
-        {"target": name},
-        pl.DataFrame(
-            [
-                {
-                    "target": name,
-                    "task": task,
-                    "n_target": n_target,
-                    "n_heldout": n_heldout,
-                    "seed": seed,
-                    "path": store.uri(prefix),
-                }
-            ]
-        ),
-    )
-    _instance().add_dynamic_partitions(target_partitions.name, [name])
-    return store.uri(prefix)
-
-
 @main.group()
 def target() -> None:
     """Target tasks for data selection."""
@@ -766,31 +318,27 @@ def target() -> None:
 
 @target.command("add")
 @click.argument("name", callback=_name_param("target name"))
-@click.option(
-    "--task", required=True, help="gsm8k | squad | arc_challenge | arc_easy | sciq | mmlu | math"
-)
+@click.option("--task", required=True, type=click.Choice(TASK_NAMES), help="The task's examples.")
 @click.option(
     "--n-target",
-    default=8,
-    show_default=True,
     type=click.IntRange(min=1),
-    help="Examples that selection optimises for.",
+    help="Examples that selection optimises for (default: target_set's config).",
 )
 @click.option(
     "--n-heldout",
-    default=200,
-    show_default=True,
     type=click.IntRange(min=0),
-    help="Disjoint examples for evaluation.",
+    help="Disjoint examples for evaluation (default: target_set's config).",
 )
-@click.option("--seed", default=0, show_default=True)
-def target_add(name: str, task: str, n_target: int, n_heldout: int, seed: int) -> None:
-    """Register a target: a small set of task examples plus a disjoint held-out set."""
-    try:
-        uri = add_target(name, task, n_target, n_heldout, seed)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(f"target {name}: {n_target} target + {n_heldout} held-out {task} examples -> {uri}")
+@click.option("--seed", type=int, help="Which examples are drawn (default: target_set's config).")
+def target_add(
+    name: str, task: str, n_target: int | None, n_heldout: int | None, seed: int | None
+) -> None:
+    """Register a target and materialize target_set[NAME]: a small set of task examples plus a
+    disjoint held-out set."""
+    from prox_assets.targets import add_target
+
+    uri = add_target(name, task, n_target, n_heldout, seed, echo=click.echo)
+    click.echo(f"target {name}: {task} examples -> {uri}")
 
 
 # --- refinement: backfills and audits -----------------------------------------------------------
@@ -1011,43 +559,9 @@ def bench_scale(partitions: int, documents: int, window_s: int, as_json: bool) -
 def bench_refine(docs: int, refiner_version: str | None, dtypes: str, as_json: bool) -> None:
     """Refinement throughput with the real model in each precision on this machine, against its
     fp32 and bf16 matmul peaks, and how often the precisions write the same programs."""
-    import polars as pl
+    from prox_assets.benchmarks import refine_precision_report
 
-    from prox_assets.benchmarks import refine_benchmark
-    from prox_assets.layout import raw_paths, refiner_prefix
-    from prox_assets.refinement import refiner_pair
-    from prox_resources.catalog import Catalog
-    from prox_resources.device import DeviceSettings
-    from prox_resources.models import fetch_model
-    from prox_resources.store import ObjectStore
-
-    store, device, engine = ObjectStore(), _device(), _engine()
-    version = refiner_version or _latest_refiner_version()
-    if (
-        version
-    ):  # trained refiners are local folders: a local backend (openai falls back to transformers)
-        engine = engine.local()
-        pair = refiner_pair(Catalog(), version)
-        doc_model = str(fetch_model(store, refiner_prefix("doc", pair.doc)))
-        chunk_model = str(fetch_model(store, refiner_prefix("chunk", pair.chunk)))
-        sizes = (pair.doc_max_tokens, pair.window_tokens, pair.chunk_max_new_tokens)
-    else:  # the engine's own model, wherever it runs
-        doc_model = chunk_model = engine.model
-        sizes = (384, 384, 160)
-    texts = pl.concat([store.read_parquet(k).select("text") for k in raw_paths(Catalog()).values()])
-    texts = texts.sample(n=min(docs, texts.height), seed=0)["text"].to_list()
-
-    def load(dtype: str):
-        settings = DeviceSettings(device=device.device, dtype=dtype)
-        return engine.load(settings, model=doc_model), engine.load(settings, model=chunk_model)
-
-    report = refine_benchmark(texts, load, *sizes, dtypes=dtypes.split(","))
-    report = {
-        "refiner_version": version or f"base model {engine.model}",
-        "backend": engine.backend,
-        "device": device.resolve_device(),
-        **report,
-    }
+    report = refine_precision_report(docs, refiner_version, dtypes.split(","))
     click.echo(json.dumps(report, indent=2) if as_json else _format_report(report))
 
 
@@ -1115,34 +629,23 @@ def bench_influence(
 ) -> None:
     """Exact influence (stability, domain AUROC), landmark estimates against it per embedding
     and landmark count, the embedding baseline and the cost, in one run on this machine."""
-    from prox_assets.benchmarks import domain_pool
-    from prox_assets.core.influence import InfluenceConfig
-    from prox_assets.core.influence_eval import influence_study
-    from prox_assets.core.samples import build_sample_corpus
-    from prox_assets.core.targets import load_task, split_target
+    from prox_assets.benchmarks import influence_report
 
-    home = prox_home()
-    files = build_sample_corpus(home / "samples", home / "downloads")
-    texts, domains = domain_pool(files, pool_size, piece_chars)
-    targets, _ = split_target(load_task(task), n_target, 0)
-    model, tokenizer = _engine().local().load_model(_device())  # as landmark_influence loads it
-    config = InfluenceConfig(max_len=max_len, warmup_steps=warmup_steps, dtype=dtype)
-    report = influence_study(
-        model,
-        tokenizer,
-        texts,
-        domains,
-        target_domain,
-        [t.prompt for t in targets],
-        [t.answer for t in targets],
-        config,
+    report = influence_report(
+        pool_size,
         [int(x) for x in landmarks.split(",")],
         draws,
         embeddings.split(","),
-        stability_samples=stability_samples,
+        task,
+        target_domain,
+        n_target,
+        max_len,
+        piece_chars,
+        warmup_steps,
+        stability_samples,
+        dtype,
         log=lambda m: click.echo(m, err=True),
     )
-    report.pop("exact_scores")
     click.echo(json.dumps(report, indent=2 if as_json else 1))
 
 
@@ -1183,28 +686,16 @@ def bench_selection(
     """Does influence selection help? Select from a four-domain pool for a target, train the
     base model on the selection and on a random subset of the same size (same token budget,
     several seeds), and compare the held-out target loss."""
-    from prox_assets.benchmarks import domain_pool
-    from prox_assets.core.influence import InfluenceConfig
-    from prox_assets.core.influence_eval import selection_experiment
-    from prox_assets.core.samples import build_sample_corpus
-    from prox_assets.core.targets import load_task, split_target
+    from prox_assets.benchmarks import evidence_train_config, selection_report
 
-    home = prox_home()
-    files = build_sample_corpus(home / "samples", home / "downloads")
-    texts, domains = domain_pool(files, pool_size, 600)
-    targets, held = split_target(load_task(task), n_target, heldout)
-    train = _evidence_train_config(train_steps, batch_size, seq_len, lr)
-    report = selection_experiment(
-        *_local_models(_engine().local(), _device()),
-        texts,
-        domains,
-        [t.prompt for t in targets],
-        [t.answer for t in targets],
-        [t.prompt for t in held],
-        [t.answer for t in held],
-        InfluenceConfig(landmarks=landmarks, max_len=128),
-        train,
+    report = selection_report(
+        pool_size,
+        task,
+        n_target,
+        heldout,
+        landmarks,
         budget_fraction,
+        evidence_train_config(train_steps, batch_size, seq_len, lr),
         [int(x) for x in seeds.split(",")],
         log=lambda m: click.echo(m, err=True),
     )
@@ -1251,96 +742,18 @@ def bench_refinement(
     """Does refinement help? The chunk refiner cleans docs pages; the base model is trained on
     the same pages as raw, refined and clean (layout gold) text under one token budget, several
     seeds, and scored by perplexity on the clean text of held-out pages."""
-    from prox_assets.core.chunking import hf_token_counter
-    from prox_assets.core.refiner_quality import refinement_training_evidence, refinement_variants
-    from prox_assets.layout import refiner_prefix
-    from prox_assets.refinement import refiner_pair
-    from prox_resources.catalog import Catalog
-    from prox_resources.models import fetch_model
-    from prox_resources.store import ObjectStore
+    from prox_assets.benchmarks import evidence_train_config, refinement_report
 
-    version = refiner_version or _latest_refiner_version()
-    if not version:
-        raise click.ClickException(
-            "no refiner version: materialize refiner[doc] and refiner[chunk] (or run prox demo)"
-        )
-    pair = refiner_pair(Catalog(), version)
-    if pair.heldout_pages is None:
-        raise click.ClickException(
-            f"{version}: its SFT set has no held-out docs pages; re-materialize sft_programs"
-        )
-    device, engine = _device(), _engine().local()
-    backend = engine.load(
-        device, model=str(fetch_model(ObjectStore(), refiner_prefix("chunk", pair.chunk)))
-    )
-    log = lambda m: click.echo(m, err=True)  # noqa: E731
-    variants, held = refinement_variants(
-        backend,
-        hf_token_counter(backend.tokenizer),
-        pair.window_tokens,
-        pair.chunk_max_new_tokens,
+    report = refinement_report(
+        refiner_version,
         pages,
         heldout,
         max_chars,
-        pair.heldout_pages,
-        pair.split_seed,
-        log,
-    )
-    train = _evidence_train_config(train_steps, batch_size, seq_len, lr)
-    report = refinement_training_evidence(
-        *_local_models(engine, device),
-        variants,
-        held,
-        train,
+        evidence_train_config(train_steps, batch_size, seq_len, lr),
         [int(x) for x in seeds.split(",")],
-        log=log,
+        log=lambda m: click.echo(m, err=True),
     )
-    click.echo(json.dumps({"refiner_version": version, **report}, indent=2 if as_json else 1))
-
-
-def _evidence_train_config(steps: int, batch_size: int, seq_len: int, lr: float):
-    """The evidence benchmarks' checkpoints: LoRA r=8 on every block, one token budget."""
-    from prox_assets.core.training_loop import TrainConfig
-
-    return TrainConfig(
-        method="lora",
-        lora_r=8,
-        lora_alpha=16,
-        lora_layers=None,
-        max_steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        min_lr=lr / 10,
-        warmup_steps=2,
-        max_seq_len=seq_len,
-    )
-
-
-def _engine():
-    """The model engine the environment names (PROX_ENGINE_BACKEND, PROX_MODEL, and for openai
-    PROX_OPENAI_BASE_URL / OPENAI_API_KEY, read where used), as Dagster runs get it."""
-    from prox_resources.engine import ModelEngine
-    from prox_resources.models import DEFAULT_MODEL
-
-    return ModelEngine(
-        backend=os.environ.get("PROX_ENGINE_BACKEND", "transformers"),
-        model=os.environ.get("PROX_MODEL", DEFAULT_MODEL),
-    )
-
-
-def _device():
-    from prox_resources.device import DeviceSettings
-
-    return DeviceSettings.from_environment()
-
-
-def _local_models(engine, device):
-    """(load, serve) over the engine's local model, for the evidence benchmarks' core functions."""
-
-    def load(checkpoint=None, train=False):
-        return engine.load_model(device, adapter=checkpoint, train=train)
-
-    return load, lambda loaded: engine.serve(loaded, device)
+    click.echo(json.dumps(report, indent=2 if as_json else 1))
 
 
 def _format_report(report: dict) -> str:
@@ -1348,6 +761,19 @@ def _format_report(report: dict) -> str:
 
 
 # --- catalog and UI --------------------------------------------------------------------------
+@main.command("settings")
+@click.option("--json", "as_json", is_flag=True, help="Print {variable: value} as JSON.")
+def show_settings(as_json: bool) -> None:
+    """Every setting the environment gives (prox_resources.settings.ProxSettings): variable,
+    value (secrets shown as set, never their value) and meaning."""
+    rows = settings().shown()
+    if as_json:
+        click.echo(json.dumps({env: value for env, value, _ in rows}, indent=2))
+        return
+    for env, value, help in rows:
+        click.echo(f"{env:>31} = {value}\n{'':>34}{help}")
+
+
 def _json_value(value):
     """DuckDB sums are HUGEINT/DECIMAL: emit numbers as numbers, anything else as text."""
     import decimal
@@ -1391,7 +817,7 @@ def ui(host: str, port: int) -> None:
         "-p",
         str(port),
     ]
-    click.echo(f"DAGSTER_HOME={os.environ.get('DAGSTER_HOME')}  ->  http://{host}:{port}")
+    click.echo(f"DAGSTER_HOME={settings().dagster_home}  ->  http://{host}:{port}")
     raise SystemExit(subprocess.call(cmd, cwd=REPO_ROOT))
 
 

@@ -1,8 +1,7 @@
-"""The one Definitions object of the code location (loaded by workspace.yaml)."""
+"""The one Definitions object of the code location (loaded by workspace.yaml), built from the
+settings of the environment (``ProxSettings``), as the ``prox`` command line builds its runs."""
 
 from __future__ import annotations
-
-import os
 
 import dagster as dg
 
@@ -18,11 +17,12 @@ from prox_assets.refiner_training import refiner
 from prox_assets.scoring import seed_scores
 from prox_assets.selection import landmark_influence, selected_subset
 from prox_assets.synthesis import sft_programs
+from prox_assets.targets import target_set
 from prox_assets.training import evaluation_report, trained_checkpoint
 from prox_resources.catalog import Catalog
 from prox_resources.device import DeviceSettings
 from prox_resources.engine import ModelEngine
-from prox_resources.models import DEFAULT_MODEL
+from prox_resources.settings import ProxSettings
 from prox_resources.store import ObjectStore
 
 # In data-flow order.
@@ -33,6 +33,7 @@ ASSETS = [
     refiner,
     refined_corpus,
     refined_pool,
+    target_set,
     landmark_influence,
     selected_subset,
     trained_checkpoint,
@@ -49,35 +50,31 @@ JOBS = [
 ]
 
 
-def _env(name: str) -> dg.EnvVar | None:
-    """An EnvVar reference when the variable is set: the UI shows the name, never the value."""
-    return dg.EnvVar(name) if os.environ.get(name) else None
+def build_resources(settings: ProxSettings | None = None) -> dict:
+    """Resources for Dagster runs, from ``settings`` (default: the environment's). A variable
+    the environment sets is passed as an ``EnvVar`` reference, resolved inside the run (the UI
+    shows the name, never the value); unset fields fall back to the same settings when used, so
+    code outside a run (CLI, tests) can build ``ObjectStore()`` / ``Catalog()`` as well."""
+    settings = settings or ProxSettings.from_environment()
 
+    def ref(name: str) -> dg.EnvVar | None:
+        return dg.EnvVar(name) if name in settings.given else None
 
-def build_resources() -> dict:
-    """Resources for Dagster runs. EnvVar fields resolve inside Dagster only; code outside a
-    run (CLI, tests) builds ``ObjectStore()`` / ``Catalog()``, whose unset fields read the same
-    environment variables."""
     return {
         "store": ObjectStore(
-            url=_env("PROX_STORE"),
-            endpoint_url=_env("AWS_ENDPOINT_URL"),
-            access_key_id=_env("AWS_ACCESS_KEY_ID"),
-            secret_access_key=_env("AWS_SECRET_ACCESS_KEY"),
+            url=ref("PROX_STORE"),
+            endpoint_url=ref("AWS_ENDPOINT_URL"),
+            access_key_id=ref("AWS_ACCESS_KEY_ID"),
+            secret_access_key=ref("AWS_SECRET_ACCESS_KEY"),
         ),
-        "catalog": Catalog(path=_env("PROX_CATALOG")),
-        "device": DeviceSettings.from_environment(),
-        # PROX_ENGINE_BACKEND = transformers | vllm | openai; PROX_MODEL = alias or folder
-        "engine": ModelEngine(
-            backend=os.environ.get("PROX_ENGINE_BACKEND", "transformers"),
-            model=os.environ.get("PROX_MODEL", DEFAULT_MODEL),
-            base_url=_env("PROX_OPENAI_BASE_URL"),
-            api_key=_env("OPENAI_API_KEY"),
-        ),
+        "catalog": Catalog(path=ref("PROX_CATALOG")),
+        "device": DeviceSettings.from_settings(settings),
+        # PROX_ENGINE_BACKEND, PROX_MODEL, PROX_BASE_MODEL: the same function as the CLI's engine
+        "engine": ModelEngine.from_settings(settings),
     }
 
 
-def celery_executor_config() -> dict:
+def celery_executor_config(settings: ProxSettings | None = None) -> dict:
     """The Celery executor's settings (PROX_EXECUTOR=celery): those the runs submit steps with, and
     those of the workers that run them (``deploy/celery.yaml``, which says how to start one; the
     multi-worker test checks that the two agree).
@@ -96,11 +93,10 @@ def celery_executor_config() -> dict:
     (default 6 h), and hands out a second time any step still running then."""
     from dagster_celery.defaults import broker_transport_options
 
+    settings = settings or ProxSettings.from_environment()
     return {
         "broker": {"env": "PROX_CELERY_BROKER"},
-        "backend": {"env": "PROX_CELERY_BACKEND"}
-        if os.environ.get("PROX_CELERY_BACKEND")
-        else "rpc://",
+        "backend": {"env": "PROX_CELERY_BACKEND"} if settings.celery_backend else "rpc://",
         "config_source": {
             "task_acks_late": True,
             "task_reject_on_worker_lost": True,
@@ -108,9 +104,7 @@ def celery_executor_config() -> dict:
             "broker_transport_options": {
                 **broker_transport_options,  # dagster-celery's own (retries)
                 # Redis only: when a step of a lost worker goes back to the queue, checked every 10 s
-                "visibility_timeout": int(
-                    os.environ.get("PROX_CELERY_VISIBILITY_TIMEOUT", "21600")
-                ),
+                "visibility_timeout": settings.celery_visibility_timeout,
                 "unacked_restore_interval": 10,
                 "unacked_restore_throttle": 1,
             },
@@ -118,12 +112,13 @@ def celery_executor_config() -> dict:
     }
 
 
-def build_executor():
+def build_executor(settings: ProxSettings | None = None):
     """PROX_EXECUTOR=k8s: every step in its own Kubernetes pod (dagster-k8s, the ``deploy``
     extra); GPU steps carry their GPU request in ``GPU_OP_TAGS``. PROX_EXECUTOR=celery: every
     step a task on a Celery broker, run by whichever worker takes it (dagster-celery, the
     ``deploy`` extra; ``celery_executor_config``). Default: Dagster's own."""
-    executor = os.environ.get("PROX_EXECUTOR")
+    settings = settings or ProxSettings.from_environment()
+    executor = settings.executor
     if executor == "k8s":
         from dagster_k8s import k8s_job_executor
 
@@ -131,17 +126,21 @@ def build_executor():
     if executor == "celery":
         from dagster_celery import celery_executor
 
-        return celery_executor.configured(celery_executor_config(), name="celery")
+        return celery_executor.configured(celery_executor_config(settings), name="celery")
     return None
 
 
-defs = dg.Definitions(
-    assets=ASSETS,
-    sensors=SENSORS,
-    jobs=JOBS,
-    resources=build_resources(),
-    executor=build_executor(),
-)
+def build_definitions(settings: ProxSettings) -> dg.Definitions:
+    return dg.Definitions(
+        assets=ASSETS,
+        sensors=SENSORS,
+        jobs=JOBS,
+        resources=build_resources(settings),
+        executor=build_executor(settings),
+    )
+
+
+defs = build_definitions(ProxSettings.from_environment())
 
 
 def resolved_job(name: str) -> dg.JobDefinition:

@@ -14,15 +14,20 @@ it, its own materialization and metadata); one that fails fails only itself (``p
 raw_corpus has no asset checks, so nothing reports once per run.
 """
 
+import hashlib
 import os
 import re
+import shutil
 import tempfile
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
 
+from prox_assets.core.errors import UserError
 from prox_assets.core.ingest import (
     IngestTally,
     Quarantined,
@@ -32,7 +37,14 @@ from prox_assets.core.ingest import (
 )
 from prox_assets.core.names import InvalidName, check_input_file_name, shard_name
 from prox_assets.core.unicode import printable
-from prox_assets.layout import INCOMING, legacy_raw_key, raw_paths, raw_prefix, raw_run_key
+from prox_assets.layout import (
+    INCOMING,
+    incoming_key,
+    legacy_raw_key,
+    raw_paths,
+    raw_prefix,
+    raw_run_key,
+)
 from prox_assets.metadata import counts_table, histogram, lineage, md_table
 from prox_assets.partition_runs import (
     INGEST_BACKFILL_POLICY,
@@ -43,6 +55,7 @@ from prox_assets.partition_runs import (
 from prox_assets.partitions import shard_partitions
 from prox_resources.catalog import Catalog, ParquetRows
 from prox_resources.device import CPU_STEP
+from prox_resources.settings import file_lock, lock_path
 from prox_resources.store import ObjectStore
 
 
@@ -344,3 +357,121 @@ def incoming_files_sensor(
         run_requests=[partition_run_request("ingest", run) for run in runs],
         dynamic_partitions_requests=[shard_partitions.build_add_request(new)],
     )
+
+
+# --- uploads: what `prox ingest` does -----------------------------------------------------------
+def _no_follow(path, flags):
+    return os.open(path, flags | os.O_NOFOLLOW)
+
+
+def _input_files(paths: list[Path]) -> list[Path]:
+    """The files to ingest: every argument that is a file, every supported file under a folder.
+    Symbolic links are refused (they could point anywhere), never followed."""
+    files: list[Path] = []
+    for p in paths:
+        if p.is_symlink():
+            raise UserError(f"{p}: a symbolic link; give the file itself (links are not followed)")
+        if p.is_dir():
+            for root, dirs, names in os.walk(p):  # does not descend into linked folders
+                dirs.sort()
+                for name in sorted(dirs + names):
+                    q = Path(root) / name
+                    if q.is_symlink() and (name in dirs or format_of(name)):
+                        raise UserError(f"{q}: a symbolic link; links are not followed")
+                files += [
+                    Path(root) / n
+                    for n in sorted(names)
+                    if format_of(n) and (Path(root) / n).is_file()
+                ]
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise UserError(f"{p}: no such file or directory")
+    return files
+
+
+def _same_content(store, key: str, path: Path) -> bool:
+    if store.size(key) != path.stat().st_size:
+        return False
+    digests = []
+    for opener in (lambda: store.open_read(key), lambda: open(path, "rb", opener=_no_follow)):  # noqa: SIM115
+        h = hashlib.sha256()
+        with opener() as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        digests.append(h.digest())
+    return digests[0] == digests[1]
+
+
+def ingest_paths(
+    paths: list[Path], run: bool = True, echo: Callable[[str], None] = print, replace: bool = False
+) -> dict[str, str]:
+    """Upload files to incoming/, add their shard partitions, and (optionally) ingest them.
+
+    Returns shard -> "ok" | "failed: <message>" | "registered". Everything is checked before
+    anything is uploaded: file names (``core/names.py``), symbolic links, and shard collisions
+    with each other and with what incoming/ holds. An upload never overwrites another file: the
+    object is created only if its key is free (``ObjectStore.create_file``), under a lock shared by
+    the commands of this machine; the same bytes again are fine, other bytes need ``replace``.
+    If registering fails, the objects this call created are deleted again.
+    """
+    from prox_assets.runs import instance as current_instance
+    from prox_assets.runs import materialize_partitions
+
+    files = _input_files(paths)
+    plan: dict[str, tuple[Path, str]] = {}  # shard -> (file, key)
+    for f in files:
+        if format_of(f.name) is None:
+            raise UserError(f"{f}: unsupported format")
+        try:
+            check_input_file_name(f.name)
+        except InvalidName as exc:
+            raise UserError(f"{f}: {exc}") from exc
+        shard = shard_name(f.name)
+        if shard in plan:
+            raise UserError(f"{f}: shard {shard!r} already comes from {plan[shard][0]}")
+        plan[shard] = (f, incoming_key(f.name))
+    instance = current_instance()  # before any upload: a failure here leaves nothing behind
+    store = ObjectStore()
+    created: list[str] = []
+    with file_lock(lock_path("incoming")):
+        scan = scan_incoming(store)
+        for shard, (f, key) in plan.items():
+            if shard in scan.collisions:
+                raise UserError(
+                    f"{f}: shard {shard!r} is ambiguous in incoming/: "
+                    f"{', '.join(scan.collisions[shard])}; remove all but one"
+                )
+            other = scan.files.get(shard)
+            if other is not None and other != key:
+                raise UserError(f"{f}: shard {shard!r} already comes from {store.uri(other)}")
+            if key in scan.refused:
+                raise UserError(f"{f}: {store.uri(key)} exists and is refused: {scan.refused[key]}")
+        try:
+            for f, key in plan.values():
+                if not store.exists(key):
+                    with open(f, "rb", opener=_no_follow) as src:
+                        try:
+                            store.create_file(src, key)
+                            created.append(key)
+                            continue
+                        except FileExistsError:  # created since: by a process outside this lock
+                            pass
+                if _same_content(store, key, f):
+                    continue
+                if not replace:
+                    raise UserError(
+                        f"{f}: {store.uri(key)} exists with other content; rename the file, or pass --replace"
+                    )
+                with open(f, "rb", opener=_no_follow) as src, store.open_write(key) as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+            instance.add_dynamic_partitions(shard_partitions.name, list(plan))
+        except BaseException:
+            for key in created:  # an upload that is not registered leaves nothing behind
+                store.delete(key)
+            raise
+    shards = list(plan)
+    echo(f"registered {len(shards)} shard(s) under {store.uri(INCOMING)}")
+    if not run:
+        return dict.fromkeys(shards, "registered")
+    return materialize_partitions("raw_corpus", shards, echo=echo)

@@ -12,7 +12,7 @@ default ``$PROX_HOME/store``: a local folder or ``s3://bucket/prefix``)::
     refined/<refiner_version>/<shard>.parquet   refined_corpus (its batches under
                                              refined/<refiner_version>/.parts/<shard>/ until done)
     pools/refined/<refiner_version>.json     refined_pool: the shard files, counts, refiners
-    targets/<target>/{target,heldout}.parquet   target examples (prox target add)
+    targets/<target>/{target,heldout}.parquet   target_set: the examples (prox target add)
     influence/<target>/<version>/{scores,landmarks}.parquet   landmark_influence
     selections/<target>/<version>.parquet    selected_subset
     models/checkpoints/<target>/<variant>/<version>/   trained_checkpoint (adapter + manifest.json)

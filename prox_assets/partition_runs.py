@@ -32,7 +32,6 @@ whose run-mates changed may then look changed downstream: conservative, never st
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,7 +39,10 @@ from typing import Any
 
 import dagster as dg
 
-PARTITIONS_PER_RUN = max(1, int(os.environ.get("PROX_PARTITIONS_PER_RUN", "32")))
+from prox_resources.settings import ProxSettings
+
+# PROX_PARTITIONS_PER_RUN, fixed when the definitions load: the asset decorators take the policies.
+PARTITIONS_PER_RUN = ProxSettings.from_environment().partitions_per_run
 
 # The model assets' policy: up to PARTITIONS_PER_RUN partitions per backfill run.
 MODEL_BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=PARTITIONS_PER_RUN)

@@ -51,7 +51,7 @@ from prox_assets.partition_runs import (
     partition_run_request,
 )
 from prox_assets.partitions import refined_partitions, refiner_version_partitions, shard_partitions
-from prox_assets.refiner_training import refiner
+from prox_assets.refiner_training import FALLBACK_PROGRAM_TOKENS, refiner
 from prox_resources.catalog import Catalog
 from prox_resources.device import CPU_STEP, GPU_STEP, DeviceSettings
 from prox_resources.engine import ModelEngine
@@ -108,7 +108,9 @@ def refiner_pair(catalog: Catalog, version: str) -> RefinerPair:
         chunk_sft_version=row["chunk_sft_version"],
         doc_max_tokens=doc_sft["doc_max_tokens"],
         window_tokens=chunk_sft["window_tokens"],
-        chunk_max_new_tokens=json.loads(row["chunk_report"] or "{}").get("max_new_tokens", 160),
+        chunk_max_new_tokens=json.loads(row["chunk_report"] or "{}").get(
+            "max_new_tokens", FALLBACK_PROGRAM_TOKENS
+        ),
         heldout_pages=chunk_sft.get("heldout_pages"),
         split_seed=chunk_sft.get("seed", 0),
     )

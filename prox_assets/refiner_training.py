@@ -15,7 +15,11 @@ from typing import Literal
 import dagster as dg
 import polars as pl
 
-from prox_assets.core.chunking import hf_token_counter
+from prox_assets.core.chunking import (
+    DEFAULT_DOC_MAX_TOKENS,
+    DEFAULT_WINDOW_TOKENS,
+    hf_token_counter,
+)
 from prox_assets.core.refiner_eval import chunk_metrics, doc_metrics, load_chat, with_shots
 from prox_assets.core.refiner_quality import (
     MODELS,
@@ -28,9 +32,9 @@ from prox_assets.core.refiner_quality import (
     random_writers,
 )
 from prox_assets.core.refiner_training import train_refiner, version_id
-from prox_assets.core.training_loop import TrainConfig
+from prox_assets.core.training_loop import TrainConfig, lora_train_config
 from prox_assets.layout import refiner_prefix, sft_split_key
-from prox_assets.lineage import recorded
+from prox_assets.lineage import Recorded, recorded
 from prox_assets.metadata import lineage, md_table
 from prox_assets.partition_runs import ONE_PARTITION_PER_RUN
 from prox_assets.partitions import level_partitions, refiner_pair_key, refiner_version_partitions
@@ -38,7 +42,7 @@ from prox_assets.synthesis import sft_programs
 from prox_resources.catalog import Catalog
 from prox_resources.device import GPU_STEP, DeviceSettings
 from prox_resources.engine import ModelEngine
-from prox_resources.models import DEFAULT_MODEL, fetch_model, resolve_model, train_into_store
+from prox_resources.models import fetch_model, resolve_model, train_into_store
 from prox_resources.settings import downloads_dir
 from prox_resources.store import ObjectStore
 
@@ -46,9 +50,15 @@ from prox_resources.store import ObjectStore
 # next to ours (docs/methods.md#refiner-training).
 PAPER_ANCHORS = {"doc": ("macro_f1", 0.826), "chunk": ("line_f1", 0.752)}
 
+# New tokens for a chunk program when a refiner records no budget sized from its labels (one
+# trained before the budget was).
+FALLBACK_PROGRAM_TOKENS = 160
+
 
 class RefinerConfig(dg.Config):
-    base_model: str = DEFAULT_MODEL
+    # "" = the base model the SFT set was built with (its tokenizer sized the examples); another
+    # name is refused: re-materialize sft_programs with that refiner_base_model instead
+    base_model: str = ""
     method: Literal["lora", "full"] = "lora"
     lora_r: int = 16
     lora_layers: int = 10  # adapters on the top N blocks; 0 = every block
@@ -69,26 +79,42 @@ class RefinerConfig(dg.Config):
     quality_max_chars: int = 6000  # chunk-stage pages at most this long (a CPU budget)
 
 
-def consumed_sft_version(instance: dg.DagsterInstance, level: str) -> str:
-    """The SFT set of sft_programs[level]'s latest materialization: what this refiner depends on
-    (the event log, not the newest catalog row)."""
+def consumed_sft_set(instance: dg.DagsterInstance, level: str) -> Recorded:
+    """sft_programs[level]'s latest materialization: the SFT set this refiner depends on (the
+    event log, not the newest catalog row)."""
     found = recorded(instance, "sft_programs", level)
     if found is None:
         raise dg.Failure(f"no SFT set for level {level!r}: materialize sft_programs[{level}] first")
-    return found.value("sft_version")
+    return found
+
+
+def refiner_base_model(sft_set: Recorded, configured: str, engine: ModelEngine) -> str:
+    """The model a refiner trains from: the one whose tokenizer sized its SFT set's documents and
+    windows (recorded by sft_programs), so that inputs are measured as they were at labelling.
+    A config naming another model fails; an SFT set from before the record, the config's model
+    or else the engine's base model."""
+    built_with = sft_set.metadata.get("refiner_base_model")
+    if built_with is None:
+        return engine.base_or(configured)
+    if configured and configured != built_with:
+        raise dg.Failure(
+            f"refiner base_model {configured!r}, but SFT set {sft_set.value('sft_version')} was "
+            f"built with {built_with!r}'s tokenizer (its windows and truncation are counted in "
+            f"those tokens): materialize sft_programs[{sft_set.partition}] with refiner_base_model "
+            f"{configured!r}, or leave base_model empty"
+        )
+    return str(built_with)
 
 
 def _train_config(config: RefinerConfig) -> TrainConfig:
-    return TrainConfig(
+    return lora_train_config(
         method=config.method,
         lora_r=config.lora_r,
-        lora_alpha=2 * config.lora_r,
-        lora_layers=config.lora_layers or None,
+        lora_layers=config.lora_layers,
+        lr=config.lr,
         epochs=config.epochs,
         max_steps=config.max_steps or None,
         batch_size=config.batch_size,
-        lr=config.lr,
-        min_lr=config.lr / 10,
         max_seq_len=config.max_seq_len,
         seed=config.seed,
     )
@@ -147,13 +173,13 @@ def _quality(tuned, level: str, config: RefinerConfig, sft_config: dict, new_tok
         ),
     }
     if level == "doc":
-        limit = sft_config.get("doc_max_tokens", 384)
+        limit = sft_config.get("doc_max_tokens", DEFAULT_DOC_MAX_TOKENS)
         return {
             m: doc_stage_quality(w[0], qset, lambda t: tuned.truncate(t, limit))
             for m, w in writers.items()
         }
     count = hf_token_counter(tuned.tokenizer)
-    window = sft_config.get("window_tokens", 384)
+    window = sft_config.get("window_tokens", DEFAULT_WINDOW_TOKENS)
     return {m: chunk_stage_quality(w[1], qset, count, window) for m, w in writers.items()}
 
 
@@ -215,21 +241,23 @@ def refiner(
     device: DeviceSettings,
 ) -> dg.MaterializeResult:
     level = context.partition_key
-    sft_version = consumed_sft_version(context.instance, level)
+    sft_set = consumed_sft_set(context.instance, level)
+    sft_version = sft_set.value("sft_version")
+    base_model = refiner_base_model(sft_set, config.base_model, engine)
     train = store.read_parquet(sft_split_key(level, sft_version, "train"))
     val = store.read_parquet(sft_split_key(level, sft_version, "val"))
     train_config = _train_config(config)
-    version = version_id(config.base_model, sft_version, train_config)
+    version = version_id(base_model, sft_version, train_config)
     prefix = refiner_prefix(level, version)
     tags = lineage(context)
-    base_path = resolve_model(config.base_model)
+    base_path = resolve_model(base_model)
 
     def train_it(folder, progress):
         context.log.info(
             f"training {level} refiner {version} on {train.height} examples (SFT {sft_version})"
         )
         examples = [(load_chat(m), t) for m, t in zip(train["messages"], train["target"])]
-        model, tokenizer = engine.load_model(device, config.base_model, train=True)
+        model, tokenizer = engine.load_model(device, base_model, train=True)
         report = train_refiner(
             model, tokenizer, examples, train_config, folder, progress=progress
         ).to_dict()
@@ -241,7 +269,7 @@ def refiner(
         {
             "level": level,
             "version": version,
-            "base_model": config.base_model,
+            "base_model": base_model,
             "sft_version": sft_version,
             "train_config": train_config.to_dict(),
         },
@@ -258,7 +286,7 @@ def refiner(
                 {
                     "level": level,
                     "version": version,
-                    "base_model": config.base_model,
+                    "base_model": base_model,
                     "sft_version": sft_version,
                     "train_config": json.dumps(train_config.to_dict()),
                     "train_report": json.dumps(report),
@@ -278,7 +306,7 @@ def refiner(
     )
     shots = _shots(train, level, config.few_shot, config.seed)
     context.log.info(f"evaluating on {val_sample.height} held-out examples")
-    program_tokens = config.max_new_tokens or report.get("max_new_tokens", 160)
+    program_tokens = config.max_new_tokens or report.get("max_new_tokens", FALLBACK_PROGRAM_TOKENS)
     new_tokens = 8 if level == "doc" else program_tokens  # keep_doc() is 4 tokens
     metrics = {
         "refiner": _evaluate(tuned, val_sample, level, max_new_tokens=new_tokens),
@@ -347,7 +375,7 @@ def refiner(
             "refiner_pair": pair or "waiting for the other level",
             "path": dg.MetadataValue.path(store.uri(prefix)),
             "sft_version": sft_version,
-            "base_model": config.base_model,
+            "base_model": base_model,
             "method": config.method,
             "train_steps": report.get("steps", 0),
             "train_tokens": report.get("tokens_seen", 0),

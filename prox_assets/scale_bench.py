@@ -20,7 +20,7 @@ server is started in its own process group and stopped with it.
 from __future__ import annotations
 
 import json
-import os
+import os  # process plumbing only: child processes' environments and the scratch PROX_HOME
 import platform
 import statistics
 import subprocess
@@ -516,8 +516,9 @@ def scale_benchmark(
     workdir: Path, n_partitions: int = 1000, n_documents: int = 1_000_000, window_s: float = 150.0
 ) -> dict:
     """Every figure of ``prox bench scale``, measured under ``workdir`` (a scratch PROX_HOME)."""
-    from prox_assets.cli import _instance, ingest_paths
+    from prox_assets.ingest import ingest_paths
     from prox_assets.partitions import refiner_version_partitions
+    from prox_assets.runs import instance as current_instance
 
     report: dict = {"machine": machine_facts()}
     home = workdir / "home"
@@ -526,7 +527,7 @@ def scale_benchmark(
         t = time.perf_counter()
         ingest_paths([workdir / "inputs"], run=False, echo=lambda *a, **k: None)
         register_s = time.perf_counter() - t
-        instance = _instance()
+        instance = current_instance()
         instance.add_dynamic_partitions(refiner_version_partitions.name, [BENCH_REFINER_VERSION])
         shards = instance.get_dynamic_partitions("shard")
         if len(shards) != n_partitions:
@@ -535,7 +536,7 @@ def scale_benchmark(
             "shards": len(shards),
             "input_bytes_per_file": round(sum(f.stat().st_size for f in files) / len(files)),
             "register_seconds": round(register_s, 2),
-            "registered_with": "prox ingest --no-run's code path (cli.ingest_paths): upload to incoming/, "
+            "registered_with": "prox ingest --no-run's code path (ingest.ingest_paths): upload to incoming/, "
             "add_dynamic_partitions",
         }
         report["staleness"] = staleness_figures(instance, n_partitions)

@@ -38,10 +38,10 @@ from prox_assets.metadata import histogram, md_table, with_lineage
 from prox_assets.partition_runs import MODEL_BACKFILL_POLICY, PartitionOutcome, materialize_each
 from prox_assets.partitions import target_partitions
 from prox_assets.refinement import read_refined_pool, refined_pool
+from prox_assets.targets import target_set
 from prox_resources.catalog import Catalog
 from prox_resources.device import CPU_STEP, GPU_STEP, DeviceSettings
 from prox_resources.engine import ModelEngine
-from prox_resources.models import DEFAULT_MODEL
 from prox_resources.store import ObjectStore
 
 
@@ -49,7 +49,7 @@ class InfluenceAssetConfig(dg.Config):
     pool: Literal["refined", "raw"] = "refined"
     refiner_version: str = ""  # refined pool: "" = the newest refiner version
     pool_size: int = 0  # 0 = the whole pool; otherwise a seeded sample
-    model: str = DEFAULT_MODEL  # the selection model
+    model: str = ""  # the selection model; "" = the engine's base model (PROX_BASE_MODEL)
     param_filter: str = "mlp.down_proj"
     jvp_blocks: int = 4
     jvp_directions: int = 2
@@ -122,6 +122,7 @@ def pool_refiner_version(spec: str) -> str | None:
     # the refined pool it reads: the newest refiner version's (one partition, so a backfill of a new
     # version marks every target stale); a config refiner_version names another, recorded as metadata
     deps=[
+        target_set,  # the target's examples (same partition)
         dg.AssetDep(refined_pool, partition_mapping=dg.LastPartitionMapping()),
         dg.AssetDep(raw_corpus, partition_mapping=dg.AllPartitionMapping()),
     ],
@@ -149,6 +150,8 @@ def landmark_influence(
 ) -> dg.MaterializeResult:
     # A run may hold many targets (MODEL_BACKFILL_POLICY): the pool and the model are read once;
     # each target warms up its own copy, as the warm-up changes the weights in place.
+    # The model by name in the influence version: the config's, else the engine's base model.
+    config = config.model_copy(update={"model": engine.base_or(config.model)})
     pool, spec = load_pool(
         store, catalog, config, consumed_refiner_version(context, config.refiner_version)
     )

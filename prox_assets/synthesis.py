@@ -17,6 +17,8 @@ import polars as pl
 
 from prox_assets.core.annotators import RuleAnnotator, gold_program, llm_annotate, merge_programs
 from prox_assets.core.chunking import (
+    DEFAULT_DOC_MAX_TOKENS,
+    DEFAULT_WINDOW_TOKENS,
     chunk_document,
     hf_token_counter,
     split_lines,
@@ -45,16 +47,18 @@ from prox_assets.scoring import seed_scores
 from prox_resources.catalog import Catalog
 from prox_resources.device import GPU_STEP, DeviceSettings
 from prox_resources.engine import ModelEngine
-from prox_resources.models import DEFAULT_MODEL, resolve_model
+from prox_resources.models import resolve_model
 from prox_resources.store import ObjectStore
 
 
 class SFTConfig(dg.Config):
     val_fraction: float = 0.2
     seed: int = 0
-    refiner_base_model: str = DEFAULT_MODEL  # whose tokenizer sizes documents and windows
-    doc_max_tokens: int = 384  # the document refiner sees this many tokens of a document
-    window_tokens: int = 384  # chunk windows (ProX uses ~1500; shorter trains faster on CPUs)
+    # whose tokenizer sizes documents and windows: the refiners' base model ("" = the engine's,
+    # PROX_BASE_MODEL); the set records the name, and refiner[level] trains that model
+    refiner_base_model: str = ""
+    doc_max_tokens: int = DEFAULT_DOC_MAX_TOKENS  # the document refiner sees this many tokens
+    window_tokens: int = DEFAULT_WINDOW_TOKENS  # chunk windows (core.chunking)
     chunk_docs_per_shard: int = 12
     annotator: Literal["rules", "llm", "both"] = "rules"  # for pages without gold labels
     max_removal_ratio: float = 0.75  # caps what rule/LLM labels remove; gold labels have no cap
@@ -64,6 +68,9 @@ class SFTConfig(dg.Config):
     heldout_pages: float = 0.3  # gold pages kept out of every SFT set: the evaluation's pages
     clean_sources: list[str] = ["janeaustenr", "math"]  # clean text: keep_chunk() / keep_doc()
     keep_fraction: float = 0.6  # chunk examples without a removal, at most (clean windows included)
+    # windows removed whole, at most this many per window where content meets noise (0: no cap);
+    # at their natural share a small refiner never learns where the noise starts (README)
+    whole_per_partial: float = 1.0
     doc_keep_per_drop: float = 3.0
 
 
@@ -207,7 +214,9 @@ def _chunk_examples(
                 doc_id, shard, text, windows, programs, heuristic, model, config.max_removal_ratio
             )
         log.info(f"{key}: {len(examples)} chunk examples so far")
-    return balance_chunk_examples(examples, config.keep_fraction, config.seed)
+    return balance_chunk_examples(
+        examples, config.keep_fraction, config.seed, config.whole_per_partial or None
+    )
 
 
 @dg.asset(
@@ -251,7 +260,10 @@ def sft_programs(
     device: DeviceSettings,
 ) -> dg.MaterializeResult:
     level = context.partition_key
-    tokenizer = _tokenizer(config.refiner_base_model)
+    # the base model named in the set's config, its version and its record: what refiner[level] trains
+    base_model = engine.base_or(config.refiner_base_model)
+    config = config.model_copy(update={"refiner_base_model": base_model})
+    tokenizer = _tokenizer(base_model)
     label_report = {}
     if level == "doc":
         examples, label_report = _doc_examples(store, catalog, config, tokenizer, context.log)
@@ -318,6 +330,7 @@ def sft_programs(
         data_version=dg.DataVersion(version),  # what refiner[level] consumes (prox_assets.lineage)
         metadata={
             "sft_version": version,
+            "refiner_base_model": base_model,  # refiner[level] trains it (its tokenizer sized these)
             "path": dg.MetadataValue.path(store.uri(prefix)),
             "dagster/row_count": accepted.height,
             "n_train": n_train,

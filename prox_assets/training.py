@@ -23,7 +23,7 @@ from prox_assets.core.influence import representation_similarity
 from prox_assets.core.report import METRICS, comparisons, plot_report, summarize
 from prox_assets.core.samples import heldout_prose
 from prox_assets.core.training import checkpoint_version, train_lm
-from prox_assets.core.training_loop import TrainConfig
+from prox_assets.core.training_loop import TrainConfig, lora_train_config
 from prox_assets.core.variants import SELECTION_VARIANTS, refinement_documents, selection_documents
 from prox_assets.ingest import raw_corpus
 from prox_assets.layout import (
@@ -41,16 +41,17 @@ from prox_assets.partition_runs import MODEL_BACKFILL_POLICY, PartitionOutcome, 
 from prox_assets.partitions import VARIANTS, checkpoint_partitions, target_partitions
 from prox_assets.refinement import read_refined_pool, refined_pool
 from prox_assets.selection import pool_frame, pool_refiner_version, selected_subset
+from prox_assets.targets import target_set
 from prox_resources.catalog import Catalog
 from prox_resources.device import CPU_STEP, GPU_STEP, DeviceSettings
 from prox_resources.engine import ModelEngine
-from prox_resources.models import DEFAULT_MODEL, fetch_model, manifest_key, train_into_store
+from prox_resources.models import fetch_model, manifest_key, train_into_store
 from prox_resources.settings import downloads_dir
 from prox_resources.store import ObjectStore
 
 
 class CheckpointConfig(dg.Config):
-    base_model: str = DEFAULT_MODEL
+    base_model: str = ""  # "" = the engine's base model (PROX_BASE_MODEL)
     seeds: list[int] = [0, 1]
     # the token budget: max_steps x batch_size x seq_len tokens for every variant
     max_steps: int = 8
@@ -69,15 +70,13 @@ class CheckpointConfig(dg.Config):
     max_new_tokens: int = 96  # GSM8K / SQuAD completions
 
     def train_config(self, seed: int) -> TrainConfig:
-        return TrainConfig(
+        return lora_train_config(
             method=self.method,
             lora_r=self.lora_r,
-            lora_alpha=2 * self.lora_r,
-            lora_layers=self.lora_layers or None,
+            lora_layers=self.lora_layers,
+            lr=self.lr,
             max_steps=self.max_steps,
             batch_size=self.batch_size,
-            lr=self.lr,
-            min_lr=self.lr / 10,
             warmup_steps=min(2, self.max_steps),
             max_seq_len=self.seq_len,
             seed=seed,
@@ -219,6 +218,10 @@ def _heldout_prose(store: ObjectStore, n: int) -> list[str]:
     # what it trains on: the target's selection, and (refinement variants) the newest refiner
     # version's pool, one partition (a config refiner_version names another, recorded as metadata)
     deps=[
+        # the target's held-out examples, and its selection
+        dg.AssetDep(
+            target_set, partition_mapping=dg.MultiToSingleDimensionPartitionMapping("target")
+        ),
         dg.AssetDep(
             selected_subset, partition_mapping=dg.MultiToSingleDimensionPartitionMapping("target")
         ),
@@ -313,6 +316,8 @@ def train_variant(
 ) -> PartitionOutcome:
     """One partition of trained_checkpoint: its checkpoints, its catalog rows; returns its metadata
     (with what it came from: refiner version, SFT sets, selection) and its data version."""
+    # the base model by name in every version, manifest and row: the config's, else the engine's
+    config = config.model_copy(update={"base_model": engine.base_or(config.base_model)})
     sets = _evaluation_sets(store, catalog, target, config)
     tags = lineage(context, partition_key)
     chosen = None

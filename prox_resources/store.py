@@ -22,7 +22,7 @@ import fsspec
 import polars as pl
 from pydantic import PrivateAttr
 
-from prox_resources.settings import store_url
+from prox_resources.settings import ProxSettings, store_url
 
 TMP_PREFIX = ".tmp-"
 
@@ -59,7 +59,9 @@ class ObjectStore(dg.ConfigurableResource):
         protocol, _, rest = self.root.partition("://")
         options: dict = {}
         if protocol == "s3":
-            endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+            endpoint = self.endpoint_url or ProxSettings.from_environment().aws.get(
+                "AWS_ENDPOINT_URL"
+            )
             if endpoint:
                 options["endpoint_url"] = endpoint
             if self.access_key_id:

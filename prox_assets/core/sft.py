@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -148,16 +149,46 @@ def _stratified(examples: list[SFTExample], room: int, seed: int) -> list[SFTExa
     return out
 
 
+_NUMBERED_CONTENT = re.compile(r"^\[(\d+)\].*\S", re.MULTILINE)
+
+
+def removal_extent(example: SFTExample) -> str:
+    """``none`` (the program removes no line), ``whole`` (it removes every non-blank line of its
+    window) or ``partial``: a window where content meets noise and the program must name the line
+    where one turns into the other."""
+    removed: set[int] = set()
+    for call in parse_program(example.target, "chunk").calls:
+        if call.name == "remove_lines":
+            removed.update(range(call.int_arg("line_start"), call.int_arg("line_end") + 1))
+    if not removed:
+        return "none"
+    chat = json.loads(example.messages)
+    window = chat[-1]["content"] if chat else ""
+    content = {int(m.group(1)) for m in _NUMBERED_CONTENT.finditer(window)}
+    return "whole" if content <= removed else "partial"
+
+
 def balance_chunk_examples(
-    examples: list[SFTExample], keep_fraction: float, seed: int
+    examples: list[SFTExample],
+    keep_fraction: float,
+    seed: int,
+    whole_per_partial: float | None = None,
 ) -> list[SFTExample]:
     """At most ``keep_fraction`` of the accepted examples without a removal (keep_chunk() or a
     normalize only), spread evenly over their sources: real pages are mostly clean windows, and
-    a small model trained on their natural share learns to remove nothing. Rejected examples are
-    all kept (they are a report)."""
+    a small model trained on their natural share learns to remove nothing. With
+    ``whole_per_partial``, windows removed whole are capped at that many per *partial* window
+    (content meeting noise): a model trained on their natural share (1.5 per partial one on the
+    docs pages) learns to remove every window that starts or ends with noise, and never learns
+    where the noise begins. Rejected examples are all kept (they are a report)."""
     accepted = [e for e in examples if e.status == "accepted"]
-    removing = [e for e in accepted if "remove_lines" in e.target]
-    other = [e for e in accepted if "remove_lines" not in e.target]
+    extent = {id(e): removal_extent(e) for e in accepted}
+    partial = [e for e in accepted if extent[id(e)] == "partial"]
+    whole = [e for e in accepted if extent[id(e)] == "whole"]
+    if whole_per_partial is not None and partial:
+        whole = _stratified(whole, int(whole_per_partial * len(partial)), seed)
+    removing = partial + whole
+    other = [e for e in accepted if extent[id(e)] == "none"]
     room = (
         int(len(removing) * keep_fraction / max(1e-9, 1 - keep_fraction))
         if removing

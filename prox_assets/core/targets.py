@@ -96,6 +96,9 @@ def _math() -> list[TaskExample]:
 
 LOADERS = {"mmlu": _mmlu, "math": _math}
 
+# Every task a target can be drawn from (``load_task``).
+TASK_NAMES: tuple[str, ...] = (*TASKS, *LOADERS)
+
 
 def load_task(task: str) -> list[TaskExample]:
     if task in LOADERS:

@@ -66,6 +66,23 @@ class TrainReport:
         return asdict(self)
 
 
+def lora_train_config(
+    *, method: Literal["lora", "full"], lora_r: int, lora_layers: int | None, lr: float, **rest
+) -> TrainConfig:
+    """The one mapping from an asset's (or a benchmark's) LoRA settings to a ``TrainConfig``:
+    alpha is twice the rank, ``lora_layers`` 0 or None puts adapters on every block, and the
+    cosine schedule decays to a tenth of ``lr``. ``rest``: the other ``TrainConfig`` fields."""
+    return TrainConfig(
+        method=method,
+        lora_r=lora_r,
+        lora_alpha=2 * lora_r,
+        lora_layers=lora_layers or None,
+        lr=lr,
+        min_lr=lr / 10,
+        **rest,
+    )
+
+
 def lr_at(step: int, total: int, config: TrainConfig) -> float:
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps

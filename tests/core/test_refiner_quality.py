@@ -1,5 +1,6 @@
 """Distant supervision from real pages, and the refiner evaluation's ceiling and control."""
 
+import json
 import random
 
 import pytest
@@ -7,6 +8,7 @@ from transformers import AutoTokenizer
 
 from prox_assets.core.annotators import KEEP, RuleAnnotator, gold_program
 from prox_assets.core.chunking import Window, chunk_document, hf_token_counter, split_lines
+from prox_assets.core.prompts import chunk_refiner_chat
 from prox_assets.core.real_pairs import (
     aligned_labels,
     news_pairs,
@@ -24,7 +26,12 @@ from prox_assets.core.refiner_quality import (
     noise_rate,
     random_writers,
 )
-from prox_assets.core.sft import SFTExample, balance_chunk_examples, balance_doc_examples
+from prox_assets.core.sft import (
+    SFTExample,
+    balance_chunk_examples,
+    balance_doc_examples,
+    removal_extent,
+)
 from prox_assets.refiner_training import generation_budget
 from prox_resources.settings import downloads_dir
 
@@ -111,12 +118,12 @@ def test_repeated_lines_fire_only_in_blocks():
     )
 
 
-def _example(annotator: str, label: str, target: str, i: int) -> SFTExample:
+def _example(annotator: str, label: str, target: str, i: int, window: str = "") -> SFTExample:
     return SFTExample(
         level="chunk",
         doc_id=f"d{i}",
         shard="s",
-        messages="[]",
+        messages=json.dumps(chunk_refiner_chat(window)) if window else "[]",
         target=target,
         label=label,
         annotator=annotator,
@@ -237,3 +244,30 @@ def test_the_control_is_far_below_the_ceiling(quality_set, smollm2_tokenizer_dir
         and docs_control["doc-labelled"]["macro_f1"] < 0.75
     )
     assert docs_ceiling["docs-pydocs-index"]["docs_dropped"] == 1.0
+
+
+def test_windows_where_content_meets_noise_are_not_outnumbered_by_whole_removals():
+    window = "[doc]\n[010]Home | Docs\n[011]\n[012]Body text here.\n[013]© 2026 Example\n[/doc]"
+    partial = "remove_lines(line_start=10, line_end=11)"
+    whole = "remove_lines(line_start=10, line_end=13)"
+    # blank lines need not be removed for a window to be removed whole
+    blank_skipped = (
+        "remove_lines(line_start=10, line_end=10)\nremove_lines(line_start=12, line_end=13)"
+    )
+    assert removal_extent(_example("g", "remove", partial, 0, window)) == "partial"
+    assert removal_extent(_example("g", "remove", whole, 0, window)) == "whole"
+    assert removal_extent(_example("g", "remove", blank_skipped, 0, window)) == "whole"
+    assert removal_extent(_example("g", "keep", KEEP, 0, window)) == "none"
+    assert (
+        removal_extent(_example("g", "keep", 'normalize(source_str="¶", target_str="")', 0, window))
+        == "none"
+    )
+
+    examples = [_example("g", "remove", partial, i, window) for i in range(10)]
+    examples += [_example("g", "remove", whole, 100 + i, window) for i in range(40)]
+    examples += [_example("g", "keep", KEEP, 200 + i, window) for i in range(100)]
+    natural = balance_chunk_examples(examples, keep_fraction=0.5, seed=0)
+    assert sum(removal_extent(e) == "whole" for e in natural) == 40
+    capped = balance_chunk_examples(examples, keep_fraction=0.5, seed=0, whole_per_partial=1.0)
+    count = {k: sum(removal_extent(e) == k for e in capped) for k in ("partial", "whole", "none")}
+    assert count == {"partial": 10, "whole": 10, "none": 20}

@@ -1,0 +1,33 @@
+"""The model benchmarks' bodies live in prox_assets.benchmarks (the `prox bench` commands only
+parse arguments): they run on the engine and device the settings name."""
+
+import json
+
+import pytest
+
+from prox_assets.benchmarks import engine_and_device, refine_precision_report, refinement_report
+from prox_assets.core.errors import UserError
+
+
+def test_refine_report_on_the_settings_engine(prox_env, tiny_llama_dir, monkeypatch):
+    from prox_assets.ingest import ingest_paths
+
+    monkeypatch.setenv("PROX_MODEL", str(tiny_llama_dir))
+    monkeypatch.setenv("PROX_DEVICE", "cpu")
+    data = prox_env.parent / "in" / "web-00.jsonl"
+    data.parent.mkdir()
+    data.write_text(
+        "".join(
+            json.dumps({"text": f"Line one of {i}.\nLine two, with words.\nShare | Tweet"}) + "\n"
+            for i in range(4)
+        )
+    )
+    assert ingest_paths([data], echo=lambda _: None) == {"web-00": "ok"}
+    engine, device = engine_and_device()
+    assert (engine.model, engine.base, device.device) == (str(tiny_llama_dir),) * 2 + ("cpu",)
+    report = refine_precision_report(2, None, ["float32"])
+    assert report["refiner_version"] == f"base model {tiny_llama_dir}"
+    assert report["backend"] == "transformers" and report["device"] == "cpu"
+    assert report["documents"] == 2 and list(report["by_dtype"]) == ["float32"]
+    with pytest.raises(UserError, match="no refiner version"):
+        refinement_report(None, 2, 2, 1000, None, [0], log=print)

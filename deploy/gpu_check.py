@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prox_assets.core import influence as inf
 from prox_assets.core.precision import bf16_is_fast
-from prox_assets.core.refiner_training import TrainConfig, attach_adapters, run_training
+from prox_assets.core.training_loop import TrainConfig, attach_adapters, run_training
 
 
 def _sync():

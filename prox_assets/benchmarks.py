@@ -269,7 +269,7 @@ def refine_once(
     FLOPs, and what was generated (to compare precisions)."""
     from prox_assets.core.chunking import hf_token_counter
     from prox_assets.core.prompts import chunk_refiner_chat, doc_refiner_chat
-    from prox_assets.core.refine import run_chunk_refiner, run_doc_refiner
+    from prox_assets.core.refinement import run_chunk_refiner, run_doc_refiner
 
     tok = chunk_backend.tokenizer
     count = hf_token_counter(tok)
@@ -603,7 +603,7 @@ def newest_refiner_version() -> str | None:
 
 def evidence_train_config(steps: int, batch_size: int, seq_len: int, lr: float):
     """The evidence benchmarks' checkpoints: LoRA r=8 on every block, one token budget."""
-    from prox_assets.core.refiner_training import lora_train_config
+    from prox_assets.core.training_loop import lora_train_config
 
     return lora_train_config(
         method="lora",
@@ -640,8 +640,8 @@ def refine_precision_report(docs: int, refiner_version: str | None, dtypes: list
 
     from prox_assets.core.chunking import DEFAULT_DOC_MAX_TOKENS, DEFAULT_WINDOW_TOKENS
     from prox_assets.layout import raw_paths, refiner_prefix
-    from prox_assets.refine import refiner_pair
-    from prox_assets.refiner import FALLBACK_PROGRAM_TOKENS
+    from prox_assets.refinement import refiner_pair
+    from prox_assets.refiner_training import FALLBACK_PROGRAM_TOKENS
     from prox_resources.catalog import Catalog
     from prox_resources.device import DeviceSettings
     from prox_resources.models import fetch_model
@@ -771,7 +771,7 @@ def refinement_report(
     from prox_assets.core.errors import UserError
     from prox_assets.core.refiner_quality import refinement_training_evidence, refinement_variants
     from prox_assets.layout import refiner_prefix
-    from prox_assets.refine import refiner_pair
+    from prox_assets.refinement import refiner_pair
     from prox_resources.catalog import Catalog
     from prox_resources.models import fetch_model
     from prox_resources.store import ObjectStore

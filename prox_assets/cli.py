@@ -210,7 +210,7 @@ def demo(**options) -> None:
 
 def _print_refiner_summary() -> None:
     """The evaluations of the refiners of the newest refiner version (Dagster's, as the assets read it)."""
-    from prox_assets.refine import refiner_pair
+    from prox_assets.refinement import refiner_pair
     from prox_resources.catalog import Catalog
 
     version = _latest_refiner_version()
@@ -230,7 +230,7 @@ def _print_refiner_summary() -> None:
 
 def _latest_refiner_version() -> str | None:
     """The newest registered refiner version: what refined_pool's dependents read by default."""
-    from prox_assets.refine import latest_refiner_version
+    from prox_assets.refinement import latest_refiner_version
 
     return latest_refiner_version(_instance())
 
@@ -368,7 +368,7 @@ def backfill(refiner_version: str, url: str, shards: tuple[str, ...], wait: bool
     from prox_assets.backfill import BackfillError, launch_backfill, wait_for_backfill
     from prox_assets.partition_runs import partition_ranges
     from prox_assets.partitions import refiner_version_partitions, shard_partitions
-    from prox_assets.refine import refined_corpus
+    from prox_assets.refinement import refined_corpus
 
     instance = _instance()
     if not instance.has_dynamic_partition(refiner_version_partitions.name, refiner_version):

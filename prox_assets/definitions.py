@@ -7,13 +7,13 @@ import dagster as dg
 
 from prox_assets.ingest import incoming_files_sensor, raw_corpus
 from prox_assets.partitions import shard_partitions
-from prox_assets.refine import (
+from prox_assets.refinement import (
     refine_new_shards_sensor,
     refined_corpus,
     refined_pool,
     refined_pool_sensor,
 )
-from prox_assets.refiner import refiner
+from prox_assets.refiner_training import refiner
 from prox_assets.scoring import seed_scores
 from prox_assets.selection import landmark_influence, selected_subset
 from prox_assets.synthesis import sft_programs

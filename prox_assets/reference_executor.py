@@ -8,7 +8,7 @@ time is the reference's time. Only the bare ``except:`` clauses read ``except Ex
 the results nobody reads (normalization pairs, noise lines, merged intervals) are still built.
 
 It is the baseline, not a model: the project's executor (``prox_assets.core.executor``) parses
-programs as a language and differs wherever this code misreads one (see tests/test_programs.py).
+programs as a language and differs wherever this code misreads one (see tests/core/test_programs.py).
 """
 
 # A port kept step for step: its broad excepts, unused results and branches stay as written.

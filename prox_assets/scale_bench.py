@@ -22,21 +22,25 @@ from __future__ import annotations
 import json
 import os  # process plumbing only: child processes' environments and the scratch PROX_HOME
 import platform
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from prox_assets.servers import (
+    BIN,
+    Server,
+    answers,
+    code_server_answers,
+    code_server_command,
+    free_port,
+    wait_until,
+    write_grpc_workspace,
+)
 from prox_resources.settings import REPO_ROOT
-
-BIN = Path(sys.executable).parent
 
 # The query the asset page's partition health bar sends (dagster-webserver 1.13's bundle, verbatim).
 PARTITION_HEALTH_QUERY = """
@@ -258,157 +262,44 @@ def write_small_shards(folder: Path, n: int, docs_per_file: int = 3) -> list[Pat
     return files
 
 
-# --- servers -------------------------------------------------------------------------------------
-class _Server:
-    """A process in its own session (stopping it stops its children: the runs a code server
-    launched), logging to a file."""
-
-    def __init__(self, name: str, cmd: list, log_dir: Path, env: dict):
-        self.name, self.log_path = name, log_dir / f"{name}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115  (closed in stop(): the process outlives this call)
-        self.proc = subprocess.Popen(
-            [str(c) for c in cmd],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=REPO_ROOT,
-            start_new_session=True,
-        )
-
-    def tail(self, n: int = 3000) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")[-n:]
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-            except ProcessLookupError:
-                pass
-        self._log.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(
-    predicate: Callable[[], object],
-    what: str,
-    timeout: float,
-    servers: list[_Server],
-    poll: float = 0.5,
-):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        for s in servers:
-            s.check_alive()
-        if time.monotonic() > deadline:
-            raise TimeoutError(
-                f"{what} not reached in {timeout:.0f}s\n"
-                + "\n".join(f"--- {s.name}\n{s.tail(1500)}" for s in servers)
-            )
-        time.sleep(poll)
-
-
-def _answers(url: str) -> bool:
-    try:
-        urllib.request.urlopen(url, timeout=5)
-        return True
-    except urllib.error.HTTPError:
-        return True
-    except OSError:
-        return False
-
-
 @contextmanager
 def dagster_servers(workdir: Path) -> Iterator[tuple[str, dict]]:
     """A code server for prox_assets.definitions, a webserver and a daemon on the current
     DAGSTER_HOME, as ``dagster dev`` or the deployment runs them; yields the webserver's URL and
     the start-up times. Every process (and every run the code server launched) stopped after."""
     env = {**os.environ, "PYTHONPATH": _pythonpath()}
-    grpc_port, web_port = _free_port(), _free_port()
-    workspace = workdir / "workspace.yaml"
-    workspace.write_text(
-        json.dumps(
-            {
-                "load_from": [
-                    {
-                        "grpc_server": {
-                            "host": "127.0.0.1",
-                            "port": grpc_port,
-                            "location_name": "prox",
-                        }
-                    }
-                ]
-            }
-        )
-    )
+    taken: set[int] = set()
+    grpc_port, web_port = free_port(taken), free_port(taken)
+    workspace = write_grpc_workspace(workdir / "workspace.yaml", grpc_port)
     logs = workdir / "logs"
     logs.mkdir(exist_ok=True)
-    servers: list[_Server] = []
+    servers: list[Server] = []
     started = time.perf_counter()
     try:
         servers.append(
-            _Server(
-                "code-server",
-                [
-                    BIN / "dagster",
-                    "code-server",
-                    "start",
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    grpc_port,
-                    "-m",
-                    "prox_assets.definitions",
-                    "--location-name",
-                    "prox",
-                ],
-                logs,
-                env,
-            )
+            Server("code-server", code_server_command(grpc_port), logs, env, cwd=REPO_ROOT)
         )
-        _wait(
-            lambda: (
-                subprocess.run(
-                    [BIN / "dagster", "api", "grpc-health-check", "-p", str(grpc_port)],
-                    capture_output=True,
-                    env=env,
-                ).returncode
-                == 0
-            ),
-            "the code server",
-            300,
-            servers,
-            1,
-        )
+        wait_until(lambda: code_server_answers(grpc_port, env), "the code server", 300, servers, 1)
         servers.append(
-            _Server(
+            Server(
                 "webserver",
                 [BIN / "dagster-webserver", "-h", "127.0.0.1", "-p", web_port, "-w", workspace],
                 logs,
                 env,
+                cwd=REPO_ROOT,
             )
         )
         servers.append(
-            _Server("daemon", [BIN / "dagster-daemon", "run", "-w", workspace], logs, env)
+            Server(
+                "daemon",
+                [BIN / "dagster-daemon", "run", "-w", workspace],
+                logs,
+                env,
+                cwd=REPO_ROOT,
+            )
         )
         url = f"http://127.0.0.1:{web_port}"
-        _wait(lambda: _answers(f"{url}/server_info"), "the webserver", 300, servers)
+        wait_until(lambda: answers(f"{url}/server_info"), "the webserver", 300, servers, 0.5)
         yield (
             url,
             {"servers_start_seconds": round(time.perf_counter() - started, 1), "servers": servers},
@@ -493,7 +384,7 @@ def backfill_figures(
     asset: str,
     partition_names: list[str],
     window_s: float,
-    servers: list[_Server],
+    servers: list[Server],
     until: str = "finished",
 ) -> dict:
     """Launch a backfill of ``asset`` over ``partition_names`` as the UI does, then watch the
@@ -546,7 +437,7 @@ def backfill_figures(
     result = graphql(url, CANCEL_BACKFILL, {"id": backfill_id})["cancelPartitionBackfill"]
     # until the daemon has canceled its queued runs: the next measurement gets an idle daemon
     t_cancel = time.perf_counter()
-    _wait(
+    wait_until(
         lambda: (
             instance.get_backfill(backfill_id).status.value
             not in ("REQUESTED", "CANCELING", "FAILING")
@@ -554,6 +445,7 @@ def backfill_figures(
         f"backfill {backfill_id} canceled",
         600,
         servers,
+        0.5,
     )
     cancel_s = time.perf_counter() - t_cancel
     figures = {

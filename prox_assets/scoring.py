@@ -24,10 +24,10 @@ from prox_resources.store import ObjectStore
 
 
 class SeedScoresConfig(dg.Config):
-    seeds_per_shard: int = 6  # the CPU demo budget; the paper scores ~50K documents
+    seeds_per_shard: int = 6  # the CPU demo budget; ProX scores ~50K documents
     seed: int = 0
     max_doc_tokens: int = 256  # the scorer sees the start of each document
-    with_critique: bool = False  # write a short critique first (costly on a CPU; paper setting)
+    with_critique: bool = False  # write a short critique first (costly on a CPU; ProX's setting)
     critique_tokens: int = 96
 
 
@@ -47,7 +47,7 @@ def _score_table(frame: pl.DataFrame) -> dg.MetadataValue:
 @dg.asset(
     partitions_def=shard_partitions,
     deps=[raw_corpus],
-    group_name="synthesis",
+    group_name="scoring",
     kinds={"pytorch", "parquet"},
     owners=["team:data-platform"],
     **GPU_STEP,

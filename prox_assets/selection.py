@@ -3,7 +3,8 @@
 The pool is the refined corpus of one refiner version (``refined_pool[<version>]``; default: the
 newest, the partition the dependency maps to; kept documents only) or the raw corpus. Influence is
 computed exactly on landmark samples and propagated to the pool through JVP embeddings
-(``core/influence.py``); the subset is chosen from the estimates.
+(``core/influence.py``); the subset is chosen from the estimates. The method as implemented:
+docs/methods.md#influence-distillation.
 """
 
 import copy
@@ -36,7 +37,7 @@ from prox_assets.lineage import consumed_refiner_version, content_version, recor
 from prox_assets.metadata import histogram, md_table, with_lineage
 from prox_assets.partition_runs import MODEL_BACKFILL_POLICY, PartitionOutcome, materialize_each
 from prox_assets.partitions import target_partitions
-from prox_assets.refine import read_refined_pool, refined_pool
+from prox_assets.refinement import read_refined_pool, refined_pool
 from prox_assets.targets import target_set
 from prox_resources.catalog import Catalog
 from prox_resources.device import CPU_STEP, GPU_STEP, DeviceSettings

@@ -3,7 +3,8 @@
 ``doc``: keep_doc()/drop_doc() targets from the seed scores. ``chunk``: programs for
 line-numbered windows of sampled documents, from the rule annotator (default), the LLM annotator
 (few-shot, one prompt per noise type), or both merged. Written as versioned train/val/rejected
-Parquet files under ``sft/<level>/<sft_version>/``.
+Parquet files under ``sft/<level>/<sft_version>/``. Where the labels come from:
+docs/methods.md#sft-synthesis.
 """
 
 import json

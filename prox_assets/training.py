@@ -20,10 +20,10 @@ import polars as pl
 
 from prox_assets.core.evaluation import evaluate
 from prox_assets.core.influence import representation_similarity
-from prox_assets.core.refiner_training import TrainConfig, lora_train_config
 from prox_assets.core.report import METRICS, comparisons, plot_report, summarize
 from prox_assets.core.samples import heldout_prose
 from prox_assets.core.training import checkpoint_version, train_lm
+from prox_assets.core.training_loop import TrainConfig, lora_train_config
 from prox_assets.core.variants import SELECTION_VARIANTS, refinement_documents, selection_documents
 from prox_assets.ingest import raw_corpus
 from prox_assets.layout import (
@@ -39,7 +39,7 @@ from prox_assets.lineage import consumed_refiner_version, content_version, recor
 from prox_assets.metadata import lineage, md_table
 from prox_assets.partition_runs import MODEL_BACKFILL_POLICY, PartitionOutcome, materialize_each
 from prox_assets.partitions import VARIANTS, checkpoint_partitions, target_partitions
-from prox_assets.refine import read_refined_pool, refined_pool
+from prox_assets.refinement import read_refined_pool, refined_pool
 from prox_assets.selection import pool_frame, pool_refiner_version, selected_subset
 from prox_assets.targets import target_set
 from prox_resources.catalog import Catalog

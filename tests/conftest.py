@@ -44,28 +44,6 @@ def sample_files() -> list[Path]:
     return build_sample_corpus(home / "samples", home / "downloads")
 
 
-def _port_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
-def _free_port(taken: set[int]) -> int:
-    """A free port whose +10000 twin is free too (SeaweedFS puts gRPC there)."""
-    import random
-
-    while True:
-        port = random.randrange(20000, 45000)
-        if not ({port, port + 10000} & taken) and _port_free(port) and _port_free(port + 10000):
-            taken.update({port, port + 10000})
-            return port
-
-
 @pytest.fixture(scope="session")
 def seaweedfs(tmp_path_factory):
     """A real SeaweedFS S3 server on loopback, with one access key; yields its settings."""
@@ -73,7 +51,7 @@ def seaweedfs(tmp_path_factory):
     import shutil
     import sys
 
-    from tests.servers import Server, wait_http
+    from prox_assets.servers import Server, free_port, wait_http
 
     weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
     if not Path(weed).exists():
@@ -94,7 +72,7 @@ def seaweedfs(tmp_path_factory):
         )
     )
     taken: set[int] = set()
-    ports = {name: _free_port(taken) for name in ("master", "volume", "filer", "s3")}
+    ports = {name: free_port(taken) for name in ("master", "volume", "filer", "s3")}
     cmd = [
         weed,
         "server",

@@ -1,4 +1,5 @@
-"""Chunk-level annotators: who writes the target program of a line-numbered window.
+"""Chunk-level annotators: who writes the target program of a line-numbered window
+(docs/methods.md#sft-synthesis).
 
 - ``gold_program``: distant supervision, the program that removes exactly the noise lines of a
   page with gold line labels (``core.real_pairs``: the docs' layout gold). The preferred source.

@@ -1,4 +1,5 @@
-"""Line numbering and window packing for the chunk-level refiner.
+"""Line numbering and window packing for the chunk-level refiner
+(docs/methods.md#line-numbering-and-windows).
 
 A document's lines are numbered ``[NNN]`` (0-based, global across the document, at least three
 digits, no space after ``]``) and packed greedily, in order and without overlap, into windows of

@@ -1,6 +1,7 @@
 """The trusted executor: turns parsed ProX programs into edited text, with an audit record.
 
-Defaults follow the reference implementation, because the published numbers rest on them:
+Defaults follow the reference implementation, because the published numbers rest on them
+(docs/methods.md#executor-semantics):
 
 - document stage: only a clear ``drop_doc()`` (and no ``keep_doc()``) drops; anything else keeps;
 - chunk stage: errors are counted per window, as ProX counts them per chunk (unparsable or unknown

@@ -1,4 +1,7 @@
-"""Influence Distillation: the math, without Dagster (the README says what was measured).
+"""Influence Distillation (Nikdan et al., 2025): the math, without Dagster.
+
+docs/methods.md#influence-distillation describes the method as implemented here, section by
+section; the README says what was measured.
 
 - ``warm_up``: a short AdamW run on the pool, *in place*; gradients are then taken at the
   warmed-up model, preconditioned with its own frozen-second-moment Adam factor ``a``;
@@ -924,6 +927,7 @@ def compute_influence(
 
 
 def flops_ratio(n_layers: int, blocks: int, directions: int, landmarks: int, pool: int) -> float:
-    """The paper's cost model, relative to one forward pass per pool sample (RDS+):
+    """The paper's cost model (docs/methods.md#jvp-embeddings-and-propagation), relative to one
+    forward pass per pool sample (RDS+):
     ID / RDS+ ~= R B / n_layers + 3 |L| / |S|."""
     return directions * blocks / n_layers + 3 * landmarks / pool

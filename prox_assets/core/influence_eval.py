@@ -40,7 +40,7 @@ from prox_assets.core.influence import (
 from prox_assets.core.training import mean_std, seed_summary
 
 if TYPE_CHECKING:
-    from prox_assets.core.refiner_training import TrainConfig
+    from prox_assets.core.training_loop import TrainConfig
 
 
 def exact_pool_scores(

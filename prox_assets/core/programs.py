@@ -1,4 +1,5 @@
-"""The ProX program language: a parser for the tiny programs a refiner model writes.
+"""The ProX program language: a parser for the tiny programs a refiner model writes
+(docs/methods.md#program-language).
 
 A program is a sequence of calls, one statement per line (or separated by ``;``)::
 
@@ -33,7 +34,7 @@ error, never silent):
 
 Statements in the canonical spelling the refiner is trained on (``_CANONICAL``) bind without the
 general grammar, a whole program of them in one pass; the result is the same, limits included
-(tests/test_program_properties.py compares the two on generated programs).
+(tests/core/test_program_properties.py compares the two on generated programs).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Evaluating refiners on held-out examples: what the paper reports, computed the same way.
+"""Evaluating refiners on held-out examples: what ProX reports, computed the same way
+(docs/methods.md#refiner-training).
 
 - document level: F1 of keep/drop decisions (per class and macro), with the executor's own
   reading of each program (only a clear drop_doc() drops);

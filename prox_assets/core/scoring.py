@@ -1,9 +1,10 @@
-"""Seed-document scoring with the two rubrics, and the ProX document label rule.
+"""Seed-document scoring with the two rubrics, and the ProX document label rule
+(docs/methods.md#sft-synthesis).
 
 Small models rarely write a clean "Score: N" line, so besides parsing the line we read the
 model's next-token distribution over "0".."5" right after "Score: " and take its expectation:
 one forward pass, no sampling, and far more stable. With ``with_critique`` the model first writes
-a short critique (as the paper's annotator does) and the score is read after it.
+a short critique (as ProX's annotator does) and the score is read after it.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def expected_score(probs: dict[str, float]) -> tuple[float, tuple[float, ...], f
 
 
 def prox_keep(edu: int, fmt: int) -> bool:
-    """The paper's rule: keep if educational value >= 3, or == 2 with format >= 4."""
+    """ProX's rule (Zhou et al., 2024): keep if educational value >= 3, or == 2 with format >= 4."""
     return edu >= 3 or (edu == 2 and fmt >= 4)
 
 

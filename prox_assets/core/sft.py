@@ -1,4 +1,5 @@
-"""Building the synthetic function-call SFT set: chat examples in exactly the refiner's format.
+"""Building the synthetic function-call SFT set: chat examples in exactly the refiner's format
+(docs/methods.md#sft-synthesis).
 
 ``doc`` examples come from scored seed documents (target ``keep_doc()`` / ``drop_doc()`` by the
 ProX rule); ``chunk`` examples from line-numbered windows and an annotator's program. Every

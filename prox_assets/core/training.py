@@ -1,4 +1,5 @@
-"""Continued pre-training of a base model on a set of documents, under a fixed token budget.
+"""Continued pre-training of a base model on a set of documents, under a fixed token budget
+(docs/methods.md#the-evidence-checkpoint-variants).
 
 Every variant of a comparison (selected subset, random subset, whole pool, raw or refined text)
 trains the same model for the same number of steps on full windows of the same length, so each
@@ -20,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from prox_assets.core.refiner_training import (
+from prox_assets.core.training_loop import (
     TrainConfig,
     TrainReport,
     attach_adapters,

@@ -1,4 +1,5 @@
-"""What each checkpoint variant trains on, given the documents it may choose from.
+"""What each checkpoint variant trains on, given the documents it may choose from
+(docs/methods.md#the-evidence-checkpoint-variants).
 
 Selection variants choose from the pool a target's selection was made from: the ``influence``
 subset itself (its weights repeat documents), a seeded ``random`` subset of the same size, the

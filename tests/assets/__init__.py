@@ -1,0 +1,1 @@
+"""prox_assets: the Dagster assets, checks and sensors, materialized on a test instance."""

@@ -1,0 +1,1 @@
+"""The `prox` command line and its benchmarks, as a user runs them."""

@@ -1,0 +1,1 @@
+"""prox_assets/core: the pure domain modules (no Dagster), as plain functions."""

@@ -1,0 +1,1 @@
+"""prox_resources: the object store, the catalog, the model engine and loader."""

@@ -14,6 +14,7 @@ fits, then `` …``); it stays addressable by its number, so the refiner can sti
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -36,6 +37,14 @@ def split_lines(text: str) -> list[str]:
 
 def number_line(index: int, line: str) -> str:
     return f"[{index:03d}]{line}"
+
+
+_NUMBERED_CONTENT = re.compile(r"^\[(\d+)\].*\S", re.MULTILINE)
+
+
+def content_line_numbers(window_text: str) -> set[int]:
+    """The numbers of the non-blank lines a window shows (the inverse of ``number_line``)."""
+    return {int(m.group(1)) for m in _NUMBERED_CONTENT.finditer(window_text)}
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from prox_assets.core.annotators import KEEP, validate_chunk_program
-from prox_assets.core.chunking import Window
+from prox_assets.core.chunking import Window, content_line_numbers
 from prox_assets.core.programs import Stage, parse_program
 from prox_assets.core.prompts import REFINER_PROMPT_VERSION, chunk_refiner_chat, doc_refiner_chat
 
@@ -149,9 +148,6 @@ def _stratified(examples: list[SFTExample], room: int, seed: int) -> list[SFTExa
     return out
 
 
-_NUMBERED_CONTENT = re.compile(r"^\[(\d+)\].*\S", re.MULTILINE)
-
-
 def removal_extent(example: SFTExample) -> str:
     """``none`` (the program removes no line), ``whole`` (it removes every non-blank line of its
     window) or ``partial``: a window where content meets noise and the program must name the line
@@ -164,8 +160,7 @@ def removal_extent(example: SFTExample) -> str:
         return "none"
     chat = json.loads(example.messages)
     window = chat[-1]["content"] if chat else ""
-    content = {int(m.group(1)) for m in _NUMBERED_CONTENT.finditer(window)}
-    return "whole" if content <= removed else "partial"
+    return "whole" if content_line_numbers(window) <= removed else "partial"
 
 
 def balance_chunk_examples(
@@ -182,13 +177,13 @@ def balance_chunk_examples(
     docs pages) learns to remove every window that starts or ends with noise, and never learns
     where the noise begins. Rejected examples are all kept (they are a report)."""
     accepted = [e for e in examples if e.status == "accepted"]
-    extent = {id(e): removal_extent(e) for e in accepted}
-    partial = [e for e in accepted if extent[id(e)] == "partial"]
-    whole = [e for e in accepted if extent[id(e)] == "whole"]
+    by_extent: dict[str, list[SFTExample]] = {"none": [], "partial": [], "whole": []}
+    for e in accepted:
+        by_extent[removal_extent(e)].append(e)
+    partial, whole, other = by_extent["partial"], by_extent["whole"], by_extent["none"]
     if whole_per_partial is not None and partial:
         whole = _stratified(whole, int(whole_per_partial * len(partial)), seed)
     removing = partial + whole
-    other = [e for e in accepted if extent[id(e)] == "none"]
     room = (
         int(len(removing) * keep_fraction / max(1e-9, 1 - keep_fraction))
         if removing

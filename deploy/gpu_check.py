@@ -4,8 +4,9 @@ A GPU machine lent to a session has torch, transformers and peft but none of thi
 dependencies and no network, and the bundled model's weights are larger than what travels. So this
 runs the *pure* core modules (refiner training, influence, the executor) on a model of the bundled
 model's exact shape with random weights, which is what throughput and code-path checks need (not
-quality). Usage: ``python deploy/gpu_check.py MODEL_CONFIG_DIR OUT.json``; MODEL_CONFIG_DIR holds
-config.json and the tokenizer files.
+quality). Usage: ``python deploy/gpu_check.py MODEL_CONFIG_DIR OUT.json [CHECK ...]``;
+MODEL_CONFIG_DIR holds config.json and the tokenizer files; CHECKs: training, loss_paths,
+generation, influence (default: all).
 """
 
 from __future__ import annotations
@@ -21,7 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prox_assets.core import influence as inf
 from prox_assets.core.precision import bf16_is_fast
-from prox_assets.core.training_loop import TrainConfig, attach_adapters, run_training
+from prox_assets.core.training_loop import (
+    TrainConfig,
+    attach_adapters,
+    causal_lm_loss,
+    run_training,
+)
 
 
 def _sync():
@@ -74,6 +80,41 @@ def training(config_dir: str) -> dict:
             }
             del model
             torch.cuda.empty_cache()
+    return out
+
+
+def loss_paths(config_dir: str) -> dict:
+    """One bf16-autocast training step (forward and backward, LoRA on every block) with the
+    model's own loss over all logits against ``causal_lm_loss`` (only the labelled positions
+    reach the vocabulary), on SFT-shaped rows: 480 prompt tokens, then a 40-token program."""
+    model = attach_adapters(_model(config_dir), TrainConfig(lora_layers=None))
+    model.train()
+    ids = torch.randint(1000, 20000, (16, 520), device="cuda")
+    mask = torch.ones_like(ids)
+    labels = torch.full_like(ids, -100)
+    labels[:, 480:] = ids[:, 480:]
+
+    def step(loss_of) -> float:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = loss_of()
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    paths = {
+        "model_loss": lambda: model(input_ids=ids, attention_mask=mask, labels=labels).loss,
+        "causal_lm_loss": lambda: causal_lm_loss(model, ids, mask, labels.cpu()),
+    }
+    out: dict = {}
+    for name, loss_of in paths.items():
+        step(loss_of)  # warm-up
+        _sync()
+        t = time.perf_counter()
+        for _ in range(10):
+            value = step(loss_of)
+        _sync()
+        out[name] = {"s_per_step": round((time.perf_counter() - t) / 10, 4), "loss": value}
+    out["speedup"] = round(out["model_loss"]["s_per_step"] / out["causal_lm_loss"]["s_per_step"], 2)
     return out
 
 
@@ -176,11 +217,14 @@ def main() -> None:
         "torch": torch.__version__,
         "bf16_is_fast": bf16_is_fast("cuda"),
     }
-    for name, check in (
-        ("training", training),
-        ("generation", generation),
-        ("influence", influence),
-    ):
+    checks = {
+        "training": training,
+        "loss_paths": loss_paths,
+        "generation": generation,
+        "influence": influence,
+    }
+    for name in sys.argv[3:] or checks:  # optional: the names of the checks to run
+        check = checks[name]
         t = time.perf_counter()
         try:
             report[name] = check(config_dir)

@@ -18,10 +18,12 @@ import polars as pl
 import torch
 
 from prox_assets.core.influence import (
+    AdamState,
     InfluenceConfig,
     compute_influence,
     flops_ratio,
     select_subset,
+    warm_up_on_pool,
 )
 from prox_assets.core.precision import uses_bf16
 from prox_assets.core.scoring import seed_sample
@@ -148,8 +150,9 @@ def landmark_influence(
     engine: ModelEngine,
     device: DeviceSettings,
 ) -> dg.MaterializeResult:
-    # A run may hold many targets (MODEL_BACKFILL_POLICY): the pool and the model are read once;
-    # each target warms up its own copy, as the warm-up changes the weights in place.
+    # A run may hold many targets (MODEL_BACKFILL_POLICY): the pool and the model are read and
+    # the model warmed up on the pool once (it does not depend on the target); each target works
+    # on its own copy of the warmed-up model.
     # The model by name in the influence version: the config's, else the engine's base model.
     config = config.model_copy(update={"model": engine.base_or(config.model)})
     pool, spec = load_pool(
@@ -162,6 +165,13 @@ def landmark_influence(
         f"loaded model {config.model} (device {dev}) in {time.monotonic() - started:.1f}s"
     )
     several = len(context.partition_keys) > 1
+    warmed = (
+        warm_up_on_pool(
+            model, tokenizer, pool["text"].to_list(), config.influence(), context.log.info
+        )
+        if several
+        else None
+    )
     return materialize_each(
         context,
         lambda target: target_influence(
@@ -175,6 +185,7 @@ def landmark_influence(
             spec,
             dev,
             target,
+            warmed,
         ),
     )
 
@@ -190,9 +201,11 @@ def target_influence(
     spec: str,
     dev: str,
     target: str,
+    warmed: AdamState | None = None,
 ) -> PartitionOutcome:
     """One partition of landmark_influence: its files, its catalog rows; returns its metadata and
-    its data version (the influence version)."""
+    its data version (the influence version). ``warmed``: ``model`` is already warmed up on the
+    pool (``compute_influence``)."""
     examples = store.read_parquet(target_key(target, "target"))
     icfg = config.influence()
     context.log.info(
@@ -208,6 +221,7 @@ def target_influence(
         examples["answer"].to_list(),
         icfg,
         log=context.log.info,
+        warmed=warmed,
     )
 
     scores = result.scores

@@ -250,7 +250,10 @@ def trained_checkpoint(
     device: DeviceSettings,
 ) -> dg.MaterializeResult:
     # A run may hold many variants (MODEL_BACKFILL_POLICY). Each trains its own copy of the base
-    # model and evaluates its own checkpoints: nothing to share but the run itself.
+    # model; a checkpoint two variants share (the same documents, e.g. `full` and `refined` when
+    # the selection keeps the whole pool) is evaluated once per target in the run.
+    evaluated: dict[tuple[str, str], dict[str, float]] = {}
+
     def train(key) -> dict:
         keys = checkpoint_partitions.get_partition_key_from_str(str(key)).keys_by_dimension
         return train_variant(
@@ -263,6 +266,7 @@ def trained_checkpoint(
             keys["target"],
             keys["variant"],
             str(key),
+            evaluated,
         )
 
     return materialize_each(context, train)
@@ -313,9 +317,12 @@ def train_variant(
     target: str,
     variant: str,
     partition_key: str,
+    evaluated: dict[tuple[str, str], dict[str, float]],
 ) -> PartitionOutcome:
     """One partition of trained_checkpoint: its checkpoints, its catalog rows; returns its metadata
-    (with what it came from: refiner version, SFT sets, selection) and its data version."""
+    (with what it came from: refiner version, SFT sets, selection) and its data version.
+    ``evaluated``: metrics of the checkpoints evaluated earlier in this run, by target and
+    version (filled here)."""
     # the base model by name in every version, manifest and row: the config's, else the engine's
     config = config.model_copy(update={"base_model": engine.base_or(config.base_model)})
     sets = _evaluation_sets(store, catalog, target, config)
@@ -366,6 +373,7 @@ def train_variant(
                     seed,
                     chosen,
                     tags,
+                    evaluated,
                 )
             )
     where = {"target": target, "variant": variant}
@@ -518,9 +526,10 @@ def _train_seed(
     seed: int,
     chosen: VariantDocuments,
     tags: dict,
+    evaluated: dict[tuple[str, str], dict[str, float]],
 ) -> SeedResult:
     """One seed's checkpoint, trained once (an existing one of the same version is reused), then
-    evaluated."""
+    evaluated (once per run and target)."""
     docs = chosen.docs
     if docs.height == 0:
         raise dg.Failure(f"{variant}: no document to train on ({json.dumps(chosen.notes)})")
@@ -556,7 +565,13 @@ def _train_seed(
     )
     if reused:
         context.log.info(f"seed {seed}: checkpoint {version} exists ({prefix}): evaluating only")
-    metrics = _evaluate(context, engine, device, config, sets, Path(fetch_model(store, prefix)))
+    if (target, version) in evaluated:
+        context.log.info(f"seed {seed}: checkpoint {version} was evaluated earlier in this run")
+    else:
+        evaluated[target, version] = _evaluate(
+            context, engine, device, config, sets, Path(fetch_model(store, prefix))
+        )
+    metrics = evaluated[target, version]
     row = {
         **manifest,
         "n_docs": docs.height,

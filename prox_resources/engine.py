@@ -272,7 +272,7 @@ class TransformersBackend(EngineBackend):
         torch = self.torch
         with torch.inference_mode(), self._precision():
             ids = torch.tensor([prefix_ids], device=self.device)
-            return self.model(input_ids=ids, use_cache=True).past_key_values
+            return self.model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
 
     def _continue_from(self, cache, batch_size: int, shared: int, suffix_mask) -> dict:
         """Forward arguments that continue ``batch_size`` left-padded suffixes from a copy of the
@@ -290,29 +290,72 @@ class TransformersBackend(EngineBackend):
         }
 
     def loglikelihood(self, contexts, continuations):
-        torch = self.torch
         if not contexts:
             return []
         ctx = self.tokenizer(list(contexts), add_special_tokens=False)["input_ids"]
         cont = self.tokenizer(list(continuations), add_special_tokens=False)["input_ids"]
-        seqs = [(c + k)[-self.max_len :] for c, k in zip(ctx, cont)]
-        n_cont = [min(len(k), len(s) - 1) for k, s in zip(cont, seqs)]
-        out = [0.0] * len(seqs)
-        for batch in self._batches([len(s) for s in seqs]):
-            ids, mask, positions = self._pad_left([seqs[i] for i in batch])
-            with torch.inference_mode(), self._precision():
-                logp = torch.log_softmax(
-                    self.model(
-                        input_ids=ids, attention_mask=mask, position_ids=positions
-                    ).logits.float(),
-                    -1,
+        out = [0.0] * len(ctx)
+        # Rows that continue one context (a question's answer and choices) run it once: its
+        # keys and values, all but its last token, are computed once and every row goes on from
+        # a copy of them with that token and its continuation.
+        by_context: dict[tuple[int, ...], list[int]] = {}
+        for i, c in enumerate(ctx):
+            by_context.setdefault(tuple(c), []).append(i)
+        alone = []
+        for context, rows in by_context.items():
+            longest = len(context) + max(len(cont[i]) for i in rows)
+            if len(rows) < 2 or len(context) < 2 or longest > self.max_len:
+                alone += rows
+                continue
+            for start in range(0, len(rows), self.max_batch_size):
+                batch = rows[start : start + self.max_batch_size]
+                scores = self._continuation_logprobs(
+                    [[context[-1], *cont[i]] for i in batch],
+                    [len(cont[i]) for i in batch],
+                    prefix=list(context[:-1]),
                 )
-            for row, i in enumerate(batch):
-                k = n_cont[i]
-                if k <= 0:
-                    continue
-                targets = ids[row, -k:]
-                out[i] = float(logp[row, -k - 1 : -1].gather(-1, targets[:, None]).sum())
+                for i, value in zip(batch, scores, strict=True):
+                    out[i] = value
+                self.usage["prefix_tokens_reused"] += (len(context) - 1) * (len(batch) - 1)
+        seqs = {i: (ctx[i] + cont[i])[-self.max_len :] for i in alone}
+        n_cont = {i: min(len(cont[i]), len(seqs[i]) - 1) for i in alone}
+        for batch in self._batches([len(seqs[i]) for i in alone]):
+            rows = [alone[j] for j in batch]
+            scores = self._continuation_logprobs([seqs[i] for i in rows], [n_cont[i] for i in rows])
+            for i, value in zip(rows, scores, strict=True):
+                out[i] = value
+        return out
+
+    def _continuation_logprobs(
+        self, seqs: list[list[int]], n_cont: list[int], prefix: list[int] | None = None
+    ) -> list[float]:
+        """Summed log-probability of the last ``n_cont[row]`` tokens of each sequence, in one
+        left-padded batch, continuing ``prefix`` (a cache computed once) when given. Left padding
+        ends every continuation at the row's end, so only the last positions need the vocabulary
+        (an answer choice is a few tokens after a long question)."""
+        torch = self.torch
+        ids, mask, positions = self._pad_left(seqs)
+        extra = {}
+        if prefix:
+            extra = self._continue_from(self._prefix_cache(prefix), len(seqs), len(prefix), mask)
+            mask, positions = extra.pop("attention_mask"), positions + len(prefix)
+        with torch.inference_mode(), self._precision():
+            logp = torch.log_softmax(
+                self.model(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    logits_to_keep=max(n_cont) + 1,
+                    **extra,
+                ).logits.float(),
+                -1,
+            )
+        out = []
+        for row, k in enumerate(n_cont):
+            targets = ids[row, ids.shape[1] - k :]
+            out.append(
+                float(logp[row, -k - 1 : -1].gather(-1, targets[:, None]).sum()) if k > 0 else 0.0
+            )
         return out
 
 

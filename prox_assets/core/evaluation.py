@@ -75,7 +75,10 @@ def _n_tokens(backend, texts: Sequence[str]) -> list[int]:
 
 def heldout_loss(backend, prompts: Sequence[str], answers: Sequence[str]) -> float:
     """Mean negative log-likelihood per answer token, over all answer tokens."""
-    ll = backend.loglikelihood(prompts, answers)
+    return _mean_nll(backend, backend.loglikelihood(prompts, answers), answers)
+
+
+def _mean_nll(backend, ll: Sequence[float], answers: Sequence[str]) -> float:
     return -sum(ll) / max(1, sum(_n_tokens(backend, answers)))
 
 
@@ -84,7 +87,12 @@ def multiple_choice(
 ) -> dict[str, float]:
     contexts = [p for p, cs in zip(prompts, choices) for _ in cs]
     continuations = [c for cs in choices for c in cs]
-    ll = backend.loglikelihood(contexts, continuations)
+    return _choice_accuracy(backend.loglikelihood(contexts, continuations), choices, gold)
+
+
+def _choice_accuracy(
+    ll: Sequence[float], choices: Sequence[Sequence[str]], gold: Sequence[int]
+) -> dict[str, float]:
     acc = acc_char = 0
     at = 0
     for cs, g in zip(choices, gold):
@@ -140,13 +148,21 @@ def evaluate(
 
     prompts = [e["prompt"] for e in examples]
     answers = [e["answer"] for e in examples]
-    metrics = {"heldout_loss": heldout_loss(backend, prompts, answers)} if examples else {}
     choices = [
         json.loads(e["choices"]) if isinstance(e["choices"], str) else list(e["choices"])
         for e in examples
     ]
-    if examples and all(choices):
-        metrics |= multiple_choice(backend, prompts, choices, [int(e["gold"]) for e in examples])
+    with_choices = bool(examples) and all(choices)
+    metrics: dict[str, float] = {}
+    if examples:
+        # the answer and every choice of a question in one call: they continue the same prompt,
+        # which the backend then runs once for all of them
+        pairs = [(p, c) for p, cs in zip(prompts, choices) for c in cs] if with_choices else []
+        ll = backend.loglikelihood(prompts + [p for p, _ in pairs], answers + [c for _, c in pairs])
+        metrics["heldout_loss"] = _mean_nll(backend, ll[: len(answers)], answers)
+    if with_choices:
+        gold = [int(e["gold"]) for e in examples]
+        metrics |= _choice_accuracy(ll[len(answers) :], choices, gold)
     elif examples and task == "gsm8k":
         metrics["exact_match"] = gsm8k_exact_match(backend, prompts, answers, max_new_tokens)
     elif examples and task == "squad":

@@ -835,22 +835,10 @@ def embed_texts(
     )
 
 
-def compute_influence(
-    model,
-    tokenizer,
-    pool_texts: Sequence[str],
-    target_prompts: Sequence[str],
-    target_answers: Sequence[str],
-    config: InfluenceConfig,
-    log=print,
-) -> InfluenceResult:
-    """Landmark-based influence of every pool sample on every target example. ``model`` is
-    warmed up in place (pass a copy to keep the original)."""
-    if not pool_texts or not target_prompts:
-        raise ValueError(
-            f"influence needs a pool and target examples ({len(pool_texts)} and {len(target_prompts)} given)"
-        )
-    timings: dict[str, float] = {}
+def warm_up_on_pool(
+    model, tokenizer, pool_texts: Sequence[str], config: InfluenceConfig, log=print
+) -> AdamState:
+    """The method's warm-up of ``model`` (in place) on the pool, with ``config``'s settings."""
     t = time.perf_counter()
     adam = warm_up(
         model,
@@ -864,13 +852,38 @@ def compute_influence(
         config.seed,
         config.dtype,
     )
-    timings["warmup_s"] = time.perf_counter() - t
     summary = adam.summary()
     log(
-        f"warm-up: {config.warmup_steps} AdamW steps in {timings['warmup_s']:.0f}s, loss "
+        f"warm-up: {config.warmup_steps} AdamW steps in {time.perf_counter() - t:.0f}s, loss "
         f"{summary['warmup_loss_first']:.3f} -> {summary['warmup_loss_last']:.3f}, "
         f"Adam factor p99/p01 {summary['a_p99_over_p01']:.3g}"
     )
+    return adam
+
+
+def compute_influence(
+    model,
+    tokenizer,
+    pool_texts: Sequence[str],
+    target_prompts: Sequence[str],
+    target_answers: Sequence[str],
+    config: InfluenceConfig,
+    log=print,
+    warmed: AdamState | None = None,
+) -> InfluenceResult:
+    """Landmark-based influence of every pool sample on every target example. ``model`` is
+    warmed up in place (pass a copy to keep the original), unless ``warmed`` says it already is
+    (``warm_up_on_pool``'s result for this pool and config: the warm-up does not depend on the
+    target, so targets of one pool can share it)."""
+    if not pool_texts or not target_prompts:
+        raise ValueError(
+            f"influence needs a pool and target examples ({len(pool_texts)} and {len(target_prompts)} given)"
+        )
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    adam = warmed or warm_up_on_pool(model, tokenizer, pool_texts, config, log)
+    timings["warmup_s"] = time.perf_counter() - t
+    summary = adam.summary()
 
     t = time.perf_counter()
     targets = all_target_gradients(model, tokenizer, target_prompts, target_answers, config)

@@ -74,17 +74,17 @@ def test_influence_then_selection(pipeline):
         t: store.read_parquet(f"influence/{t}/{v}/scores.parquet") for t, v in versions.items()
     }
 
-    # both targets in one run (the backfill policy): the model is loaded once and each target warms
-    # up its own copy, so each gets the scores a run of its own gives
+    # both targets in one run (the backfill policy): the model is loaded and warmed up on the pool
+    # once, each target works on its own copy, and each gets the scores a run of its own gives
     before = {r.run_id for r in instance.get_runs()}
     assert materialize_partitions("landmark_influence", ["gsm8k-t", "arc-t"], cfg) == {
         "gsm8k-t": "ok",
         "arc-t": "ok",
     }
     (run,) = [r for r in instance.get_runs() if r.run_id not in before]
-    assert (
-        sum(e.user_message.startswith("loaded model ") for e in instance.all_logs(run.run_id)) == 1
-    )
+    messages = [e.user_message for e in instance.all_logs(run.run_id)]
+    assert sum(m.startswith("loaded model ") for m in messages) == 1
+    assert sum(m.startswith("warm-up: ") for m in messages) == 1
     for target, v in versions.items():
         together = store.read_parquet(f"influence/{target}/{v}/scores.parquet")
         assert together["score"].to_list() == pytest.approx(

@@ -285,12 +285,21 @@ def test_every_variant_trains_evaluates_reports_and_audits(pipeline):
     logs = [e.message for e in instance.all_logs(again.run_id) if e.message]
     assert sum("exists" in m and "evaluating only" in m for m in logs) == 2
 
-    # three variants in one run (the backfill policy); a variant that fails does not stop the others
+    # four variants in one run (the backfill policy); a variant that fails does not stop the others;
+    # a checkpoint two variants share is evaluated once in the run
     before = {r.run_id for r in instance.get_runs()}
-    keys = ["arc-t|raw", "arc-t|refined", "arc-t|rule_filtered"]
+    keys = ["arc-t|full", "arc-t|raw", "arc-t|refined", "arc-t|rule_filtered"]
     out = materialize_partitions("trained_checkpoint", keys, config)
-    assert len([r for r in instance.get_runs() if r.run_id not in before]) == 1
-    assert out["arc-t|raw"] == out["arc-t|refined"] == "ok"
+    (run,) = [r for r in instance.get_runs() if r.run_id not in before]
+    assert out["arc-t|full"] == out["arc-t|raw"] == out["arc-t|refined"] == "ok"
+    rows = catalog.query(
+        "SELECT version FROM checkpoints WHERE target = 'arc-t' AND variant IN "
+        "('full', 'raw', 'refined', 'rule_filtered')"
+    )
+    shared = rows.height - rows["version"].n_unique()
+    logs = [e.message for e in instance.all_logs(run.run_id) if e.message]
+    assert sum("evaluated earlier in this run" in m for m in logs) == shared
+    assert sum("evaluated in " in m for m in logs) == rows["version"].n_unique()
     if "rule_filtered" in metas:
         assert out["arc-t|rule_filtered"] == "ok"
     else:

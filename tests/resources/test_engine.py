@@ -68,8 +68,14 @@ def test_sampled_generation_is_seeded(backend):
 
 def test_loglikelihood_matches_direct_sum(backend, reference):
     tok, model = reference
-    contexts, conts = ["The river", "Once upon a time there was"], [" rose overnight.", " a fern"]
+    # rows of a batch with continuations of different lengths (only the last positions of a
+    # left-padded batch are projected onto the vocabulary), and three rows continuing one context
+    # (run once, in batches of two from its cache)
+    contexts = ["The river", "Once upon a time there was", *["Q: which one is it?"] * 3]
+    conts = [" rose overnight.", " a fern", " A", " the longest answer of them all, by far", "B"]
+    reused = backend.usage["prefix_tokens_reused"]
     got = backend.loglikelihood(contexts, conts)
+    reused = backend.usage["prefix_tokens_reused"] - reused
     for ctx, cont, value in zip(contexts, conts, got):
         ids = (
             tok(ctx, add_special_tokens=False)["input_ids"]
@@ -81,6 +87,7 @@ def test_loglikelihood_matches_direct_sum(backend, reference):
         direct = sum(logp[len(ids) - k - 1 + j, ids[len(ids) - k + j]].item() for j in range(k))
         assert value == pytest.approx(direct, rel=1e-4)
         assert value < 0 and math.isfinite(value)
+    assert reused >= 2 * 4  # "Q: which one is it" ran once for its three rows
 
 
 def test_truncate_cuts_at_token_boundaries(backend):

@@ -639,9 +639,9 @@ def refine_precision_report(docs: int, refiner_version: str | None, dtypes: list
     import polars as pl
 
     from prox_assets.core.chunking import DEFAULT_DOC_MAX_TOKENS, DEFAULT_WINDOW_TOKENS
+    from prox_assets.core.refiner_training import FALLBACK_PROGRAM_TOKENS
     from prox_assets.layout import raw_paths, refiner_prefix
     from prox_assets.refinement import refiner_pair
-    from prox_assets.refiner_training import FALLBACK_PROGRAM_TOKENS
     from prox_resources.catalog import Catalog
     from prox_resources.device import DeviceSettings
     from prox_resources.models import fetch_model

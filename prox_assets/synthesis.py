@@ -8,7 +8,6 @@ docs/methods.md#sft-synthesis.
 """
 
 import json
-from collections import Counter
 from fnmatch import fnmatch
 from typing import Literal
 
@@ -28,14 +27,14 @@ from prox_assets.core.prompts import ANNOTATOR_PROMPT_VERSION
 from prox_assets.core.real_pairs import Pair, page_split, pydocs_pair, pydocs_rel
 from prox_assets.core.scoring import seed_sample
 from prox_assets.core.sft import (
+    SPLITS,
     SFTExample,
-    assign_splits,
+    SFTSet,
     balance_chunk_examples,
     balance_doc_examples,
+    build_sft_set,
     chunk_examples,
     doc_example,
-    finalize,
-    sft_version,
     unparsable_targets,
 )
 from prox_assets.ingest import raw_corpus
@@ -264,7 +263,7 @@ def sft_programs(
     base_model = engine.base_or(config.refiner_base_model)
     config = config.model_copy(update={"refiner_base_model": base_model})
     tokenizer = _tokenizer(base_model)
-    label_report = {}
+    label_report: dict = {}
     if level == "doc":
         examples, label_report = _doc_examples(store, catalog, config, tokenizer, context.log)
     else:
@@ -273,97 +272,68 @@ def sft_programs(
         raise dg.Failure(
             f"no {level} examples: materialize {'seed_scores' if level == 'doc' else 'raw_corpus'} first"
         )
-
-    assign_splits(examples, config.val_fraction, config.seed)
-    version = sft_version(level, config.model_dump(), examples)
-    finalize(examples, version)
-    frame = pl.DataFrame(
-        [e.to_dict() for e in examples], schema_overrides={"reject_reason": pl.String}
-    )
-    accepted = frame.filter(pl.col("status") == "accepted")
-    prefix = sft_prefix(level, version)
-    for split in ("train", "val"):
-        store.write_parquet(
-            sft_split_key(level, version, split), accepted.filter(pl.col("split") == split)
-        )
-    store.write_parquet(
-        sft_split_key(level, version, "rejected"), frame.filter(pl.col("status") == "rejected")
-    )
-
-    tags = lineage(context)
-    n_train = int((accepted["split"] == "train").sum())
-    n_val = accepted.height - n_train
-    n_rejected = frame.height - accepted.height
+    sft = build_sft_set(level, config.model_dump(), examples, config.val_fraction, config.seed)
+    for split in SPLITS:
+        store.write_parquet(sft_split_key(level, sft.version, split), sft.split(split))
+    where = {"level": level, "sft_version": sft.version}
+    sft_set_row = {
+        **where,
+        "path": store.uri(sft_prefix(level, sft.version)),
+        "n_train": sft.n_train,
+        "n_val": sft.n_val,
+        "n_rejected": sft.n_rejected,
+        "config": json.dumps(config.model_dump()),
+        **lineage(context),
+    }
     catalog.replace_many(
         [
             (
                 "sft_examples",
-                {"level": level, "sft_version": version},
-                with_lineage(frame.drop("messages"), context, sft_version=version),
+                where,
+                with_lineage(sft.frame.drop("messages"), context, sft_version=sft.version),
             ),
-            (
-                "sft_sets",
-                {"level": level, "sft_version": version},
-                pl.DataFrame(
-                    [
-                        {
-                            "level": level,
-                            "sft_version": version,
-                            "path": store.uri(prefix),
-                            "n_train": n_train,
-                            "n_val": n_val,
-                            "n_rejected": n_rejected,
-                            "config": json.dumps(config.model_dump()),
-                            **tags,
-                        }
-                    ]
-                ),
-            ),
+            ("sft_sets", where, pl.DataFrame([sft_set_row])),
         ]
     )
-
-    labels = Counter(accepted["label"].to_list())
-    bad = unparsable_targets(examples)
-    minority = min(labels.values()) if len(labels) == 2 else 0
-    preview = accepted.head(4).select("doc_id", "label", "target").rows()
     return dg.MaterializeResult(
-        data_version=dg.DataVersion(version),  # what refiner[level] consumes (prox_assets.lineage)
-        metadata={
-            "sft_version": version,
-            "refiner_base_model": base_model,  # refiner[level] trains it (its tokenizer sized these)
-            "path": dg.MetadataValue.path(store.uri(prefix)),
-            "dagster/row_count": accepted.height,
-            "n_train": n_train,
-            "n_val": n_val,
-            "n_rejected": n_rejected,
-            "labels": counts_table(labels, "label"),
-            "reject_reasons": counts_table(
-                Counter(frame["reject_reason"].drop_nulls().to_list()), "reason"
-            ),
-            "annotators": counts_table(Counter(frame["annotator"].to_list()), "annotator"),
-            "labels_by_annotator": md_table(
-                ["annotator", "label", "n"],
-                [
-                    (a, lab, n)
-                    for (a, lab), n in sorted(
-                        Counter(accepted.select("annotator", "label").rows()).items()
-                    )
-                ],
-            ),
-            **{k: v for k, v in label_report.items() if v is not None},
-            "preview": md_table(["doc_id", "label", "target"], preview),
-        },
-        check_results=[
-            dg.AssetCheckResult(
-                check_name="targets_parse", passed=not bad, metadata={"unparsable": len(bad)}
-            ),
-            dg.AssetCheckResult(
-                check_name="label_balance",
-                passed=minority > 0,
-                metadata={
-                    **{f"n_{k}": v for k, v in labels.items()},
-                    "minority_fraction": round(minority / max(accepted.height, 1), 3),
-                },
-            ),
-        ],
+        data_version=dg.DataVersion(
+            sft.version
+        ),  # what refiner[level] consumes (prox_assets.lineage)
+        metadata=_metadata(store, sft, base_model, label_report),
+        check_results=_checks(sft),
     )
+
+
+def _metadata(store: ObjectStore, sft: SFTSet, base_model: str, label_report: dict) -> dict:
+    return {
+        "sft_version": sft.version,
+        "refiner_base_model": base_model,  # refiner[level] trains it (its tokenizer sized these)
+        "path": dg.MetadataValue.path(store.uri(sft_prefix(sft.level, sft.version))),
+        "dagster/row_count": sft.accepted.height,
+        "n_train": sft.n_train,
+        "n_val": sft.n_val,
+        "n_rejected": sft.n_rejected,
+        "labels": counts_table(sft.labels(), "label"),
+        "reject_reasons": counts_table(sft.reject_reasons(), "reason"),
+        "annotators": counts_table(sft.annotators(), "annotator"),
+        "labels_by_annotator": md_table(["annotator", "label", "n"], sft.labels_by_annotator()),
+        **{k: v for k, v in label_report.items() if v is not None},
+        "preview": md_table(["doc_id", "label", "target"], sft.preview()),
+    }
+
+
+def _checks(sft: SFTSet) -> list[dg.AssetCheckResult]:
+    labels, bad = sft.labels(), unparsable_targets(sft.examples)
+    return [
+        dg.AssetCheckResult(
+            check_name="targets_parse", passed=not bad, metadata={"unparsable": len(bad)}
+        ),
+        dg.AssetCheckResult(
+            check_name="label_balance",
+            passed=sft.minority() > 0,
+            metadata={
+                **{f"n_{k}": v for k, v in labels.items()},
+                "minority_fraction": round(sft.minority() / max(sft.accepted.height, 1), 3),
+            },
+        ),
+    ]

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+
+import polars as pl
 
 from prox_assets.core.annotators import KEEP, validate_chunk_program
 from prox_assets.core.chunking import Window, content_line_numbers
@@ -127,6 +130,81 @@ def unparsable_targets(examples: Sequence[SFTExample]) -> list[SFTExample]:
             if parsed.errors or parsed.warnings or not parsed.calls:
                 bad.append(ex)
     return bad
+
+
+SPLITS = ("train", "val", "rejected")  # the files of an SFT set, in the order written
+
+
+@dataclass(frozen=True)
+class SFTSet:
+    """A level's SFT set: its content version and every example, accepted and rejected, in
+    ``frame`` (one row per ``SFTExample``)."""
+
+    level: str
+    version: str
+    examples: list[SFTExample]
+    frame: pl.DataFrame
+
+    @property
+    def accepted(self) -> pl.DataFrame:
+        return self.frame.filter(pl.col("status") == "accepted")
+
+    def split(self, name: str) -> pl.DataFrame:
+        """The rows of one of ``SPLITS``: the accepted examples of train or val, or the rejected."""
+        if name == "rejected":
+            return self.frame.filter(pl.col("status") == "rejected")
+        return self.accepted.filter(pl.col("split") == name)
+
+    @property
+    def n_train(self) -> int:
+        return int((self.accepted["split"] == "train").sum())
+
+    @property
+    def n_val(self) -> int:
+        return self.accepted.height - self.n_train
+
+    @property
+    def n_rejected(self) -> int:
+        return self.frame.height - self.accepted.height
+
+    def labels(self) -> Counter:
+        """Accepted examples per label."""
+        return Counter(self.accepted["label"].to_list())
+
+    def reject_reasons(self) -> Counter:
+        return Counter(self.frame["reject_reason"].drop_nulls().to_list())
+
+    def annotators(self) -> Counter:
+        """Examples (accepted and rejected) per annotator."""
+        return Counter(self.frame["annotator"].to_list())
+
+    def labels_by_annotator(self) -> list[tuple[str, str, int]]:
+        """(annotator, label, accepted examples), sorted."""
+        pairs = Counter(self.accepted.select("annotator", "label").rows())
+        return [(a, lab, n) for (a, lab), n in sorted(pairs.items())]
+
+    def minority(self) -> int:
+        """Accepted examples of the rarer label; 0 unless both labels occur."""
+        labels = self.labels()
+        return min(labels.values()) if len(labels) == 2 else 0
+
+    def preview(self, n: int = 4) -> list[tuple]:
+        """(doc_id, label, target) of the first ``n`` accepted examples."""
+        return self.accepted.head(n).select("doc_id", "label", "target").rows()
+
+
+def build_sft_set(
+    level: str, config: dict, examples: list[SFTExample], val_fraction: float, seed: int
+) -> SFTSet:
+    """``examples`` split into train and val (``assign_splits``), versioned by ``config`` and
+    their content (``sft_version``) and given their ids."""
+    assign_splits(examples, val_fraction, seed)
+    version = sft_version(level, config, examples)
+    finalize(examples, version)
+    frame = pl.DataFrame(
+        [e.to_dict() for e in examples], schema_overrides={"reject_reason": pl.String}
+    )
+    return SFTSet(level, version, examples, frame)
 
 
 def _keyed(seed: int, ex: SFTExample) -> str:

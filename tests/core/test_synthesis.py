@@ -9,7 +9,14 @@ from prox_assets.core.chunking import Window, chunk_document, whitespace_token_c
 from prox_assets.core.executor import execute_chunk_programs
 from prox_assets.core.programs import parse_program
 from prox_assets.core.scoring import expected_score, parse_score_line, prox_keep, seed_sample
-from prox_assets.core.sft import SFTExample, assign_splits, chunk_examples, sft_version
+from prox_assets.core.sft import (
+    SPLITS,
+    SFTExample,
+    assign_splits,
+    build_sft_set,
+    chunk_examples,
+    sft_version,
+)
 
 
 @pytest.mark.parametrize(
@@ -177,3 +184,27 @@ def test_split_of_sampled_seeds_follows_the_fraction():
     assign_splits(examples, 0.2, seed=0)
     val = sum(ex.split == "val" for ex in examples) / len(examples)
     assert 0.14 < val < 0.26
+
+
+def test_an_sft_set_splits_counts_and_versions_its_examples():
+    def example(i: int, label: str, status: str = "accepted") -> SFTExample:
+        target = f"{label}_doc()"
+        ex = SFTExample("doc", f"doc{i}", "s", "[]", target, label, f"a{i % 2}", "m", status)
+        ex.reject_reason = "bad" if status == "rejected" else None
+        return ex
+
+    examples = [example(i, "keep" if i % 3 else "drop") for i in range(30)]
+    examples.append(example(30, "keep", "rejected"))
+    sft = build_sft_set("doc", {"a": 1}, examples, 0.3, seed=0)
+    assert sft.version == sft_version("doc", {"a": 1}, examples)
+    assert all(len(ex.example_id) == 16 for ex in sft.examples)
+    assert sum(sft.split(s).height for s in SPLITS) == sft.frame.height == 31
+    assert (sft.n_train, sft.n_val, sft.n_rejected) == (
+        sft.split("train").height,
+        sft.split("val").height,
+        1,
+    )
+    assert sft.labels() == {"keep": 20, "drop": 10} and sft.minority() == 10
+    assert sft.reject_reasons() == {"bad": 1}
+    assert sum(n for _, _, n in sft.labels_by_annotator()) == 30
+    assert sft.preview(2) == [("doc0", "drop", "drop_doc()"), ("doc1", "keep", "keep_doc()")]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 
+from prox_assets.benchmarks import InfluenceBench
 from prox_assets.core.targets import TASK_NAMES
 from prox_assets.demo import DemoBudget
 from prox_resources.settings import (
@@ -161,8 +162,9 @@ def _build_samples(out: Path | None = None) -> list[Path]:
 
 
 def _options_from(cls):
-    """click options from a dataclass's fields: ``--field-name``, its default (None: the asset's
-    own), its help and choices (``metadata``). The defaults are written once, in the dataclass."""
+    """click options from a dataclass's fields: ``--field-name`` (or ``metadata["option"]``), its
+    default (None: the asset's own), its help and choices (``metadata``); a tuple is given as a
+    comma-separated list. The defaults are written once, in the dataclass."""
     import dataclasses
 
     def decorate(f):
@@ -170,17 +172,37 @@ def _options_from(cls):
             default = None if fld.default is dataclasses.MISSING else fld.default
             choices = fld.metadata.get("choices")
             kind = click.Choice(choices) if choices else (int if "int" in str(fld.type) else str)
+            callback = None
+            if isinstance(default, tuple):  # a comma-separated list of its items' type
+                item = type(default[0]) if default else str
+                callback = _comma_list(item)
+                kind, default = str, ",".join(map(str, default))
+            elif "float" in str(fld.type):
+                kind = float
             f = click.option(
-                "--" + fld.name.replace("_", "-"),
+                fld.metadata.get("option", "--" + fld.name.replace("_", "-")),
                 fld.name,
                 type=kind,
                 default=default,
                 show_default=default is not None,
-                help=fld.metadata["help"],
+                callback=callback,
+                help=fld.metadata.get("help"),
             )(f)
         return f
 
     return decorate
+
+
+def _comma_list(item: type):
+    """A click callback: "a,b,c" as a tuple of ``item``s."""
+
+    def parse(_ctx, param, value: str) -> tuple:
+        try:
+            return tuple(item(x.strip()) for x in value.split(",") if x.strip())
+        except ValueError as exc:
+            raise click.BadParameter(f"{value!r}: a comma-separated list ({exc})") from exc
+
+    return parse
 
 
 @main.command()
@@ -566,86 +588,14 @@ def bench_refine(docs: int, refiner_version: str | None, dtypes: str, as_json: b
 
 
 @bench.command("influence")
-@click.option(
-    "--pool",
-    "pool_size",
-    default=400,
-    show_default=True,
-    help="Pool samples, split evenly over four domains (pydocs, news, Austen, MATH); all get exact scores.",
-)
-@click.option(
-    "--landmarks", default="12,24,48,96", show_default=True, help="Landmark counts to compare."
-)
-@click.option(
-    "--draws", default=5, show_default=True, help="Landmark draws per count (mean and spread)."
-)
-@click.option(
-    "--embeddings",
-    default="jvp-mean,jvp-last,hidden-mean",
-    show_default=True,
-    help="Comma-separated: jvp-mean, jvp-last, hidden-mean.",
-)
-@click.option(
-    "--task", default="math", show_default=True, help="Target task (math: held-out MATH problems)."
-)
-@click.option(
-    "--target-domain",
-    default="math",
-    show_default=True,
-    help="The pool domain the target belongs to.",
-)
-@click.option("--n-target", default=8, show_default=True)
-@click.option("--max-len", default=128, show_default=True)
-@click.option("--piece-chars", default=600, show_default=True)
-@click.option("--warmup-steps", default=16, show_default=True)
-@click.option(
-    "--stability-samples",
-    default=200,
-    show_default=True,
-    help="Samples re-scored under a second warm-up seed (0 = the whole pool).",
-)
-@click.option(
-    "--dtype",
-    type=click.Choice(["auto", "float32", "bfloat16"]),
-    default="auto",
-    show_default=True,
-    help="auto: bf16 autocast where this CPU or GPU runs bf16 fast, else fp32.",
-)
+@_options_from(InfluenceBench)
 @click.option("--json", "as_json", is_flag=True)
-def bench_influence(
-    pool_size: int,
-    landmarks: str,
-    draws: int,
-    embeddings: str,
-    task: str,
-    target_domain: str,
-    n_target: int,
-    max_len: int,
-    piece_chars: int,
-    warmup_steps: int,
-    stability_samples: int,
-    dtype: str,
-    as_json: bool,
-) -> None:
+def bench_influence(as_json: bool, **params) -> None:
     """Exact influence (stability, domain AUROC), landmark estimates against it per embedding
     and landmark count, the embedding baseline and the cost, in one run on this machine."""
     from prox_assets.benchmarks import influence_report
 
-    report = influence_report(
-        pool_size,
-        [int(x) for x in landmarks.split(",")],
-        draws,
-        embeddings.split(","),
-        task,
-        target_domain,
-        n_target,
-        max_len,
-        piece_chars,
-        warmup_steps,
-        stability_samples,
-        dtype,
-        log=lambda m: click.echo(m, err=True),
-    )
+    report = influence_report(InfluenceBench(**params), log=lambda m: click.echo(m, err=True))
     click.echo(json.dumps(report, indent=2 if as_json else 1))
 
 

@@ -73,3 +73,17 @@ def test_the_import_check_catches_every_spelling():
 def test_every_test_folder_is_a_package():
     folders = {p.parent for p in TESTS.rglob("*.py")}
     assert not [f for f in folders if not (f / "__init__.py").exists()]
+
+
+def test_shared_paths_are_defined_once_in_tests_support():
+    """``BIN`` (the environment's executables) lives in ``tests/support/paths.py``; modules
+    import it instead of working it out again."""
+    support = TESTS / "support"
+    offenders = [
+        str(path.relative_to(TESTS.parent))
+        for path in sorted(TESTS.rglob("*.py"))
+        if support not in path.parents
+        and path != Path(__file__).resolve()
+        and "Path(sys.executable).parent" in path.read_text()
+    ]
+    assert not offenders, "import BIN from tests.support.paths:\n" + "\n".join(offenders)

@@ -75,15 +75,19 @@ def test_every_test_folder_is_a_package():
     assert not [f for f in folders if not (f / "__init__.py").exists()]
 
 
-def test_shared_paths_are_defined_once_in_tests_support():
-    """``BIN`` (the environment's executables) lives in ``tests/support/paths.py``; modules
-    import it instead of working it out again."""
-    support = TESTS / "support"
+def test_the_executables_folder_comes_from_tests_support():
+    """``BIN`` (the environment's executables, ``prox_assets.servers``'s) is imported from
+    ``tests/support/paths.py``; no module works it out again or reaches for it elsewhere."""
+    import re
+
+    elsewhere = re.compile(
+        r"Path\(sys\.executable\)\.parent|from prox_assets\.servers import .*\bBIN\b"
+    )
     offenders = [
         str(path.relative_to(TESTS.parent))
         for path in sorted(TESTS.rglob("*.py"))
-        if support not in path.parents
+        if TESTS / "support" not in path.parents
         and path != Path(__file__).resolve()
-        and "Path(sys.executable).parent" in path.read_text()
+        and elsewhere.search(path.read_text())
     ]
     assert not offenders, "import BIN from tests.support.paths:\n" + "\n".join(offenders)

@@ -311,11 +311,8 @@ def _evaluate(
     )
     quality: Quality = {}
     if config.quality_pages or config.quality_clean:
-        sft_config = json.loads(
-            catalog.named_query("sft_set_config", level=run.level, sft_version=run.sft_version)[
-                "config"
-            ][0]
-        )
+        sets = catalog.named_query("sft_set_config", level=run.level, sft_version=run.sft_version)
+        sft_config = json.loads(sets["config"][0])
         context.log.info(
             f"evaluating {run.level} on held-out real data: refiner, perfect imitator, random "
             "control"

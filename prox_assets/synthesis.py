@@ -14,16 +14,14 @@ from typing import Literal
 import dagster as dg
 import polars as pl
 
-from prox_assets.core.annotators import RuleAnnotator, gold_program, llm_annotate, merge_programs
+from prox_assets.core.annotators import RuleAnnotator, annotate_windows
 from prox_assets.core.chunking import (
     DEFAULT_DOC_MAX_TOKENS,
     DEFAULT_WINDOW_TOKENS,
     chunk_document,
     hf_token_counter,
-    split_lines,
     truncate_to_tokens,
 )
-from prox_assets.core.prompts import ANNOTATOR_PROMPT_VERSION
 from prox_assets.core.real_pairs import Pair, page_split, pydocs_pair, pydocs_rel
 from prox_assets.core.scoring import seed_sample
 from prox_assets.core.sft import (
@@ -33,8 +31,12 @@ from prox_assets.core.sft import (
     balance_chunk_examples,
     balance_doc_examples,
     build_sft_set,
+    chunk_annotator_name,
     chunk_examples,
+    clean_examples,
     doc_example,
+    doc_label,
+    gold_page_examples,
     unparsable_targets,
 )
 from prox_assets.ingest import raw_corpus
@@ -122,19 +124,18 @@ def _doc_examples(
             if _heldout(url, config):
                 continue
             pair = _gold_pair(url, text)
-            if pair is not None:
-                keep, annotator, model = pair.keep, "layout-gold", "none"
-            elif source in config.clean_sources:
-                keep, annotator, model = True, "clean-source", "none"
-            elif doc_id in rubric:
-                (keep, model), annotator = rubric[doc_id], "rubric-scores"
-            else:
+            label = doc_label(
+                None if pair is None else pair.keep,
+                source in config.clean_sources,
+                rubric.get(doc_id),
+            )
+            if label is None:
                 continue
-            if annotator != "rubric-scores" and doc_id in rubric:
-                agree.append(rubric[doc_id][0] == keep)
+            if label.annotator != "rubric-scores" and doc_id in rubric:
+                agree.append(rubric[doc_id][0] == label.keep)
             shown = truncate_to_tokens(text, tokenizer, config.doc_max_tokens)
-            example = doc_example(doc_id, shard, shown, keep, model)
-            example.annotator = annotator
+            example = doc_example(doc_id, shard, shown, label.keep, label.model)
+            example.annotator = label.annotator
             examples.append(example)
     report = {
         "rubric_vs_distant_agreement": round(sum(agree) / len(agree), 3) if agree else None,
@@ -148,11 +149,8 @@ def _chunk_examples(
 ) -> list[SFTExample]:
     count = hf_token_counter(tokenizer)
     backend = engine.load(device) if config.annotator in ("llm", "both") else None
-    heuristic = {
-        "rules": "rules-v2",
-        "llm": f"llm-{ANNOTATOR_PROMPT_VERSION}",
-        "both": f"rules-v2+llm-{ANNOTATOR_PROMPT_VERSION}",
-    }[config.annotator]
+    heuristic = chunk_annotator_name(config.annotator)
+    model = backend.model_id if backend is not None else "none"
     examples = []
     for key, raw in _raw_shards(store, catalog, config, log):
         rules = RuleAnnotator.for_shard(raw["text"])
@@ -164,54 +162,25 @@ def _chunk_examples(
             windows = chunk_document(text, count, config.window_tokens)
             pair = _gold_pair(url, text)
             if pair is not None:
-                if not pair.keep:  # an index page: the document stage's to drop
-                    continue
-                programs = [gold_program(text, pair.labels, w) for w in windows]
-                examples += chunk_examples(
-                    doc_id, shard, text, windows, programs, "layout-gold", "none", None
-                )
-                body = chunk_document(
-                    pair.gold_text, count, config.window_tokens
-                )  # the clean body alone
-                clean = [True] * len(split_lines(pair.gold_text))
-                examples += chunk_examples(
-                    f"{doc_id}:body",
-                    shard,
-                    pair.gold_text,
-                    body,
-                    [gold_program(pair.gold_text, clean, w) for w in body],
-                    "layout-gold-body",
-                    "none",
-                    None,
-                )
-                continue
-            if source in config.clean_sources:
-                clean = [True] * len(split_lines(text))
+                if pair.keep:  # an index page is the document stage's to drop
+                    body = chunk_document(pair.gold_text, count, config.window_tokens)
+                    examples += gold_page_examples(
+                        doc_id, shard, text, pair.labels, windows, pair.gold_text, body
+                    )
+            elif source in config.clean_sources:
+                examples += clean_examples(doc_id, shard, text, windows)
+            else:
+                programs = annotate_windows(text, windows, config.annotator, rules, backend)
                 examples += chunk_examples(
                     doc_id,
                     shard,
                     text,
                     windows,
-                    [gold_program(text, clean, w) for w in windows],
-                    "clean-source",
-                    "none",
-                    None,
+                    programs,
+                    heuristic,
+                    model,
+                    config.max_removal_ratio,
                 )
-                continue
-            programs = (
-                [rules.annotate(text, w) for w in windows] if config.annotator != "llm" else []
-            )
-            if backend is not None:
-                llm = llm_annotate(backend, [w.text for w in windows])
-                programs = (
-                    llm
-                    if config.annotator == "llm"
-                    else [merge_programs(p) for p in zip(programs, llm)]
-                )
-            model = backend.model_id if backend is not None else "none"
-            examples += chunk_examples(
-                doc_id, shard, text, windows, programs, heuristic, model, config.max_removal_ratio
-            )
         log.info(f"{key}: {len(examples)} chunk examples so far")
     return balance_chunk_examples(
         examples, config.keep_fraction, config.seed, config.whole_per_partial or None
@@ -276,15 +245,6 @@ def sft_programs(
     for split in SPLITS:
         store.write_parquet(sft_split_key(level, sft.version, split), sft.split(split))
     where = {"level": level, "sft_version": sft.version}
-    sft_set_row = {
-        **where,
-        "path": store.uri(sft_prefix(level, sft.version)),
-        "n_train": sft.n_train,
-        "n_val": sft.n_val,
-        "n_rejected": sft.n_rejected,
-        "config": json.dumps(config.model_dump()),
-        **lineage(context),
-    }
     catalog.replace_many(
         [
             (
@@ -292,16 +252,31 @@ def sft_programs(
                 where,
                 with_lineage(sft.frame.drop("messages"), context, sft_version=sft.version),
             ),
-            ("sft_sets", where, pl.DataFrame([sft_set_row])),
+            ("sft_sets", where, pl.DataFrame([_sft_set_row(context, store, sft, config)])),
         ]
     )
+    # its data version: what refiner[level] consumes (prox_assets.lineage)
     return dg.MaterializeResult(
-        data_version=dg.DataVersion(
-            sft.version
-        ),  # what refiner[level] consumes (prox_assets.lineage)
+        data_version=dg.DataVersion(sft.version),
         metadata=_metadata(store, sft, base_model, label_report),
         check_results=_checks(sft),
     )
+
+
+def _sft_set_row(
+    context: dg.AssetExecutionContext, store: ObjectStore, sft: SFTSet, config: SFTConfig
+) -> dict:
+    """The set's ``sft_sets`` row: where it is, its counts and the config that built it."""
+    return {
+        "level": sft.level,
+        "sft_version": sft.version,
+        "path": store.uri(sft_prefix(sft.level, sft.version)),
+        "n_train": sft.n_train,
+        "n_val": sft.n_val,
+        "n_rejected": sft.n_rejected,
+        "config": json.dumps(config.model_dump()),
+        **lineage(context),
+    }
 
 
 def _metadata(store: ObjectStore, sft: SFTSet, base_model: str, label_report: dict) -> dict:

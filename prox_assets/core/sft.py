@@ -14,13 +14,19 @@ import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import polars as pl
 
-from prox_assets.core.annotators import KEEP, validate_chunk_program
-from prox_assets.core.chunking import Window, content_line_numbers
+from prox_assets.core.annotators import KEEP, gold_program, validate_chunk_program
+from prox_assets.core.chunking import Window, content_line_numbers, split_lines
 from prox_assets.core.programs import Stage, parse_program
-from prox_assets.core.prompts import REFINER_PROMPT_VERSION, chunk_refiner_chat, doc_refiner_chat
+from prox_assets.core.prompts import (
+    ANNOTATOR_PROMPT_VERSION,
+    REFINER_PROMPT_VERSION,
+    chunk_refiner_chat,
+    doc_refiner_chat,
+)
 
 
 @dataclass
@@ -93,6 +99,65 @@ def chunk_examples(
             )
         )
     return out
+
+
+class DocLabel(NamedTuple):
+    """A document's keep/drop label and where it came from."""
+
+    keep: bool
+    annotator: str  # layout-gold | clean-source | rubric-scores
+    model: str  # the scorer model of a rubric label; "none" for a distant label
+
+
+def doc_label(
+    gold_keep: bool | None, clean_source: bool, rubric: tuple[bool, str] | None
+) -> DocLabel | None:
+    """Distant labels where a document has them (a docs page's layout, ``gold_keep``: index and
+    near-empty pages are drops; a clean source's documents are keeps), else the seed rubric's
+    (keep, scorer model); None: no label."""
+    if gold_keep is not None:
+        return DocLabel(gold_keep, "layout-gold", "none")
+    if clean_source:
+        return DocLabel(True, "clean-source", "none")
+    if rubric is not None:
+        return DocLabel(rubric[0], "rubric-scores", rubric[1])
+    return None
+
+
+def chunk_annotator_name(annotator: str) -> str:
+    """The provenance a chunk example records for the rules (``rules``), the LLM (``llm``) or
+    both merged (``both``): the annotator and its version."""
+    return {
+        "rules": "rules-v2",
+        "llm": f"llm-{ANNOTATOR_PROMPT_VERSION}",
+        "both": f"rules-v2+llm-{ANNOTATOR_PROMPT_VERSION}",
+    }[annotator]
+
+
+def clean_examples(
+    doc_id: str, shard: str, text: str, windows: Sequence[Window], annotator: str = "clean-source"
+) -> list[SFTExample]:
+    """The windows of a clean text, each program keep_chunk(): what a refiner must leave alone."""
+    clean = [True] * len(split_lines(text))
+    programs = [gold_program(text, clean, w) for w in windows]
+    return chunk_examples(doc_id, shard, text, windows, programs, annotator, "none", None)
+
+
+def gold_page_examples(
+    doc_id: str,
+    shard: str,
+    text: str,
+    labels: Sequence[bool | None],
+    windows: Sequence[Window],
+    body: str,
+    body_windows: Sequence[Window],
+) -> list[SFTExample]:
+    """A docs page with layout gold: its windows with the gold programs (``labels``: each line
+    content or not), then its clean ``body`` alone (``<doc_id>:body``), every window kept."""
+    programs = [gold_program(text, labels, w) for w in windows]
+    return chunk_examples(
+        doc_id, shard, text, windows, programs, "layout-gold", "none", None
+    ) + clean_examples(f"{doc_id}:body", shard, body, body_windows, "layout-gold-body")
 
 
 def assign_splits(examples: list[SFTExample], val_fraction: float, seed: int) -> None:

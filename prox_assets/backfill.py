@@ -2,7 +2,8 @@
 
 This is the mutation the web UI itself sends (``launchPartitionBackfill``): the backfill is
 recorded in the instance and the daemon launches its runs. (``dagster asset materialize`` runs
-in-process instead and never reaches the daemon.)
+in-process instead and never reaches the daemon.) ``prox backfill``'s refinement backfill is
+planned (``plan_refinement_backfill``) and launched (``launch_refinement_backfill``) here.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 
 LAUNCH = """
 mutation Launch($params: LaunchBackfillParams!) {
@@ -102,3 +104,60 @@ def wait_for_backfill(
                 f"backfill {backfill_id} still {status['status']} after {timeout_s:.0f}s"
             )
         time.sleep(poll_s)
+
+
+@dataclass(frozen=True)
+class RefinementBackfill:
+    """A refiner version's backfill: refined_corpus for each shard (``partitions``, keys
+    ``<version>|<shard>``) in ``runs`` runs of up to ``per_run`` partitions (refined_corpus's
+    backfill policy: the daemon cuts the backfill so; None: all in one), then
+    refined_pool[<version>]."""
+
+    refiner_version: str
+    partitions: list[str]
+    per_run: int | None
+    runs: int
+
+    def launched(self, backfill_id: str, url: str) -> str:
+        """One line on the launched backfill and where the UI shows it."""
+        return (
+            f"backfill {backfill_id}: {len(self.partitions)} partitions of refined_corpus in "
+            f"{self.runs} run(s) (up to {self.per_run or len(self.partitions)} partitions a run, "
+            f"the refiners loaded once a run), then refined_pool[{self.refiner_version}] -> "
+            f"{url}/overview/backfills/{backfill_id}"
+        )
+
+
+def plan_refinement_backfill(
+    instance, refiner_version: str, shards: list[str] | tuple[str, ...] = ()
+) -> RefinementBackfill:
+    """Every shard (or ``shards``) refined with ``refiner_version``, a registered
+    refiner_version key (``UserError`` otherwise), cut into runs as the daemon will cut it."""
+    from prox_assets.core.errors import UserError
+    from prox_assets.partition_runs import partition_ranges
+    from prox_assets.partitions import refiner_version_partitions, shard_partitions
+    from prox_assets.refinement import refined_corpus
+
+    if not instance.has_dynamic_partition(refiner_version_partitions.name, refiner_version):
+        known = instance.get_dynamic_partitions(refiner_version_partitions.name)
+        raise UserError(f"unknown refiner version {refiner_version!r}; known: {known}")
+    targets = list(shards) or instance.get_dynamic_partitions(shard_partitions.name)
+    names = [f"{refiner_version}|{s}" for s in targets]
+    # each run a range of up to max_partitions_per_run shards, loading the two refiners once
+    per_run = refined_corpus.backfill_policy.max_partitions_per_run
+    runs = len(partition_ranges(refined_corpus.partitions_def, names, per_run, instance))
+    return RefinementBackfill(refiner_version, names, per_run, runs)
+
+
+def launch_refinement_backfill(url: str, plan: RefinementBackfill) -> str:
+    """``plan``'s backfill through the webserver at ``url``: its id. refined_pool[<version>] is
+    in the same backfill, once every shard is refined: what selection and training read, and
+    what marks them stale (``prox_assets.lineage``)."""
+    return launch_backfill(
+        url,
+        ["refined_corpus"],
+        plan.partitions,
+        title=f"refine with {plan.refiner_version}",
+        tags={"prox/launched_by": "prox backfill"},
+        downstream=[["refined_pool"]],
+    )

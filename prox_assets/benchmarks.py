@@ -8,6 +8,7 @@ import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prox_assets.core.chunking import split_lines
@@ -639,9 +640,9 @@ def refine_precision_report(docs: int, refiner_version: str | None, dtypes: list
     import polars as pl
 
     from prox_assets.core.chunking import DEFAULT_DOC_MAX_TOKENS, DEFAULT_WINDOW_TOKENS
+    from prox_assets.core.refiner_training import FALLBACK_PROGRAM_TOKENS
     from prox_assets.layout import raw_paths, refiner_prefix
     from prox_assets.refinement import refiner_pair
-    from prox_assets.refiner_training import FALLBACK_PROGRAM_TOKENS
     from prox_resources.catalog import Catalog
     from prox_resources.device import DeviceSettings
     from prox_resources.models import fetch_model
@@ -675,45 +676,78 @@ def refine_precision_report(docs: int, refiner_version: str | None, dtypes: list
     }
 
 
-def influence_report(
-    pool_size: int,
-    landmarks: list[int],
-    draws: int,
-    embeddings: list[str],
-    task: str,
-    target_domain: str,
-    n_target: int,
-    max_len: int,
-    piece_chars: int,
-    warmup_steps: int,
-    stability_samples: int,
-    dtype: str,
-    log: Callable[[str], None],
-) -> dict:
+@dataclass(frozen=True)
+class InfluenceBench:
+    """What ``prox bench influence`` measures on: each field an option of the command (``--pool``
+    for ``pool_size``, ``--field-name`` for the others; a tuple as a comma-separated list), with
+    its default and help (``metadata``), written once here."""
+
+    pool_size: int = field(
+        default=400,
+        metadata={
+            "option": "--pool",
+            "help": "Pool samples, split evenly over four domains (pydocs, news, Austen, MATH); "
+            "all get exact scores.",
+        },
+    )
+    landmarks: tuple[int, ...] = field(
+        default=(12, 24, 48, 96), metadata={"help": "Landmark counts to compare."}
+    )
+    draws: int = field(default=5, metadata={"help": "Landmark draws per count (mean and spread)."})
+    embeddings: tuple[str, ...] = field(
+        default=("jvp-mean", "jvp-last", "hidden-mean"),
+        metadata={"help": "Comma-separated: jvp-mean, jvp-last, hidden-mean."},
+    )
+    task: str = field(
+        default="math", metadata={"help": "Target task (math: held-out MATH problems)."}
+    )
+    target_domain: str = field(
+        default="math", metadata={"help": "The pool domain the target belongs to."}
+    )
+    n_target: int = 8
+    max_len: int = 128
+    piece_chars: int = 600
+    warmup_steps: int = 16
+    stability_samples: int = field(
+        default=200,
+        metadata={"help": "Samples re-scored under a second warm-up seed (0 = the whole pool)."},
+    )
+    dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "auto: bf16 autocast where this CPU or GPU runs bf16 fast, else fp32.",
+            "choices": ("auto", "float32", "bfloat16"),
+        },
+    )
+
+
+def influence_report(bench: InfluenceBench, log: Callable[[str], None]) -> dict:
     """``prox bench influence``: the influence study on a four-domain pool of the sample corpus,
     on the base model as landmark_influence loads it."""
     from prox_assets.core.influence import InfluenceConfig
     from prox_assets.core.influence_eval import influence_study
     from prox_assets.core.targets import load_task, split_target
 
-    texts, domains = domain_pool(_sample_files(), pool_size, piece_chars)
-    targets, _ = split_target(load_task(task), n_target, 0)
+    texts, domains = domain_pool(_sample_files(), bench.pool_size, bench.piece_chars)
+    targets, _ = split_target(load_task(bench.task), bench.n_target, 0)
     engine, device = engine_and_device()
     model, tokenizer = engine.local().load_model(device)
-    config = InfluenceConfig(max_len=max_len, warmup_steps=warmup_steps, dtype=dtype)
+    config = InfluenceConfig(
+        max_len=bench.max_len, warmup_steps=bench.warmup_steps, dtype=bench.dtype
+    )
     report = influence_study(
         model,
         tokenizer,
         texts,
         domains,
-        target_domain,
+        bench.target_domain,
         [t.prompt for t in targets],
         [t.answer for t in targets],
         config,
-        landmarks,
-        draws,
-        embeddings,
-        stability_samples=stability_samples,
+        list(bench.landmarks),
+        bench.draws,
+        list(bench.embeddings),
+        stability_samples=bench.stability_samples,
         log=log,
     )
     report.pop("exact_scores")

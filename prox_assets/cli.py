@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 
+from prox_assets.benchmarks import InfluenceBench
 from prox_assets.core.targets import TASK_NAMES
 from prox_assets.demo import DemoBudget
 from prox_resources.settings import (
@@ -128,17 +129,15 @@ def ingest(paths: tuple[Path, ...], no_run: bool, replace: bool) -> None:
 
 
 def _print_ingest_summary() -> None:
+    from prox_assets.summaries import ingest_summary
     from prox_resources.catalog import Catalog
 
-    catalog = Catalog()
-    counts = catalog.named_query("ingestion_totals").row(0, named=True)
-    reasons = catalog.named_query("quarantine_reasons")
-    click.echo(
-        f"catalog: {counts['shards']} shards, read {counts['n_read']} = ingested {counts['n_ingested']}"
-        f" + quarantined {counts['n_quarantined']}"
-    )
-    for reason, n in reasons.rows():
-        click.echo(f"  quarantined {n:>5}  {reason}")
+    _echo_lines(ingest_summary(Catalog()))
+
+
+def _echo_lines(lines: list[str]) -> None:
+    for line in lines:
+        click.echo(line)
 
 
 @main.command()
@@ -161,8 +160,9 @@ def _build_samples(out: Path | None = None) -> list[Path]:
 
 
 def _options_from(cls):
-    """click options from a dataclass's fields: ``--field-name``, its default (None: the asset's
-    own), its help and choices (``metadata``). The defaults are written once, in the dataclass."""
+    """click options from a dataclass's fields: ``--field-name`` (or ``metadata["option"]``), its
+    default (None: the asset's own), its help and choices (``metadata``); a tuple is given as a
+    comma-separated list. The defaults are written once, in the dataclass."""
     import dataclasses
 
     def decorate(f):
@@ -170,17 +170,37 @@ def _options_from(cls):
             default = None if fld.default is dataclasses.MISSING else fld.default
             choices = fld.metadata.get("choices")
             kind = click.Choice(choices) if choices else (int if "int" in str(fld.type) else str)
+            callback = None
+            if isinstance(default, tuple):  # a comma-separated list of its items' type
+                item = type(default[0]) if default else str
+                callback = _comma_list(item)
+                kind, default = str, ",".join(map(str, default))
+            elif "float" in str(fld.type):
+                kind = float
             f = click.option(
-                "--" + fld.name.replace("_", "-"),
+                fld.metadata.get("option", "--" + fld.name.replace("_", "-")),
                 fld.name,
                 type=kind,
                 default=default,
                 show_default=default is not None,
-                help=fld.metadata["help"],
+                callback=callback,
+                help=fld.metadata.get("help"),
             )(f)
         return f
 
     return decorate
+
+
+def _comma_list(item: type):
+    """A click callback: "a,b,c" as a tuple of ``item``s."""
+
+    def parse(_ctx, param, value: str) -> tuple:
+        try:
+            return tuple(item(x.strip()) for x in value.split(",") if x.strip())
+        except ValueError as exc:
+            raise click.BadParameter(f"{value!r}: a comma-separated list ({exc})") from exc
+
+    return parse
 
 
 @main.command()
@@ -198,98 +218,23 @@ def demo(**options) -> None:
     click.echo(f"{len(files)} files in {prox_home() / 'samples'}")
     outcome = run_demo(DemoBudget(**options), files, echo=click.echo)
     click.echo("== summary")
-    _print_ingest_summary()
-    _print_synthesis_summary()
-    _print_refiner_summary()
-    _print_refined_summary()
-    _print_evaluation_summary()
+    _print_demo_summary()
     click.echo(f"demo finished in {time.monotonic() - started:.0f}s; browse it with `prox ui`")
     if failed(outcome):
         raise click.ClickException(f"failed: {', '.join(failed(outcome))}")
 
 
-def _print_refiner_summary() -> None:
-    """The evaluations of the refiners of the newest refiner version (Dagster's, as the assets read it)."""
-    from prox_assets.refinement import refiner_pair
+def _print_demo_summary() -> None:
+    """What each stage left in the catalog (``prox_assets.summaries``)."""
+    from prox_assets import summaries
     from prox_resources.catalog import Catalog
 
-    version = _latest_refiner_version()
-    if not version:
-        return
-    pair = refiner_pair(Catalog(), version)
-    rows = (
-        Catalog()
-        .named_query("refiner_pair_evals", doc_version=pair.doc, chunk_version=pair.chunk)
-        .rows()
-    )
-    for level, version, model, dataset, metric, value in rows:
-        click.echo(
-            f"refiner[{level}] {version} {dataset:>19} {metric:>14} {model:>16} = {value:.3f}"
-        )
-
-
-def _latest_refiner_version() -> str | None:
-    """The newest registered refiner version: what refined_pool's dependents read by default."""
-    from prox_assets.refinement import latest_refiner_version
-
-    return latest_refiner_version(_instance())
-
-
-def _print_refined_summary() -> None:
-    from prox_resources.catalog import Catalog
-
-    rows = Catalog().named_query("refinement_totals").rows()
-    for version, n, kept, dropped, errored, chars in rows:
-        click.echo(
-            f"refined_corpus[{version}]: {n} documents = kept {kept} + dropped {dropped} + errored {errored}; "
-            f"{chars or 0:.1%} of characters kept"
-        )
-
-
-def _print_evaluation_summary() -> None:
-    from prox_resources.catalog import Catalog
-
-    rows = Catalog().named_query("evaluation_summary").rows()
-    for target, variant, metric, mean, std, n in rows:
-        click.echo(
-            f"evaluation[{target}] {metric:>16} {variant:>14} = {mean:.4f} ± {std:.4f} (seeds {n})"
-        )
-
-
-def _print_synthesis_summary() -> None:
-    from prox_resources.catalog import Catalog
-
-    catalog = Catalog()
-    scores = catalog.named_query("seed_score_totals").row(0, named=True)
-    click.echo(
-        f"seed_scores: {scores['n']} documents in {scores['shards']} shards, mean expected edu "
-        f"{scores['edu'] or 0:.2f}, format {scores['fmt'] or 0:.2f}, keep ratio {scores['keep'] or 0:.2f}"
-    )
-    # the SFT set of each level's latest sft_programs materialization (what the refiners read)
-    from prox_assets.lineage import recorded
-
-    instance = _instance()
-    current = [
-        (level, found.value("sft_version"))
-        for level in ("chunk", "doc")
-        if (found := recorded(instance, "sft_programs", level))
-    ]
-    sets = [
-        catalog.named_query("sft_set", level=level, sft_version=version).rows()[0]
-        for level, version in current
-    ]
-    labels = {
-        (level, label): n
-        for level, version in current
-        for label, n in catalog.named_query(
-            "sft_label_counts", level=level, sft_version=version
-        ).rows()
-    }
-    for level, version, n_train, n_val, n_rejected in sets:
-        mix = ", ".join(f"{lab}={n}" for (lvl, lab), n in sorted(labels.items()) if lvl == level)
-        click.echo(
-            f"sft_programs[{level}] {version}: train {n_train}, val {n_val}, rejected {n_rejected}; {mix}"
-        )
+    catalog, instance = Catalog(), _instance()
+    _echo_lines(summaries.ingest_summary(catalog))
+    _echo_lines(summaries.synthesis_summary(catalog, instance))
+    _echo_lines(summaries.refiner_summary(catalog, instance))
+    _echo_lines(summaries.refined_summary(catalog))
+    _echo_lines(summaries.evaluation_summary(catalog))
 
 
 # --- targets ----------------------------------------------------------------------------------
@@ -365,37 +310,17 @@ def target_add(
 def backfill(refiner_version: str, url: str, shards: tuple[str, ...], wait: bool) -> None:
     """Refine every shard with a refiner version, then record its pool (refined_pool): one
     backfill run by the daemon."""
-    from prox_assets.backfill import BackfillError, launch_backfill, wait_for_backfill
-    from prox_assets.partition_runs import partition_ranges
-    from prox_assets.partitions import refiner_version_partitions, shard_partitions
-    from prox_assets.refinement import refined_corpus
+    from prox_assets.backfill import (
+        BackfillError,
+        launch_refinement_backfill,
+        plan_refinement_backfill,
+        wait_for_backfill,
+    )
 
-    instance = _instance()
-    if not instance.has_dynamic_partition(refiner_version_partitions.name, refiner_version):
-        known = instance.get_dynamic_partitions(refiner_version_partitions.name)
-        raise click.ClickException(f"unknown refiner version {refiner_version!r}; known: {known}")
-    targets = list(shards) or instance.get_dynamic_partitions(shard_partitions.name)
-    names = [f"{refiner_version}|{s}" for s in targets]
-    # The daemon cuts the backfill into runs by refined_corpus's backfill policy: each run a range
-    # of up to max_partitions_per_run shards, loading the two refiners once.
-    per_run = refined_corpus.backfill_policy.max_partitions_per_run
-    runs = len(partition_ranges(refined_corpus.partitions_def, names, per_run, instance))
+    plan = plan_refinement_backfill(_instance(), refiner_version, shards)
     try:
-        # refined_pool[<version>] in the same backfill, once every shard is refined: what selection
-        # and training read, and what marks them stale (prox_assets.lineage)
-        backfill_id = launch_backfill(
-            url,
-            ["refined_corpus"],
-            names,
-            title=f"refine with {refiner_version}",
-            tags={"prox/launched_by": "prox backfill"},
-            downstream=[["refined_pool"]],
-        )
-        click.echo(
-            f"backfill {backfill_id}: {len(names)} partitions of refined_corpus in {runs} run(s) "
-            f"(up to {per_run or len(names)} partitions a run, the refiners loaded once a run), "
-            f"then refined_pool[{refiner_version}] -> {url}/overview/backfills/{backfill_id}"
-        )
+        backfill_id = launch_refinement_backfill(url, plan)
+        click.echo(plan.launched(backfill_id, url))
         if wait:
             final = wait_for_backfill(
                 url, backfill_id, on_status=lambda s: click.echo(f"  {s['status']}")
@@ -566,86 +491,14 @@ def bench_refine(docs: int, refiner_version: str | None, dtypes: str, as_json: b
 
 
 @bench.command("influence")
-@click.option(
-    "--pool",
-    "pool_size",
-    default=400,
-    show_default=True,
-    help="Pool samples, split evenly over four domains (pydocs, news, Austen, MATH); all get exact scores.",
-)
-@click.option(
-    "--landmarks", default="12,24,48,96", show_default=True, help="Landmark counts to compare."
-)
-@click.option(
-    "--draws", default=5, show_default=True, help="Landmark draws per count (mean and spread)."
-)
-@click.option(
-    "--embeddings",
-    default="jvp-mean,jvp-last,hidden-mean",
-    show_default=True,
-    help="Comma-separated: jvp-mean, jvp-last, hidden-mean.",
-)
-@click.option(
-    "--task", default="math", show_default=True, help="Target task (math: held-out MATH problems)."
-)
-@click.option(
-    "--target-domain",
-    default="math",
-    show_default=True,
-    help="The pool domain the target belongs to.",
-)
-@click.option("--n-target", default=8, show_default=True)
-@click.option("--max-len", default=128, show_default=True)
-@click.option("--piece-chars", default=600, show_default=True)
-@click.option("--warmup-steps", default=16, show_default=True)
-@click.option(
-    "--stability-samples",
-    default=200,
-    show_default=True,
-    help="Samples re-scored under a second warm-up seed (0 = the whole pool).",
-)
-@click.option(
-    "--dtype",
-    type=click.Choice(["auto", "float32", "bfloat16"]),
-    default="auto",
-    show_default=True,
-    help="auto: bf16 autocast where this CPU or GPU runs bf16 fast, else fp32.",
-)
+@_options_from(InfluenceBench)
 @click.option("--json", "as_json", is_flag=True)
-def bench_influence(
-    pool_size: int,
-    landmarks: str,
-    draws: int,
-    embeddings: str,
-    task: str,
-    target_domain: str,
-    n_target: int,
-    max_len: int,
-    piece_chars: int,
-    warmup_steps: int,
-    stability_samples: int,
-    dtype: str,
-    as_json: bool,
-) -> None:
+def bench_influence(as_json: bool, **params) -> None:
     """Exact influence (stability, domain AUROC), landmark estimates against it per embedding
     and landmark count, the embedding baseline and the cost, in one run on this machine."""
     from prox_assets.benchmarks import influence_report
 
-    report = influence_report(
-        pool_size,
-        [int(x) for x in landmarks.split(",")],
-        draws,
-        embeddings.split(","),
-        task,
-        target_domain,
-        n_target,
-        max_len,
-        piece_chars,
-        warmup_steps,
-        stability_samples,
-        dtype,
-        log=lambda m: click.echo(m, err=True),
-    )
+    report = influence_report(InfluenceBench(**params), log=lambda m: click.echo(m, err=True))
     click.echo(json.dumps(report, indent=2 if as_json else 1))
 
 

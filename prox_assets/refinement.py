@@ -30,6 +30,7 @@ import polars as pl
 
 from prox_assets.core.chunking import hf_token_counter
 from prox_assets.core.refinement import refined_rows
+from prox_assets.core.refiner_training import FALLBACK_PROGRAM_TOKENS
 from prox_assets.core.scoring import seed_sample
 from prox_assets.ingest import raw_corpus, raw_key
 from prox_assets.layout import (
@@ -51,7 +52,7 @@ from prox_assets.partition_runs import (
     partition_run_request,
 )
 from prox_assets.partitions import refined_partitions, refiner_version_partitions, shard_partitions
-from prox_assets.refiner_training import FALLBACK_PROGRAM_TOKENS, refiner
+from prox_assets.refiner_training import refiner
 from prox_resources.catalog import Catalog
 from prox_resources.device import CPU_STEP, GPU_STEP, DeviceSettings
 from prox_resources.engine import ModelEngine

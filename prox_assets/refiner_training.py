@@ -8,30 +8,33 @@ chunk refiners as a ``refiner_version`` partition key for the refined corpus.
 """
 
 import json
-import math
-import random
+from dataclasses import dataclass
 from typing import Literal
 
 import dagster as dg
 import polars as pl
 
-from prox_assets.core.chunking import (
-    DEFAULT_DOC_MAX_TOKENS,
-    DEFAULT_WINDOW_TOKENS,
-    hf_token_counter,
+from prox_assets.core.chunking import DEFAULT_DOC_MAX_TOKENS, DEFAULT_WINDOW_TOKENS
+from prox_assets.core.refiner_eval import (
+    RefinerEvaluation,
+    evaluate_on_sft_val,
+    evaluation_new_tokens,
+    load_chat,
 )
-from prox_assets.core.refiner_eval import chunk_metrics, doc_metrics, load_chat, with_shots
 from prox_assets.core.refiner_quality import (
     MODELS,
+    Quality,
     build_quality_set,
-    chunk_stage_quality,
-    doc_stage_quality,
-    imitator_writers,
-    model_writers,
-    noise_rate,
-    random_writers,
+    quality_headlines,
+    quality_rows,
+    refiner_quality,
 )
-from prox_assets.core.refiner_training import train_refiner, version_id
+from prox_assets.core.refiner_training import (
+    FALLBACK_PROGRAM_TOKENS,
+    generation_budget,
+    train_refiner,
+    version_id,
+)
 from prox_assets.core.training_loop import TrainConfig, lora_train_config
 from prox_assets.layout import refiner_prefix, sft_split_key
 from prox_assets.lineage import Recorded, recorded
@@ -45,14 +48,6 @@ from prox_resources.engine import ModelEngine
 from prox_resources.models import fetch_model, resolve_model, train_into_store
 from prox_resources.settings import downloads_dir
 from prox_resources.store import ObjectStore
-
-# What ProX reports for its 0.35B refiners (validation; Zhou et al., 2024, arXiv:2409.17115), shown
-# next to ours (docs/methods.md#refiner-training).
-PAPER_ANCHORS = {"doc": ("macro_f1", 0.826), "chunk": ("line_f1", 0.752)}
-
-# New tokens for a chunk program when a refiner records no budget sized from its labels (one
-# trained before the budget was).
-FALLBACK_PROGRAM_TOKENS = 160
 
 
 class RefinerConfig(dg.Config):
@@ -120,93 +115,6 @@ def _train_config(config: RefinerConfig) -> TrainConfig:
     )
 
 
-def _shots(train: pl.DataFrame, level: str, n: int, seed: int) -> list[tuple[list[dict], str]]:
-    """Worked examples for the base model, one per label where possible."""
-    rng = random.Random(seed)
-    shots = []
-    for label in ("drop", "keep") if level == "doc" else ("remove", "keep"):
-        rows = train.filter(pl.col("label") == label)
-        if rows.height:
-            i = rng.randrange(rows.height)
-            shots.append((load_chat(rows["messages"][i]), rows["target"][i]))
-    return shots[:n]
-
-
-def _evaluate(backend, val: pl.DataFrame, level: str, shots=None, max_new_tokens: int = 64) -> dict:
-    chats = [load_chat(m) for m in val["messages"]]
-    if shots:
-        chats = [with_shots(c, shots) for c in chats]
-    predicted = backend.generate(chats, max_new_tokens=max_new_tokens)
-    if level == "doc":
-        return doc_metrics(predicted, val["label"].to_list())
-    spans = list(zip(val["line_start"].to_list(), val["line_end"].to_list()))
-    return chunk_metrics(predicted, val["target"].to_list(), spans)
-
-
-def generation_budget(target_tokens_p99: int) -> int:
-    """New tokens for a program: the training programs' p99 with room to spare, so a model that
-    imitates its labels is not cut off (64 tokens truncated the long ones)."""
-    return max(16, math.ceil(1.25 * target_tokens_p99) + 8)
-
-
-def _quality(tuned, level: str, config: RefinerConfig, sft_config: dict, new_tokens: int) -> dict:
-    """{model: {dataset: {metric: value}}} on held-out real data for the refiner, the perfect
-    imitator and the random control."""
-    heldout = sft_config.get("heldout_pages")  # None: an SFT set from before the page split
-    qset = build_quality_set(
-        downloads_dir(),
-        config.quality_pages if heldout else 0,
-        config.quality_news,
-        config.quality_clean,
-        config.quality_doc_pages if heldout else 0,
-        config.quality_max_chars,
-        heldout or 0.0,
-        sft_config.get("seed", 0),
-    )
-    writers = {
-        "refiner": model_writers(tuned, new_tokens),
-        "perfect-imitator": imitator_writers(),
-        "random-control": random_writers(
-            noise_rate(qset.pages),
-            sum(not k for _, _, k in qset.docs) / max(len(qset.docs), 1),
-            config.seed,
-        ),
-    }
-    if level == "doc":
-        limit = sft_config.get("doc_max_tokens", DEFAULT_DOC_MAX_TOKENS)
-        return {
-            m: doc_stage_quality(w[0], qset, lambda t: tuned.truncate(t, limit))
-            for m, w in writers.items()
-        }
-    count = hf_token_counter(tuned.tokenizer)
-    window = sft_config.get("window_tokens", DEFAULT_WINDOW_TOKENS)
-    return {m: chunk_stage_quality(w[1], qset, count, window) for m, w in writers.items()}
-
-
-# The figures issue readers look for first, per level: (dataset, metric).
-HEADLINES = {
-    "doc": [
-        ("doc-labelled", "macro_f1"),
-        ("docs-pydocs-index", "docs_dropped"),
-        ("docs-austen", "docs_dropped"),
-        ("docs-math", "docs_dropped"),
-        ("docs-news", "docs_dropped"),
-        ("docs-pydocs-content", "docs_dropped"),
-    ],
-    "chunk": [
-        ("pydocs-heldout", "line_f1"),
-        ("pydocs-heldout", "gold_text_kept"),
-        ("pydocs-heldout", "noise_removed"),
-        ("news-heldout", "gold_text_kept"),
-        ("news-heldout", "noise_removed"),
-        ("clean-austen", "tokens_kept"),
-        ("clean-math", "tokens_kept"),
-        ("clean-austen", "docs_dropped"),
-        ("clean-math", "docs_dropped"),
-    ],
-}
-
-
 @dg.asset(
     partitions_def=level_partitions,
     deps=[sft_programs],
@@ -240,185 +148,235 @@ def refiner(
     engine: ModelEngine,
     device: DeviceSettings,
 ) -> dg.MaterializeResult:
-    level = context.partition_key
-    sft_set = consumed_sft_set(context.instance, level)
-    sft_version = sft_set.value("sft_version")
-    base_model = refiner_base_model(sft_set, config.base_model, engine)
-    train = store.read_parquet(sft_split_key(level, sft_version, "train"))
-    val = store.read_parquet(sft_split_key(level, sft_version, "val"))
-    train_config = _train_config(config)
-    version = version_id(base_model, sft_version, train_config)
-    prefix = refiner_prefix(level, version)
+    run = _refiner_run(context, config, store, engine)
+    report = _train(context, store, engine, device, run)
     tags = lineage(context)
-    base_path = resolve_model(base_model)
-
-    def train_it(folder, progress):
-        context.log.info(
-            f"training {level} refiner {version} on {train.height} examples (SFT {sft_version})"
-        )
-        examples = [(load_chat(m), t) for m, t in zip(train["messages"], train["target"])]
-        model, tokenizer = engine.load_model(device, base_model, train=True)
-        report = train_refiner(
-            model, tokenizer, examples, train_config, folder, progress=progress
-        ).to_dict()
-        return {**report, "max_new_tokens": generation_budget(report["target_tokens_p99"])}
-
-    report, reused = train_into_store(
-        store,
-        prefix,
-        {
-            "level": level,
-            "version": version,
-            "base_model": base_model,
-            "sft_version": sft_version,
-            "train_config": train_config.to_dict(),
-        },
-        train_it,
-        context.log.info,
-    )
-    if reused:
-        context.log.info(f"refiner {level}/{version} already trained: reusing it")
     catalog.replace_rows(
-        "refiner_versions",
-        {"level": level, "version": version},
-        pl.DataFrame(
-            [
-                {
-                    "level": level,
-                    "version": version,
-                    "base_model": base_model,
-                    "sft_version": sft_version,
-                    "train_config": json.dumps(train_config.to_dict()),
-                    "train_report": json.dumps(report),
-                    "path": store.uri(prefix),
-                    **tags,
-                }
-            ]
-        ),
+        "refiner_versions", run.where, pl.DataFrame([run.catalog_row(report, store, tags)])
     )
-
-    # --- evaluation: the refiner and the few-shot base model on the same held-out examples
-    local = engine.local()
-    tuned = local.load(device, model=str(fetch_model(store, prefix)))
-    base = local.load(device, model=str(base_path))
-    val_sample = (
-        val.sample(n=min(config.eval_examples, val.height), seed=config.seed) if val.height else val
-    )
-    shots = _shots(train, level, config.few_shot, config.seed)
-    context.log.info(f"evaluating on {val_sample.height} held-out examples")
-    program_tokens = config.max_new_tokens or report.get("max_new_tokens", FALLBACK_PROGRAM_TOKENS)
-    new_tokens = 8 if level == "doc" else program_tokens  # keep_doc() is 4 tokens
-    metrics = {
-        "refiner": _evaluate(tuned, val_sample, level, max_new_tokens=new_tokens),
-        "base-few-shot": _evaluate(base, val_sample, level, shots, new_tokens),
-    }
-    quality = {}
-    if config.quality_pages or config.quality_clean:
-        sft_config = json.loads(
-            catalog.named_query("sft_set_config", level=level, sft_version=sft_version)["config"][0]
-        )
-        context.log.info(
-            f"evaluating {level} on held-out real data: refiner, perfect imitator, random control"
-        )
-        quality = _quality(tuned, level, config, sft_config, new_tokens)
-
-    eval_rows = [
-        {
-            "level": level,
-            "version": version,
-            "model": model,
-            "dataset": "sft-val",
-            "metric": k,
-            "value": float(v),
-            **tags,
-        }
-        for model, values in metrics.items()
-        for k, v in values.items()
-    ] + [
-        {
-            "level": level,
-            "version": version,
-            "model": model,
-            "dataset": dataset,
-            "metric": k,
-            "value": float(v),
-            **tags,
-        }
-        for model, datasets in quality.items()
-        for dataset, values in datasets.items()
-        for k, v in values.items()
-    ]
+    evaluation = _evaluate(context, config, store, catalog, engine, device, run, report)
     catalog.replace_rows(
-        "refiner_evals", {"level": level, "version": version}, pl.DataFrame(eval_rows)
+        "refiner_evals",
+        run.where,
+        pl.DataFrame([{**run.where, **row, **tags} for row in evaluation.rows()]),
     )
-    pair = _register_pair(context, catalog, level, version)
-
-    headline, anchor = PAPER_ANCHORS[level]
-    keys = sorted(set(metrics["refiner"]) | set(metrics["base-few-shot"]))
-    table = md_table(
-        ["metric", "refiner", "base model, few-shot"],
-        [
-            (
-                k,
-                round(metrics["refiner"].get(k, 0), 3),
-                round(metrics["base-few-shot"].get(k, 0), 3),
-            )
-            for k in keys
-        ],
-    )
-    losses = report.get("losses", [])
-    beats = metrics["refiner"][headline] > metrics["base-few-shot"][headline]
+    pair = _register_pair(context, catalog, run.level, run.version)
     return dg.MaterializeResult(
-        data_version=dg.DataVersion(version),
+        data_version=dg.DataVersion(run.version),
         metadata={
-            "refiner_version": version,
+            "refiner_version": run.version,
             "refiner_pair": pair or "waiting for the other level",
-            "path": dg.MetadataValue.path(store.uri(prefix)),
-            "sft_version": sft_version,
-            "base_model": base_model,
+            "path": dg.MetadataValue.path(store.uri(run.prefix)),
+            "sft_version": run.sft_version,
+            "base_model": run.base_model,
             "method": config.method,
-            "train_steps": report.get("steps", 0),
-            "train_tokens": report.get("tokens_seen", 0),
-            "train_seconds": report.get("seconds", 0),
-            "loss_first_last": f"{losses[0]:.3f} -> {losses[-1]:.3f}" if losses else "n/a",
-            "validation": table,
-            f"refiner_{headline}": round(metrics["refiner"][headline], 3),
-            f"base_{headline}": round(metrics["base-few-shot"][headline], 3),
-            f"paper_{headline}_0.35B": anchor,
-            "max_new_tokens": new_tokens,
-            "program_tokens_p99": report.get("target_tokens_p99", 0),
-            **_quality_metadata(level, quality),
+            **_metadata(report, evaluation),
         },
         check_results=[
             dg.AssetCheckResult(
                 check_name="beats_base_model",
-                passed=beats,
+                passed=evaluation.beats_base,
                 severity=dg.AssetCheckSeverity.WARN,
                 metadata={
-                    "refiner": round(metrics["refiner"][headline], 3),
-                    "base_few_shot": round(metrics["base-few-shot"][headline], 3),
+                    "refiner": evaluation.score("refiner"),
+                    "base_few_shot": evaluation.score("base-few-shot"),
                 },
             )
         ],
     )
 
 
-def _quality_metadata(level: str, quality: dict) -> dict:
-    if not quality:
-        return {}
-    rows = [
-        (
-            f"{d} {m}",
-            *(round(quality[model].get(d, {}).get(m, float("nan")), 3) for model in MODELS),
+@dataclass(frozen=True)
+class RefinerRun:
+    """One refiner to train: its level and version, what it trains from (the base model, the SFT
+    set and its splits, the hyperparameters) and where its checkpoint goes."""
+
+    level: str
+    version: str
+    base_model: str
+    sft_version: str
+    train_config: TrainConfig
+    train: pl.DataFrame
+    val: pl.DataFrame
+
+    @property
+    def prefix(self) -> str:
+        return refiner_prefix(self.level, self.version)
+
+    @property
+    def where(self) -> dict[str, str]:
+        """Its rows in the catalog's refiner tables."""
+        return {"level": self.level, "version": self.version}
+
+    def manifest(self) -> dict:
+        return {
+            **self.where,
+            "base_model": self.base_model,
+            "sft_version": self.sft_version,
+            "train_config": self.train_config.to_dict(),
+        }
+
+    def catalog_row(self, report: dict, store: ObjectStore, tags: dict) -> dict:
+        """Its ``refiner_versions`` row."""
+        return {
+            **self.manifest(),
+            "train_config": json.dumps(self.train_config.to_dict()),
+            "train_report": json.dumps(report),
+            "path": store.uri(self.prefix),
+            **tags,
+        }
+
+
+def _refiner_run(
+    context: dg.AssetExecutionContext,
+    config: RefinerConfig,
+    store: ObjectStore,
+    engine: ModelEngine,
+) -> RefinerRun:
+    """The refiner of ``context``'s level: the SFT set it consumes, read, and its version."""
+    level = context.partition_key
+    sft_set = consumed_sft_set(context.instance, level)
+    sft_version = sft_set.value("sft_version")
+    base_model = refiner_base_model(sft_set, config.base_model, engine)
+    train_config = _train_config(config)
+    return RefinerRun(
+        level=level,
+        version=version_id(base_model, sft_version, train_config),
+        base_model=base_model,
+        sft_version=sft_version,
+        train_config=train_config,
+        train=store.read_parquet(sft_split_key(level, sft_version, "train")),
+        val=store.read_parquet(sft_split_key(level, sft_version, "val")),
+    )
+
+
+def _train(
+    context: dg.AssetExecutionContext,
+    store: ObjectStore,
+    engine: ModelEngine,
+    device: DeviceSettings,
+    run: RefinerRun,
+) -> dict:
+    """``run``'s refiner trained once into its prefix (one already there is reused): its train
+    report, with the generation budget sized from its training programs."""
+
+    def train_it(folder, progress):
+        context.log.info(
+            f"training {run.level} refiner {run.version} on {run.train.height} examples "
+            f"(SFT {run.sft_version})"
         )
-        for d, m in HEADLINES[level]
-    ]
-    headline = {
-        f"heldout_{d}_{m}".replace("-", "_"): round(quality["refiner"][d][m], 3)
-        for d, m in HEADLINES[level]
-        if m in quality["refiner"].get(d, {})
+        train = run.train
+        examples = [(load_chat(m), t) for m, t in zip(train["messages"], train["target"])]
+        model, tokenizer = engine.load_model(device, run.base_model, train=True)
+        report = train_refiner(
+            model, tokenizer, examples, run.train_config, folder, progress=progress
+        ).to_dict()
+        return {**report, "max_new_tokens": generation_budget(report["target_tokens_p99"])}
+
+    report, reused = train_into_store(store, run.prefix, run.manifest(), train_it, context.log.info)
+    if reused:
+        context.log.info(f"refiner {run.level}/{run.version} already trained: reusing it")
+    return report
+
+
+def _evaluate(
+    context: dg.AssetExecutionContext,
+    config: RefinerConfig,
+    store: ObjectStore,
+    catalog: Catalog,
+    engine: ModelEngine,
+    device: DeviceSettings,
+    run: RefinerRun,
+    report: dict,
+) -> RefinerEvaluation:
+    """``run``'s refiner and the few-shot base model on the same held-out examples of its SFT
+    set; and on held-out real data, unless the config turns that off."""
+    local = engine.local()
+    tuned = local.load(device, model=str(fetch_model(store, run.prefix)))
+    base = local.load(device, model=str(resolve_model(run.base_model)))
+    new_tokens = evaluation_new_tokens(
+        run.level, config.max_new_tokens, report.get("max_new_tokens", FALLBACK_PROGRAM_TOKENS)
+    )
+    sft_val = evaluate_on_sft_val(
+        tuned,
+        base,
+        run.train,
+        run.val,
+        run.level,
+        examples=config.eval_examples,
+        few_shot=config.few_shot,
+        seed=config.seed,
+        new_tokens=new_tokens,
+        log=context.log.info,
+    )
+    quality: Quality = {}
+    if config.quality_pages or config.quality_clean:
+        sets = catalog.named_query("sft_set_config", level=run.level, sft_version=run.sft_version)
+        sft_config = json.loads(sets["config"][0])
+        context.log.info(
+            f"evaluating {run.level} on held-out real data: refiner, perfect imitator, random "
+            "control"
+        )
+        quality = _quality(tuned, run.level, config, sft_config, new_tokens)
+    return RefinerEvaluation(run.level, new_tokens, sft_val, quality)
+
+
+def _quality(
+    tuned, level: str, config: RefinerConfig, sft_config: dict, new_tokens: int
+) -> Quality:
+    """``core.refiner_quality`` on the held-out real data the config and the SFT set's own
+    config (its page split, its input sizes) give."""
+    heldout = sft_config.get("heldout_pages")  # None: an SFT set from before the page split
+    qset = build_quality_set(
+        downloads_dir(),
+        config.quality_pages if heldout else 0,
+        config.quality_news,
+        config.quality_clean,
+        config.quality_doc_pages if heldout else 0,
+        config.quality_max_chars,
+        heldout or 0.0,
+        sft_config.get("seed", 0),
+    )
+    return refiner_quality(
+        tuned,
+        level,
+        qset,
+        new_tokens,
+        config.seed,
+        doc_max_tokens=sft_config.get("doc_max_tokens", DEFAULT_DOC_MAX_TOKENS),
+        window_tokens=sft_config.get("window_tokens", DEFAULT_WINDOW_TOKENS),
+    )
+
+
+def _metadata(report: dict, evaluation: RefinerEvaluation) -> dict:
+    """The materialization's figures: training, validation against the base model and the
+    paper, held-out real data."""
+    losses = report.get("losses", [])
+    headline = evaluation.headline
+    metadata = {
+        "train_steps": report.get("steps", 0),
+        "train_tokens": report.get("tokens_seen", 0),
+        "train_seconds": report.get("seconds", 0),
+        "loss_first_last": f"{losses[0]:.3f} -> {losses[-1]:.3f}" if losses else "n/a",
+        "validation": md_table(
+            ["metric", "refiner", "base model, few-shot"], evaluation.validation_rows()
+        ),
+        f"refiner_{headline}": evaluation.score("refiner"),
+        f"base_{headline}": evaluation.score("base-few-shot"),
+        f"paper_{headline}_0.35B": evaluation.paper_anchor,
+        "max_new_tokens": evaluation.new_tokens,
+        "program_tokens_p99": report.get("target_tokens_p99", 0),
     }
-    return {"heldout_quality": md_table(["dataset metric", *MODELS], rows), **headline}
+    if not evaluation.heldout:
+        return metadata
+    quality = evaluation.heldout
+    return {
+        **metadata,
+        "heldout_quality": md_table(
+            ["dataset metric", *MODELS], quality_rows(evaluation.level, quality)
+        ),
+        **quality_headlines(evaluation.level, quality),
+    }
 
 
 def _register_pair(

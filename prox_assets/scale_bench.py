@@ -124,12 +124,12 @@ def fill_catalog(
     queries ``bench_fill_documents`` and ``bench_fill_program_runs``: 32-hex content-hash ids, a
     raw path per shard, JSON programs, windows and edits of typical length, about one document in
     five dropped). For size and latency measurements only."""
-    from prox_resources.catalog import query_text
+    from prox_resources.catalog import query_text, session_command
 
     # each shard's rows together, as raw_corpus and refined_corpus write them (one shard a transaction)
     per_shard = max(1, -(-n_documents // n_shards))
     with catalog.write() as con:
-        con.execute("SET enable_progress_bar = false")
+        con.execute(session_command("no_progress_bar"))
         for start in range(0, n_documents, batch):
             rows = {"start": start, "stop": min(n_documents, start + batch), "per_shard": per_shard}
             con.execute(query_text("bench_fill_documents"), rows)

@@ -15,18 +15,17 @@ from typing import Literal
 
 import dagster as dg
 import polars as pl
-import torch
 
 from prox_assets.core.influence import (
     AdamState,
     InfluenceConfig,
     compute_influence,
     flops_ratio,
-    select_subset,
     warm_up_on_pool,
 )
 from prox_assets.core.precision import uses_bf16
 from prox_assets.core.scoring import seed_sample
+from prox_assets.core.selection import choose_subset
 from prox_assets.ingest import raw_corpus
 from prox_assets.layout import (
     influence_landmarks_key,
@@ -35,7 +34,7 @@ from prox_assets.layout import (
     selection_key,
     target_key,
 )
-from prox_assets.lineage import consumed_refiner_version, content_version, recorded
+from prox_assets.lineage import Recorded, consumed_refiner_version, content_version, recorded
 from prox_assets.metadata import histogram, md_table, with_lineage
 from prox_assets.partition_runs import MODEL_BACKFILL_POLICY, PartitionOutcome, materialize_each
 from prox_assets.partitions import target_partitions
@@ -323,41 +322,27 @@ def selected_subset(
     context: dg.AssetExecutionContext, config: SelectionConfig, store: ObjectStore, catalog: Catalog
 ) -> dg.MaterializeResult:
     target = context.partition_key
-    # the influence scores landmark_influence[target] last materialized (its data version)
-    influence = recorded(context.instance, "landmark_influence", target)
-    if influence is None:
-        raise dg.Failure(
-            f"no influence scores for {target}: materialize landmark_influence[{target}]"
-        )
+    influence = consumed_influence(context.instance, target)
     version, spec = influence.value("influence_version"), influence.value("pool")
-    scores = store.read_parquet(influence_scores_key(target, version))
-    picked = select_subset(
-        torch.tensor(scores["score"].to_list()),
-        torch.tensor(scores["scores_per_example"].to_list()),
+    chosen = choose_subset(
+        store.read_parquet(influence_scores_key(target, version)),
         config.method,
         config.budget,
         config.budget_fraction,
         config.seed,
     )
-    n, k, mean = picked.pool_size, picked.budget, picked.mean
-    frame = pl.DataFrame(
-        {
-            "doc_id": [scores["doc_id"][i] for i in picked.chosen],
-            "weight": picked.weights,
-            "rank": list(range(1, len(picked.chosen) + 1)),
-            "budget": [k] * len(picked.chosen),
-            "score": [float(mean[i]) for i in picked.chosen],
-        }
-    )
     # the selection's data version: the influence version and what was chosen from it
-    picked_hash = content_version(config.model_dump_json(), frame.select("doc_id", "weight").rows())
-    selection_version = f"{version}-{picked_hash[:6]}"
-    uri = store.write_parquet(selection_key(target, version), frame)
+    selection_version = f"{version}-{content_version(config.model_dump_json(), chosen.members)[:6]}"
+    uri = store.write_parquet(selection_key(target, version), chosen.frame)
     catalog.replace_rows(
         "selections",
         {"target": target, "version": version},
         with_lineage(
-            frame.drop("score"), context, target=target, version=version, method=config.method
+            chosen.frame.drop("score"),
+            context,
+            target=target,
+            version=version,
+            method=config.method,
         ),
     )
     return dg.MaterializeResult(
@@ -368,20 +353,23 @@ def selected_subset(
             "pool": spec,
             "refiner_version": pool_refiner_version(spec) or "none (raw pool)",
             "path": dg.MetadataValue.path(uri),
-            "dagster/row_count": frame.height,
-            "budget": k,
-            "pool_size": n,
+            "dagster/row_count": chosen.frame.height,
+            "budget": chosen.budget,
+            "pool_size": chosen.pool_size,
             "method": config.method,
-            "selected_score_mean": round(float(frame["score"].mean()), 6),
-            "pool_score_mean": round(float(mean.mean()), 6),
-            "top": md_table(
-                ["rank", "doc_id", "weight", "score"],
-                [
-                    (r, d, round(w, 3), round(s, 6))
-                    for r, d, w, s in frame.head(8)
-                    .select("rank", "doc_id", "weight", "score")
-                    .iter_rows()
-                ],
-            ),
+            "selected_score_mean": round(chosen.selected_score_mean, 6),
+            "pool_score_mean": round(chosen.pool_score_mean, 6),
+            "top": md_table(["rank", "doc_id", "weight", "score"], chosen.top(8)),
         },
     )
+
+
+def consumed_influence(instance: dg.DagsterInstance, target: str) -> Recorded:
+    """landmark_influence[target]'s latest materialization: the influence scores this selection
+    reads (the event log, not the newest catalog row)."""
+    found = recorded(instance, "landmark_influence", target)
+    if found is None:
+        raise dg.Failure(
+            f"no influence scores for {target}: materialize landmark_influence[{target}]"
+        )
+    return found

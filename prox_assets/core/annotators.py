@@ -218,3 +218,15 @@ def llm_annotate(backend, windows: Sequence[str], max_new_tokens: int = 96) -> l
     answers = backend.generate(chats, max_new_tokens=max_new_tokens)
     k = len(NOISE_TYPES)
     return [merge_programs(answers[i * k : (i + 1) * k]) for i in range(len(windows))]
+
+
+def annotate_windows(
+    text: str, windows: Sequence[Window], annotator: str, rules: RuleAnnotator, backend=None
+) -> list[str]:
+    """One program per window of ``text`` from the ``rules`` (``annotator`` "rules"), the LLM
+    ``backend`` ("llm") or both merged per window ("both")."""
+    programs = [rules.annotate(text, w) for w in windows] if annotator != "llm" else []
+    if backend is not None:
+        llm = llm_annotate(backend, [w.text for w in windows])
+        programs = llm if annotator == "llm" else [merge_programs(p) for p in zip(programs, llm)]
+    return programs

@@ -19,16 +19,50 @@ MATH problems that are not in the corpus (clean text: everything should be kept)
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from prox_assets.core.annotators import gold_program, program_for_flags
-from prox_assets.core.chunking import TokenCounter, Window, chunk_document, split_lines
+from prox_assets.core.chunking import (
+    DEFAULT_DOC_MAX_TOKENS,
+    DEFAULT_WINDOW_TOKENS,
+    TokenCounter,
+    Window,
+    chunk_document,
+    hf_token_counter,
+    split_lines,
+)
 from prox_assets.core.executor import execute_chunk_programs, execute_doc_program
 from prox_assets.core.real_pairs import Labels, Pair, removal_metrics
 from prox_assets.core.refiner_eval import doc_metrics
 
 MODELS = ("refiner", "perfect-imitator", "random-control")
+
+# {model: {dataset: {metric: value}}}
+Quality = Mapping[str, Mapping[str, Mapping[str, float]]]
+
+# The figures issue readers look for first, per level: (dataset, metric).
+HEADLINES = {
+    "doc": [
+        ("doc-labelled", "macro_f1"),
+        ("docs-pydocs-index", "docs_dropped"),
+        ("docs-austen", "docs_dropped"),
+        ("docs-math", "docs_dropped"),
+        ("docs-news", "docs_dropped"),
+        ("docs-pydocs-content", "docs_dropped"),
+    ],
+    "chunk": [
+        ("pydocs-heldout", "line_f1"),
+        ("pydocs-heldout", "gold_text_kept"),
+        ("pydocs-heldout", "noise_removed"),
+        ("news-heldout", "gold_text_kept"),
+        ("news-heldout", "noise_removed"),
+        ("clean-austen", "tokens_kept"),
+        ("clean-math", "tokens_kept"),
+        ("clean-austen", "docs_dropped"),
+        ("clean-math", "docs_dropped"),
+    ],
+}
 
 
 @dataclass
@@ -249,6 +283,57 @@ def build_quality_set(
     docs += [("austen", t, True) for t in austen] + [("math", t, True) for t in maths]
     qset.docs = docs
     return qset
+
+
+def refiner_quality(
+    backend,
+    level: str,
+    qset: QualitySet,
+    new_tokens: int,
+    seed: int,
+    doc_max_tokens: int = DEFAULT_DOC_MAX_TOKENS,
+    window_tokens: int = DEFAULT_WINDOW_TOKENS,
+) -> Quality:
+    """The refiner (``backend``), the perfect imitator and the random control (``seed``) on
+    ``qset`` through the ``level`` stage's own path: documents cut at ``doc_max_tokens``, or
+    chunk windows of ``window_tokens`` with ``new_tokens`` per program."""
+    writers = {
+        "refiner": model_writers(backend, new_tokens),
+        "perfect-imitator": imitator_writers(),
+        "random-control": random_writers(
+            noise_rate(qset.pages),
+            sum(not k for _, _, k in qset.docs) / max(len(qset.docs), 1),
+            seed,
+        ),
+    }
+    if level == "doc":
+        return {
+            m: doc_stage_quality(w[0], qset, lambda t: backend.truncate(t, doc_max_tokens))
+            for m, w in writers.items()
+        }
+    count = hf_token_counter(backend.tokenizer)
+    return {m: chunk_stage_quality(w[1], qset, count, window_tokens) for m, w in writers.items()}
+
+
+def quality_rows(level: str, quality: Quality) -> list[tuple]:
+    """The level's headline figures (``HEADLINES``), one row each: "dataset metric" and each
+    model's value (NaN where a model has none)."""
+    return [
+        (
+            f"{d} {m}",
+            *(round(quality[model].get(d, {}).get(m, float("nan")), 3) for model in MODELS),
+        )
+        for d, m in HEADLINES[level]
+    ]
+
+
+def quality_headlines(level: str, quality: Quality) -> dict[str, float]:
+    """The refiner's headline figures by name, ``heldout_<dataset>_<metric>``."""
+    return {
+        f"heldout_{d}_{m}".replace("-", "_"): round(quality["refiner"][d][m], 3)
+        for d, m in HEADLINES[level]
+        if m in quality["refiner"].get(d, {})
+    }
 
 
 def refinement_training_evidence(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +28,10 @@ from prox_assets.core.training_loop import (
 
 Chat = list[dict[str, str]]
 
+# New tokens for a chunk program when a refiner records no budget sized from its labels (one
+# trained before the budget was).
+FALLBACK_PROGRAM_TOKENS = 160
+
 
 def version_id(base_model: str, sft_version: str, config: TrainConfig) -> str:
     """A refiner version: base model, SFT data version and hyperparameters, hashed."""
@@ -34,6 +39,12 @@ def version_id(base_model: str, sft_version: str, config: TrainConfig) -> str:
         {"base": base_model, "sft": sft_version, "train": config.to_dict()}, sort_keys=True
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def generation_budget(target_tokens_p99: int) -> int:
+    """New tokens for a program: the training programs' p99 with room to spare, so a model that
+    imitates its labels is not cut off (64 tokens truncated the long ones)."""
+    return max(16, math.ceil(1.25 * target_tokens_p99) + 8)
 
 
 def encode_example(

@@ -11,13 +11,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
-from prox_assets.core.annotators import KEEP, validate_chunk_program
-from prox_assets.core.chunking import Window, content_line_numbers
+import polars as pl
+
+from prox_assets.core.annotators import KEEP, gold_program, validate_chunk_program
+from prox_assets.core.chunking import Window, content_line_numbers, split_lines
 from prox_assets.core.programs import Stage, parse_program
-from prox_assets.core.prompts import REFINER_PROMPT_VERSION, chunk_refiner_chat, doc_refiner_chat
+from prox_assets.core.prompts import (
+    ANNOTATOR_PROMPT_VERSION,
+    REFINER_PROMPT_VERSION,
+    chunk_refiner_chat,
+    doc_refiner_chat,
+)
 
 
 @dataclass
@@ -92,6 +101,65 @@ def chunk_examples(
     return out
 
 
+class DocLabel(NamedTuple):
+    """A document's keep/drop label and where it came from."""
+
+    keep: bool
+    annotator: str  # layout-gold | clean-source | rubric-scores
+    model: str  # the scorer model of a rubric label; "none" for a distant label
+
+
+def doc_label(
+    gold_keep: bool | None, clean_source: bool, rubric: tuple[bool, str] | None
+) -> DocLabel | None:
+    """Distant labels where a document has them (a docs page's layout, ``gold_keep``: index and
+    near-empty pages are drops; a clean source's documents are keeps), else the seed rubric's
+    (keep, scorer model); None: no label."""
+    if gold_keep is not None:
+        return DocLabel(gold_keep, "layout-gold", "none")
+    if clean_source:
+        return DocLabel(True, "clean-source", "none")
+    if rubric is not None:
+        return DocLabel(rubric[0], "rubric-scores", rubric[1])
+    return None
+
+
+def chunk_annotator_name(annotator: str) -> str:
+    """The provenance a chunk example records for the rules (``rules``), the LLM (``llm``) or
+    both merged (``both``): the annotator and its version."""
+    return {
+        "rules": "rules-v2",
+        "llm": f"llm-{ANNOTATOR_PROMPT_VERSION}",
+        "both": f"rules-v2+llm-{ANNOTATOR_PROMPT_VERSION}",
+    }[annotator]
+
+
+def clean_examples(
+    doc_id: str, shard: str, text: str, windows: Sequence[Window], annotator: str = "clean-source"
+) -> list[SFTExample]:
+    """The windows of a clean text, each program keep_chunk(): what a refiner must leave alone."""
+    clean = [True] * len(split_lines(text))
+    programs = [gold_program(text, clean, w) for w in windows]
+    return chunk_examples(doc_id, shard, text, windows, programs, annotator, "none", None)
+
+
+def gold_page_examples(
+    doc_id: str,
+    shard: str,
+    text: str,
+    labels: Sequence[bool | None],
+    windows: Sequence[Window],
+    body: str,
+    body_windows: Sequence[Window],
+) -> list[SFTExample]:
+    """A docs page with layout gold: its windows with the gold programs (``labels``: each line
+    content or not), then its clean ``body`` alone (``<doc_id>:body``), every window kept."""
+    programs = [gold_program(text, labels, w) for w in windows]
+    return chunk_examples(
+        doc_id, shard, text, windows, programs, "layout-gold", "none", None
+    ) + clean_examples(f"{doc_id}:body", shard, body, body_windows, "layout-gold-body")
+
+
 def assign_splits(examples: list[SFTExample], val_fraction: float, seed: int) -> None:
     """Per document, by a keyed hash: stable under re-runs and row order. The key has its own
     namespace: seed documents are *chosen* by the smallest ``seed:doc_id`` hashes, and reusing
@@ -127,6 +195,81 @@ def unparsable_targets(examples: Sequence[SFTExample]) -> list[SFTExample]:
             if parsed.errors or parsed.warnings or not parsed.calls:
                 bad.append(ex)
     return bad
+
+
+SPLITS = ("train", "val", "rejected")  # the files of an SFT set, in the order written
+
+
+@dataclass(frozen=True)
+class SFTSet:
+    """A level's SFT set: its content version and every example, accepted and rejected, in
+    ``frame`` (one row per ``SFTExample``)."""
+
+    level: str
+    version: str
+    examples: list[SFTExample]
+    frame: pl.DataFrame
+
+    @property
+    def accepted(self) -> pl.DataFrame:
+        return self.frame.filter(pl.col("status") == "accepted")
+
+    def split(self, name: str) -> pl.DataFrame:
+        """The rows of one of ``SPLITS``: the accepted examples of train or val, or the rejected."""
+        if name == "rejected":
+            return self.frame.filter(pl.col("status") == "rejected")
+        return self.accepted.filter(pl.col("split") == name)
+
+    @property
+    def n_train(self) -> int:
+        return int((self.accepted["split"] == "train").sum())
+
+    @property
+    def n_val(self) -> int:
+        return self.accepted.height - self.n_train
+
+    @property
+    def n_rejected(self) -> int:
+        return self.frame.height - self.accepted.height
+
+    def labels(self) -> Counter:
+        """Accepted examples per label."""
+        return Counter(self.accepted["label"].to_list())
+
+    def reject_reasons(self) -> Counter:
+        return Counter(self.frame["reject_reason"].drop_nulls().to_list())
+
+    def annotators(self) -> Counter:
+        """Examples (accepted and rejected) per annotator."""
+        return Counter(self.frame["annotator"].to_list())
+
+    def labels_by_annotator(self) -> list[tuple[str, str, int]]:
+        """(annotator, label, accepted examples), sorted."""
+        pairs = Counter(self.accepted.select("annotator", "label").rows())
+        return [(a, lab, n) for (a, lab), n in sorted(pairs.items())]
+
+    def minority(self) -> int:
+        """Accepted examples of the rarer label; 0 unless both labels occur."""
+        labels = self.labels()
+        return min(labels.values()) if len(labels) == 2 else 0
+
+    def preview(self, n: int = 4) -> list[tuple]:
+        """(doc_id, label, target) of the first ``n`` accepted examples."""
+        return self.accepted.head(n).select("doc_id", "label", "target").rows()
+
+
+def build_sft_set(
+    level: str, config: dict, examples: list[SFTExample], val_fraction: float, seed: int
+) -> SFTSet:
+    """``examples`` split into train and val (``assign_splits``), versioned by ``config`` and
+    their content (``sft_version``) and given their ids."""
+    assign_splits(examples, val_fraction, seed)
+    version = sft_version(level, config, examples)
+    finalize(examples, version)
+    frame = pl.DataFrame(
+        [e.to_dict() for e in examples], schema_overrides={"reject_reason": pl.String}
+    )
+    return SFTSet(level, version, examples, frame)
 
 
 def _keyed(seed: int, ex: SFTExample) -> str:

@@ -43,7 +43,7 @@ def _causes(instance, asset, key):
     ]
 
 
-def test_a_new_refiner_version_marks_selection_and_checkpoints_stale(pipeline, capsys):
+def test_a_new_refiner_version_marks_selection_and_checkpoints_stale(pipeline):
     from prox_assets.cli import add_target
 
     instance, _store, model = pipeline
@@ -173,12 +173,11 @@ def test_a_new_refiner_version_marks_selection_and_checkpoints_stale(pipeline, c
     # the catalog's view agrees: the CLI summaries show the versions Dagster recorded, and the audit
     # of a trained document names the selection and the refiner version
     from prox_assets.audit import audit_document, format_audit
-    from prox_assets.cli import _print_refiner_summary, _print_synthesis_summary
+    from prox_assets.summaries import refiner_summary, synthesis_summary
     from prox_resources.catalog import Catalog
 
-    _print_refiner_summary()
-    _print_synthesis_summary()
-    printed = capsys.readouterr().out
+    summary = refiner_summary(Catalog(), instance) + synthesis_summary(Catalog(), instance)
+    printed = "\n".join(summary)
     assert f"refiner[doc] {pool.value('doc_refiner')}" in printed
     assert f"refiner[chunk] {pool.value('chunk_refiner')}" in printed
     for level in ("doc", "chunk"):

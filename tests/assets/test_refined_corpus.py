@@ -12,9 +12,10 @@ import pytest
 
 from prox_assets.ingest import raw_key
 from prox_assets.partitions import refiner_version_partitions, shard_partitions
-from prox_assets.servers import BIN, Server, free_port, wait_http
+from prox_assets.servers import Server, free_port, wait_http
 from prox_resources.catalog import Catalog
 from prox_resources.settings import REPO_ROOT
+from tests.support.paths import BIN
 from tests.support.pipeline import REFINE, REFINER, materialize, refine, train_refiners
 
 pytestmark = pytest.mark.slow

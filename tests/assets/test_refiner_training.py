@@ -2,9 +2,18 @@
 
 import json
 
+import polars as pl
 import pytest
 
-from prox_assets.core.refiner_eval import chunk_metrics, doc_metrics, with_shots
+from prox_assets.core.refiner_eval import (
+    RefinerEvaluation,
+    chunk_metrics,
+    doc_metrics,
+    evaluate_on_sft_val,
+    evaluation_new_tokens,
+    few_shot_examples,
+    with_shots,
+)
 from prox_assets.core.refiner_training import encode_example, version_id
 from prox_assets.core.training_loop import TrainConfig, lr_at
 from prox_assets.partitions import refiner_version_partitions
@@ -58,6 +67,56 @@ def test_metrics():
         [{"role": "system", "content": "S"}, {"role": "user", "content": "u2"}], shots
     )
     assert [t["content"] for t in chat] == ["S", "u1", "a1", "u2"]
+
+
+class _Echo:
+    """A backend that writes the same program for every chat, and remembers the chats."""
+
+    def __init__(self, program: str):
+        self.program, self.chats = program, []
+
+    def generate(self, chats, max_new_tokens):
+        self.chats += chats
+        return [self.program] * len(chats)
+
+
+def test_a_refiner_evaluation_against_the_few_shot_base_model():
+    def chat(text: str) -> str:
+        return json.dumps([{"role": "system", "content": "S"}, {"role": "user", "content": text}])
+
+    split = pl.DataFrame(
+        {
+            "messages": [chat(f"doc {i}") for i in range(6)],
+            "target": ["drop_doc()", "keep_doc()"] * 3,
+            "label": ["drop", "keep"] * 3,
+        }
+    )
+    shots = few_shot_examples(split, "doc", 2, seed=0)
+    assert [target for _, target in shots] == ["drop_doc()", "keep_doc()"]
+    assert few_shot_examples(split, "doc", 1, seed=0) == shots[:1]
+    tuned, base = _Echo("drop_doc()"), _Echo("keep_doc()")
+    sft_val = evaluate_on_sft_val(
+        tuned, base, split, split, "doc", examples=4, few_shot=2, seed=0, new_tokens=8
+    )
+    assert len(tuned.chats) == len(base.chats) == 4
+    assert len(tuned.chats[0]) == 2 and len(base.chats[0]) == 6  # the base model gets the shots
+    evaluation = RefinerEvaluation("doc", 8, sft_val)
+    assert evaluation.headline == "macro_f1" and evaluation.paper_anchor == 0.826
+    assert not evaluation.beats_base  # each says one label for all: equal macro-F1
+    assert [r[0] for r in evaluation.validation_rows()] == sorted(sft_val["refiner"])
+    rows = evaluation.rows()
+    assert {r["model"] for r in rows} == {"refiner", "base-few-shot"}
+    assert {r["dataset"] for r in rows} == {"sft-val"}
+    heldout = {"refiner": {"doc-labelled": {"macro_f1": 0.5}}}
+    assert RefinerEvaluation("doc", 8, sft_val, heldout).rows()[-1] == {
+        "model": "refiner",
+        "dataset": "doc-labelled",
+        "metric": "macro_f1",
+        "value": 0.5,
+    }
+    assert evaluation_new_tokens("doc", 99, 160) == 8
+    assert evaluation_new_tokens("chunk", 0, 160) == 160
+    assert evaluation_new_tokens("chunk", 99, 160) == 99
 
 
 @pytest.mark.slow

@@ -4,7 +4,6 @@ by `prox target add` and add_target through the same materialization."""
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import get_args
 
@@ -20,8 +19,7 @@ from prox_assets.targets import TargetConfig, Task, add_target
 from prox_resources.catalog import Catalog
 from prox_resources.settings import REPO_ROOT
 from prox_resources.store import ObjectStore
-
-BIN = Path(sys.executable).parent
+from tests.support.paths import BIN
 
 
 def test_the_config_knows_every_task_and_names_no_default_task():

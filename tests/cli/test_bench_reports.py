@@ -31,3 +31,39 @@ def test_refine_report_on_the_settings_engine(prox_env, tiny_llama_dir, monkeypa
     assert report["documents"] == 2 and list(report["by_dtype"]) == ["float32"]
     with pytest.raises(UserError, match="no refiner version"):
         refinement_report(None, 2, 2, 1000, None, [0], log=print)
+
+
+def test_bench_influence_options_are_the_parameter_objects_fields(monkeypatch):
+    """`prox bench influence` parses its options into one InfluenceBench, whose defaults are the
+    command's: each parameter and its default is written once."""
+    import dataclasses
+
+    from click.testing import CliRunner
+
+    from prox_assets import benchmarks
+    from prox_assets.benchmarks import InfluenceBench
+    from prox_assets.cli import main
+
+    given = []
+
+    def report(bench, log):
+        given.append(bench)
+        return {"ok": True}
+
+    monkeypatch.setattr(benchmarks, "influence_report", report)
+    runner = CliRunner()
+    assert runner.invoke(main, ["bench", "influence"]).exit_code == 0
+    args = ["--pool", "40", "--landmarks", "3, 6", "--embeddings", "jvp-last", "--dtype", "float32"]
+    out = runner.invoke(main, ["bench", "influence", *args, "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output) == {"ok": True}
+    assert given == [
+        InfluenceBench(),
+        InfluenceBench(pool_size=40, landmarks=(3, 6), embeddings=("jvp-last",), dtype="float32"),
+    ]
+    help_text = runner.invoke(main, ["bench", "influence", "--help"]).output
+    for fld in dataclasses.fields(InfluenceBench):
+        assert fld.metadata.get("option", "--" + fld.name.replace("_", "-")) in help_text
+    assert "12,24,48,96" in help_text
+    bad = runner.invoke(main, ["bench", "influence", "--landmarks", "a,b"])
+    assert bad.exit_code != 0 and "comma-separated" in bad.output

@@ -3,14 +3,12 @@
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from prox_resources.settings import REPO_ROOT
-
-BIN = Path(sys.executable).parent
+from tests.support.paths import BIN
 
 
 def run(args, env_home: Path, check=True, **kw) -> subprocess.CompletedProcess:

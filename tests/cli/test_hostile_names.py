@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,8 +21,8 @@ from prox_assets.core.names import (
     validate_name,
 )
 from prox_resources.settings import REPO_ROOT
+from tests.support.paths import BIN
 
-BIN = Path(sys.executable).parent
 SUFFIXES = [".jsonl", ".jsonl.gz", ".ndjson", ".parquet", ".html", ".warc.gz", ".JSONL", ".Parquet"]
 
 

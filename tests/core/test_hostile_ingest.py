@@ -15,7 +15,7 @@ import pytest
 
 from prox_assets.benchmarks import gzip_bomb, ingest_in_subprocess, jsonl_shard, warc_header_bomb
 from prox_assets.core.ingest import QUARANTINE_SAMPLES, read_documents
-from prox_assets.servers import BIN
+from tests.support.paths import BIN
 from tests.support.pipeline import ingest_shard
 
 

@@ -292,3 +292,28 @@ def test_adam_second_order_terms_match_finite_differences(model):
 def test_rank_metrics():
     a = torch.arange(10.0)
     assert spearman(a, a * 2 + 1) == pytest.approx(1.0) and spearman(a, -a) == pytest.approx(-1.0)
+
+
+def test_a_chosen_subset_is_a_ranked_table_of_the_pool():
+    import polars as pl
+
+    from prox_assets.core.selection import choose_subset
+
+    scores = pl.DataFrame(
+        {
+            "doc_id": [f"d{i}" for i in range(8)],
+            "score": [0.1 * i for i in range(8)],
+            "scores_per_example": [[0.1 * i, -0.1 * i] for i in range(8)],
+        }
+    )
+    chosen = choose_subset(scores, "top_k", budget=3)
+    assert chosen.frame["doc_id"].to_list() == ["d7", "d6", "d5"]
+    assert (
+        chosen.frame["rank"].to_list() == [1, 2, 3] and chosen.frame["budget"].to_list() == [3] * 3
+    )
+    assert (chosen.budget, chosen.pool_size) == (3, 8)
+    assert chosen.members == [("d7", 8 / 3), ("d6", 8 / 3), ("d5", 8 / 3)]
+    assert chosen.selected_score_mean == pytest.approx(0.6)
+    assert chosen.pool_score_mean == pytest.approx(0.35)
+    assert chosen.top(1) == [(1, "d7", round(8 / 3, 3), 0.7)]
+    assert choose_subset(scores, "round_robin", budget_fraction=0.5).budget == 4

@@ -26,13 +26,13 @@ from prox_assets.core.refiner_quality import (
     noise_rate,
     random_writers,
 )
+from prox_assets.core.refiner_training import generation_budget
 from prox_assets.core.sft import (
     SFTExample,
     balance_chunk_examples,
     balance_doc_examples,
     removal_extent,
 )
-from prox_assets.refiner_training import generation_budget
 from prox_resources.settings import downloads_dir
 
 

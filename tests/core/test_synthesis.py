@@ -4,12 +4,29 @@ import json
 
 import pytest
 
-from prox_assets.core.annotators import RuleAnnotator, merge_programs, validate_chunk_program
+from prox_assets.core.annotators import (
+    RuleAnnotator,
+    annotate_windows,
+    merge_programs,
+    validate_chunk_program,
+)
 from prox_assets.core.chunking import Window, chunk_document, whitespace_token_counter
 from prox_assets.core.executor import execute_chunk_programs
 from prox_assets.core.programs import parse_program
 from prox_assets.core.scoring import expected_score, parse_score_line, prox_keep, seed_sample
-from prox_assets.core.sft import SFTExample, assign_splits, chunk_examples, sft_version
+from prox_assets.core.sft import (
+    SPLITS,
+    DocLabel,
+    SFTExample,
+    assign_splits,
+    build_sft_set,
+    chunk_annotator_name,
+    chunk_examples,
+    clean_examples,
+    doc_label,
+    gold_page_examples,
+    sft_version,
+)
 
 
 @pytest.mark.parametrize(
@@ -177,3 +194,55 @@ def test_split_of_sampled_seeds_follows_the_fraction():
     assign_splits(examples, 0.2, seed=0)
     val = sum(ex.split == "val" for ex in examples) / len(examples)
     assert 0.14 < val < 0.26
+
+
+def test_an_sft_set_splits_counts_and_versions_its_examples():
+    def example(i: int, label: str, status: str = "accepted") -> SFTExample:
+        target = f"{label}_doc()"
+        ex = SFTExample("doc", f"doc{i}", "s", "[]", target, label, f"a{i % 2}", "m", status)
+        ex.reject_reason = "bad" if status == "rejected" else None
+        return ex
+
+    examples = [example(i, "keep" if i % 3 else "drop") for i in range(30)]
+    examples.append(example(30, "keep", "rejected"))
+    sft = build_sft_set("doc", {"a": 1}, examples, 0.3, seed=0)
+    assert sft.version == sft_version("doc", {"a": 1}, examples)
+    assert all(len(ex.example_id) == 16 for ex in sft.examples)
+    assert sum(sft.split(s).height for s in SPLITS) == sft.frame.height == 31
+    assert (sft.n_train, sft.n_val, sft.n_rejected) == (
+        sft.split("train").height,
+        sft.split("val").height,
+        1,
+    )
+    assert sft.labels() == {"keep": 20, "drop": 10} and sft.minority() == 10
+    assert sft.reject_reasons() == {"bad": 1}
+    assert sum(n for _, _, n in sft.labels_by_annotator()) == 30
+    assert sft.preview(2) == [("doc0", "drop", "drop_doc()"), ("doc1", "keep", "keep_doc()")]
+
+
+def test_a_documents_label_is_distant_first_then_the_rubrics():
+    assert doc_label(False, True, (True, "m")) == DocLabel(False, "layout-gold", "none")
+    assert doc_label(None, True, (False, "m")) == DocLabel(True, "clean-source", "none")
+    assert doc_label(None, False, (False, "m")) == DocLabel(False, "rubric-scores", "m")
+    assert doc_label(None, False, None) is None
+
+
+def test_chunk_examples_of_clean_text_gold_pages_and_annotators():
+    windows = chunk_document(PAGE, whitespace_token_counter, max_tokens=60)
+    clean = clean_examples("d1", "s", PAGE, windows)
+    assert len(clean) == len(windows) and not [e for e in clean if "remove_lines" in e.target]
+    assert {e.annotator for e in clean} == {"clean-source"}
+    lines = PAGE.split("\n")
+    labels = [i % 2 == 0 for i in range(len(lines))]  # every other line noise
+    body = "\n".join(line for line, keep in zip(lines, labels) if keep)
+    body_windows = chunk_document(body, whitespace_token_counter, max_tokens=60)
+    gold = gold_page_examples("d2", "s", PAGE, labels, windows, body, body_windows)
+    assert [e.doc_id for e in gold] == ["d2"] * len(windows) + ["d2:body"] * len(body_windows)
+    assert {e.annotator for e in gold} == {"layout-gold", "layout-gold-body"}
+    assert any("remove_lines" in e.target for e in gold[: len(windows)])
+    assert not [e for e in gold[len(windows) :] if "remove_lines" in e.target]
+    rules = RuleAnnotator()
+    by_rules = annotate_windows(PAGE, windows, "rules", rules)
+    assert by_rules == [rules.annotate(PAGE, w) for w in windows]
+    assert chunk_annotator_name("rules") == "rules-v2"
+    assert chunk_annotator_name("both").startswith("rules-v2+llm-")

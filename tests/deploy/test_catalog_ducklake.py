@@ -15,9 +15,9 @@ import duckdb
 import polars as pl
 import pytest
 
-from prox_assets.servers import BIN
 from prox_resources.catalog import METADATA_SCHEMA, Catalog, ParquetRows, migrations
 from prox_resources.settings import REPO_ROOT
+from tests.support.paths import BIN
 from tests.support.servers import fresh_lake
 
 

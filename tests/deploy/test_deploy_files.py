@@ -28,9 +28,9 @@ import yaml
 from prox_assets.servers import code_location_args, code_server_command
 from prox_resources.device import DEFAULT_GPU_K8S_CONFIG, gpu_op_tags
 from prox_resources.settings import REPO_ROOT
+from tests.support.paths import BIN
 
 DEPLOY = REPO_ROOT / "deploy"
-BIN = Path(sys.executable).parent
 K8S_VERSION = "1.32"
 SECRET_KEY = re.compile(r"(?i)(password|secret|token|access_key|api_key|password_hash)$")
 

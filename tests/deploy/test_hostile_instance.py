@@ -17,8 +17,8 @@ import yaml
 from prox_assets.servers import Server
 from prox_resources.run_launcher import WORKER_TAG
 from prox_resources.settings import REPO_ROOT
+from tests.support.paths import BIN
 
-BIN = Path(sys.executable).parent
 DEFS = REPO_ROOT / "tests" / "support" / "monitoring_defs.py"
 # a run executed in-process by a command, the way `prox ingest` and `prox demo` run them
 IN_PROCESS = (

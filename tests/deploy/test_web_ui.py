@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from prox_assets.definitions import defs
-from prox_assets.servers import BIN, Server, free_port, wait_http
+from prox_assets.servers import Server, free_port, wait_http
 from prox_resources.device import GPU_POOL
 from prox_resources.settings import REPO_ROOT
+from tests.support.paths import BIN
 
 CHROMIUM = "/usr/bin/chromium"
 # the asset groups, one per stage module of prox_assets, in data-flow order

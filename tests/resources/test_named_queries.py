@@ -1,6 +1,7 @@
 """One place for SQL: the catalog's statements are files under ``prox_resources/catalog_sql/``
-(migrations, named queries, templates); the modules hold none, and every named query runs against
-a freshly migrated catalog."""
+(migrations, named queries, templates, session commands); the modules hold none, every named
+query runs against a freshly migrated catalog, and every session command stays one statement
+whatever its values."""
 
 import re
 import tomllib
@@ -9,13 +10,29 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from prox_resources.catalog import PlainCatalog, query_names, query_text
+from prox_resources.catalog import (
+    Identifier,
+    PlainCatalog,
+    query_names,
+    query_text,
+    session_command,
+    session_names,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 # SQL statements as they would be spelled in a Python string (upper case, as in the .sql files)
 SQL_TEXT = re.compile(
     r"\b(SELECT|INSERT|UPDATE|DELETE FROM|MERGE INTO|"
     r"(CREATE|ALTER|DROP)( OR REPLACE)?( TEMP| TEMPORARY)? (TABLE|VIEW|INDEX|SEQUENCE|MACRO|SCHEMA))\b"
+)
+# DuckDB's session commands as they would be spelled in a Python string
+SESSION_TEXT = re.compile(
+    r"\b((LOAD|INSTALL|FORCE INSTALL|DETACH|USE) ['\"{a-z]"
+    r"|ATTACH( DATABASE)?( IF NOT EXISTS)? ['\"{$?]"
+    r"|SET( GLOBAL| SESSION| LOCAL)? [a-z_]+ ?(=|TO\b)|RESET( GLOBAL| SESSION| LOCAL)? [a-z_]+\b"
+    r"|CREATE( OR REPLACE)?( PERSISTENT| TEMPORARY| TEMP)? SECRET( [a-z_{\"][\w{}\"]*)? ?\("
+    r"|(FORCE )?CHECKPOINT\s*([\"';{]|[a-z_]+\b)"
+    r"|CALL [a-z_]+\(|PRAGMA [a-z_]+|(EXPORT|IMPORT) DATABASE\b|VACUUM\b)"
 )
 PARAMETER = re.compile(r"\$([a-z_]+)\b")
 # a value of every parameter a named query takes (a query with a new parameter fails below until
@@ -48,15 +65,55 @@ def _parameters(sql: str) -> set[str]:
     return set(PARAMETER.findall(code))
 
 
+def _sql_lines(source: str) -> list[tuple[int, str]]:
+    return [
+        (n, line)
+        for n, line in enumerate(source.splitlines(), 1)
+        if SQL_TEXT.search(line) or SESSION_TEXT.search(line)
+    ]
+
+
 def test_no_python_module_holds_sql():
-    """Asset modules, cli.py, core/ and prox_resources/: SQL lives in catalog_sql/*.sql only."""
+    """Asset modules, cli.py, core/ and prox_resources/: SQL lives in catalog_sql/*.sql only,
+    queries and DuckDB's session commands alike."""
     offenders = [
         f"{path.relative_to(REPO)}:{n}: {line.strip()}"
         for path in _python_files()
-        for n, line in enumerate(path.read_text().splitlines(), 1)
-        if SQL_TEXT.search(line)
+        for n, line in _sql_lines(path.read_text())
     ]
-    assert not offenders, "SQL text in a module (make it a named query):\n" + "\n".join(offenders)
+    assert not offenders, (
+        "SQL text in a module (make it a named query or a session command):\n"
+        + "\n".join(offenders)
+    )
+
+
+def test_the_sql_check_catches_session_commands_and_passes_prose():
+    """The control: each way the catalog once spelled a session command in Python is caught;
+    prose that names the commands is not."""
+    caught = [
+        'con.execute(f"LOAD {_lit(path)}")',
+        'con.execute("INSTALL httpfs")',
+        'f"ATTACH {_lit(url)} AS {LAKE} (READ_ONLY)"',
+        "con.execute(\"ATTACH 'x.db' AS y\")",
+        'con.execute(f"USE {LAKE}")',
+        'con.execute("SET enable_external_access = false")',
+        'con.execute(f"SET allowed_directories = [{path}]")',
+        'con.execute("RESET memory_limit")',
+        'return f"CREATE SECRET prox_catalog_s3 ({body})"',
+        'con.execute("CREATE OR REPLACE PERSISTENT SECRET s (TYPE s3)")',
+        'con.execute("CHECKPOINT")',
+        'con.execute(f"CALL ducklake_merge_adjacent_files({_lit(LAKE)})")',
+        'con.execute("PRAGMA database_size")',
+    ]
+    for line in caught:
+        assert _sql_lines(line), line
+    for line in (
+        "This module spells no session command (LOAD, ATTACH, USE, SET, CREATE SECRET, ...).",
+        '"""A first ATTACH that lost the race to create the metadata tables."""',
+        "catalog.maintain()  # CHECKPOINT: the file holds everything",
+        'con.execute(session_command("checkpoint"))',
+    ):
+        assert not _sql_lines(line), line
 
 
 def test_every_named_query_used_exists_and_every_one_is_used():
@@ -119,3 +176,86 @@ def test_the_package_data_ships_every_sql_file():
         for p in root.glob(pattern)
     }
     assert set(root.rglob("*.sql")) - shipped == set()
+
+
+# a value of every placeholder a session command takes: quotes and statement separators that an
+# unescaped command would close early on
+SESSION_EXAMPLES: dict[str, object] = {
+    "path": "/opt/ext/it's'; DROP TABLE t; --.duckdb_extension",
+    "scope": "s3://bucket/cat'alog/",
+    "region": "us-east-1",
+    "key_id": "AKIA'); SELECT 1; --",
+    "secret": "s3cr'et",
+    "session_token": "tok''en",
+    "endpoint": "localhost:8333",
+    "use_ssl": False,
+    "url_style": "path",
+    "url": "ducklake:postgres:dbname=prox password='x'",
+    "lake": "lake",
+    "data_path": "/data/o'neil/",
+    "metadata_schema": "prox_catalog",
+    "read_only": True,
+    "database": Identifier('la"ke'),
+    "age": "604800 seconds",
+    "directory": "/data/o'neil/",
+}
+
+
+def test_every_session_command_says_what_it_is_is_used_and_stays_one_statement():
+    """Each file opens with a ``--`` comment; every one is used and every one used exists; with
+    hostile values each renders to exactly one statement that DuckDB parses, with every value
+    intact in it."""
+    source = "\n".join(p.read_text() for p in _python_files())
+    called = set(re.findall(r"session_command\(\s*\"([a-z0-9_]+)\"", source))
+    assert called == set(session_names())
+    con = duckdb.connect()
+    try:
+        for name in session_names():
+            text = (REPO / "prox_resources" / "catalog_sql" / "session" / f"{name}.sql").read_text()
+            assert text.startswith("-- "), f"{name}.sql: no comment saying what it does"
+            body = "\n".join(ln for ln in text.splitlines() if not ln.startswith("--"))
+            wanted = set(re.findall(r"\{([a-z_]+)\}", body))
+            sql = session_command(name, **{k: SESSION_EXAMPLES[k] for k in wanted})
+            statements = con.extract_statements(sql)
+            assert len(statements) == 1, f"{name}.sql: {sql}"
+            for key in wanted:
+                value = SESSION_EXAMPLES[key]
+                if isinstance(value, str):
+                    assert "'" + value.replace("'", "''") + "'" in sql, (name, key)
+    finally:
+        con.close()
+
+
+def test_session_commands_quote_their_values_and_leave_out_options_not_given():
+    assert session_command("use_database", database=Identifier("lake")) == 'USE "lake"'
+    assert session_command("use_database", database=Identifier('a"b')) == 'USE "a""b"'
+    assert session_command("load_extension", path="/x/it's") == "LOAD '/x/it''s'"
+    secret = session_command(
+        "s3_secret",
+        scope="s3://b/p/",
+        region="eu-west-1",
+        key_id=None,
+        secret=None,
+        session_token=None,
+        endpoint="host:9000",
+        use_ssl=True,
+        url_style="path",
+    )
+    assert "KEY_ID" not in secret and "SECRET '" not in secret and "SESSION_TOKEN" not in secret
+    assert ", ENDPOINT 'host:9000'" in secret and ", USE_SSL true" in secret
+    attach = {
+        "url": "u",
+        "database": Identifier("lake"),
+        "data_path": "/d/",
+        "metadata_schema": "s",
+    }
+    assert "READ_ONLY" not in session_command("attach_lake", **attach, read_only=None)
+    assert ", READ_ONLY true" in session_command("attach_lake", **attach, read_only=True)
+    with pytest.raises(KeyError, match="takes"):
+        session_command("load_extension")
+    with pytest.raises(KeyError, match="takes"):
+        session_command("checkpoint", extra="x")
+    with pytest.raises(TypeError):
+        session_command("load_extension", path=object())
+    with pytest.raises(KeyError, match="no SQL file"):
+        session_command("../queries/schema_version")

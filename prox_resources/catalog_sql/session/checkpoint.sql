@@ -1,0 +1,2 @@
+-- Write an embedded catalog's WAL into its database file.
+CHECKPOINT

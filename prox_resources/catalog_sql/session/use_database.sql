@@ -1,0 +1,2 @@
+-- Make the attached database the current one: queries name its tables unqualified.
+USE {database}

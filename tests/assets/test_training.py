@@ -304,7 +304,7 @@ def test_every_variant_trains_evaluates_reports_and_audits(pipeline):
         assert out["arc-t|rule_filtered"] == "ok"
     else:
         assert (
-            "1 of 3 partitions failed" in out["arc-t|rule_filtered"]
+            "1 of 4 partitions failed" in out["arc-t|rule_filtered"]
             and "no document to train on" in out["arc-t|rule_filtered"]
         )
 

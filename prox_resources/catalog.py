@@ -102,8 +102,12 @@ _QUERY_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 def query_names() -> list[str]:
     """The name of every named query shipped with the package (``catalog_sql/queries/*.sql``)."""
-    folder = resources.files("prox_resources") / "catalog_sql" / "queries"
-    return sorted(e.name.removesuffix(".sql") for e in folder.iterdir() if e.name.endswith(".sql"))
+    return _sql_names("queries")
+
+
+def _sql_names(folder: str) -> list[str]:
+    entries = (resources.files("prox_resources") / "catalog_sql" / folder).iterdir()
+    return sorted(e.name.removesuffix(".sql") for e in entries if e.name.endswith(".sql"))
 
 
 @functools.cache
@@ -152,8 +156,7 @@ def _sql_literal(value: object) -> str:
 
 def session_names() -> list[str]:
     """The name of every session command shipped with the package (``catalog_sql/session/``)."""
-    folder = resources.files("prox_resources") / "catalog_sql" / "session"
-    return sorted(e.name.removesuffix(".sql") for e in folder.iterdir() if e.name.endswith(".sql"))
+    return _sql_names("session")
 
 
 def session_command(name: str, /, **values: object) -> str:

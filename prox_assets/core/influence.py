@@ -242,6 +242,7 @@ class AdamState:
     offset: dict[str, torch.Tensor]
     step: int
     losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0  # the warm-up's wall-clock (warm_up_on_pool)
 
     def factor_spread(self) -> dict[str, float]:
         """Quantiles of the factor a over every selected weight: a spread of many orders of
@@ -852,9 +853,10 @@ def warm_up_on_pool(
         config.seed,
         config.dtype,
     )
+    adam.seconds = time.perf_counter() - t
     summary = adam.summary()
     log(
-        f"warm-up: {config.warmup_steps} AdamW steps in {time.perf_counter() - t:.0f}s, loss "
+        f"warm-up: {config.warmup_steps} AdamW steps in {adam.seconds:.0f}s, loss "
         f"{summary['warmup_loss_first']:.3f} -> {summary['warmup_loss_last']:.3f}, "
         f"Adam factor p99/p01 {summary['a_p99_over_p01']:.3g}"
     )
@@ -879,10 +881,8 @@ def compute_influence(
         raise ValueError(
             f"influence needs a pool and target examples ({len(pool_texts)} and {len(target_prompts)} given)"
         )
-    timings: dict[str, float] = {}
-    t = time.perf_counter()
     adam = warmed or warm_up_on_pool(model, tokenizer, pool_texts, config, log)
-    timings["warmup_s"] = time.perf_counter() - t
+    timings: dict[str, float] = {"warmup_s": adam.seconds}  # a shared warm-up's own time
     summary = adam.summary()
 
     t = time.perf_counter()

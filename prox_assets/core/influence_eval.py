@@ -35,7 +35,7 @@ from prox_assets.core.influence import (
     pearson,
     spearman,
     topk_recall,
-    warm_up,
+    warm_up_on_pool,
 )
 from prox_assets.core.training import mean_std, seed_summary
 
@@ -56,22 +56,9 @@ def exact_pool_scores(
     """Warm up a copy of ``model`` (seed ``config.seed``) on ``warmup_texts`` (default: the
     pool), then exact scores (n, m) of every sample of ``texts``. Returns the scores, the
     warmed-up copy, its Adam state and timings."""
-    timings = {}
     work = copy.deepcopy(model)
-    t = time.perf_counter()
-    adam = warm_up(
-        work,
-        tokenizer,
-        warmup_texts or texts,
-        config.warmup_steps,
-        config.warmup_lr,
-        config.batch_size,
-        config.max_len,
-        config.param_filter,
-        config.seed,
-        config.dtype,
-    )
-    timings["warmup_s"] = time.perf_counter() - t
+    adam = warm_up_on_pool(work, tokenizer, warmup_texts or texts, config, log)
+    timings = {"warmup_s": adam.seconds}
     t = time.perf_counter()
     targets = all_target_gradients(work, tokenizer, prompts, answers, config)
     timings["target_grads_s"] = time.perf_counter() - t

@@ -179,3 +179,17 @@ def test_exact_mode_gives_every_sample_its_exact_score(tiny_llama_dir):
     )
     assert out.landmarks == list(range(10)) and out.holdout == []
     assert (out.scores - out.exact_landmarks).abs().max() < 1e-6
+    assert out.timings["warmup_s"] > 0
+
+    # a model warmed up beforehand (targets of one pool share it): the same scores, and the
+    # timings report that warm-up's own time
+    from prox_assets.core.influence import warm_up_on_pool
+
+    config = InfluenceConfig(landmarks=0, max_len=24, warmup_steps=1, batch_size=4)
+    fresh = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation="eager").eval()
+    warmed = warm_up_on_pool(fresh, tok, texts, config, log=lambda m: None)
+    again = compute_influence(
+        fresh, tok, texts, ["Question: 2+2?\nAnswer:"], [" 4"], config, lambda m: None, warmed
+    )
+    assert (again.scores - out.scores).abs().max() < 1e-6
+    assert again.timings["warmup_s"] == warmed.seconds > 0

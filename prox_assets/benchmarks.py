@@ -247,13 +247,24 @@ def _hostile_executor_timings() -> dict:
     return out
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 8, dtype: str = "float32") -> float:
-    """What this machine's BLAS sustains on a large matrix product in ``dtype``: the ceiling."""
+def matmul_peak_gflops(
+    n: int | None = None, repeats: int = 8, dtype: str = "float32", device: str = "cpu"
+) -> float:
+    """What this machine's BLAS (or GPU) sustains on a large matrix product in ``dtype``: the
+    ceiling. On a GPU, fp32 is what torch's default precision gives (no TF32)."""
     import torch
 
-    a, b = (torch.randn(n, n, dtype=getattr(torch, dtype)) for _ in range(2))
-    a @ b  # warm-up
-    best = _best_of(lambda: [a @ b for _ in range(repeats)], 3)
+    n = n or (8192 if device.startswith("cuda") else 2048)
+    a, b = (torch.randn(n, n, dtype=getattr(torch, dtype), device=device) for _ in range(2))
+
+    def products() -> None:
+        for _ in range(repeats):
+            a @ b
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    products()  # warm-up
+    best = _best_of(products, 3)
     return 2 * n**3 * repeats / best / 1e9
 
 
@@ -294,7 +305,7 @@ def refine_once(
     generated = sum(count([p for p, _ in doc_runs])) + sum(
         count([p for r in chunk_runs for p in r.programs])
     )
-    params = sum(p.numel() for p in chunk_backend.model.parameters())
+    params = chunk_backend.parameter_count() or 0
     tokens = doc_prompt + chunk_prompt + generated
     flops = 2 * params * tokens  # weights only; attention adds a few percent at these lengths
     return {
@@ -345,12 +356,13 @@ def refine_benchmark(
     chunk_new_tokens: int = 160,
     doc_new_tokens: int = 8,
     dtypes: Sequence[str] = ("float32", "auto"),
+    device: str = "cpu",
 ) -> dict:
     """Documents/s and model FLOP/s of both refinement stages in each of ``dtypes`` (the first is
-    the reference), against this machine's fp32 and bf16 matmul peaks, measured in this run; and
-    how far each precision's programs agree with the reference's. ``load(dtype)`` gives the
+    the reference), against the ``device``'s fp32 and bf16 matmul peaks, measured in this run;
+    and how far each precision's programs agree with the reference's. ``load(dtype)`` gives the
     (document, chunk) backends in that precision."""
-    peaks = {d: matmul_peak_gflops(dtype=d) for d in ("float32", "bfloat16")}
+    peaks = {d: matmul_peak_gflops(dtype=d, device=device) for d in ("float32", "bfloat16")}
     runs = {}
     for dtype in dtypes:
         doc_backend, chunk_backend = load(dtype)
@@ -378,6 +390,7 @@ def refine_benchmark(
             "kept_after_doc_stage": len(run["kept"]),
             "windows": sum(len(r.windows) for r in run["chunk_runs"]),
             "model_tokens_processed": run["tokens"],
+            "tokens_per_second": round(run["tokens"] / run["seconds"]),
             "generated_tokens": run["generated"],
             "achieved_GFLOP_per_s": round(achieved, 1),
             "fraction_of_fp32_peak": round(achieved / peaks["float32"], 3),
@@ -667,7 +680,7 @@ def refine_precision_report(docs: int, refiner_version: str | None, dtypes: list
         settings = DeviceSettings(device=device.device, dtype=dtype)  # type: ignore[arg-type]
         return engine.load(settings, model=doc_model), engine.load(settings, model=chunk_model)
 
-    report = refine_benchmark(texts, load, *sizes, dtypes=dtypes)
+    report = refine_benchmark(texts, load, *sizes, dtypes=dtypes, device=device.resolve_device())
     return {
         "refiner_version": version or f"base model {engine.model}",
         "backend": engine.backend,

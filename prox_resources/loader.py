@@ -25,6 +25,16 @@ def load_tokenizer(path: str | Path):
     return AutoTokenizer.from_pretrained(path)
 
 
+def architecture_parameters(path: str | Path) -> int:
+    """Parameters of the model ``path`` describes, counted on a weightless (meta-device) copy."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+    return sum(p.numel() for p in model.parameters())
+
+
 def load_causal_lm(
     path: str | Path,
     device: str = "cpu",

@@ -2,7 +2,7 @@
 
 Used by the refiners' supervised fine-tuning (``core/refiner_training.py``: labels on the program
 tokens only) and by continued pre-training of the checkpoints (``core/training.py``: labels on every
-token of packed windows); ``deploy/gpu_check.py`` times it on a GPU. docs/methods.md#refiner-training
+token of packed windows); ``deploy/gpu/check.py`` times it on a GPU. docs/methods.md#refiner-training
 describes it.
 
 LoRA (peft) by default; ``lora_layers`` puts adapters only on the top N blocks, which on a CPU

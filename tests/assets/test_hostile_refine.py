@@ -18,8 +18,9 @@ from prox_assets.core.chunking import hf_token_counter
 from prox_assets.core.refinement import DocumentFailed, refine_documents
 from prox_assets.partitions import shard_partitions
 from prox_assets.refinement import ROW_SCHEMA, RefineConfig, RefinerPair, _conform, refine_batch
+from prox_resources.backends import TransformersBackend
 from prox_resources.catalog import Catalog
-from prox_resources.engine import ModelEngine, TransformersBackend
+from prox_resources.engine import ModelEngine
 from tests.support.pipeline import REFINE, materialize, train_refiners
 
 REJECT, SURROGATE, DROP = "REJECTED-BY-THE-ENGINE", "SURROGATE-IN-PROGRAM", "DROPPED-BY-PROGRAM"

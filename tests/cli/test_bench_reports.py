@@ -29,6 +29,15 @@ def test_refine_report_on_the_settings_engine(prox_env, tiny_llama_dir, monkeypa
     assert report["refiner_version"] == f"base model {tiny_llama_dir}"
     assert report["backend"] == "transformers" and report["device"] == "cpu"
     assert report["documents"] == 2 and list(report["by_dtype"]) == ["float32"]
+    # the FLOP estimate's parameter count: the backend's own, equal to the architecture's count
+    # (what the vLLM backend reports, its weights living in another process)
+    from prox_resources.loader import architecture_parameters, load_causal_lm
+
+    loaded = load_causal_lm(tiny_llama_dir)
+    params = sum(p.numel() for p in loaded.model.parameters())
+    assert report["model_params"] == params == architecture_parameters(tiny_llama_dir)
+    run = report["by_dtype"]["float32"]
+    assert run["model_tokens_processed"] > 0 and run["tokens_per_second"] > 0
     with pytest.raises(UserError, match="no refiner version"):
         refinement_report(None, 2, 2, 1000, None, [0], log=print)
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from prox_resources.backends import VLLMBackend
 from prox_resources.device import DeviceSettings
-from prox_resources.engine import ModelEngine, VLLMBackend
+from prox_resources.engine import ModelEngine
 
 CHATS = [
     [{"role": "user", "content": "Rate this: the river rose overnight."}],
@@ -178,7 +179,7 @@ def test_a_shared_prompt_head_is_computed_once_and_changes_no_probability(backen
 
 
 def test_shared_prefix_length_leaves_every_sequence_a_token_of_its_own():
-    from prox_resources.engine import shared_prefix_length
+    from prox_resources.backends import shared_prefix_length
 
     assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 5]]) == 2
     assert shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2

@@ -4,21 +4,22 @@ A GPU machine lent to a session has torch, transformers and peft but none of thi
 dependencies and no network, and the bundled model's weights are larger than what travels. So this
 runs the *pure* core modules (refiner training, influence, the executor) on a model of the bundled
 model's exact shape with random weights, which is what throughput and code-path checks need (not
-quality). Usage: ``python deploy/gpu_check.py MODEL_CONFIG_DIR OUT.json [CHECK ...]``;
+quality). Usage: ``python deploy/gpu/check.py MODEL_CONFIG_DIR OUT.json [CHECK ...]``;
 MODEL_CONFIG_DIR holds config.json and the tokenizer files; CHECKs: training, loss_paths,
-generation, influence (default: all).
+generation, influence, vllm_refine (default: all; vllm_refine needs vLLM).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from prox_assets.core import influence as inf
 from prox_assets.core.precision import bf16_is_fast
@@ -210,6 +211,72 @@ def influence(config_dir: str) -> dict:
     return out
 
 
+def vllm_refine(config_dir: str) -> dict:
+    """``prox bench refine`` through vLLM: both refinement stages (the refined_corpus budgets) on
+    real sample documents (``texts.json.gz`` beside MODEL_CONFIG_DIR: a JSON list of raw
+    documents, e.g. a PROX_HOME's raw corpus in random order), tokens/s on this GPU. The weights are random
+    (they cannot travel), saved once so that the transformers backend (the baseline, same
+    documents, same weights, same run) and vLLM serve the same model; with random weights most
+    programs run to the token limit, so documents/s is a floor and tokens/s the figure."""
+    import gzip
+    import shutil
+
+    from prox_assets.benchmarks import program_agreement, refine_benchmark, refine_once
+    from prox_assets.core.chunking import DEFAULT_DOC_MAX_TOKENS, DEFAULT_WINDOW_TOKENS
+    from prox_assets.core.refiner_training import FALLBACK_PROGRAM_TOKENS
+    from prox_resources.backends import TransformersBackend, VLLMBackend
+
+    with gzip.open(Path(config_dir).parent / "texts.json.gz", "rt") as f:
+        texts = json.load(f)
+    weights = Path("/tmp/gpu_check_random_model")
+    _model(config_dir, torch.bfloat16).save_pretrained(weights)
+    for f in Path(config_dir).iterdir():  # tokenizer and chat template
+        if not (weights / f.name).exists():
+            shutil.copy(f, weights / f.name)
+    sizes = (DEFAULT_DOC_MAX_TOKENS, DEFAULT_WINDOW_TOKENS, FALLBACK_PROGRAM_TOKENS)
+    small, large = texts[:64], texts[:1000]
+
+    def summary(run: dict) -> dict:
+        return {
+            "seconds": round(run["seconds"], 2),
+            "documents_per_second": round(len(small) / run["seconds"], 2),
+            "tokens_per_second": round(run["tokens"] / run["seconds"]),
+            "generated_tokens_per_second": round(run["generated"] / run["seconds"]),
+            "windows": sum(len(r.windows) for r in run["chunk_runs"]),
+        }
+
+    out: dict = {"documents_small": len(small), "documents_large": len(large)}
+    t = time.perf_counter()
+    tf = TransformersBackend(str(weights), "cuda", torch.bfloat16)
+    refine_once(small[:1], tf, tf, *sizes[:2], 4, 2)  # warm-up
+    tf_run = refine_once(small, tf, tf, *sizes)
+    out["transformers_small"] = summary(tf_run) | {"wall_s": round(time.perf_counter() - t, 1)}
+    print("transformers", out["transformers_small"], flush=True)
+    del tf
+    torch.cuda.empty_cache()
+
+    t = time.perf_counter()
+    # GPU_CHECK_VLLM_ATTENTION: another attention backend (e.g. TRITON_ATTN) if the default fails
+    backend = os.environ.get("GPU_CHECK_VLLM_ATTENTION")
+    vb = VLLMBackend(
+        str(weights), dtype="bfloat16", **({"attention_backend": backend} if backend else {})
+    )
+    out["vllm_attention_backend"] = backend or "default"
+    out["vllm_engine_start_s"] = round(time.perf_counter() - t, 1)
+    refine_once(small[:1], vb, vb, *sizes[:2], 4, 2)  # warm-up
+    vllm_run = refine_once(small, vb, vb, *sizes)
+    out["vllm_small"] = summary(vllm_run)
+    out["vllm_over_transformers_tokens_per_second"] = round(
+        out["vllm_small"]["tokens_per_second"] / out["transformers_small"]["tokens_per_second"], 2
+    )
+    out["agreement_vllm_vs_transformers_random_weights"] = program_agreement(tf_run, vllm_run)
+    print("vllm small", out["vllm_small"], flush=True)
+    out["vllm_large"] = refine_benchmark(
+        large, lambda _dtype: (vb, vb), *sizes, dtypes=("bfloat16",), device="cuda"
+    )
+    return out
+
+
 def main() -> None:
     config_dir, out_path = sys.argv[1], sys.argv[2]
     report = {
@@ -222,6 +289,7 @@ def main() -> None:
         "loss_paths": loss_paths,
         "generation": generation,
         "influence": influence,
+        "vllm_refine": vllm_refine,
     }
     for name in sys.argv[3:] or checks:  # optional: the names of the checks to run
         check = checks[name]

@@ -10,6 +10,7 @@ catalog) start without importing it.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -64,10 +65,19 @@ class _Main(click.Group):
     """Errors a user can act on end as one line (``Error: ...``), not a traceback."""
 
     def invoke(self, ctx: click.Context):
+        # SIGTERM (kill, a service manager) stops a command as Ctrl-C does, as Dagster maps it
+        # inside a run; a run it stops ends the command too (runs.Interrupted), not just the run.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except KeyboardInterrupt as exc:
+            why = f" ({exc})" if str(exc) else ""
+            click.echo(
+                f"interrupted{why}: what finished is kept; running it again is safe", err=True
+            )
+            ctx.exit(130)
         except Exception as exc:
             message = _user_error(exc)
             if message is None:

@@ -151,6 +151,8 @@ def materialize_partitions(
         took = time.monotonic() - started
         metadata = materialization_metadata(current, result.run_id)
         failure = next((e for e in result.all_events if e.is_step_failure), None)
+        if failure and failure.step_failure_data.error.cls_name == INTERRUPTED_ERROR:
+            raise Interrupted(f"{asset}: run {result.run_id} stopped by a signal")
         msg = failure.step_failure_data.error.message.strip() if failure else "run failed"
         shared = f" (one run of {len(keys)} partitions)" if len(keys) > 1 else ""
         for key in keys:
@@ -171,6 +173,15 @@ def materialize_partitions(
                 outcome[key] = f"failed: {msg}"
                 echo(f"[{i}/{len(partition_keys)}] {asset}[{key}] FAILED: {msg}")
     return outcome
+
+
+# Dagster turns SIGINT/SIGTERM inside a step into this error and a failed run, which
+# raise_on_error=False would hand back like any failure: the caller must stop, not go on.
+INTERRUPTED_ERROR = "DagsterExecutionInterruptedError"
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run was stopped by SIGINT or SIGTERM: the runs after it are not started."""
 
 
 def materialization_metadata(current: dg.DagsterInstance, run_id: str) -> dict[str, dict]:
@@ -255,10 +266,13 @@ def run_plan(
     steps: Sequence[Step], state: PlanState | None = None, echo: Echo = print
 ) -> dict[str, str]:
     """Run every step in order, each through ``materialize_partitions``; a step whose partitions
-    are empty (what it needs does not exist) is skipped. Returns ``asset[key]`` -> outcome."""
+    are empty (what it needs does not exist) is skipped. A step with failed partitions does not
+    stop the plan (the others' work is still worth finishing), but an asset none of whose
+    partitions has succeeded in this plan does: the steps after it read what it writes. Returns
+    ``asset[key]`` -> outcome."""
     state = state or PlanState()
     outcome: dict[str, str] = {}
-    for step in steps:
+    for n, step in enumerate(steps):
         keys = step.keys(state)
         if not keys:
             continue
@@ -266,9 +280,13 @@ def run_plan(
             echo(f"== {step.title.format(refiner_version=state.refiner_version)}")
         if step.register:
             register_partitions(step.asset, keys)
-        outcome |= prefixed(
-            step.asset, materialize_partitions(step.asset, keys, step.config, echo=echo)
-        )
+        done = materialize_partitions(step.asset, keys, step.config, echo=echo)
+        outcome |= prefixed(step.asset, done)
+        if not any(v == "ok" for k, v in outcome.items() if k.startswith(f"{step.asset}[")):
+            skipped = [s.asset for s in steps[n + 1 :]]
+            echo(f"== every {step.asset} partition failed: not running {', '.join(skipped)}")
+            outcome |= {f"{a}[*]": "failed: not run (an earlier step failed)" for a in skipped}
+            break
     return outcome
 
 

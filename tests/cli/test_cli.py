@@ -240,3 +240,51 @@ def test_bench_ingest_reports_throughput_and_peak_memory(sample_files):
         and report["gzip_bomb"]["samples"] == 1_000
     )
     assert report["warc_header_bomb"]["n_ingested"] == 1
+
+
+def _step_started(home: Path) -> bool:
+    """Whether a Dagster run under ``home`` has begun executing its step (its event log says so)."""
+    import sqlite3
+
+    for db in (home / "dagster" / "history" / "runs").glob("*-*.db"):
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+                query = "select count(*) from event_logs where dagster_event_type = 'STEP_START'"
+                if con.execute(query).fetchone()[0]:
+                    return True
+        except sqlite3.Error:  # created but not yet written
+            continue
+    return False
+
+
+def test_sigterm_inside_a_run_stops_the_command_and_leaves_no_output(tmp_path):
+    """Dagster turns SIGTERM inside a step into a failed run; the command must stop there (exit
+    130, saying so), not carry on to its next run as if a partition had merely failed, and the
+    interrupted partition must leave no raw file behind."""
+    import signal
+    import time
+
+    big = tmp_path / "big-00.jsonl"
+    line = json.dumps({"text": "A line of ordinary prose for the ingest to read.\n" * 40})
+    big.write_text((line + "\n") * 60_000)  # ~120 MB: seconds of ingest after the step starts
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROX_", "DAGSTER_", "AWS_"))}
+    env["PROX_HOME"] = str(home)
+    proc = subprocess.Popen(
+        [BIN / "prox", "ingest", big],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not _step_started(home) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the ingest ended before its step started: make the file bigger"
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, (out, err)
+    assert "stopped by a signal" in err and "interrupted" in err
+    assert not list((home / "store" / "raw").glob("**/*.parquet"))

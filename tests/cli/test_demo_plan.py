@@ -73,7 +73,8 @@ def test_the_generic_runner_follows_the_plan(monkeypatch):
 
     def fake_materialize(asset, keys, config=None, echo=print, per_run=0):
         calls.append((asset, list(keys), dict(config or {})))
-        return dict.fromkeys(keys, "failed: boom" if asset == "selected_subset" else "ok")
+        # one of the two targets fails from its target set on: the plan goes on with the other
+        return {k: "failed: boom" if k.startswith("arc-challenge") else "ok" for k in keys}
 
     monkeypatch.setattr(runs, "materialize_partitions", fake_materialize)
     monkeypatch.setattr(runs, "register_partitions", lambda a, k: registered.append((a, list(k))))
@@ -103,12 +104,33 @@ def test_the_generic_runner_follows_the_plan(monkeypatch):
         k.startswith("gsm8k|") for k in calls[11][1]
     )
     assert "== refined_corpus (refiner v1, 4 documents per shard)" in lines
-    assert runs.failed(outcome) == ["selected_subset[gsm8k]", "selected_subset[arc-challenge]"]
+    assert runs.failed(outcome) == [
+        "target_set[arc-challenge]",
+        "landmark_influence[arc-challenge]",
+        "selected_subset[arc-challenge]",
+    ]
 
     # no refiner version: everything from the refined corpus on is skipped
     calls.clear()
     runs.run_plan(demo_plan(DemoBudget()), FakeState(None), echo=lines.append)
     assert [c[0] for c in calls][-1] == "refiner"
+
+
+def test_a_step_whose_every_partition_failed_stops_the_plan(monkeypatch):
+    calls = []
+
+    def fake_materialize(asset, keys, config=None, echo=print, per_run=0):
+        calls.append(asset)
+        return dict.fromkeys(keys, "failed: boom" if asset == "refined_corpus" else "ok")
+
+    monkeypatch.setattr(runs, "materialize_partitions", fake_materialize)
+    monkeypatch.setattr(runs, "register_partitions", lambda a, k: None)
+    lines = []
+    outcome = runs.run_plan(demo_plan(DemoBudget()), FakeState("v1"), echo=lines.append)
+    assert calls[-1] == "refined_corpus" and "refined_pool" not in calls
+    assert any(line.startswith("== every refined_corpus partition failed") for line in lines)
+    assert "refined_pool[*]" in runs.failed(outcome)
+    assert "evaluation_report[*]" in runs.failed(outcome)
 
 
 def test_the_command_options_are_the_budget_fields():

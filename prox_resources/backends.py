@@ -274,11 +274,15 @@ class TransformersBackend(EngineBackend):
             ids = torch.tensor([prefix_ids], device=self.device)
             return self.model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
 
-    def _continue_from(self, cache, batch_size: int, shared: int, suffix_mask) -> dict:
-        """Forward arguments that continue ``batch_size`` left-padded suffixes from a copy of the
-        shared prefix's cache: the pads sit between prefix and suffix, masked out."""
+    def _continue_from(
+        self, cache, batch_size: int, shared: int, suffix_mask, reuse: bool = True
+    ) -> dict:
+        """Forward arguments that continue ``batch_size`` left-padded suffixes from the shared
+        prefix's cache (a copy when ``reuse``: the forward extends the cache in place): the pads
+        sit between prefix and suffix, masked out."""
         torch = self.torch
-        cache = copy.deepcopy(cache)
+        if reuse:
+            cache = copy.deepcopy(cache)
         cache.batch_repeat_interleave(batch_size)
         width = suffix_mask.shape[1]
         prefix_mask = torch.ones((batch_size, shared), dtype=suffix_mask.dtype, device=self.device)
@@ -337,7 +341,9 @@ class TransformersBackend(EngineBackend):
         ids, mask, positions = self._pad_left(seqs)
         extra = {}
         if prefix:
-            extra = self._continue_from(self._prefix_cache(prefix), len(seqs), len(prefix), mask)
+            extra = self._continue_from(
+                self._prefix_cache(prefix), len(seqs), len(prefix), mask, reuse=False
+            )
             mask, positions = extra.pop("attention_mask"), positions + len(prefix)
         with torch.inference_mode(), self._precision():
             logp = torch.log_softmax(

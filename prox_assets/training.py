@@ -10,6 +10,8 @@ target reuses them and only evaluates.
 import base64
 import json
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -22,6 +24,7 @@ from prox_assets.core.evaluation import evaluate
 from prox_assets.core.influence import representation_similarity
 from prox_assets.core.report import METRICS, comparisons, plot_report, summarize
 from prox_assets.core.samples import heldout_prose
+from prox_assets.core.shared_trunk import SharedTrunk
 from prox_assets.core.training import checkpoint_version, train_lm
 from prox_assets.core.training_loop import TrainConfig, lora_train_config
 from prox_assets.core.variants import SELECTION_VARIANTS, refinement_documents, selection_documents
@@ -45,6 +48,7 @@ from prox_assets.targets import target_set
 from prox_resources.catalog import Catalog
 from prox_resources.device import CPU_STEP, GPU_STEP, DeviceSettings
 from prox_resources.engine import ModelEngine
+from prox_resources.loader import LoadedModel
 from prox_resources.models import fetch_model, manifest_key, train_into_store
 from prox_resources.settings import downloads_dir
 from prox_resources.store import ObjectStore
@@ -251,8 +255,9 @@ def trained_checkpoint(
 ) -> dg.MaterializeResult:
     # A run may hold many variants (MODEL_BACKFILL_POLICY). Each trains its own copy of the base
     # model; a checkpoint two variants share (the same documents, e.g. `full` and `refined` when
-    # the selection keeps the whole pool) is evaluated once per target in the run.
-    evaluated: dict[tuple[str, str], dict[str, float]] = {}
+    # the selection keeps the whole pool) is evaluated once per target in the run, and the blocks
+    # its checkpoints leave untrained are computed once per target (RunEvaluations).
+    evaluated = RunEvaluations()
 
     def train(key) -> dict:
         keys = checkpoint_partitions.get_partition_key_from_str(str(key)).keys_by_dimension
@@ -270,6 +275,25 @@ def trained_checkpoint(
         )
 
     return materialize_each(context, train)
+
+
+@dataclass
+class RunEvaluations:
+    """What the evaluations of one run of trained_checkpoint share: the metrics of the checkpoints
+    evaluated so far (by target and version), and per target the base model's bottom blocks on
+    the target's evaluation sets, which LoRA on the top ``lora_layers`` blocks leaves unchanged
+    (``core/shared_trunk.py``: computed for the first model evaluated, replayed for the others,
+    with the same results)."""
+
+    metrics: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+    trunks: dict[str, SharedTrunk | None] = field(default_factory=dict)
+
+    def trunk(self, target: str, model, config: CheckpointConfig) -> SharedTrunk | None:
+        if target not in self.trunks:
+            self.trunks[target] = SharedTrunk.for_lora(
+                model.config.num_hidden_layers, config.lora_layers, config.method
+            )
+        return self.trunks[target]
 
 
 @dataclass(frozen=True)
@@ -317,12 +341,11 @@ def train_variant(
     target: str,
     variant: str,
     partition_key: str,
-    evaluated: dict[tuple[str, str], dict[str, float]],
+    evaluated: RunEvaluations,
 ) -> PartitionOutcome:
     """One partition of trained_checkpoint: its checkpoints, its catalog rows; returns its metadata
     (with what it came from: refiner version, SFT sets, selection) and its data version.
-    ``evaluated``: metrics of the checkpoints evaluated earlier in this run, by target and
-    version (filled here)."""
+    ``evaluated``: what this run's evaluations share (filled here)."""
     # the base model by name in every version, manifest and row: the config's, else the engine's
     config = config.model_copy(update={"base_model": engine.base_or(config.base_model)})
     sets = _evaluation_sets(store, catalog, target, config)
@@ -331,7 +354,9 @@ def train_variant(
     if variant == "base":  # the untrained model: no seed, no documents
         results = [
             SeedResult(
-                config.seeds[0], "base", _evaluate(context, engine, device, config, sets, None)
+                config.seeds[0],
+                "base",
+                _evaluate(context, engine, device, config, sets, None, target, evaluated),
             )
         ]
     else:
@@ -452,23 +477,38 @@ def _evaluate(
     device: DeviceSettings,
     config: CheckpointConfig,
     sets: EvaluationSets,
-    checkpoint_dir: Path | None,
+    checkpoint: Path | LoadedModel | None,
+    target: str,
+    evaluated: RunEvaluations,
 ) -> dict[str, float]:
-    """The base model with ``checkpoint_dir`` on top (None: untrained) on the evaluation sets."""
+    """The base model with ``checkpoint`` on top (None: untrained) on the evaluation sets: a
+    checkpoint folder, or the model this run just trained, still in memory (the weights its folder
+    loads to: LoRA merged into the fp32 base), evaluated without loading it again. The blocks
+    below its adapters are computed once per target and run (``RunEvaluations``)."""
     started = time.monotonic()
-    backend = engine.serve(
-        engine.load_model(device, config.base_model, adapter=checkpoint_dir), device
-    )
-    metrics = evaluate(
-        backend,
-        sets.task,
-        sets.heldout.to_dicts(),
-        sets.prose,
-        config.max_new_tokens,
-        config.prose_tokens,
-    )
+    if isinstance(checkpoint, LoadedModel):
+        loaded, source = checkpoint, "as trained, in memory"
+    else:
+        loaded, source = engine.load_model(device, config.base_model, adapter=checkpoint), "loaded"
+    trunk = evaluated.trunk(target, loaded.model, config)
+    replayed, computed = (trunk.replayed, trunk.computed) if trunk else (0, 0)
+    with trunk.sharing(loaded.model) if trunk else nullcontext(False) as shared:
+        metrics = evaluate(
+            engine.serve(loaded, device),
+            sets.task,
+            sets.heldout.to_dicts(),
+            sets.prose,
+            config.max_new_tokens,
+            config.prose_tokens,
+        )
+    if trunk and shared and trunk.replayed > replayed:
+        calls = trunk.replayed - replayed + trunk.computed - computed
+        source += (
+            f"; bottom {trunk.depth} blocks replayed for {trunk.replayed - replayed} of {calls} "
+            "forward calls"
+        )
     context.log.info(
-        f"evaluated in {time.monotonic() - started:.0f}s: "
+        f"evaluated in {time.monotonic() - started:.0f}s ({source}): "
         + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
     )
     return metrics
@@ -498,11 +538,13 @@ def _train(
     config: CheckpointConfig,
     docs: pl.DataFrame,
     train_config: TrainConfig,
+    keep: Callable[[LoadedModel], None],
     folder: str,
     progress,
 ) -> dict:
+    """Trains into ``folder``; ``keep`` receives the trained model (for its evaluation)."""
     model, tokenizer = engine.load_model(device, config.base_model, train=True)
-    return train_lm(
+    trained = train_lm(
         model,
         tokenizer,
         docs["text"].to_list(),
@@ -510,7 +552,9 @@ def _train(
         folder,
         docs["weight"].to_list(),
         progress=progress,
-    ).to_dict()
+    )
+    keep(LoadedModel(trained.model, tokenizer))
+    return trained.report.to_dict()
 
 
 def _train_seed(
@@ -526,7 +570,7 @@ def _train_seed(
     seed: int,
     chosen: VariantDocuments,
     tags: dict,
-    evaluated: dict[tuple[str, str], dict[str, float]],
+    evaluated: RunEvaluations,
 ) -> SeedResult:
     """One seed's checkpoint, trained once (an existing one of the same version is reused), then
     evaluated (once per run and target)."""
@@ -555,23 +599,31 @@ def _train_seed(
             f"seed {seed}: training {version} on {docs.height} documents ({chosen.spec}, "
             f"{chosen.text_kind})"
         )
+    trained: list[LoadedModel] = []  # the model trained here, if it is: evaluated in memory
     report, reused = train_into_store(
         store,
         prefix,
         manifest,
-        partial(_train, engine, device, config, docs, train_config),
+        partial(_train, engine, device, config, docs, train_config, trained.append),
         context.log.info,
         log_every=4,
     )
     if reused:
         context.log.info(f"seed {seed}: checkpoint {version} exists ({prefix}): evaluating only")
-    if (target, version) in evaluated:
+    if (target, version) in evaluated.metrics:
         context.log.info(f"seed {seed}: checkpoint {version} was evaluated earlier in this run")
     else:
-        evaluated[target, version] = _evaluate(
-            context, engine, device, config, sets, Path(fetch_model(store, prefix))
+        evaluated.metrics[target, version] = _evaluate(
+            context,
+            engine,
+            device,
+            config,
+            sets,
+            trained[0] if trained else Path(fetch_model(store, prefix)),
+            target,
+            evaluated,
         )
-    metrics = evaluated[target, version]
+    metrics = evaluated.metrics[target, version]
     row = {
         **manifest,
         "n_docs": docs.height,

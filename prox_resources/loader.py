@@ -70,15 +70,21 @@ def convert_gguf(folder: str, filename: str, target: Path) -> None:
     import tempfile
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.initialization import no_init_weights
 
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
     quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename)
     # transformers marks GGUF-loaded models as quantised and will not save them: copy the
-    # dequantised fp32 weights into a plain model built from the same config.
+    # dequantised fp32 weights into a plain model built from the same config. Its random
+    # initialisation (~3 s on a 2-core CPU) is skipped, as from_pretrained skips it: the strict
+    # load overwrites every weight. Skipping it skips the tying of the output head to the
+    # embeddings too, so that is done here (a tied head is saved once, as before).
     config = quantized.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config)
+    with no_init_weights():
+        model = AutoModelForCausalLM.from_config(config)
+    model.tie_weights()
     model.load_state_dict(quantized.state_dict())
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))

@@ -18,9 +18,12 @@ MATH problems that are not in the corpus (clean text: everything should be kept)
 
 from __future__ import annotations
 
+import copy
+import functools
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from prox_assets.core.annotators import gold_program, program_for_flags
 from prox_assets.core.chunking import (
@@ -243,7 +246,34 @@ def build_quality_set(
     seed: int = 0,
 ) -> QualitySet:
     """A seeded sample of the held-out data; pages longer than ``max_chars`` are left out of the
-    chunk-stage sets (a CPU budget), not of the document stage's."""
+    chunk-stage sets (a CPU budget), not of the document stage's. Built once per process for the
+    same arguments (aligning the pages' labels takes seconds, and both refiner levels of a run
+    such as ``prox demo`` evaluate on the same set); each call gets its own copy."""
+    return copy.deepcopy(
+        _quality_set(
+            Path(downloads),
+            n_pages,
+            n_news,
+            n_clean,
+            n_doc_pages,
+            max_chars,
+            heldout_fraction,
+            seed,
+        )
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _quality_set(
+    downloads: Path,
+    n_pages: int,
+    n_news: int,
+    n_clean: int,
+    n_doc_pages: int,
+    max_chars: int,
+    heldout_fraction: float,
+    seed: int,
+) -> QualitySet:
     from prox_assets.core.real_pairs import news_pairs, page_split, pydocs_pair
     from prox_assets.core.samples import MATH_IN_CORPUS, PYDOCS_HTML, heldout_prose, math_problems
 
@@ -263,7 +293,8 @@ def build_quality_set(
     short = [p for p in content if len(p.page_text) <= max_chars]
     qset = QualitySet()
     qset.pages = rng.sample(short, min(n_pages, len(short)))
-    news = [p for p in news_pairs(downloads) if p.keep]
+    every_news = list(news_pairs(downloads))  # read once: the chunk and the document stage's
+    news = [p for p in every_news if p.keep]
     qset.news = rng.sample(
         [p for p in news if len(p.page_text) <= max_chars],
         min(n_news, sum(len(p.page_text) <= max_chars for p in news)),
@@ -279,7 +310,7 @@ def build_quality_set(
         ("pydocs-content", p.page_text, True)
         for p in rng.sample(content, min(n_doc_pages - len(docs), len(content)))
     ]
-    docs += [("news", p.page_text, p.keep) for p in news_pairs(downloads)]
+    docs += [("news", p.page_text, p.keep) for p in every_news]
     docs += [("austen", t, True) for t in austen] + [("math", t, True) for t in maths]
     qset.docs = docs
     return qset

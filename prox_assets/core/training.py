@@ -20,6 +20,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from prox_assets.core.training_loop import (
     TrainConfig,
@@ -30,6 +31,15 @@ from prox_assets.core.training_loop import (
 )
 
 MIN_WINDOW_TOKENS = 16  # a shorter tail window is dropped: mostly padding, little signal
+
+
+class TrainedLM(NamedTuple):
+    """What ``train_lm`` leaves: its report, and the trained model in memory, in eval mode, as
+    loading its checkpoint onto the base model gives it (LoRA merged into the fp32 base weights:
+    the same tensors, so it is evaluated without reading the base model and adapter again)."""
+
+    report: TrainReport
+    model: Any
 
 
 def checkpoint_version(
@@ -102,10 +112,11 @@ def train_lm(
     out_dir: str | Path,
     weights: Sequence[float] | None = None,
     progress: Callable[[int, int, float], None] | None = None,
-) -> TrainReport:
+) -> TrainedLM:
     """Next-token training of ``model`` (float32, on its device; the engine loads it) on every
     token of the packed documents for ``config.max_steps`` steps; the checkpoint (adapter or full
-    model) and the tokenizer are saved to ``out_dir``."""
+    model) and the tokenizer are saved to ``out_dir``. Returns the report and the trained model
+    (``TrainedLM``)."""
     import torch
 
     if not config.max_steps:
@@ -134,7 +145,12 @@ def train_lm(
     model.save_pretrained(out_dir)  # peft: the adapter only; full: the whole model
     tokenizer.save_pretrained(out_dir)
     report.seconds = round(time.monotonic() - started, 1)
-    return report
+    # Training keeps the weights fp32 (bf16 is autocast only) and leaves the base weights frozen,
+    # so merging here computes what the loader's merge of the saved adapter computes.
+    if config.method == "lora":
+        model = model.merge_and_unload()
+    model.eval()
+    return TrainedLM(report, model)
 
 
 def mean_std(values: Sequence[float]) -> dict[str, float]:

@@ -100,7 +100,9 @@ def test_train_lm_saves_an_adapter_that_changes_the_model(tiny_llama_dir, tmp_pa
         seed=0,
     )
     engine, cpu = ModelEngine(model=str(tiny_llama_dir)), DeviceSettings(device="cpu")
-    report = train_lm(*engine.load_model(cpu, train=True), [PROSE] * 3, cfg, tmp_path / "ckpt")
+    report, trained = train_lm(
+        *engine.load_model(cpu, train=True), [PROSE] * 3, cfg, tmp_path / "ckpt"
+    )
     assert report.steps == 3 and report.tokens_seen > 0
     assert (tmp_path / "ckpt" / "adapter_model.safetensors").exists()
     assert not (
@@ -111,9 +113,14 @@ def test_train_lm_saves_an_adapter_that_changes_the_model(tiny_llama_dir, tmp_pa
     ids = tok(PROSE, return_tensors="pt")["input_ids"]
     with torch.no_grad():
         assert not torch.allclose(base(ids).logits, tuned(ids).logits)
+    # the trained model in memory is what its checkpoint loads to, bit for bit, in fp32 and eval
+    # mode: trained_checkpoint evaluates it without loading the base model and adapter again
+    kept, loaded = trained.state_dict(), tuned.state_dict()
+    assert kept.keys() == loaded.keys() and not trained.training
+    assert all(kept[k].dtype == torch.float32 and torch.equal(kept[k], loaded[k]) for k in kept)
     again = train_lm(
         *engine.load_model(cpu, train=True), [PROSE] * 3, cfg, tmp_path / "again"
-    )  # seeded
+    ).report  # seeded
     assert again.losses == report.losses
 
 
@@ -244,6 +251,12 @@ def test_every_variant_trains_evaluates_reports_and_audits(pipeline):
             continue
         assert result.success, variant
         metas[variant] = result.asset_materializations_for_node("trained_checkpoint")[0].metadata
+        if variant == "random":  # two seeds trained in this run, so neither is loaded again, and
+            # the second replays the blocks below its adapters from the first's evaluation
+            logs = [e.message for e in instance.all_logs(result.run_id) if e.message]
+            evals = [m for m in logs if m.startswith("evaluated in ")]
+            assert len(evals) == 2 and all("as trained, in memory" in m for m in evals), evals
+            assert ["replayed for" in m for m in evals] == [False, True], evals
 
     catalog = Catalog()
     ckpts = catalog.query(
@@ -299,7 +312,10 @@ def test_every_variant_trains_evaluates_reports_and_audits(pipeline):
     shared = rows.height - rows["version"].n_unique()
     logs = [e.message for e in instance.all_logs(run.run_id) if e.message]
     assert sum("evaluated earlier in this run" in m for m in logs) == shared
-    assert sum("evaluated in " in m for m in logs) == rows["version"].n_unique()
+    evals = [m for m in logs if m.startswith("evaluated in ")]
+    assert len(evals) == rows["version"].n_unique()
+    # checkpoints that exist are loaded; every evaluation after the first replays the bottom blocks
+    assert all("(loaded; bottom 1 blocks replayed" in m for m in evals[1:]), evals
     if "rule_filtered" in metas:
         assert out["arc-t|rule_filtered"] == "ok"
     else:

@@ -165,6 +165,17 @@ def quality_set():
     )
 
 
+def test_the_quality_set_is_built_once_per_process_and_arguments(quality_set):
+    from prox_assets.core.refiner_quality import _quality_set
+
+    hits = _quality_set.cache_info().hits
+    again = build_quality_set(
+        downloads_dir(), n_pages=8, n_news=4, n_clean=4, n_doc_pages=12, max_chars=8000
+    )
+    assert _quality_set.cache_info().hits == hits + 1  # the doc and chunk refiners' second call
+    assert again == quality_set and again.pages is not quality_set.pages  # a copy each
+
+
 class LabelEcho:
     """A refiner that writes exactly the gold program of every window it is shown, cut at
     ``max_new_tokens`` tokens like a real model's output: the perfect imitator, through the

@@ -65,3 +65,33 @@ def test_the_engine_loads_on_the_device_resources_device(tiny_llama_dir, tmp_pat
     tuned = engine.load_model(DeviceSettings(device="cpu"), adapter=tmp_path / "ckpt")
     backend = engine.serve(tuned, DeviceSettings(device="cpu"))
     assert backend.model is tuned.model and backend.loglikelihood(["The sky is"], [" blue"])[0] < 0
+
+
+def test_the_gguf_conversion_saves_the_dequantised_weights_with_the_head_tied(
+    tiny_llama_dir, tmp_path, monkeypatch
+):
+    """``convert_gguf`` copies the dequantised weights into a model built without random
+    initialisation: every weight is the GGUF model's, and the tied output head is the embedding
+    (saved once). The tiny Llama stands in for transformers' GGUF loading."""
+    import transformers
+    from safetensors.torch import load_file
+
+    from prox_resources.loader import convert_gguf
+
+    source = transformers.AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_llama_dir)
+    monkeypatch.setattr(
+        transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: source
+    )
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: tokenizer)
+    convert_gguf("unused", "unused.gguf", tmp_path / "converted")
+    monkeypatch.undo()
+
+    saved = load_file(tmp_path / "converted" / "model.safetensors")
+    expected = {k: v for k, v in source.state_dict().items() if k != "lm_head.weight"}
+    assert saved.keys() == expected.keys()  # the tied head is not saved a second time
+    assert all(torch.equal(saved[k], expected[k]) for k in expected)
+    model, _ = ModelEngine(model=str(tmp_path / "converted")).load_model(
+        DeviceSettings(device="cpu")
+    )
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()

@@ -341,13 +341,9 @@ def refine_shard(
     for key in store.list(parts + "/"):
         store.delete(key)
 
-    reasons = (
-        frame.filter(pl.col("status") == "dropped")["reason"].value_counts().rows()
-        if dropped
-        else []
-    )
+    reasons = _by_count(frame.filter(pl.col("status") == "dropped")["reason"]) if dropped else []
     failures = frame.filter(pl.col("status") == "error")
-    stages = failures["error"].str.extract(r"^(\w+):").value_counts().rows() if errored else []
+    stages = _by_count(failures["error"].str.extract(r"^(\w+):")) if errored else []
     examples = frame.filter(pl.col("kept") & (pl.col("lines_removed") > 0)).head(3)
     before = dict(raw.iter_rows())
     return PartitionOutcome(
@@ -576,3 +572,8 @@ def refined_pool_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
             dg.RunRequest(partition_key=version, run_key=f"pool:{version}:{newest.storage_id}")
         ]
     )
+
+
+def _by_count(values: pl.Series) -> list[tuple]:
+    """(value, count) rows, most frequent first, ties by value: the same table on every run."""
+    return sorted(values.value_counts().rows(), key=lambda r: (-r[1], str(r[0])))

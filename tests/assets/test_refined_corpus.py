@@ -332,3 +332,12 @@ def test_the_new_shards_sensor_asks_for_one_run_per_range_of_shards(prox_env, mo
             )
         )
         assert [r.partition_key for r in more.run_requests] == ["da-cb|s7"]
+
+
+def test_count_tables_order_ties_the_same_way_every_run():
+    import polars as pl
+
+    from prox_assets.refinement import _by_count
+
+    for order in (["b", "a", "b", "a", "c"], ["c", "a", "b", "b", "a"]):
+        assert _by_count(pl.Series(order)) == [("a", 2), ("b", 2), ("c", 1)]

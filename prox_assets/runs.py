@@ -149,10 +149,10 @@ def materialize_partitions(
             tags=tags,
         )
         took = time.monotonic() - started
-        metadata = materialization_metadata(current, result.run_id)
         failure = next((e for e in result.all_events if e.is_step_failure), None)
         if failure and failure.step_failure_data.error.cls_name == INTERRUPTED_ERROR:
             raise Interrupted(f"{asset}: run {result.run_id} stopped by a signal")
+        metadata = materialization_metadata(current, result.run_id)
         msg = failure.step_failure_data.error.message.strip() if failure else "run failed"
         shared = f" (one run of {len(keys)} partitions)" if len(keys) > 1 else ""
         for key in keys:

@@ -11,6 +11,7 @@ generation, influence, vllm_refine (default: all; vllm_refine needs vLLM).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -56,21 +57,14 @@ def training(config_dir: str) -> dict:
             cfg = TrainConfig(
                 method=method,
                 lora_layers=layers,
-                max_steps=2,
-                batch_size=16,
-                dtype=dtype,
-                warmup_steps=1,
-            )
-            run_training(model, enc, cfg, 0, device="cuda")  # warm-up: kernels, allocator
-            _sync()
-            cfg = TrainConfig(
-                method=method,
-                lora_layers=layers,
                 max_steps=10,
                 batch_size=16,
                 dtype=dtype,
                 warmup_steps=1,
             )
+            # warm-up: kernels, allocator
+            run_training(model, enc, dataclasses.replace(cfg, max_steps=2), 0, device="cuda")
+            _sync()
             t = time.perf_counter()
             report = run_training(model, enc, cfg, 0, device="cuda")
             _sync()
@@ -214,14 +208,15 @@ def influence(config_dir: str) -> dict:
 def vllm_refine(config_dir: str) -> dict:
     """``prox bench refine`` through vLLM: both refinement stages (the refined_corpus budgets) on
     real sample documents (``texts.json.gz`` beside MODEL_CONFIG_DIR: a JSON list of raw
-    documents, e.g. a PROX_HOME's raw corpus in random order), tokens/s on this GPU. The weights are random
-    (they cannot travel), saved once so that the transformers backend (the baseline, same
-    documents, same weights, same run) and vLLM serve the same model; with random weights most
+    documents, e.g. a PROX_HOME's raw corpus in random order), tokens/s on this GPU. The weights
+    are random (they cannot travel), saved once so that the transformers backend (the baseline:
+    same documents, same weights, same run; ``refine_benchmark`` reports vLLM's speed-up over it
+    and how often their programs agree) and vLLM serve the same model. With random weights most
     programs run to the token limit, so documents/s is a floor and tokens/s the figure."""
     import gzip
     import shutil
 
-    from prox_assets.benchmarks import program_agreement, refine_benchmark, refine_once
+    from prox_assets.benchmarks import refine_benchmark
     from prox_assets.core.chunking import DEFAULT_DOC_MAX_TOKENS, DEFAULT_WINDOW_TOKENS
     from prox_assets.core.refiner_training import FALLBACK_PROGRAM_TOKENS
     from prox_resources.backends import TransformersBackend, VLLMBackend
@@ -234,45 +229,33 @@ def vllm_refine(config_dir: str) -> dict:
         if not (weights / f.name).exists():
             shutil.copy(f, weights / f.name)
     sizes = (DEFAULT_DOC_MAX_TOKENS, DEFAULT_WINDOW_TOKENS, FALLBACK_PROGRAM_TOKENS)
-    small, large = texts[:64], texts[:1000]
+    out: dict = {}
+    engines: dict = {}
 
-    def summary(run: dict) -> dict:
-        return {
-            "seconds": round(run["seconds"], 2),
-            "documents_per_second": round(len(small) / run["seconds"], 2),
-            "tokens_per_second": round(run["tokens"] / run["seconds"]),
-            "generated_tokens_per_second": round(run["generated"] / run["seconds"]),
-            "windows": sum(len(r.windows) for r in run["chunk_runs"]),
-        }
+    def load(backend: str):
+        """refine_benchmark's ``load``: here its "dtypes" name backends, vLLM started once."""
+        if backend == "transformers":
+            tf = TransformersBackend(str(weights), "cuda", torch.bfloat16)
+            return tf, tf
+        if "vllm" not in engines:
+            # GPU_CHECK_VLLM_ATTENTION: another attention backend (e.g. TRITON_ATTN)
+            attention = os.environ.get("GPU_CHECK_VLLM_ATTENTION")
+            t = time.perf_counter()
+            engines["vllm"] = VLLMBackend(
+                str(weights),
+                dtype="bfloat16",
+                **({"attention_backend": attention} if attention else {}),
+            )
+            out["vllm_engine_start_s"] = round(time.perf_counter() - t, 1)
+            out["vllm_attention_backend"] = attention or "default"
+        return engines["vllm"], engines["vllm"]
 
-    out: dict = {"documents_small": len(small), "documents_large": len(large)}
-    t = time.perf_counter()
-    tf = TransformersBackend(str(weights), "cuda", torch.bfloat16)
-    refine_once(small[:1], tf, tf, *sizes[:2], 4, 2)  # warm-up
-    tf_run = refine_once(small, tf, tf, *sizes)
-    out["transformers_small"] = summary(tf_run) | {"wall_s": round(time.perf_counter() - t, 1)}
-    print("transformers", out["transformers_small"], flush=True)
-    del tf
-    torch.cuda.empty_cache()
-
-    t = time.perf_counter()
-    # GPU_CHECK_VLLM_ATTENTION: another attention backend (e.g. TRITON_ATTN) if the default fails
-    backend = os.environ.get("GPU_CHECK_VLLM_ATTENTION")
-    vb = VLLMBackend(
-        str(weights), dtype="bfloat16", **({"attention_backend": backend} if backend else {})
+    out["against_transformers"] = refine_benchmark(
+        texts[:64], load, *sizes, dtypes=("transformers", "vllm"), device="cuda"
     )
-    out["vllm_attention_backend"] = backend or "default"
-    out["vllm_engine_start_s"] = round(time.perf_counter() - t, 1)
-    refine_once(small[:1], vb, vb, *sizes[:2], 4, 2)  # warm-up
-    vllm_run = refine_once(small, vb, vb, *sizes)
-    out["vllm_small"] = summary(vllm_run)
-    out["vllm_over_transformers_tokens_per_second"] = round(
-        out["vllm_small"]["tokens_per_second"] / out["transformers_small"]["tokens_per_second"], 2
-    )
-    out["agreement_vllm_vs_transformers_random_weights"] = program_agreement(tf_run, vllm_run)
-    print("vllm small", out["vllm_small"], flush=True)
+    print("against transformers", json.dumps(out["against_transformers"]), flush=True)
     out["vllm_large"] = refine_benchmark(
-        large, lambda _dtype: (vb, vb), *sizes, dtypes=("bfloat16",), device="cuda"
+        texts[:1000], load, *sizes, dtypes=("vllm",), device="cuda"
     )
     return out
 

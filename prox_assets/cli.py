@@ -642,8 +642,24 @@ def _json_value(value):
     import decimal
 
     if isinstance(value, decimal.Decimal):
+        if not value.is_finite():
+            return str(value)
         return int(value) if value == value.to_integral_value() else float(value)
     return str(value)
+
+
+def _json_safe(value):
+    """JSON has no NaN or infinity: such floats are written as the strings "NaN", "Infinity",
+    "-Infinity" (what they would print as), everything else as it is."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 @main.command()
@@ -655,9 +671,14 @@ def catalog(sql: str, as_json: bool) -> None:
 
     from prox_resources.catalog import Catalog
 
+    try:
+        sql.encode("utf-8")
+    except UnicodeEncodeError:  # the shell handed bytes that are not UTF-8 (surrogate escapes)
+        raise click.ClickException("the SQL is not valid UTF-8") from None
     frame = Catalog().query_untrusted(sql)  # duckdb.Error: one line, through _Main
     if as_json:
-        click.echo(json.dumps(frame.to_dicts(), default=_json_value, ensure_ascii=False))
+        rows = _json_safe(frame.to_dicts())
+        click.echo(json.dumps(rows, default=_json_value, ensure_ascii=False, allow_nan=False))
         return
     with pl.Config(tbl_rows=50, tbl_cols=20, fmt_str_lengths=60):
         click.echo(frame)

@@ -18,7 +18,6 @@ import hashlib
 import os
 import re
 import shutil
-import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,7 +54,7 @@ from prox_assets.partition_runs import (
 from prox_assets.partitions import shard_partitions
 from prox_resources.catalog import Catalog, ParquetRows
 from prox_resources.device import CPU_STEP
-from prox_resources.settings import file_lock, lock_path
+from prox_resources.settings import file_lock, lock_path, owned_tempdir
 from prox_resources.store import ObjectStore
 
 
@@ -206,13 +205,31 @@ def ingest_shard(
 ) -> dict:
     """One partition of raw_corpus: its raw file, its catalog rows (documents, quarantine, counts)
     committed together, then the shard's stale raw files deleted; returns its metadata. Raises a
-    Failure, after recording the counts and quarantine, when nothing could be read."""
+    Failure, after recording the counts and quarantine, when nothing could be read.
+
+    Two ingestions of one shard (the sensor beside ``prox ingest --replace``, a backfill beside
+    either) run one after the other under the shard's lock: each one's write, commit and clean-up
+    happen while no other ingestion of the shard is between its write and its commit, so the
+    clean-up can never delete the file another run is about to name. The lock is this machine's
+    (``$PROX_HOME/locks``); workers on other machines share no lock, and there the clean-up still
+    keeps the file the catalog names at that moment."""
+    with file_lock(lock_path(f"ingest-{shard}"), timeout_s=SHARD_LOCK_TIMEOUT_S):
+        return _ingest_shard_locked(context, store, catalog, shard)
+
+
+# an ingestion waits this long for another ingestion of the same shard (a big file) before failing
+SHARD_LOCK_TIMEOUT_S = 6 * 3600.0
+
+
+def _ingest_shard_locked(
+    context: dg.AssetExecutionContext, store: ObjectStore, catalog: Catalog, shard: str
+) -> dict:
     tags = lineage(context, partition_key=shard)
-    source_file = incoming_file(store, shard)
+    source_file = incoming_file(store, shard)  # read under the lock: the newest upload wins
     context.log.info(f"{shard}: reading {store.uri(source_file)}")
     key = raw_run_key(shard, tags["run_id"])
 
-    with tempfile.TemporaryDirectory(prefix="prox-ingest-") as tmp:
+    with owned_tempdir("prox-ingest-") as tmp:
         index_path = os.path.join(tmp, "index.parquet")
         try:
             with store.open_read(source_file) as f, store.open_write(key) as out:
@@ -229,7 +246,7 @@ def ingest_shard(
         ingested = tally.n_ingested > 0
         _record(catalog, shard, source_file, tally, index_path if ingested else None, key, tags)
         stats = _index_stats(index_path) if ingested else None
-    _delete_stale_raw_files(store, shard, keep=key if ingested else None)
+    _delete_stale_raw_files(store, catalog, shard)
 
     if not ingested or stats is None:
         raise dg.Failure(
@@ -281,11 +298,14 @@ def duplicates_in_other_shards(catalog: Catalog, shard: str) -> Counter:
     return Counter(dict(catalog.named_query("shards_sharing_documents", shard=shard).rows()))
 
 
-def _delete_stale_raw_files(store: ObjectStore, shard: str, keep: str | None) -> None:
-    """Remove the raw files of ``shard`` other than ``keep`` (earlier or killed runs)."""
-    for stale in [*store.list(raw_prefix(shard)), legacy_raw_key(shard)]:  # and the old layout
-        if stale != keep:
-            store.delete(stale)
+def _delete_stale_raw_files(store: ObjectStore, catalog: Catalog, shard: str) -> None:
+    """Remove the raw files of ``shard`` that the catalog does not name now (earlier runs' files,
+    killed runs' orphans and half-written ``.tmp-`` files), under the shard's lock."""
+    current = raw_paths(catalog, [shard]).get(shard)
+    stale = [*store.list(raw_prefix(shard), temporary=True), legacy_raw_key(shard)]
+    for key in stale:  # and the old one-file layout
+        if key != current:
+            store.delete(key)
 
 
 def _record(

@@ -29,6 +29,7 @@ find a key (``raw_paths``) runs the catalog's named queries.
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING, Literal
 
 from prox_assets.core.names import validate_name
@@ -104,8 +105,21 @@ def refined_parts_prefix(version: str, shard: str) -> str:
     return f"{refined_prefix(version)}{_PARTS}/{shard}"
 
 
-def refined_part_key(version: str, shard: str, batch: int, n_batches: int) -> str:
-    return f"{refined_parts_prefix(version, shard)}/part-{batch:05d}-of-{n_batches:05d}.parquet"
+def refined_part_key(version: str, shard: str, batch: int, n_batches: int, inputs: str) -> str:
+    """One batch's rows; ``inputs`` is the digest of what made them (``inputs_digest``), so a
+    resumed run reuses a part only when its documents and settings are the same."""
+    return (
+        f"{refined_parts_prefix(version, shard)}/"
+        f"part-{batch:05d}-of-{n_batches:05d}-{inputs}.parquet"
+    )
+
+
+def inputs_digest(doc_ids: list[str], settings: str) -> str:
+    """A short digest of a batch's document ids (content hashes) and the settings that refine it."""
+    h = hashlib.sha256(settings.encode())
+    for doc_id in doc_ids:
+        h.update(b"\0" + doc_id.encode())
+    return h.hexdigest()[:16]
 
 
 def refined_shard_keys(store: ObjectStore, version: str) -> list[str]:

@@ -23,7 +23,7 @@ once for all of them; a shard that fails does not stop the others (``partition_r
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass
 
 import dagster as dg
 import polars as pl
@@ -34,6 +34,7 @@ from prox_assets.core.refiner_training import FALLBACK_PROGRAM_TOKENS
 from prox_assets.core.scoring import seed_sample
 from prox_assets.ingest import raw_corpus, raw_key
 from prox_assets.layout import (
+    inputs_digest,
     pool_manifest_key,
     refined_key,
     refined_part_key,
@@ -253,6 +254,18 @@ def refined_corpus(
     return materialize_each(context, refine)
 
 
+def _part_settings(config: RefineConfig, pair: RefinerPair) -> str:
+    """Everything besides the documents that decides a part's rows (the sample's own settings are
+    covered by the documents themselves)."""
+    return repr(
+        (
+            config.doc_max_new_tokens,
+            config.chunk_max_new_tokens,
+            astuple(pair),
+        )
+    )
+
+
 def refine_shard(
     context: dg.AssetExecutionContext,
     config: RefineConfig,
@@ -279,9 +292,26 @@ def refine_shard(
     raw = raw.sort("doc_id")  # a fixed order makes batch k the same documents on every attempt
     n_batches = (raw.height + config.batch_docs - 1) // config.batch_docs
     parts = refined_parts_prefix(version, shard)
+    # A part is named by what made it (its documents, the refiners and the generation settings),
+    # not by its position only: a run resumed after the shard was re-ingested, or with another
+    # sample or budget, recomputes every batch whose inputs changed instead of reusing a part of
+    # documents that are no longer in the shard.
+    settings = _part_settings(config, pair)
+    part_keys = [
+        refined_part_key(
+            version,
+            shard,
+            b,
+            n_batches,
+            inputs_digest(
+                raw["doc_id"].slice(b * config.batch_docs, config.batch_docs).to_list(), settings
+            ),
+        )
+        for b in range(n_batches)
+    ]
     started, done_now = time.monotonic(), 0
     for b in range(n_batches):
-        part = refined_part_key(version, shard, b, n_batches)
+        part = part_keys[b]
         if store.exists(part):
             context.log.info(f"batch {b + 1}/{n_batches}: done by an earlier attempt, skipped")
             continue
@@ -302,12 +332,7 @@ def refine_shard(
     took = time.monotonic() - started
 
     frame = (
-        pl.concat(
-            [
-                _conform(store.read_parquet(refined_part_key(version, shard, b, n_batches)))
-                for b in range(n_batches)
-            ]
-        )
+        pl.concat([_conform(store.read_parquet(part)) for part in part_keys])
         if n_batches
         else pl.DataFrame(schema=ROW_SCHEMA)
     )

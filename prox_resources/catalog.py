@@ -52,6 +52,7 @@ import json
 import os
 import random
 import re
+import shutil
 import threading
 import time
 import urllib.parse
@@ -71,6 +72,7 @@ from prox_resources.settings import (
     catalog_path,
     catalog_url,
     is_ducklake,
+    owned_tempdir,
 )
 
 LAKE = "lake"  # the name a DuckLake catalog is attached under; queries name tables unqualified
@@ -638,12 +640,17 @@ class CatalogCore:
             return _frame(con.sql(sql, params=params or None).to_arrow_table())
 
     def query_untrusted(self, sql: str) -> pl.DataFrame:
-        """SQL typed by a person (``prox catalog``): on a read-only connection with DuckDB's file
-        and network access off (no ``COPY ... TO``, ``read_text('/any/file')``, ``ATTACH``,
-        extension loading) and the configuration locked so that the query cannot turn it back on.
-        On DuckLake the data files' folder stays readable, so the statements must also be
-        queries (select, show, describe, summarize; no copy or export, which could write there)
-        calling no ``ducklake_*`` or ``postgres_*`` function.
+        """SQL typed by a person (``prox catalog``), which must be unable to write anything anywhere.
+
+        Three walls, each enough for what it covers: DuckDB's own parser admits queries only
+        (select, show, describe, summarize: no COPY, EXPORT, ATTACH, SET, PRAGMA, CHECKPOINT,
+        INSTALL or write; DuckDB lets ``COPY ... TO`` write the database's own file and WAL even
+        with external access off), the connection is read-only, and file and network access are
+        off with the configuration locked. On DuckLake the data files' folder stays readable and
+        queries may call no ``ducklake_*`` or ``postgres_*`` function.
+
+        Embedded, the query runs on a snapshot copied under the shared lock, so a long query
+        never holds up a writer (DuckDB admits one writing process or many readers per file).
         Raises ``duckdb.Error`` for bad or refused SQL."""
         if self.is_ducklake:
             self._lake()  # created and migrated: a read-only attach cannot do either
@@ -654,17 +661,100 @@ class CatalogCore:
                 return self._untrusted(con, sql)
             finally:
                 con.close()
-        with self.read() as con:
-            return self._untrusted(con, sql)
+        with (
+            duckdb.connect() as parser
+        ):  # parse before touching the catalog: refused SQL costs nothing
+            _refuse_writing_statements(parser, sql)
+        with self._snapshot() as copy:
+            con = duckdb.connect(str(copy), read_only=True)
+            try:
+                return self._untrusted(con, sql)
+            finally:
+                con.close()
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[Path]:
+        """A private copy of the embedded database (and its WAL), taken under the shared lock and
+        deleted afterwards; a killed reader's copy is deleted by the next one (``owned_tempdir``)."""
+        if not self.db_path.exists():
+            with self.write():
+                pass
+        with owned_tempdir("prox-catalog-snapshot-") as folder:
+            copy = Path(folder) / "catalog.duckdb"
+            with self._locked(exclusive=False):
+                shutil.copyfile(self.db_path, copy)
+                wal = Path(f"{self.db_path}.wal")
+                if wal.exists():
+                    shutil.copyfile(wal, f"{copy}.wal")
+            yield copy
 
     @staticmethod
     def _untrusted(con: duckdb.DuckDBPyConnection, sql: str) -> pl.DataFrame:
         con.execute(session_command("no_external_access"))
         con.execute(session_command("lock_configuration"))
         relation = con.sql(sql)
-        if relation is None:  # a statement without a result (CHECKPOINT, a PRAGMA, ...)
+        if relation is None:  # a statement without a result
             return pl.DataFrame()
-        return _frame(relation.to_arrow_table())
+        table = relation.to_arrow_table()
+        if all(_fits_polars(table.column(i)) for i in range(table.num_columns)):
+            return _frame(table)
+        # a value polars cannot hold or print (INTERVAL, UNION, infinite or far timestamps...):
+        # those columns as DuckDB's own text, the others as they are, rather than a traceback
+        columns = []
+        for i, name in enumerate(relation.columns):
+            quoted = '"' + name.replace('"', '""') + '"'
+            fits = _fits_polars(table.column(i))
+            columns.append(quoted if fits else f"CAST({quoted} AS VARCHAR) AS {quoted}")
+        return _frame(relation.project(", ".join(columns)).to_arrow_table())
+
+
+def _fits_polars(column) -> bool:
+    """Whether polars can hold this Arrow column and print each value: a type it has, and dates
+    and times within years 1-9999 (DuckDB's infinities are int64 extremes, on which polars panics
+    when printing)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        pl.from_arrow(pa.table({"c": column}))
+    except (pl.exceptions.PolarsError, ValueError, OverflowError, TypeError):
+        return False
+    kind = column.type
+    per_day = (
+        86_400 * {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[kind.unit]
+        if pa.types.is_timestamp(kind)
+        else 1
+        if pa.types.is_date32(kind)
+        else 86_400_000
+        if pa.types.is_date64(kind)
+        else None
+    )
+    if per_day is not None:
+        storage = pa.int32() if pa.types.is_date32(kind) else pa.int64()
+        extremes = pc.min_max(column.cast(storage))
+        lo, hi = extremes["min"].as_py(), extremes["max"].as_py()
+        # days from 1970-01-01 to year 1 and to 9999-12-31
+        return lo is None or (-719_162 * per_day <= lo and hi <= 2_932_896 * per_day)
+    if pa.types.is_nested(kind):  # a struct or list may hold such a value inside: as text
+        return not any(pa.types.is_timestamp(t) or pa.types.is_date(t) for t in _leaf_types(kind))
+    return True
+
+
+def _leaf_types(kind) -> Iterator:
+    import pyarrow as pa
+
+    if pa.types.is_struct(kind):
+        for i in range(kind.num_fields):
+            yield from _leaf_types(kind.field(i).type)
+    elif (
+        pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
+    ):
+        yield from _leaf_types(kind.value_type)
+    elif pa.types.is_map(kind):
+        yield from _leaf_types(kind.key_type)
+        yield from _leaf_types(kind.item_type)
+    else:
+        yield kind
 
 
 def _function_names(node) -> Iterator[str]:
@@ -683,6 +773,11 @@ def _refuse_writing_statements(con: duckdb.DuckDBPyConnection, sql: str) -> None
     """Refuse anything but queries, and queries calling DuckLake's or PostgreSQL's functions
     (DuckDB's own parser decides: a statement it cannot serialise as a query is not one)."""
     for statement in con.extract_statements(sql):
+        if statement.type != duckdb.StatementType.SELECT:
+            raise duckdb.PermissionException(
+                f"Permission Error: {statement.type.name} refused: the catalog answers queries only "
+                "(SELECT, SHOW, DESCRIBE, SUMMARIZE)"
+            )
         tree = json.loads(
             con.execute(query_text("statement_tree"), {"statement": statement.query}).fetchall()[0][
                 0
@@ -690,7 +785,7 @@ def _refuse_writing_statements(con: duckdb.DuckDBPyConnection, sql: str) -> None
         )
         if tree.get("error"):
             raise duckdb.PermissionException(
-                f"Permission Error: {statement.type.name} refused: a DuckLake catalog answers queries only"
+                f"Permission Error: {statement.type.name} refused: the catalog answers queries only"
             )
         for name in _function_names(tree):
             if name.lower().startswith(UNTRUSTED_FUNCTION_PREFIXES):

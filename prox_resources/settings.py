@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -372,6 +373,31 @@ def file_lock(path: Path, timeout_s: float = 600.0) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+@contextmanager
+def owned_tempdir(prefix: str) -> Iterator[str]:
+    """A temporary folder ``$TMPDIR/<prefix><pid>-<random>``, deleted on exit.
+
+    A process killed with SIGKILL cannot delete its folder, so each call first deletes the folders
+    of ``prefix`` whose process is gone: a killed run's leftovers last until the next run."""
+    root = tempfile.gettempdir()
+    for name in os.listdir(root):
+        pid = name[len(prefix) :].split("-", 1)[0] if name.startswith(prefix) else ""
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-") as folder:
+        yield folder
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def lock_path(name: str) -> Path:

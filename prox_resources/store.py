@@ -87,8 +87,10 @@ class ObjectStore(dg.ConfigurableResource):
     def exists(self, key: str) -> bool:
         return self.fs.exists(self.path(key))
 
-    def list(self, prefix: str) -> list[str]:
-        """Keys of finished objects under ``prefix`` (temporary files excluded), sorted."""
+    def list(self, prefix: str, temporary: bool = False) -> list[str]:
+        """Keys of finished objects under ``prefix``, sorted; with ``temporary``, the ``.tmp-``
+        files of writes in progress or killed too (for a clean-up that knows none is in
+        progress)."""
         base = self.path(prefix).rstrip("/")
         if not self.fs.exists(base):
             return []
@@ -96,7 +98,7 @@ class ObjectStore(dg.ConfigurableResource):
         keys = []
         for p in self.fs.find(base):
             name = p.rsplit("/", 1)[-1]
-            if not name.startswith(TMP_PREFIX):
+            if temporary or not name.startswith(TMP_PREFIX):
                 keys.append(p[len(root) + 1 :] if p.startswith(root) else p)
         return sorted(keys)
 

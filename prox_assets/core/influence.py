@@ -52,9 +52,10 @@ def make_batch(
     tokenizer, prompts: Sequence[str], answers: Sequence[str] | None, max_len: int
 ) -> TokenBatch:
     """Loss on ``answers`` tokens when given (target examples), else on every token (pool).
-    A long prompt is cut from the left so that the whole answer fits; an answer longer than
-    ``max_len`` keeps its first ``max_len - 1`` tokens after one prompt token (the first token
-    of a sequence has no loss: nothing predicts it)."""
+    A long prompt is cut from the left so that the whole answer fits, but keeps at least its last
+    ``max_len // 2`` tokens: when both are long, the answer keeps its first ``max_len - max_len //
+    2`` tokens. (Before, a long answer left its prompt one token, so the loss measured the answer
+    without the question.)"""
     rows = []
     for i, prompt in enumerate(prompts):
         p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -62,8 +63,9 @@ def make_batch(
             ids = p[:max_len]
             labels = list(ids)
         else:
-            a = tokenizer(answers[i], add_special_tokens=False)["input_ids"][: max_len - 1]
-            p = p[-(max_len - len(a)) :] if p else p
+            a = tokenizer(answers[i], add_special_tokens=False)["input_ids"]
+            keep = min(len(p), max(max_len - len(a), max_len // 2))
+            p, a = p[len(p) - keep :], a[: max_len - keep]
             ids, labels = p + a, [-100] * len(p) + a
         rows.append((ids, labels))
     width = max(1, max(len(r[0]) for r in rows))

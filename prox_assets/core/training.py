@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import statistics
 import time
@@ -59,14 +60,22 @@ def checkpoint_version(
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
+MAX_REPEATS = 8  # the most times one document is repeated, however skewed its weight
+
+
 def repeat_counts(weights: Sequence[float]) -> list[int]:
     """Integer repetitions proportional to ``weights`` with the smallest weight repeated once
-    (uniform weights: each document once)."""
-    positive = [w for w in weights if w > 0]
+    (uniform weights: each document once), and none more than ``MAX_REPEATS`` times: weights
+    below ``1/MAX_REPEATS`` of the largest count once. Simplex weights can span many orders of
+    magnitude (one at 1e-9 of another), which unbounded would repeat a document 1e9 times."""
+    positive = [w for w in weights if w > 0 and math.isfinite(w)]
     if not positive:
         return [0] * len(weights)
-    low = min(positive)
-    return [max(1, round(w / low)) if w > 0 else 0 for w in weights]
+    low = max(min(positive), max(positive) / MAX_REPEATS)
+    return [
+        min(MAX_REPEATS, max(1, round(w / low))) if w > 0 and math.isfinite(w) else 0
+        for w in weights
+    ]
 
 
 def pack_documents(

@@ -11,7 +11,9 @@ import polars as pl
 import pytest
 
 from prox_assets.ingest import raw_key
+from prox_assets.layout import inputs_digest
 from prox_assets.partitions import refiner_version_partitions, shard_partitions
+from prox_assets.refinement import RefineConfig, _part_settings, refiner_pair
 from prox_assets.servers import Server, free_port, wait_http
 from prox_resources.catalog import Catalog
 from prox_resources.settings import REPO_ROOT
@@ -53,12 +55,25 @@ def test_refine_resume_and_counts(pipeline):
     assert first.success
     full = store.read_parquet(f"refined/{v1}/clean-00.parquet")
     marker = full.head(4).with_columns(doc_program=pl.lit("from an earlier attempt"))
-    store.write_parquet(f"{parts}/part-00000-of-00002.parquet", marker)
+    config = RefineConfig(**{**REFINE, "max_docs": 8})
+    settings = _part_settings(config, refiner_pair(Catalog(), v1))
+    digest = inputs_digest(marker["doc_id"].to_list(), settings)
+    store.write_parquet(f"{parts}/part-00000-of-00002-{digest}.parquet", marker)
+    # a part of the same position made from other documents (the shard re-ingested, another
+    # sample) or other settings is not the batch's: it is recomputed, never mixed in
+    stranger = full.tail(4).with_columns(
+        doc_id=pl.Series([f"{i:064x}" for i in range(4)]), doc_program=pl.lit("of other documents")
+    )
+    other = inputs_digest(stranger["doc_id"].to_list(), settings)
+    store.write_parquet(f"{parts}/part-00001-of-00002-{other}.parquet", stranger)
+    store.write_parquet(f"{parts}/part-00001-of-00002.parquet", stranger)  # the old naming
     again = refine(instance, v1, "clean-00", max_docs=8)
     logs = [e.message for e in instance.all_logs(again.run_id) if e.message]
-    assert any("done by an earlier attempt, skipped" in m for m in logs)
+    assert sum("done by an earlier attempt, skipped" in m for m in logs) == 1
     redone = store.read_parquet(f"refined/{v1}/clean-00.parquet")
     assert (redone.head(4)["doc_program"] == "from an earlier attempt").all() and redone.height == 8
+    assert "of other documents" not in redone["doc_program"].to_list()
+    assert redone["doc_id"].n_unique() == 8
 
 
 def _more_shards(instance, store, n: int) -> list[str]:

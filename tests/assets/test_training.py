@@ -19,6 +19,7 @@ from prox_assets.core.evaluation import (
 from prox_assets.core.quality_filters import rule_filter
 from prox_assets.core.report import comparisons, summarize
 from prox_assets.core.training import (
+    MAX_REPEATS,
     checkpoint_version,
     pack_documents,
     repeat_counts,
@@ -53,6 +54,9 @@ def test_packing_repeats_by_weight_and_respects_the_window(tiny_llama_dir):
 
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     assert repeat_counts([2.0, 2.0, 4.0, 0.0]) == [1, 1, 2, 0]
+    # simplex weights spanning orders of magnitude: bounded, still ordered (was [1, 10**9])
+    assert repeat_counts([1e-9, 1.0]) == [1, MAX_REPEATS]
+    assert repeat_counts([1e-9, 0.5, 1.0, float("nan")]) == [1, MAX_REPEATS // 2, MAX_REPEATS, 0]
     texts = [PROSE, "A short second document about rivers and walks and the light of the evening."]
     once = pack_documents(tok, texts, 32)
     twice = pack_documents(tok, texts, 32, weights=[2.0, 1.0])

@@ -517,9 +517,9 @@ def test_catalog_is_read_only_without_file_access(tmp_path):
         (f"COPY (SELECT * FROM documents) TO '{target}'", "Permission Error"),
         (f"SELECT * FROM read_text('{secret}')", "Permission Error"),
         (f"ATTACH '{tmp_path / 'other.duckdb'}' AS o", "Permission Error"),
-        ("SET enable_external_access = true", "configuration"),
+        ("SET enable_external_access = true", "Permission Error"),
         (f"SELECT 1; COPY (SELECT 1) TO '{target}'", "Permission Error"),
-        ("DELETE FROM documents", "read-only"),
+        ("DELETE FROM documents", "Permission Error"),
         ("INSTALL httpfs", "Permission Error"),
         ("SELEC 1", "syntax error"),
         ("SELECT * FROM no_such_table", "no_such_table"),
@@ -528,6 +528,173 @@ def test_catalog_is_read_only_without_file_access(tmp_path):
         assert "SECRET" not in line
     assert tree(tmp_path, skip=home) == before and not target.exists()
     assert query(home, "SELECT count(*) AS n FROM documents") == [{"n": 1}]
+
+
+# --- hardening round 3 (issue 32), items 1, 9, 10: the catalog command writes nothing, blocks
+# nothing, and answers every query with rows or one line --------------------------------------
+def test_catalog_cannot_overwrite_its_own_database_or_wal(tmp_path):
+    """DuckDB lets COPY ... TO write the database's own file and WAL even with external access
+    off: before the fix this exited 0 and left a catalog that no command could open again."""
+    home = tmp_path / "home"
+    prox(home, "ingest", jsonl(tmp_path / "data" / "c.jsonl", "one document here"))
+    db = home / "catalog.duckdb"
+    before = db.read_bytes()
+    for target in (db, Path(f"{db}.wal")):
+        for sql in (
+            f"COPY (SELECT 1) TO '{target}' (FORMAT csv, USE_TMP_FILE false)",
+            f"COPY (SELECT 1) TO '{target}' (FORMAT csv)",
+            f"EXPORT DATABASE '{tmp_path / 'export'}'",
+            "CHECKPOINT",
+            f"PRAGMA database_size; COPY (SELECT 1) TO '{target}'",
+        ):
+            one_line_error(prox(home, "catalog", sql, check=False), "catalog:", "refused")
+    assert db.read_bytes() == before and not Path(f"{db}.wal").exists()
+    assert not (tmp_path / "export").exists()
+    assert query(home, "SELECT count(*) AS n FROM documents") == [{"n": 1}]
+    # what a person reads with stays allowed
+    assert query(home, "SHOW TABLES") and query(home, "DESCRIBE documents")
+    assert query(home, "SUMMARIZE documents")
+
+
+def test_catalog_prints_every_type_and_json_stays_json(tmp_path):
+    home = tmp_path / "home"
+    prox(home, "ingest", jsonl(tmp_path / "data" / "c.jsonl", "one document here"))
+    odd = (
+        "SELECT INTERVAL 3 DAY AS i, union_value(k := 1) AS u, 'infinity'::TIMESTAMP AS t, "
+        "'-infinity'::DATE AS d, 'nan'::DOUBLE AS nan, 'inf'::DOUBLE AS inf, "
+        "'-inf'::FLOAT AS ninf, [1.0, 'nan'::DOUBLE] AS l, {'x': 'inf'::DOUBLE} AS s"
+    )
+    shown = prox(home, "catalog", odd)
+    assert "Traceback" not in shown.stderr and "3 days" in shown.stdout
+    rows = json.loads(prox(home, "catalog", "--json", odd).stdout)  # strict: no NaN/Infinity
+    assert rows[0]["nan"] == "NaN" and rows[0]["inf"] == "Infinity"
+    assert rows[0]["ninf"] == "-Infinity" and rows[0]["l"] == [1.0, "NaN"]
+    assert rows[0]["s"] == {"x": "Infinity"} and "3" in str(rows[0]["i"])
+    not_utf8 = subprocess.run(
+        [BIN / "prox", "catalog", b"SELECT '\xff'"],
+        cwd=REPO_ROOT,
+        env=_env(home),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    one_line_error(not_utf8, "UTF-8")
+
+
+def test_a_long_catalog_query_blocks_no_ingestion_and_a_killed_one_leaves_nothing(tmp_path):
+    """Before the fix a 40 s query held an ingestion's commit for 40 s: the query held the shared
+    lock that the writer needs exclusively. It now reads a snapshot and holds nothing."""
+    import signal
+    import time
+
+    home = tmp_path / "home"
+    scratch = tmp_path / "tmpdir"
+    scratch.mkdir()
+    env = _env(home, TMPDIR=str(scratch))
+    prox(home, "ingest", jsonl(tmp_path / "data" / "a.jsonl", "first shard"), env=env)
+    slow = subprocess.Popen(
+        [BIN / "prox", "catalog", "SELECT sum(hash(i)) FROM range(100000000000) t(i)"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not list(scratch.glob("prox-catalog-snapshot-*/catalog.duckdb")):
+            assert slow.poll() is None and time.monotonic() < deadline, "the query never started"
+            time.sleep(0.2)
+        time.sleep(2.0)  # the snapshot is taken, the query runs
+        started = time.monotonic()
+        prox(home, "ingest", jsonl(tmp_path / "data" / "b.jsonl", "second shard"), env=env)
+        took = time.monotonic() - started
+        assert slow.poll() is None, "the query ended before the ingestion: make it longer"
+        print(f"ingestion beside a running catalog query: {took:.1f} s")
+    finally:
+        slow.send_signal(signal.SIGKILL)
+        slow.wait()
+    assert query(home, "SELECT count(*) AS n FROM documents") == [{"n": 2}]
+    # the killed query's snapshot is deleted by the next reader
+    prox(home, "catalog", "SELECT 1", env=env)
+    assert not list(scratch.iterdir())
+
+
+# --- hardening round 3 (issue 32), items 2 and 4: ingestions of one shard never lose its data, and
+# a killed one leaks nothing ------------------------------------------------------------------
+def test_two_ingestions_of_one_shard_at_once_keep_the_file_the_catalog_names(tmp_path):
+    """Both runs wrote their raw file before either committed (a reader held the catalog's lock);
+    each then deleted the other's file, and the catalog ended naming a deleted one."""
+    import fcntl
+    import time
+
+    home = tmp_path / "home"
+    data = jsonl(tmp_path / "data" / "twice.jsonl", *(f"document number {i}" for i in range(30)))
+    prox(home, "ingest", "--no-run", data)
+    raw = home / "store" / "raw" / "twice"
+    lock = os.open(home / "catalog.duckdb.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(lock, fcntl.LOCK_SH)  # as a long reader did: writers wait at their commit
+    procs = [
+        subprocess.Popen(
+            [BIN / "prox", "ingest", data],
+            cwd=REPO_ROOT,
+            env=_env(home),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    try:
+        deadline = time.monotonic() + 240
+        while not list(raw.glob("*.parquet")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(8.0)  # time for the second run to write its file too, were it not waiting
+    finally:
+        os.close(lock)
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, out + err
+    named = query(home, "SELECT raw_path FROM ingestions WHERE shard = 'twice'")[0]["raw_path"]
+    assert (home / "store" / named).is_file(), f"the catalog names a deleted file: {named}"
+    assert [p.name for p in raw.iterdir()] == [Path(named).name]
+    assert query(home, "SELECT count(*) AS n FROM documents WHERE raw_path = '" + named + "'") == [
+        {"n": 30}
+    ]
+
+
+def test_a_killed_ingestion_leaves_nothing_once_the_shard_is_ingested_again(tmp_path):
+    import signal
+    import time
+
+    home = tmp_path / "home"
+    scratch = tmp_path / "tmpdir"
+    scratch.mkdir()
+    env = _env(home, TMPDIR=str(scratch))
+    big = tmp_path / "data" / "big-00.jsonl"
+    big.parent.mkdir(parents=True)
+    line = json.dumps({"text": "A line of ordinary prose for the ingest to read.\n" * 40})
+    big.write_text((line + "\n") * 30_000)  # ~60 MB: seconds of writing once the step starts
+    raw = home / "store" / "raw" / "big-00"
+    proc = subprocess.Popen(
+        [BIN / "prox", "ingest", big],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while not list(raw.glob(".tmp-*")):
+        assert proc.poll() is None and time.monotonic() < deadline, "no write was caught"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list(raw.glob(".tmp-*")) and list(scratch.glob("prox-ingest-*"))  # what kill -9 leaves
+    big.write_text(json.dumps({"text": "now a small file"}) + "\n")
+    prox(home, "ingest", "--replace", big, env=env)
+    named = query(home, "SELECT raw_path FROM ingestions WHERE shard = 'big-00'")[0]["raw_path"]
+    assert [p.name for p in raw.iterdir()] == [Path(named).name]
+    assert not list(scratch.glob("prox-ingest-*"))
 
 
 @pytest.mark.slow

@@ -53,8 +53,8 @@ def make_batch(
 ) -> TokenBatch:
     """Loss on ``answers`` tokens when given (target examples), else on every token (pool).
     A long prompt is cut from the left so that the whole answer fits, but keeps at least its last
-    ``max_len // 2`` tokens: when both are long, the answer keeps its first ``max_len - max_len //
-    2`` tokens. (Before, a long answer left its prompt one token, so the loss measured the answer
+    ``max_len // 4`` tokens: when both are long, the answer keeps its first ``max_len - max_len //
+    4`` tokens. (Before, a long answer left its prompt one token, so the loss measured the answer
     without the question.)"""
     rows = []
     for i, prompt in enumerate(prompts):
@@ -64,7 +64,7 @@ def make_batch(
             labels = list(ids)
         else:
             a = tokenizer(answers[i], add_special_tokens=False)["input_ids"]
-            keep = min(len(p), max(max_len - len(a), max_len // 2))
+            keep = min(len(p), max(max_len - len(a), max_len // 4))
             p, a = p[len(p) - keep :], a[: max_len - keep]
             ids, labels = p + a, [-100] * len(p) + a
         rows.append((ids, labels))

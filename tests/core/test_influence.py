@@ -177,10 +177,11 @@ def test_make_batch_keeps_the_whole_answer():
     assert (
         b.labels[0] != -100
     ).sum() == 20 and b.attention_mask.sum() == 32  # prompt cut from the left
-    # a long answer no longer leaves its question one token: half the window stays the prompt's
+    # a long answer no longer leaves its question one token: a quarter of the window stays the
+    # prompt's
     long = make_batch(Tok(), ["q" * 50], ["a" * 100], max_len=32)
-    assert (long.labels[0] == -100).sum() == 16 and (long.labels[0] != -100).sum() == 16
-    assert long.input_ids[0, :16].tolist() == [1 + ord("q") % 96] * 16
+    assert (long.labels[0] == -100).sum() == 8 and (long.labels[0] != -100).sum() == 24
+    assert long.input_ids[0, :8].tolist() == [1 + ord("q") % 96] * 8
     # a short prompt and a long answer: the whole prompt, the answer's start
     short = make_batch(Tok(), ["qq"], ["a" * 100], max_len=32)
     assert (short.labels[0] == -100).sum() == 2 and short.attention_mask.sum() == 32

@@ -1,0 +1,509 @@
+"""Labels from many sites: real HTML manuals built by different generators, themes and domains,
+each page's main-content text labelled line by line from the page's own structure.
+
+A page's text is what resiliparse's main-content extraction leaves of it (the ingest settings,
+``main_content=True``): what FineWeb-style corpora hold and what a refiner has to clean. Gold is
+structural: each site names the element(s) that hold a page's body (``body``) and the navigation
+its generator puts inside them (``drop``); the body's own extraction is the gold text, and a page
+line is *body* where it aligns with a gold line (``difflib`` on stripped lines, in order, as
+``real_pairs.aligned_labels`` does for the Python docs), *noise* elsewhere.
+
+Second opinions, where they exist:
+
+- **the source text** the page was built from (reStructuredText ``_sources``, AsciiDoc ``.txt``):
+  a line's word trigrams against it, as ``real_pairs.trigram_labels``;
+- **the site's template**: a line whose normalised text occurs on at least ``TEMPLATE_SHARE`` of
+  the site's pages (and on at least 3 of them) is boilerplate by repetition.
+
+Repair: a body line that the template opinion calls boilerplate *and* that is structural noise on
+most pages where it occurs is noise (template text that a generator also put inside the body
+element, e.g. a repeated footer or a "Navigation" heading). The opposite direction is not repaired:
+a noise line that the source also contains is mostly a heading repeated in navigation (breadcrumbs,
+"Next: ...", local tables of contents), so the structure stands there; those disagreements are
+counted (``source_disagreed``) and left for audit.
+
+The output has ``real_pairs.Pair``'s shape (``domain`` is the site's name), so code written for the
+Python docs takes any site. Missing packages are reported by ``missing_reason``, never raised.
+
+Run ``python -m prox_assets.core.site_pages`` for the per-site table (pages, lines, noise share
+left after extraction, how gold was made, how often the second opinion disagreed).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import sys
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from prox_assets.core.chunking import split_lines
+from prox_assets.core.ingest import extract_text
+from prox_assets.core.real_pairs import (
+    _LINK,
+    _TAG,
+    Labels,
+    Pair,
+    _lf,
+    pydocs_keep,
+    trigram_labels,
+)
+
+if TYPE_CHECKING:
+    from resiliparse.parse.html import DOMNode, ElementNode, HTMLTree
+
+TEMPLATE_SHARE = 0.3
+TEMPLATE_MIN_PAGES = 3
+_SPACE = re.compile(r"\s+")
+_WORD = re.compile(r"\w+")
+
+
+@dataclass(frozen=True)
+class Site:
+    name: str
+    package: str  # the Debian package that ships the pages (deploy/setup.sh installs it)
+    root: Path
+    pages: tuple[str, ...]  # globs under root
+    generator: str
+    theme: str
+    domain: str
+    licence: str
+    body: str  # CSS selector of the element(s) that hold a page's body
+    drop: str = ""  # CSS selector of navigation the generator puts inside the body element
+    source: str = ""  # a page's source text, relative to root ({rel}: the page path sans .html)
+    skip: tuple[str, ...] = ()  # globs of files that are not pages (assets, search results)
+
+
+SITES: tuple[Site, ...] = (
+    Site(
+        "pydocs",
+        "python3.11-doc",
+        Path("/usr/share/doc/python3.11/html"),
+        ("**/*.html",),
+        "Sphinx 5",
+        "python-docs-theme",
+        "programming language",
+        "PSF-2.0",
+        body='div[role="main"]',
+        source="_sources/{rel}.rst.txt",
+        skip=("_*",),
+    ),
+    Site(
+        "flask",
+        "python-flask-doc",
+        Path("/usr/share/doc/python-flask-doc/html"),
+        ("**/*.html",),
+        "Sphinx 5",
+        "pallets (flask)",
+        "web framework",
+        "BSD-3-clause",
+        body='div.body[role="main"]',
+        source="_sources/{rel}.rst.txt",
+        skip=("_*",),
+    ),
+    Site(
+        "csvkit",
+        "csvkit-doc",
+        Path("/usr/share/doc/csvkit/html"),
+        ("**/*.html",),
+        "Sphinx 5",
+        "sphinx_rtd_theme",
+        "data tools (CLI)",
+        "Expat",
+        body='div[itemprop="articleBody"]',
+        source="_sources/{rel}.rst.txt",
+        skip=("_*",),
+    ),
+    Site(
+        "mkdocs",
+        "mkdocs-doc",
+        Path("/usr/share/doc/mkdocs/html"),
+        ("**/*.html",),
+        "MkDocs 1.4",
+        "mkdocs (Bootstrap 4)",
+        "documentation tooling",
+        "BSD-2-clause",
+        body='div[role="main"]',
+    ),
+    Site(
+        "git",
+        "git-doc",
+        Path("/usr/share/doc/git-doc"),
+        ("*.html", "howto/*.html", "technical/*.html"),
+        "AsciiDoc",
+        "asciidoc default",
+        "version control",
+        "GPL-2",
+        body="div#header, div#content",
+        source="{rel}.txt",
+    ),
+    Site(
+        "lmdb",
+        "lmdb-doc",
+        Path("/usr/share/doc/lmdb-doc/html"),
+        ("*.html",),
+        "Doxygen",
+        "doxygen default",
+        "database library (C API)",
+        "OpenLDAP-2.8",
+        body="div.header, div.contents",
+    ),
+    Site(
+        "debian-faq",
+        "debian-faq",
+        Path("/usr/share/doc/debian/FAQ"),
+        ("*.en.html",),
+        "DocBook XSL (chunked)",
+        "docbook default",
+        "operating system FAQ",
+        "verbatim-copying permission (SPI)",
+        body="body",
+        drop="div.navheader, div.navfooter, div.toc",  # the chapter's own table of contents too
+    ),
+    Site(
+        "gettext",
+        "gettext-doc",
+        Path("/usr/share/doc/gettext"),
+        ("gettext_*.html",),
+        "texi2html 1.78",
+        "texi2html default",
+        "internationalisation tools",
+        "GFDL-1.2+ or GPL-2+",
+        body="body",
+        drop='table[cellpadding="1"], font[size="-1"]',
+    ),
+    Site(
+        "gettext-man",
+        "gettext-doc",
+        Path("/usr/share/doc/gettext"),
+        ("*.1.html", "*.3.html"),
+        "groff -Thtml",
+        "man page",
+        "command-line manual pages",
+        "GFDL-1.2+ or GPL-2+",
+        body="body",
+        drop='body > a[href^="#"]',  # the table of contents groff puts before the page
+    ),
+    Site(
+        "r-manuals",
+        "r-doc-html",
+        Path("/usr/share/R/doc/manual"),
+        ("R-*.html",),
+        "makeinfo (Texinfo 6)",
+        "texinfo default, one page per manual",
+        "statistics language",
+        "GPL-2",
+        body="body",
+        # node headers (Next/Previous/Up), tables of contents, node menus, the indices
+        drop="div.header, h2.contents-heading, div.contents, ul.section-toc, table.index-cp, "
+        "table.index-fn, table.index-vr, table.index-ky, table.index-pg, table.index-tp",
+    ),
+    Site(
+        "asciidoctor-api",
+        "asciidoctor-doc",
+        Path("/usr/share/doc/asciidoctor-doc/html"),
+        ("**/*.html",),
+        "RDoc 6 (darkfish)",
+        "darkfish",
+        "text processing library (Ruby API)",
+        "Expat",
+        body='main[role="main"]',
+        skip=("js/*", "css/*", "fonts/*", "images/*"),
+    ),
+)
+SITE_BY_NAME = {site.name: site for site in SITES}
+
+
+@dataclass
+class SitePage:
+    """One page's gold: ``pair.labels`` per line of the main-content text (repaired), with what
+    each opinion said."""
+
+    pair: Pair
+    structure: Labels  # the body element's alignment alone, before repair
+    source: Labels | None  # True where the source text holds the line; None without a source
+    template: list[bool] = field(default_factory=list)  # per line: the site's template text
+    repaired: list[int] = field(default_factory=list)  # lines the template opinion relabelled
+    body_lines: int = 0  # non-blank lines of the body element's own extraction
+    body_lines_lost: int = 0  # ... that the main-content extraction dropped
+
+
+def missing_reason(site: Site) -> str | None:
+    """Why the site's pages cannot be read here (its package is not installed), or None."""
+    if not site.root.is_dir():
+        return f"{site.root} missing: apt-get install --no-install-recommends {site.package}"
+    if not page_paths(site, limit=1):
+        return f"no pages matching {site.pages} under {site.root} (package {site.package})"
+    return None
+
+
+def page_paths(site: Site, limit: int | None = None) -> list[Path]:
+    """The site's HTML pages in a stable order (symlinked duplicates left out)."""
+    paths: list[Path] = []
+    seen: set[Path] = set()
+    for pattern in site.pages:
+        for path in sorted(site.root.glob(pattern)):
+            rel = path.relative_to(site.root).as_posix()
+            if path.is_symlink() or not path.is_file() or path in seen:
+                continue
+            if any(fnmatch(rel, pattern) for pattern in site.skip):
+                continue
+            seen.add(path)
+            paths.append(path)
+            if limit is not None and len(paths) >= limit:
+                return paths
+    return paths
+
+
+def page_rel(site: Site, path: Path) -> str:
+    return path.relative_to(site.root).as_posix().removesuffix(".html")
+
+
+def decode_page(data: bytes) -> str:
+    """UTF-8 when the bytes are valid UTF-8, else what resiliparse detects. Not the ingest's
+    decoding: resiliparse's detector reads valid UTF-8 pages as cp1252 or iso8859-7 (8 of 11 sites
+    here) and garbles the 18 of them that carry non-ASCII text; gold should be clean text."""
+    from resiliparse.parse.encoding import detect_encoding
+
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode(detect_encoding(data) or "utf-8", "replace")
+
+
+def main_content_text(html: str) -> str:
+    """What resiliparse's main-content extraction leaves of a page (the ingest settings)."""
+    return _lf(extract_text(html, main_content=True))
+
+
+def body_tree(html: str, site: Site) -> tuple[HTMLTree, list[ElementNode]] | None:
+    """The page's tree cut down to the element(s) holding its body, without the navigation the
+    site's generator puts inside them, and those elements; None when the page has none.
+
+    Cut in the parsed tree, not serialised and parsed again: resiliparse's extraction of a
+    re-parsed manual keeps the source line breaks of whole chapters (R-exts: 3,745 of 7,959 body
+    lines broke differently from the page's own extraction)."""
+    from resiliparse.parse.html import HTMLTree
+
+    tree = HTMLTree.parse(html)
+    if tree.document is None:
+        return None
+    nodes = list(tree.document.query_selector_all(site.body))
+    # a match inside another match is already part of that one
+    tops = [n for n in nodes if not any(o != n and o.contains(n) for o in nodes)]
+    if not tops:
+        return None
+    if site.drop:
+        for node in list(tree.document.query_selector_all(site.drop)):
+            if any(top.contains(node) for top in tops):
+                node.decompose()
+
+    def prune(node: DOMNode) -> None:
+        for child in list(node.child_nodes):
+            if not any(child.contains(top) for top in tops):
+                child.decompose()
+            elif not any(child == top for top in tops):
+                prune(child)
+
+    prune(tree.document)
+    return tree, tops
+
+
+def body_text(tree: HTMLTree) -> str:
+    """The body's text as the ingest extractor gives it (no main-content pruning: all of it)."""
+    return _lf(extract_text(tree))
+
+
+def body_keep(tops: Sequence[ElementNode]) -> bool:
+    """The document-level label, as for the Python docs: enough words, not mostly links."""
+    markup = "".join(top.html for top in tops)
+    words = len(_TAG.sub(" ", markup).split())
+    link_words = sum(len(_TAG.sub(" ", m).split()) for m in _LINK.findall(markup))
+    return pydocs_keep(words, link_words / max(words, 1))
+
+
+def _align_key(line: str) -> str:
+    """A line's words, lower-cased: what main-content extraction changes about a body line
+    (permalink pilcrows it drops, spacing) does not break the alignment; a line of symbols only
+    ("}", "...") is its own key."""
+    words = _WORD.findall(line.lower())
+    return " ".join(words) if words else line.strip()
+
+
+def align(page_text: str, gold_text: str) -> tuple[Labels, int, int]:
+    """(page line labels: True where it aligns with a gold line, False elsewhere, None blank;
+    non-blank gold lines; non-blank gold lines no page line aligned with)."""
+    page = [_align_key(ln) for ln in split_lines(page_text)]
+    gold = [key for ln in split_lines(gold_text) if (key := _align_key(ln))]
+    # blank lines left out of the alignment: they would be its most frequent element, and
+    # difflib without autojunk is quadratic in such elements (minutes on a one-page manual)
+    filled = [i for i, ln in enumerate(page) if ln]
+    in_gold = [False] * len(page)
+    matched = 0
+    matcher = difflib.SequenceMatcher(None, [page[i] for i in filled], gold, autojunk=False)
+    for a, _, n in matcher.get_matching_blocks():
+        for i in filled[a : a + n]:
+            in_gold[i] = True
+        matched += n
+    labels: Labels = [None if not ln else inside for ln, inside in zip(page, in_gold)]
+    return labels, len(gold), len(gold) - matched
+
+
+def normalised(line: str) -> str:
+    return _SPACE.sub(" ", line.strip().lower())
+
+
+def label_page(site: Site, path: Path) -> SitePage | None:
+    """The structural gold of one page (not yet repaired: that needs the whole site), or None
+    when it has no body element or no main-content text."""
+    html = decode_page(path.read_bytes())
+    page_text = main_content_text(html)
+    if not page_text.strip():
+        return None
+    body = body_tree(html, site)
+    if body is None:
+        return None
+    tree, tops = body
+    gold = body_text(tree)
+    structure, gold_lines, lost = align(page_text, gold)
+    source = None
+    if site.source:
+        source_path = site.root / site.source.format(rel=page_rel(site, path))
+        if source_path.is_file():
+            source = trigram_labels(page_text, source_path.read_text(errors="replace"))
+    pair = Pair(
+        f"{site.name}:{page_rel(site, path)}",
+        site.name,
+        page_text,
+        gold,
+        list(structure),
+        body_keep(tops),
+    )
+    return SitePage(pair, structure, source, body_lines=gold_lines, body_lines_lost=lost)
+
+
+def template_lines(pages: Sequence[SitePage]) -> set[str]:
+    """Normalised lines that occur on at least TEMPLATE_SHARE of the pages (and on at least
+    TEMPLATE_MIN_PAGES): the site's template by repetition."""
+    counts: Counter[str] = Counter()
+    for page in pages:
+        counts.update({normalised(ln) for ln in split_lines(page.pair.page_text) if ln.strip()})
+    floor = max(TEMPLATE_MIN_PAGES, TEMPLATE_SHARE * len(pages))
+    return {line for line, n in counts.items() if n >= floor}
+
+
+def repair(pages: Sequence[SitePage]) -> None:
+    """Mark, in place, each page's template lines, and relabel as noise the body lines that are
+    template and structural noise on most pages where they occur: template text a generator also
+    put inside the body element. A template line that is mostly body (a repeated heading such as
+    "Parameters", "SYNOPSIS") stays body."""
+    template = template_lines(pages)
+    as_noise: Counter[str] = Counter()
+    as_body: Counter[str] = Counter()
+    for page in pages:
+        keys = [normalised(ln) for ln in split_lines(page.pair.page_text)]
+        page.template = [key in template for key in keys]
+        for key, label, is_template in zip(keys, page.structure, page.template):
+            if label is not None and is_template:
+                (as_body if label else as_noise)[key] += 1
+    for page in pages:
+        for i, line in enumerate(split_lines(page.pair.page_text)):
+            key = normalised(line)
+            if page.structure[i] and page.template[i] and as_noise[key] > as_body[key]:
+                page.pair.labels[i] = False
+                page.repaired.append(i)
+
+
+def site_pages(site: Site, limit: int | None = None) -> list[SitePage]:
+    """The site's labelled pages (the first ``limit`` pages only, when given), repaired against
+    the template of those pages. Empty when the site's package is missing."""
+    if missing_reason(site) is not None:
+        return []
+    pages = [p for path in page_paths(site, limit) if (p := label_page(site, path)) is not None]
+    repair(pages)
+    return pages
+
+
+def gold_method(site: Site) -> str:
+    method = f"`{site.body}`" + (f" minus `{site.drop}`" if site.drop else "")
+    return method + "; template" + ("; source" if site.source else "")
+
+
+def site_stats(site: Site, pages: Sequence[SitePage]) -> dict:
+    """Per-site figures: pages, lines, the noise share the extractor left, what it lost of the
+    body of content pages, and how often each second opinion disagreed with the structure
+    (template: a body line that is template text or a noise line that is not; source: the
+    source's trigram verdict differs)."""
+    lines = noise = repaired = template_disagreed = 0
+    body = lost = 0
+    source_lines = source_disagreed = 0
+    for page in pages:
+        judged = [(s, t) for s, t in zip(page.structure, page.template) if s is not None]
+        lines += len(judged)
+        noise += sum(label is False for label in page.pair.labels)
+        repaired += len(page.repaired)
+        template_disagreed += sum(s == t for s, t in judged)  # body and template, or neither
+        if page.pair.keep:  # index pages are lists of links that extraction rightly drops
+            body += page.body_lines
+            lost += page.body_lines_lost
+        if page.source is not None:
+            both = [(s, o) for s, o in zip(page.structure, page.source) if s is not None]
+            source_lines += len(both)
+            source_disagreed += sum(s != o for s, o in both)
+    return {
+        "site": site.name,
+        "package": site.package,
+        "generator": site.generator,
+        "theme": site.theme,
+        "domain": site.domain,
+        "licence": site.licence,
+        "pages": len(pages),
+        "kept_pages": sum(p.pair.keep for p in pages),
+        "lines": lines,
+        "noise_share": noise / lines if lines else 0.0,
+        "body_lost": lost / body if body else 0.0,
+        "gold": gold_method(site),
+        "repaired": repaired / lines if lines else 0.0,
+        "template_disagreed": template_disagreed / lines if lines else 0.0,
+        "source_disagreed": source_disagreed / source_lines if source_lines else None,
+    }
+
+
+def stats_table(rows: Iterable[dict]) -> str:
+    """A Markdown table of ``site_stats`` rows."""
+    out = [
+        "| site | package | generator | domain | licence | pages (content) | lines | noise left "
+        "| body lost | repaired | template disagreed | source disagreed |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        source = "—" if r["source_disagreed"] is None else f"{r['source_disagreed']:.1%}"
+        out.append(
+            f"| {r['site']} | {r['package']} | {r['generator']} | {r['domain']} | {r['licence']} "
+            f"| {r['pages']} ({r['kept_pages']}) | {r['lines']:,} | {r['noise_share']:.1%} "
+            f"| {r['body_lost']:.1%} | {r['repaired']:.2%} | {r['template_disagreed']:.1%} "
+            f"| {source} |"
+        )
+    return "\n".join(out)
+
+
+def main(argv: Sequence[str] = ()) -> int:
+    names = list(argv) or [site.name for site in SITES]
+    rows = []
+    for name in names:
+        site = SITE_BY_NAME[name]
+        reason = missing_reason(site)
+        if reason is not None:
+            print(f"skipped {site.name}: {reason}", file=sys.stderr)
+            continue
+        rows.append(site_stats(site, site_pages(site)))
+    print(stats_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -219,6 +219,27 @@ SITE_BY_NAME = {site.name: site for site in SITES}
 
 
 @dataclass
+class Removal:
+    """What main-content extraction did to the lines of the whole page's text, by one gold."""
+
+    noise: int = 0
+    noise_removed: int = 0
+    body: int = 0
+    body_kept: int = 0
+
+    def add(self, gold: Labels, kept: Labels) -> None:
+        for is_body, was_kept in zip(gold, kept):
+            if is_body is None or was_kept is None:
+                continue
+            if is_body:
+                self.body += 1
+                self.body_kept += was_kept
+            else:
+                self.noise += 1
+                self.noise_removed += not was_kept
+
+
+@dataclass
 class SitePage:
     """One page's gold: ``pair.labels`` per line of the main-content text (repaired), with what
     each opinion said."""
@@ -228,8 +249,8 @@ class SitePage:
     source: Labels | None  # True where the source text holds the line; None without a source
     template: list[bool] = field(default_factory=list)  # per line: the site's template text
     repaired: list[int] = field(default_factory=list)  # lines the template opinion relabelled
-    body_lines: int = 0  # non-blank lines of the body element's own extraction
-    body_lines_lost: int = 0  # ... that the main-content extraction dropped
+    # the extractor on the whole page, judged by the structure and (where one exists) the source
+    extractor: dict[str, Removal] = field(default_factory=dict)
 
 
 def missing_reason(site: Site) -> str | None:
@@ -334,23 +355,20 @@ def _align_key(line: str) -> str:
     return " ".join(words) if words else line.strip()
 
 
-def align(page_text: str, gold_text: str) -> tuple[Labels, int, int]:
-    """(page line labels: True where it aligns with a gold line, False elsewhere, None blank;
-    non-blank gold lines; non-blank gold lines no page line aligned with)."""
+def align(page_text: str, gold_text: str) -> Labels:
+    """Per page line: True where it aligns with a gold line (in order), False elsewhere, None
+    when blank."""
     page = [_align_key(ln) for ln in split_lines(page_text)]
     gold = [key for ln in split_lines(gold_text) if (key := _align_key(ln))]
     # blank lines left out of the alignment: they would be its most frequent element, and
     # difflib without autojunk is quadratic in such elements (minutes on a one-page manual)
     filled = [i for i, ln in enumerate(page) if ln]
     in_gold = [False] * len(page)
-    matched = 0
     matcher = difflib.SequenceMatcher(None, [page[i] for i in filled], gold, autojunk=False)
     for a, _, n in matcher.get_matching_blocks():
         for i in filled[a : a + n]:
             in_gold[i] = True
-        matched += n
-    labels: Labels = [None if not ln else inside for ln, inside in zip(page, in_gold)]
-    return labels, len(gold), len(gold) - matched
+    return [None if not ln else inside for ln, inside in zip(page, in_gold)]
 
 
 def normalised(line: str) -> str:
@@ -369,12 +387,20 @@ def label_page(site: Site, path: Path) -> SitePage | None:
         return None
     tree, tops = body
     gold = body_text(tree)
-    structure, gold_lines, lost = align(page_text, gold)
+    structure = align(page_text, gold)
+    # the whole page's text: what the extractor removed of its noise and kept of its body
+    whole = _lf(extract_text(html))
+    kept = align(whole, page_text)
+    extractor = {"structure": Removal()}
+    extractor["structure"].add(align(whole, gold), kept)
     source = None
     if site.source:
         source_path = site.root / site.source.format(rel=page_rel(site, path))
         if source_path.is_file():
-            source = trigram_labels(page_text, source_path.read_text(errors="replace"))
+            source_text = source_path.read_text(errors="replace")
+            source = trigram_labels(page_text, source_text)
+            extractor["source"] = Removal()
+            extractor["source"].add(trigram_labels(whole, source_text), kept)
     pair = Pair(
         f"{site.name}:{page_rel(site, path)}",
         site.name,
@@ -383,7 +409,7 @@ def label_page(site: Site, path: Path) -> SitePage | None:
         list(structure),
         body_keep(tops),
     )
-    return SitePage(pair, structure, source, body_lines=gold_lines, body_lines_lost=lost)
+    return SitePage(pair, structure, source, extractor=extractor)
 
 
 def template_lines(pages: Sequence[SitePage]) -> set[str]:
@@ -434,26 +460,35 @@ def gold_method(site: Site) -> str:
 
 
 def site_stats(site: Site, pages: Sequence[SitePage]) -> dict:
-    """Per-site figures: pages, lines, the noise share the extractor left, what it lost of the
-    body of content pages, and how often each second opinion disagreed with the structure
-    (template: a body line that is template text or a noise line that is not; source: the
-    source's trigram verdict differs)."""
+    """Per-site figures: pages, lines, the noise share the extractor left; on the whole pages, the
+    share of noise it removed and of body it kept (content pages only: index pages are lists of
+    links that it rightly drops), by the structure and by the source; how often each second
+    opinion disagreed with the structure (template: a body line that is template text or a noise
+    line that is not; source: its trigram verdict differs)."""
     lines = noise = repaired = template_disagreed = 0
-    body = lost = 0
     source_lines = source_disagreed = 0
+    removal = {"structure": Removal(), "source": Removal()}
     for page in pages:
         judged = [(s, t) for s, t in zip(page.structure, page.template) if s is not None]
         lines += len(judged)
         noise += sum(label is False for label in page.pair.labels)
         repaired += len(page.repaired)
         template_disagreed += sum(s == t for s, t in judged)  # body and template, or neither
-        if page.pair.keep:  # index pages are lists of links that extraction rightly drops
-            body += page.body_lines
-            lost += page.body_lines_lost
+        for gold, counts in page.extractor.items():
+            total = removal[gold]
+            total.noise += counts.noise
+            total.noise_removed += counts.noise_removed
+            if page.pair.keep:
+                total.body += counts.body
+                total.body_kept += counts.body_kept
         if page.source is not None:
             both = [(s, o) for s, o in zip(page.structure, page.source) if s is not None]
             source_lines += len(both)
             source_disagreed += sum(s != o for s, o in both)
+
+    def share(part: int, whole: int) -> float | None:
+        return part / whole if whole else None
+
     return {
         "site": site.name,
         "package": site.package,
@@ -465,30 +500,45 @@ def site_stats(site: Site, pages: Sequence[SitePage]) -> dict:
         "kept_pages": sum(p.pair.keep for p in pages),
         "lines": lines,
         "noise_share": noise / lines if lines else 0.0,
-        "body_lost": lost / body if body else 0.0,
         "gold": gold_method(site),
+        "noise_removed": share(removal["structure"].noise_removed, removal["structure"].noise),
+        "body_kept": share(removal["structure"].body_kept, removal["structure"].body),
+        "source_noise_removed": share(removal["source"].noise_removed, removal["source"].noise),
+        "source_body_kept": share(removal["source"].body_kept, removal["source"].body),
         "repaired": repaired / lines if lines else 0.0,
         "template_disagreed": template_disagreed / lines if lines else 0.0,
-        "source_disagreed": source_disagreed / source_lines if source_lines else None,
+        "source_disagreed": share(source_disagreed, source_lines),
     }
 
 
+def _pct(x: float | None, digits: int = 1) -> str:
+    return "—" if x is None else f"{x:.{digits}%}"
+
+
 def stats_table(rows: Iterable[dict]) -> str:
-    """A Markdown table of ``site_stats`` rows."""
-    out = [
-        "| site | package | generator | domain | licence | pages (content) | lines | noise left "
-        "| body lost | repaired | template disagreed | source disagreed |",
-        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    """Markdown tables of ``site_stats`` rows: the sources, then the figures."""
+    sources = [
+        "| site | package | generator | theme | domain | licence | gold |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    figures = [
+        "| site | pages (content) | lines | noise left | extractor: noise removed | body kept "
+        "| by source: noise removed | body kept | repaired | template disagreed | source disagreed |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        source = "—" if r["source_disagreed"] is None else f"{r['source_disagreed']:.1%}"
-        out.append(
-            f"| {r['site']} | {r['package']} | {r['generator']} | {r['domain']} | {r['licence']} "
-            f"| {r['pages']} ({r['kept_pages']}) | {r['lines']:,} | {r['noise_share']:.1%} "
-            f"| {r['body_lost']:.1%} | {r['repaired']:.2%} | {r['template_disagreed']:.1%} "
-            f"| {source} |"
+        sources.append(
+            f"| {r['site']} | {r['package']} | {r['generator']} | {r['theme']} | {r['domain']} "
+            f"| {r['licence']} | {r['gold']} |"
         )
-    return "\n".join(out)
+        figures.append(
+            f"| {r['site']} | {r['pages']} ({r['kept_pages']}) | {r['lines']:,} "
+            f"| {_pct(r['noise_share'])} | {_pct(r['noise_removed'])} | {_pct(r['body_kept'])} "
+            f"| {_pct(r['source_noise_removed'])} | {_pct(r['source_body_kept'])} "
+            f"| {_pct(r['repaired'], 2)} | {_pct(r['template_disagreed'])} "
+            f"| {_pct(r['source_disagreed'])} |"
+        )
+    return "\n".join(sources) + "\n\n" + "\n".join(figures)
 
 
 def main(argv: Sequence[str] = ()) -> int:

@@ -58,6 +58,8 @@ if TYPE_CHECKING:
 
 TEMPLATE_SHARE = 0.3
 TEMPLATE_MIN_PAGES = 3
+REALIGN_MIN_WORDS = 6
+REALIGN_SHARE = 0.8
 _SPACE = re.compile(r"\s+")
 _WORD = re.compile(r"\w+")
 
@@ -196,7 +198,7 @@ SITES: tuple[Site, ...] = (
         "makeinfo (Texinfo 6)",
         "texinfo default, one page per manual",
         "statistics language",
-        "GPL-2",
+        "R FAQ GPL-2+; other manuals verbatim-copying permission (R Core)",
         body="body",
         # node headers (Next/Previous/Up), tables of contents, node menus, the indices
         drop="div.header, h2.contents-heading, div.contents, ul.section-toc, table.index-cp, "
@@ -249,6 +251,8 @@ class SitePage:
     source: Labels | None  # True where the source text holds the line; None without a source
     template: list[bool] = field(default_factory=list)  # per line: the site's template text
     repaired: list[int] = field(default_factory=list)  # lines the template opinion relabelled
+    # noise by alignment, body by their words: a body line the extraction garbled
+    realigned: list[int] = field(default_factory=list)
     # the extractor on the whole page, judged by the structure and (where one exists) the source
     extractor: dict[str, Removal] = field(default_factory=dict)
 
@@ -371,6 +375,39 @@ def align(page_text: str, gold_text: str) -> Labels:
     return [None if not ln else inside for ln, inside in zip(page, in_gold)]
 
 
+def _trigrams(line: str) -> list[tuple[str, ...]]:
+    words = _WORD.findall(line.lower())
+    return list(zip(words, words[1:], words[2:]))
+
+
+def realign(page_text: str, gold_text: str, structure: Labels) -> tuple[Labels, list[int]]:
+    """(labels, lines relabelled body): a noise line of at least REALIGN_MIN_WORDS words that
+    equals no gold line but shares REALIGN_SHARE of its word trigrams with one gold line is that
+    body line as the main-content extraction garbled it (it drops inline text: ``try…finally``
+    becomes ``tryfinally``, ``U+0000–U+10FFFF`` becomes ``U+0000U+10FFFF``). One gold line, not
+    the gold as a whole: a navigation bar that strings two headings together ("Chapter 6. ...
+    Chapter 8. ...") and a line equal to a heading stay noise."""
+    gold_lines = split_lines(gold_text)
+    gold_keys = {_align_key(ln) for ln in gold_lines}
+    holders: dict[tuple[str, ...], set[int]] = {}
+    for j, line in enumerate(gold_lines):
+        for tri in _trigrams(line):
+            holders.setdefault(tri, set()).add(j)
+    labels = list(structure)
+    realigned = []
+    for i, line in enumerate(split_lines(page_text)):
+        if labels[i] is not False or len(_WORD.findall(line)) < REALIGN_MIN_WORDS:
+            continue
+        if _align_key(line) in gold_keys:
+            continue
+        tris = _trigrams(line)
+        shared = Counter(j for tri in tris for j in holders.get(tri, ()))
+        if shared and max(shared.values()) >= REALIGN_SHARE * len(tris):
+            labels[i] = True
+            realigned.append(i)
+    return labels, realigned
+
+
 def normalised(line: str) -> str:
     return _SPACE.sub(" ", line.strip().lower())
 
@@ -388,6 +425,7 @@ def label_page(site: Site, path: Path) -> SitePage | None:
     tree, tops = body
     gold = body_text(tree)
     structure = align(page_text, gold)
+    labels, realigned = realign(page_text, gold, structure)
     # the whole page's text: what the extractor removed of its noise and kept of its body
     whole = _lf(extract_text(html))
     kept = align(whole, page_text)
@@ -406,10 +444,10 @@ def label_page(site: Site, path: Path) -> SitePage | None:
         site.name,
         page_text,
         gold,
-        list(structure),
+        labels,
         body_keep(tops),
     )
-    return SitePage(pair, structure, source, extractor=extractor)
+    return SitePage(pair, structure, source, realigned=realigned, extractor=extractor)
 
 
 def template_lines(pages: Sequence[SitePage]) -> set[str]:
@@ -465,7 +503,7 @@ def site_stats(site: Site, pages: Sequence[SitePage]) -> dict:
     links that it rightly drops), by the structure and by the source; how often each second
     opinion disagreed with the structure (template: a body line that is template text or a noise
     line that is not; source: its trigram verdict differs)."""
-    lines = noise = repaired = template_disagreed = 0
+    lines = noise = repaired = realigned = template_disagreed = 0
     source_lines = source_disagreed = 0
     removal = {"structure": Removal(), "source": Removal()}
     for page in pages:
@@ -473,6 +511,7 @@ def site_stats(site: Site, pages: Sequence[SitePage]) -> dict:
         lines += len(judged)
         noise += sum(label is False for label in page.pair.labels)
         repaired += len(page.repaired)
+        realigned += len(page.realigned)
         template_disagreed += sum(s == t for s, t in judged)  # body and template, or neither
         for gold, counts in page.extractor.items():
             total = removal[gold]
@@ -505,6 +544,7 @@ def site_stats(site: Site, pages: Sequence[SitePage]) -> dict:
         "body_kept": share(removal["structure"].body_kept, removal["structure"].body),
         "source_noise_removed": share(removal["source"].noise_removed, removal["source"].noise),
         "source_body_kept": share(removal["source"].body_kept, removal["source"].body),
+        "realigned": realigned / lines if lines else 0.0,
         "repaired": repaired / lines if lines else 0.0,
         "template_disagreed": template_disagreed / lines if lines else 0.0,
         "source_disagreed": share(source_disagreed, source_lines),
@@ -523,8 +563,9 @@ def stats_table(rows: Iterable[dict]) -> str:
     ]
     figures = [
         "| site | pages (content) | lines | noise left | extractor: noise removed | body kept "
-        "| by source: noise removed | body kept | repaired | template disagreed | source disagreed |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| by source: noise removed | body kept | realigned | repaired | template disagreed "
+        "| source disagreed |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         sources.append(
@@ -535,7 +576,8 @@ def stats_table(rows: Iterable[dict]) -> str:
             f"| {r['site']} | {r['pages']} ({r['kept_pages']}) | {r['lines']:,} "
             f"| {_pct(r['noise_share'])} | {_pct(r['noise_removed'])} | {_pct(r['body_kept'])} "
             f"| {_pct(r['source_noise_removed'])} | {_pct(r['source_body_kept'])} "
-            f"| {_pct(r['repaired'], 2)} | {_pct(r['template_disagreed'])} "
+            f"| {_pct(r['realigned'], 2)} | {_pct(r['repaired'], 2)} "
+            f"| {_pct(r['template_disagreed'])} "
             f"| {_pct(r['source_disagreed'])} |"
         )
     return "\n".join(sources) + "\n\n" + "\n".join(figures)

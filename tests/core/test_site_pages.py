@@ -17,10 +17,12 @@ from prox_assets.core.site_pages import (
     Site,
     SitePage,
     _align_key,
+    align,
     decode_page,
     label_page,
     missing_reason,
     page_paths,
+    realign,
     repair,
     site_pages,
     site_stats,
@@ -156,6 +158,30 @@ def test_repair_relabels_template_text_inside_the_body_element_only() -> None:
     stats = site_stats(SITES[0], pages)
     assert stats["lines"] == 12 and stats["noise_share"] == pytest.approx(4 / 12)
     assert stats["repaired"] == pytest.approx(1 / 12)
+
+
+def test_realign_takes_back_body_lines_the_extraction_garbled() -> None:
+    """Main-content extraction drops inline text (``try…finally`` -> ``tryfinally``); such a line
+    is body. A navigation bar made of two headings, or a heading repeated out of order, is not."""
+    gold = "\n".join(
+        [
+            "Chapter 6. The Debian archives",
+            "The try…finally statement always runs its cleanup clause when the block exits.",
+            "Chapter 8. The Debian package management tools",
+        ]
+    )
+    page = "\n".join(
+        [
+            "The tryfinally statement always runs its cleanup clause when the block exits.",
+            "Chapter 8. The Debian package management tools",
+            "Chapter 6. The Debian archives  Chapter 8. The Debian package management tools",
+            "Chapter 6. The Debian archives",
+        ]
+    )
+    structure = align(page, gold)
+    assert structure == [False, True, False, False]
+    labels, realigned = realign(page, gold, structure)
+    assert labels == [True, True, False, False] and realigned == [0]
 
 
 def test_valid_utf8_is_read_as_utf8() -> None:

@@ -20,11 +20,11 @@ SUDO=""
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
 # --- Debian packages: real noisy HTML pages --------------------------------------------------
-# HTML manuals of 11 sites built by different generators and themes (prox_assets/core/site_pages.py
-# lists them): python3.11-doc for the sample corpus, all of them for labels from many sites. About
-# 56 MB installed with their dependencies (Sphinx theme fonts and JavaScript included).
+# HTML manuals of 14 sites built by different generators and themes (prox_assets/core/site_pages.py
+# lists them): python3.11-doc for the sample corpus, all of them for labels from many sites. Beside
+# python3.11-doc about 64 MB installed with their dependencies (Sphinx theme fonts, JavaScript).
 SITE_PACKAGES=(python3.11-doc python-flask-doc csvkit-doc mkdocs-doc git-doc lmdb-doc debian-faq
-  gettext-doc r-doc-html asciidoctor-doc)
+  gettext-doc r-doc-html libsoup2.4-doc libjson-glib-doc libjcdf-java-doc asciidoctor-doc)
 apt_updated=0
 apt_update() { [[ $apt_updated == 1 ]] || { $SUDO apt-get update -qq; apt_updated=1; }; }
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }

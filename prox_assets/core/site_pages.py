@@ -291,6 +291,9 @@ class SitePage:
     realigned: list[int] = field(default_factory=list)
     # the extractor on the whole page, judged by the structure and (where one exists) the source
     extractor: dict[str, Removal] = field(default_factory=dict)
+    # the whole page's text (no main-content extraction: the ingest's text today) with its
+    # structural labels, realigned but not template-repaired: for audit and the old behaviour
+    whole: Pair | None = None
 
 
 def missing_reason(site: Site) -> str | None:
@@ -465,8 +468,9 @@ def label_page(site: Site, path: Path) -> SitePage | None:
     # the whole page's text: what the extractor removed of its noise and kept of its body
     whole = _lf(extract_text(html))
     kept = align(whole, page_text)
+    whole_structure = align(whole, gold)
     extractor = {"structure": Removal()}
-    extractor["structure"].add(align(whole, gold), kept)
+    extractor["structure"].add(whole_structure, kept)
     source = None
     if site.source:
         source_path = site.root / site.source.format(rel=page_rel(site, path))
@@ -475,15 +479,17 @@ def label_page(site: Site, path: Path) -> SitePage | None:
             source = trigram_labels(page_text, source_text)
             extractor["source"] = Removal()
             extractor["source"].add(trigram_labels(whole, source_text), kept)
-    pair = Pair(
-        f"{site.name}:{page_rel(site, path)}",
-        site.name,
-        page_text,
-        gold,
-        labels,
-        body_keep(tops),
+    name, keep = f"{site.name}:{page_rel(site, path)}", body_keep(tops)
+    pair = Pair(name, site.name, page_text, gold, labels, keep)
+    whole_labels, _ = realign(whole, gold, whole_structure)
+    return SitePage(
+        pair,
+        structure,
+        source,
+        realigned=realigned,
+        extractor=extractor,
+        whole=Pair(name, site.name, whole, gold, whole_labels, keep),
     )
-    return SitePage(pair, structure, source, realigned=realigned, extractor=extractor)
 
 
 def template_lines(pages: Sequence[SitePage]) -> set[str]:

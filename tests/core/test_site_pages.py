@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import re
 from collections import Counter
 from pathlib import Path
@@ -33,6 +35,7 @@ PAGES_PER_SITE = 3
 REPO = Path(__file__).resolve().parents[2]
 
 
+@functools.cache  # labelled once per test session: tests that change pages copy them first
 def _small_labelled_pages(site: Site, n: int = PAGES_PER_SITE) -> list[SitePage]:
     """n labelled pages among the site's smallest with some prose (fast, and still real pages).
     A page may have no main-content text (a redirect, a link list); most must have one."""
@@ -85,7 +88,7 @@ def test_drop_selectors_take_navigation_out_of_the_gold(site: Site) -> None:
     body with the drop that was noise without it."""
     site = _installed(site)
     undropped = dataclasses.replace(site, drop="")
-    for page in _small_labelled_pages(site, 2):
+    for page in _small_labelled_pages(site)[:2]:
         path = site.root / (page.pair.name.split(":", 1)[1] + ".html")
         whole = label_page(undropped, path)
         assert whole is not None
@@ -94,6 +97,24 @@ def test_drop_selectors_take_navigation_out_of_the_gold(site: Site) -> None:
         assert 0 < len(kept) < len(before), f"{path}: `{site.drop}` removed nothing or all"
         assert not Counter(kept) - Counter(before), f"{path}: the drop added gold lines"
         assert all(not a or b for a, b in zip(page.structure, whole.structure))
+
+
+@pytest.mark.parametrize("site", SITES, ids=lambda s: s.name)
+def test_the_whole_page_is_labelled_too(site: Site) -> None:
+    """The unextracted page text (the ingest's today) comes with its own labels: more noise than
+    the extracted text, and every body line of the extracted text is a body line there too."""
+    site = _installed(site)
+    page = _small_labelled_pages(site)[0]
+    assert page.whole is not None
+    whole = page.whole
+    assert (
+        len(whole.labels) == len(split_lines(whole.page_text))
+        and whole.gold_text == page.pair.gold_text
+    )
+    assert whole.labels.count(False) >= page.pair.labels.count(False) - len(page.repaired)
+    whole_body = {_align_key(ln) for ln, b in zip(split_lines(whole.page_text), whole.labels) if b}
+    extracted = zip(split_lines(page.pair.page_text), page.structure)
+    assert all(_align_key(ln) in whole_body for ln, b in extracted if b)
 
 
 def test_known_residual_noise_is_labelled_noise() -> None:
@@ -194,7 +215,7 @@ def test_stats_of_installed_sites() -> None:
     rows = []
     for site in SITES:
         if missing_reason(site) is None:
-            pages = _small_labelled_pages(site, 1)
+            pages = copy.deepcopy(_small_labelled_pages(site)[:1])
             repair(pages)
             rows.append(site_stats(site, pages))
     if not rows:
@@ -216,7 +237,7 @@ def test_the_extractor_is_judged_on_the_whole_page() -> None:
         site = next(s for s in SITES if s.name == name)
         if missing_reason(site) is not None:
             continue
-        page = _small_labelled_pages(site, 1)[0]
+        page = _small_labelled_pages(site)[0]
         counts = page.extractor["structure"]
         assert counts.noise > 0 and counts.body_kept <= counts.body
         assert (counts.noise_removed == counts.noise) == removes, (name, counts)

@@ -285,7 +285,7 @@ class SitePage:
     pair: Pair
     structure: Labels  # the body element's alignment alone, before repair
     source: Labels | None  # True where the source text holds the line; None without a source
-    template: list[bool] = field(default_factory=list)  # per line: the site's template text
+    template: list[bool] = field(default_factory=list)  # per line: site template (by repair)
     repaired: list[int] = field(default_factory=list)  # lines the template opinion relabelled
     # noise by alignment, body by their words: a body line the extraction garbled
     realigned: list[int] = field(default_factory=list)
@@ -314,7 +314,7 @@ def page_paths(site: Site, limit: int | None = None) -> list[Path]:
             rel = path.relative_to(site.root).as_posix()
             if path.is_symlink() or not path.is_file() or path in seen:
                 continue
-            if any(fnmatch(rel, pattern) for pattern in site.skip):
+            if any(fnmatch(rel, skip) for skip in site.skip):
                 continue
             seen.add(path)
             paths.append(path)
@@ -535,8 +535,12 @@ def site_pages(site: Site, limit: int | None = None) -> list[SitePage]:
 
 
 def gold_method(site: Site) -> str:
-    method = f"`{site.body}`" + (f" minus `{site.drop}`" if site.drop else "")
-    return method + "; template" + ("; source" if site.source else "")
+    """The structural gold: the body element(s), less the generator's navigation inside them."""
+    return f"`{site.body}`" + (f" minus `{site.drop}`" if site.drop else "")
+
+
+def second_opinions(site: Site) -> str:
+    return "template, source (reported)" if site.source else "template"
 
 
 def site_stats(site: Site, pages: Sequence[SitePage]) -> dict:
@@ -582,6 +586,7 @@ def site_stats(site: Site, pages: Sequence[SitePage]) -> dict:
         "lines": lines,
         "noise_share": noise / lines if lines else 0.0,
         "gold": gold_method(site),
+        "second_opinions": second_opinions(site),
         "noise_removed": share(removal["structure"].noise_removed, removal["structure"].noise),
         "body_kept": share(removal["structure"].body_kept, removal["structure"].body),
         "source_noise_removed": share(removal["source"].noise_removed, removal["source"].noise),
@@ -600,8 +605,8 @@ def _pct(x: float | None, digits: int = 1) -> str:
 def stats_table(rows: Iterable[dict]) -> str:
     """Markdown tables of ``site_stats`` rows: the sources, then the figures."""
     sources = [
-        "| site | package | generator | theme | domain | licence | gold |",
-        "|---|---|---|---|---|---|---|",
+        "| site | package | generator | theme | domain | licence | gold: body element | 2nd opinions |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     figures = [
         "| site | pages (content) | lines | noise left | extractor: noise removed | body kept "
@@ -612,7 +617,7 @@ def stats_table(rows: Iterable[dict]) -> str:
     for r in rows:
         sources.append(
             f"| {r['site']} | {r['package']} | {r['generator']} | {r['theme']} | {r['domain']} "
-            f"| {r['licence']} | {r['gold']} |"
+            f"| {r['licence']} | {r['gold']} | {r['second_opinions']} |"
         )
         figures.append(
             f"| {r['site']} | {r['pages']} ({r['kept_pages']}) | {r['lines']:,} "

@@ -19,13 +19,21 @@ SUDO=""
 [[ $(id -u) -ne 0 ]] && SUDO="sudo"
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
-# --- Debian packages: real noisy HTML pages (python3.11-doc) ------------------------------
+# --- Debian packages: real noisy HTML pages --------------------------------------------------
+# HTML manuals of 14 sites built by different generators and themes (prox_assets/core/site_pages.py
+# lists them): python3.11-doc for the sample corpus, all of them for labels from many sites. Beside
+# python3.11-doc about 64 MB installed with their dependencies (Sphinx theme fonts, JavaScript).
+SITE_PACKAGES=(python3.11-doc python-flask-doc csvkit-doc mkdocs-doc git-doc lmdb-doc debian-faq
+  gettext-doc r-doc-html libsoup2.4-doc libjson-glib-doc libjcdf-java-doc asciidoctor-doc)
 apt_updated=0
 apt_update() { [[ $apt_updated == 1 ]] || { $SUDO apt-get update -qq; apt_updated=1; }; }
-if [[ ! -d /usr/share/doc/python3.11/html ]]; then
-  log "installing python3.11-doc"
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+missing=()
+for pkg in "${SITE_PACKAGES[@]}"; do installed "$pkg" || missing+=("$pkg"); done
+if (( ${#missing[@]} )); then
+  log "installing ${missing[*]}"
   apt_update
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3.11-doc >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # Test-only servers and browser: PostgreSQL (the deployment tests), RabbitMQ (the Celery broker of
 # the multi-worker test) and Chromium (the web UI test).

@@ -23,13 +23,16 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import IO, cast
+from typing import IO, TYPE_CHECKING, cast
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from prox_assets.core.unicode import is_valid_unicode
+
+if TYPE_CHECKING:
+    from resiliparse.parse.html import HTMLTree
 
 MAX_DOC_BYTES = 10 * 1024 * 1024
 MAX_WARC_HEADER_BYTES = 64 * 1024  # a WARC or HTTP header block longer than this is not a crawl
@@ -258,9 +261,26 @@ def _read_parquet(f: IO[bytes], filename: str, max_bytes: int) -> Iterator[Raw |
         first += n_rows
 
 
+def extract_text(html: str | HTMLTree, main_content: bool = False) -> str:
+    """A page's text with the settings every page gets here (formatting and list bullets kept;
+    no alt texts, link targets, form fields or noscript); with ``main_content``, what resiliparse's
+    main-content heuristics leave of it."""
+    from resiliparse.extract.html2text import extract_plain_text
+
+    return extract_plain_text(
+        html,
+        main_content=main_content,
+        preserve_formatting=True,
+        list_bullets=True,
+        alt_texts=False,
+        links=False,
+        form_fields=False,
+        noscript=False,
+    )
+
+
 def _html_to_text(data: bytes) -> tuple[str | None, str]:
     """Crawler-like text of a page (boilerplate kept) or (None, why)."""
-    from resiliparse.extract.html2text import extract_plain_text
     from resiliparse.parse.encoding import detect_encoding
     from resiliparse.parse.html import HTMLTree
 
@@ -270,17 +290,7 @@ def _html_to_text(data: bytes) -> tuple[str | None, str]:
     except (UnicodeDecodeError, LookupError) as exc:
         return None, f"{encoding}: {exc}"
     tree = HTMLTree.parse(html)
-    text = extract_plain_text(
-        tree,
-        main_content=False,
-        preserve_formatting=True,
-        list_bullets=True,
-        alt_texts=False,
-        links=False,
-        form_fields=False,
-        noscript=False,
-    )
-    return text, ""
+    return extract_text(tree), ""
 
 
 def _read_html(f: IO[bytes], filename: str, max_bytes: int) -> Iterator[Raw | Quarantined]:

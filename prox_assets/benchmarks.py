@@ -854,3 +854,99 @@ def refinement_report(
         *local_models(engine, device), variants, held, train, seeds, log=log
     )
     return {"refiner_version": version, **report}
+
+
+def sites_report(
+    pages_per_site: int,
+    whole_pages: bool,
+    refiner_version: str | None,
+    seeds: int,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """``prox bench sites``: every cleaner on every site of ``core/site_pages.SITES`` whose
+    package is installed, learning from the other sites only (``core/site_eval``). The pages are
+    each site's content pages (a seeded sample of ``pages_per_site``), as extracted
+    (``whole_pages``: as whole pages, the ingest's old text). With a refiner version, its chunk
+    refiner writes programs too (the doc stage is not run: every judged page is a content page)."""
+    import random as _random
+
+    from transformers import AutoTokenizer
+
+    from prox_assets.core.chunking import DEFAULT_WINDOW_TOKENS, hf_token_counter
+    from prox_assets.core.prompts import chunk_refiner_chat
+    from prox_assets.core.site_eval import leave_one_site_out, results_table
+    from prox_assets.core.site_pages import SITES, missing_reason, site_pages
+    from prox_resources.models import resolve_model
+    from prox_resources.settings import DEFAULT_MODEL
+
+    extracted: dict[str, list] = {}
+    whole: dict[str, list] = {}
+    skipped = {}
+    for site in SITES:
+        why = missing_reason(site)
+        if why:
+            skipped[site.name] = why
+            continue
+        pages = [p for p in site_pages(site) if p.pair.keep and p.whole is not None]
+        _random.Random(f"sites:{site.name}").shuffle(pages)
+        pages = pages[:pages_per_site]
+        extracted[site.name] = [p.pair for p in pages]
+        whole[site.name] = [p.whole for p in pages]
+        log(f"{site.name}: {len(pages)} content pages")
+    refiner = None
+    window = DEFAULT_WINDOW_TOKENS
+    if refiner_version:
+        from prox_assets.layout import refiner_prefix
+        from prox_assets.refinement import refiner_pair
+        from prox_resources.catalog import Catalog
+        from prox_resources.models import fetch_model
+        from prox_resources.store import ObjectStore
+
+        engine, device = engine_and_device()
+        pair = refiner_pair(Catalog(), refiner_version)
+        backend = engine.local().load(
+            device, model=str(fetch_model(ObjectStore(), refiner_prefix("chunk", pair.chunk)))
+        )
+        window, new_tokens = pair.window_tokens, pair.chunk_max_new_tokens
+        tokenizer = backend.tokenizer
+
+        def refiner(texts, windows):
+            flat = backend.generate(
+                [chunk_refiner_chat(w.text) for ws in windows for w in ws],
+                max_new_tokens=new_tokens,
+            )
+            out, k = [], 0
+            for ws in windows:
+                out.append(flat[k : k + len(ws)])
+                k += len(ws)
+            return out
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(DEFAULT_MODEL))
+    started = time.perf_counter()
+    results = leave_one_site_out(
+        extracted,
+        hf_token_counter(tokenizer),
+        window,
+        whole=whole if whole_pages else None,
+        refiner=refiner,
+        seeds=seeds,
+        log=log,
+    )
+    return {
+        "text": "whole pages (no extraction)" if whole_pages else "main-content extraction",
+        "refiner_version": refiner_version,
+        "window_tokens": window,
+        "skipped_sites": skipped,
+        "seconds": round(time.perf_counter() - started, 1),
+        "table": results_table(results, ("noise_removed", "body_kept", "body_chars_kept")),
+        "rows": [
+            {
+                "site": r.site,
+                "cleaner": r.cleaner,
+                "pages": r.pages,
+                "noise_lines": r.noise_lines,
+                **{m: list(v) for m, v in r.figures.items()},
+            }
+            for r in results
+        ],
+    }

@@ -500,6 +500,44 @@ def bench_refine(docs: int, refiner_version: str | None, dtypes: str, as_json: b
     click.echo(json.dumps(report, indent=2) if as_json else _format_report(report))
 
 
+@bench.command("sites")
+@click.option(
+    "--pages-per-site", default=24, show_default=True, help="Content pages judged per site."
+)
+@click.option(
+    "--whole-pages",
+    is_flag=True,
+    help="Judge whole pages (the ingest's text without extraction) instead of extracted text.",
+)
+@click.option(
+    "--refiner-version",
+    callback=_name_param("refiner version"),
+    default=None,
+    help="Also judge this refiner pair's chunk refiner (default: model-free cleaners only).",
+)
+@click.option("--seeds", default=5, show_default=True, help="Random-control draws.")
+@click.option("--json", "as_json", is_flag=True)
+def bench_sites(
+    pages_per_site: int, whole_pages: bool, refiner_version: str | None, seeds: int, as_json: bool
+) -> None:
+    """Line cleaners on websites they never saw: for each site, cleaners that learn learn from
+    the other sites only; extractor, perfect imitator, random control, C4 rules (edits kept),
+    template dictionary and optionally a refiner, with page-bootstrap 95% intervals."""
+    from prox_assets.benchmarks import sites_report
+
+    report = sites_report(
+        pages_per_site, whole_pages, refiner_version, seeds, log=lambda m: click.echo(m, err=True)
+    )
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in report.items() if k != "table"}, indent=2))
+        return
+    click.echo(f"text: {report['text']}; window {report['window_tokens']} tokens")
+    for site, why in report["skipped_sites"].items():
+        click.echo(f"skipped {site}: {why}")
+    click.echo(report["table"])
+    click.echo(f"{report['seconds']} s")
+
+
 @bench.command("influence")
 @_options_from(InfluenceBench)
 @click.option("--json", "as_json", is_flag=True)

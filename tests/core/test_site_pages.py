@@ -189,6 +189,7 @@ def test_realign_takes_back_body_lines_the_extraction_garbled() -> None:
             "Chapter 6. The Debian archives",
             "The try…finally statement always runs its cleanup clause when the block exits.",
             "Chapter 8. The Debian package management tools",
+            "U-00000000 – U-0000007F",
         ]
     )
     page = "\n".join(
@@ -197,12 +198,14 @@ def test_realign_takes_back_body_lines_the_extraction_garbled() -> None:
             "Chapter 8. The Debian package management tools",
             "Chapter 6. The Debian archives  Chapter 8. The Debian package management tools",
             "Chapter 6. The Debian archives",
+            "U-00000000U-0000007F",
+            "Chapter 6",
         ]
     )
     structure = align(page, gold)
-    assert structure == [False, True, False, False]
+    assert structure == [False, True, False, False, False, False]
     labels, realigned = realign(page, gold, structure)
-    assert labels == [True, True, False, False] and realigned == [0]
+    assert labels == [True, True, False, False, True, False] and realigned == [0, 4]
 
 
 def test_valid_utf8_is_read_as_utf8() -> None:

@@ -57,6 +57,7 @@ from prox_assets.core.real_pairs import (
 if TYPE_CHECKING:
     from resiliparse.parse.html import DOMNode, ElementNode, HTMLTree
 
+DPKG_CONFIG = Path("/etc/dpkg/dpkg.cfg.d")
 TEMPLATE_SHARE = 0.3
 TEMPLATE_MIN_PAGES = 3
 REALIGN_MIN_WORDS = 6
@@ -296,10 +297,25 @@ class SitePage:
     whole: Pair | None = None
 
 
+def _dpkg_excludes(root: Path, config: Path = DPKG_CONFIG) -> bool:
+    """Whether a dpkg path-exclude drops files under root (slim container images exclude
+    /usr/share/doc: the package installs and its pages are not there)."""
+    if not config.is_dir():
+        return False
+    for conf in config.iterdir():
+        for line in conf.read_text(errors="replace").splitlines():
+            if line.startswith("path-exclude") and fnmatch(f"{root}/x.html", line.split()[-1]):
+                return True
+    return False
+
+
 def missing_reason(site: Site) -> str | None:
     """Why the site's pages cannot be read here (its package is not installed), or None."""
     if not site.root.is_dir():
-        return f"{site.root} missing: apt-get install --no-install-recommends {site.package}"
+        why = f"{site.root} missing: apt-get install --no-install-recommends {site.package}"
+        if _dpkg_excludes(site.root):
+            why += f" (and lift the dpkg path-exclude in {DPKG_CONFIG} that drops its pages)"
+        return why
     if not page_paths(site, limit=1):
         return f"no pages matching {site.pages} under {site.root} (package {site.package})"
     return None

@@ -19,6 +19,7 @@ from prox_assets.core.site_pages import (
     Site,
     SitePage,
     _align_key,
+    _dpkg_excludes,
     align,
     decode_page,
     label_page,
@@ -157,6 +158,18 @@ def test_a_site_whose_package_is_missing_is_skipped_with_its_package_named(tmp_p
     assert site_pages(site) == []
     (tmp_path / "not-installed").mkdir()
     assert "no pages matching" in (missing_reason(site) or "")
+
+
+def test_a_slim_image_that_excludes_the_pages_is_named(tmp_path: Path) -> None:
+    """Slim Debian images install doc packages without /usr/share/doc: the reason says so."""
+    config = tmp_path / "dpkg.cfg.d"
+    config.mkdir()
+    (config / "docker").write_text(
+        "path-exclude /usr/share/doc/*\npath-include /usr/share/doc/*/copyright\n"
+    )
+    assert _dpkg_excludes(Path("/usr/share/doc/absent-doc/html"), config)
+    assert not _dpkg_excludes(Path("/usr/share/R/doc/manual"), config)
+    assert not _dpkg_excludes(Path("/usr/share/doc/absent-doc/html"), tmp_path / "none")
 
 
 def _page(lines: list[str], structure: list[bool]) -> SitePage:

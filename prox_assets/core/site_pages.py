@@ -57,6 +57,7 @@ from prox_assets.core.real_pairs import (
 if TYPE_CHECKING:
     from resiliparse.parse.html import DOMNode, ElementNode, HTMLTree
 
+DPKG_CONFIG = Path("/etc/dpkg/dpkg.cfg.d")
 TEMPLATE_SHARE = 0.3
 TEMPLATE_MIN_PAGES = 3
 REALIGN_MIN_WORDS = 6
@@ -296,10 +297,25 @@ class SitePage:
     whole: Pair | None = None
 
 
+def _dpkg_excludes(root: Path, config: Path = DPKG_CONFIG) -> bool:
+    """Whether a dpkg path-exclude drops files under root (slim container images exclude
+    /usr/share/doc: the package installs and its pages are not there)."""
+    if not config.is_dir():
+        return False
+    for conf in config.iterdir():
+        for line in conf.read_text(errors="replace").splitlines():
+            if line.startswith("path-exclude") and fnmatch(f"{root}/x.html", line.split()[-1]):
+                return True
+    return False
+
+
 def missing_reason(site: Site) -> str | None:
     """Why the site's pages cannot be read here (its package is not installed), or None."""
     if not site.root.is_dir():
-        return f"{site.root} missing: apt-get install --no-install-recommends {site.package}"
+        why = f"{site.root} missing: apt-get install --no-install-recommends {site.package}"
+        if _dpkg_excludes(site.root):
+            why += f" (and lift the dpkg path-exclude in {DPKG_CONFIG} that drops its pages)"
+        return why
     if not page_paths(site, limit=1):
         return f"no pages matching {site.pages} under {site.root} (package {site.package})"
     return None
@@ -420,14 +436,18 @@ def _trigrams(line: str) -> list[tuple[str, ...]]:
 
 
 def realign(page_text: str, gold_text: str, structure: Labels) -> tuple[Labels, list[int]]:
-    """(labels, lines relabelled body): a noise line of at least REALIGN_MIN_WORDS words that
-    equals no gold line but shares REALIGN_SHARE of its word trigrams with one gold line is that
-    body line as the main-content extraction garbled it (it drops inline text: ``try…finally``
-    becomes ``tryfinally``, ``U+0000–U+10FFFF`` becomes ``U+0000U+10FFFF``). One gold line, not
+    """(labels, lines relabelled body): a noise line that equals no gold line but whose words
+    run together equal a gold line's, or (of at least REALIGN_MIN_WORDS words) that shares
+    REALIGN_SHARE of its word trigrams with one gold line, is that body line as the main-content
+    extraction garbled it (it drops inline text: ``try…finally`` becomes ``tryfinally``,
+    ``U+0000–U+10FFFF`` becomes ``U+0000U+10FFFF``). One gold line, not
     the gold as a whole: a navigation bar that strings two headings together ("Chapter 6. ...
     Chapter 8. ...") and a line equal to a heading stay noise."""
     gold_lines = split_lines(gold_text)
     gold_keys = {_align_key(ln) for ln in gold_lines}
+    # a short line garbled the same way has too few trigrams: equal words run together instead
+    # ("ifelse" for "if … else", "U-00000000U-0000007F" for "U-00000000 – U-0000007F")
+    run_together = {key.replace(" ", "") for key in gold_keys} - {""}
     holders: dict[tuple[str, ...], set[int]] = {}
     for j, line in enumerate(gold_lines):
         for tri in _trigrams(line):
@@ -435,9 +455,13 @@ def realign(page_text: str, gold_text: str, structure: Labels) -> tuple[Labels, 
     labels = list(structure)
     realigned = []
     for i, line in enumerate(split_lines(page_text)):
-        if labels[i] is not False or len(_WORD.findall(line)) < REALIGN_MIN_WORDS:
+        if labels[i] is not False or (key := _align_key(line)) in gold_keys:
             continue
-        if _align_key(line) in gold_keys:
+        if _WORD.search(line) and key.replace(" ", "") in run_together:
+            labels[i] = True
+            realigned.append(i)
+            continue
+        if len(_WORD.findall(line)) < REALIGN_MIN_WORDS:
             continue
         tris = _trigrams(line)
         shared = Counter(j for tri in tris for j in holders.get(tri, ()))

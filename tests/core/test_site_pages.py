@@ -19,6 +19,7 @@ from prox_assets.core.site_pages import (
     Site,
     SitePage,
     _align_key,
+    _dpkg_excludes,
     align,
     decode_page,
     label_page,
@@ -159,6 +160,18 @@ def test_a_site_whose_package_is_missing_is_skipped_with_its_package_named(tmp_p
     assert "no pages matching" in (missing_reason(site) or "")
 
 
+def test_a_slim_image_that_excludes_the_pages_is_named(tmp_path: Path) -> None:
+    """Slim Debian images install doc packages without /usr/share/doc: the reason says so."""
+    config = tmp_path / "dpkg.cfg.d"
+    config.mkdir()
+    (config / "docker").write_text(
+        "path-exclude /usr/share/doc/*\npath-include /usr/share/doc/*/copyright\n"
+    )
+    assert _dpkg_excludes(Path("/usr/share/doc/absent-doc/html"), config)
+    assert not _dpkg_excludes(Path("/usr/share/R/doc/manual"), config)
+    assert not _dpkg_excludes(Path("/usr/share/doc/absent-doc/html"), tmp_path / "none")
+
+
 def _page(lines: list[str], structure: list[bool]) -> SitePage:
     text = "\n".join(lines)
     return SitePage(Pair("t:p", "t", text, "", list(structure), True), list(structure), None)
@@ -189,6 +202,7 @@ def test_realign_takes_back_body_lines_the_extraction_garbled() -> None:
             "Chapter 6. The Debian archives",
             "The try…finally statement always runs its cleanup clause when the block exits.",
             "Chapter 8. The Debian package management tools",
+            "U-00000000 – U-0000007F",
         ]
     )
     page = "\n".join(
@@ -197,12 +211,14 @@ def test_realign_takes_back_body_lines_the_extraction_garbled() -> None:
             "Chapter 8. The Debian package management tools",
             "Chapter 6. The Debian archives  Chapter 8. The Debian package management tools",
             "Chapter 6. The Debian archives",
+            "U-00000000U-0000007F",
+            "Chapter 6",
         ]
     )
     structure = align(page, gold)
-    assert structure == [False, True, False, False]
+    assert structure == [False, True, False, False, False, False]
     labels, realigned = realign(page, gold, structure)
-    assert labels == [True, True, False, False] and realigned == [0]
+    assert labels == [True, True, False, False, True, False] and realigned == [0, 4]
 
 
 def test_valid_utf8_is_read_as_utf8() -> None:

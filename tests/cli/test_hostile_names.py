@@ -6,7 +6,11 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
+import threading
+from contextlib import contextmanager, nullcontext
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -635,3 +639,90 @@ def test_a_full_disk_is_one_line_and_the_command_completes_once_there_is_room(tm
     assert read("2.rc").strip() == "0", read("2.err")[-3000:]
     assert json.loads(read("q.json")) == [{"n_read": n, "n_ingested": n}], read("q.err")
     assert list(disk.iterdir()) == []  # the disk lived in the namespace: nothing written outside
+
+
+# --- issue 32: prox backfill against what is not a Dagster webserver ---------------------------
+class _Answer(BaseHTTPRequestHandler):
+    """A webserver that answers every POST with the class's ``body`` (as ``content_type``)."""
+
+    body = b""
+    content_type = "application/json"
+
+    def do_POST(self):  # http.server calls it by this name
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(200)
+        self.send_header("Content-Type", self.content_type)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args):  # quiet
+        pass
+
+
+@contextmanager
+def answering(body: bytes, content_type: str = "application/json"):
+    """A real HTTP server on loopback answering ``body``; yields its URL."""
+    handler = type("Handler", (_Answer,), {"body": body, "content_type": content_type})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "body, content_type, needles",
+    [
+        (
+            b"<!doctype html><html><body>Sign in</body></html>",
+            "text/html",
+            ["not answer", "Sign in"],
+        ),
+        (b'{"data": null}', "application/json", ["without data"]),
+        (b'{"data": {}}', "application/json", ["launchPartitionBackfill"]),
+        (  # a launch that succeeds without an id, and one whose id is an escape sequence
+            b'{"data": {"launchPartitionBackfill": {"__typename": "LaunchBackfillSuccess"}}}',
+            "application/json",
+            ["no backfill id"],
+        ),
+        (
+            b'{"data": {"launchPartitionBackfill": {"__typename": "LaunchBackfillSuccess", '
+            b'"backfillId": "\\u001b]0;owned\\u0007"}}}',
+            "application/json",
+            ["no backfill id"],
+        ),
+        (b"[1, 2]", "application/json", ["not answer"]),
+        (b"\xff\xfe", "application/octet-stream", ["not answer"]),
+        (None, None, ["no Dagster webserver", "prox ui"]),  # nothing listens
+    ],
+    ids=["html", "data-null", "no-field", "no-id", "escape-id", "json-list", "binary", "no-server"],
+)
+def test_backfill_against_a_server_that_is_not_dagster_is_one_line(
+    prox_env, tmp_path, body, content_type, needles
+):
+    from prox_assets.partitions import refiner_version_partitions, shard_partitions
+    from prox_assets.runs import instance
+
+    instance().add_dynamic_partitions(refiner_version_partitions.name, ["d1-c1"])
+    instance().add_dynamic_partitions(shard_partitions.name, ["s1"])
+    before = tree(tmp_path, skip=prox_env)
+    with (
+        nullcontext(f"http://127.0.0.1:{_closed_port()}")
+        if body is None
+        else answering(body, content_type)
+    ) as url:
+        proc = prox(prox_env, "backfill", "--refiner-version", "d1-c1", "--url", url, check=False)
+    line = one_line_error(proc, url, *needles)
+    assert "\x1b" not in proc.stdout + proc.stderr and "\x07" not in line
+    assert tree(tmp_path, skip=prox_env) == before

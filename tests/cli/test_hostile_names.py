@@ -726,3 +726,32 @@ def test_backfill_against_a_server_that_is_not_dagster_is_one_line(
     line = one_line_error(proc, url, *needles)
     assert "\x1b" not in proc.stdout + proc.stderr and "\x07" not in line
     assert tree(tmp_path, skip=prox_env) == before
+
+
+# --- issue 32: prox audit: ids and URLs that are not plain text --------------------------------
+def test_audit_of_an_id_that_is_not_utf8_is_one_line(tmp_path):
+    home = tmp_path / "home"
+    one_line_error(prox(home, "audit", b"\xff\xfe-not-an-id", check=False), "not valid UTF-8")
+
+
+def test_audit_shows_escape_sequences_from_a_url_inert(tmp_path):
+    """A document's URL (and an id typed by someone) may hold terminal escape sequences (set the
+    title, clear the screen, recolour) and bidirectional overrides: the audit prints them as
+    escapes, each fact on its own line."""
+    home = tmp_path / "home"
+    hostile = "http://x.org/\x1b]0;owned\x07\x1b[2J\x9b31m\u202eevil\nfake line"
+    source = tmp_path / "data" / "esc.jsonl"
+    source.parent.mkdir()
+    source.write_text(json.dumps({"text": "a document with a hostile url", "url": hostile}) + "\n")
+    prox(home, "ingest", source)
+    [row] = query(home, "SELECT doc_id, url FROM documents")
+    assert row["url"] == hostile  # stored as given: only what is printed is made inert
+    out = prox(home, "audit", row["doc_id"]).stdout
+    assert not any(c in out for c in "\x1b\x07\x9b\u202e"), out
+    assert "http://x.org/\\x1b]0;owned\\x07\\x1b[2J\\x9b31m\\u202eevil\\nfake line" in out, out
+    assert len(out.splitlines()) == 2  # the document line and its ingestion line
+    assert json.loads(prox(home, "audit", "--json", row["doc_id"]).stdout)["ingested"][0][
+        "url"
+    ] == (hostile)  # --json is JSON: escaped by its own rules, the value intact
+    typed = prox(home, "audit", "\x1b[2J\x1b]0;x\x07", check=False)
+    assert typed.returncode == 1 and "\x1b" not in typed.stdout and "\\x1b[2J" in typed.stdout

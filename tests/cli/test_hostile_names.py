@@ -755,3 +755,20 @@ def test_audit_shows_escape_sequences_from_a_url_inert(tmp_path):
     ] == (hostile)  # --json is JSON: escaped by its own rules, the value intact
     typed = prox(home, "audit", "\x1b[2J\x1b]0;x\x07", check=False)
     assert typed.returncode == 1 and "\x1b" not in typed.stdout and "\\x1b[2J" in typed.stdout
+
+
+# --- issue 32: a file name that is not UTF-8 ---------------------------------------------------
+def test_a_file_name_that_is_not_utf8_is_refused_before_upload(tmp_path):
+    """A POSIX name may be any bytes; the catalog, Dagster's records and S3 keys are text, so
+    such a file is refused with one line, given alone or found in a folder."""
+    home, data = tmp_path / "home", tmp_path / "data"
+    data.mkdir()
+    bad = os.fsencode(data) + b"/caf\xe9-latin1.jsonl"
+    with open(bad, "wb") as f:
+        f.write(b'{"text": "a fine document"}\n')
+    jsonl(data / "fine.jsonl", "another fine document")
+    one_line_error(prox(home, "ingest", bad, check=False), "not valid UTF-8", "\\udce9")
+    one_line_error(prox(home, "ingest", data, check=False), "not valid UTF-8")
+    assert incoming(home) == [] and not (home / "store" / "raw").exists()
+    with pytest.raises(InvalidName, match="not valid UTF-8"):
+        check_input_file_name(os.fsdecode(bad))

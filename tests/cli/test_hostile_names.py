@@ -772,3 +772,37 @@ def test_a_file_name_that_is_not_utf8_is_refused_before_upload(tmp_path):
     assert incoming(home) == [] and not (home / "store" / "raw").exists()
     with pytest.raises(InvalidName, match="not valid UTF-8"):
         check_input_file_name(os.fsdecode(bad))
+
+
+# --- issue 32: prox target add, a seed the catalog cannot hold, a failed row --------------------
+def test_target_add_refuses_a_seed_the_catalog_cannot_hold_before_writing(tmp_path):
+    home = tmp_path / "home"
+    proc = prox(home, "target", "add", "big", "--task", "gsm8k", "--seed", 2**32, check=False)
+    one_line_error(proc, "--seed", "4294967296")
+    assert proc.returncode == 2
+    assert not (home / "store" / "targets").exists()
+
+
+def test_a_target_whose_catalog_row_fails_leaves_no_files_and_no_partition(prox_env):
+    """Checked before anything is written (a seed out of range); and where the catalog insert
+    itself fails, the files are removed again (a new target) or put back (a re-drawn one)."""
+    from prox_assets.core.errors import UserError
+    from prox_assets.partitions import target_partitions
+    from prox_assets.runs import instance
+    from prox_assets.targets import add_target
+    from prox_resources.catalog import Catalog
+
+    targets = prox_env / "store" / "targets"
+    with pytest.raises(UserError, match="out of range"):
+        add_target("big", "gsm8k", 2, 2, seed=2**32)
+    assert not targets.exists()
+    add_target("kept", "gsm8k", 2, 2, seed=0)
+    drawn = tree(targets)
+    with Catalog().write() as con:  # the insert now fails: a real catalog error, after the draw
+        con.execute("DROP TABLE targets")
+    with pytest.raises(UserError, match="targets"):
+        add_target("new", "gsm8k", 2, 2, seed=0)
+    with pytest.raises(UserError, match="targets"):
+        add_target("kept", "gsm8k", 3, 3, seed=1)
+    assert tree(targets) == drawn  # "new" left nothing, "kept" holds its recorded draw
+    assert instance().get_dynamic_partitions(target_partitions.name) == ["kept"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+from prox_assets.core.unicode import terminal_safe
 from prox_resources.catalog import CatalogCore, query_text
 
 # section -> the table it reads; its query is the named query audit_<section>
@@ -56,9 +57,16 @@ def audit_document(catalog: CatalogCore, doc_id: str) -> dict:
 
 
 def format_audit(audit: dict) -> str:
+    """The audit for a terminal: one line per fact. A URL, a path or an error message comes from
+    a document or its file, so each line is shown inert (``terminal_safe``): an escape sequence in
+    a URL is printed as ``\\x1b[...``, never acted on, and a newline in it cannot fake a line."""
+    return "\n".join(terminal_safe(line) for line in _audit_lines(audit))
+
+
+def _audit_lines(audit: dict) -> list[str]:
     lines = [f"document {audit['doc_id']}"]
     if not audit.get("ingested"):
-        return lines[0] + "\n  not in the catalog"
+        return [lines[0], "  not in the catalog"]
     for r in audit["ingested"]:
         lines.append(
             f"  ingested into shard {r['shard']} (source {r['source']}, url {r['url']}) "
@@ -110,4 +118,4 @@ def format_audit(audit: dict) -> str:
             f"{r['text_kind']} text, weight {r['weight']:g}, from {r['data_spec']}; {r['path']}, "
             f"run {r['run_id']}"
         )
-    return "\n".join(lines)
+    return lines

@@ -9,6 +9,7 @@ planned (``plan_refinement_backfill``) and launched (``launch_refinement_backfil
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -32,6 +33,7 @@ query Status($id: String!) {
   }
 }"""
 
+BACKFILL_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TERMINAL = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 
 
@@ -40,6 +42,8 @@ class BackfillError(RuntimeError):
 
 
 def graphql(url: str, query: str, variables: dict, timeout: float = 60.0) -> dict:
+    """The ``data`` of a GraphQL answer from the webserver at ``url``; BackfillError for an error,
+    no server (saying which command starts one), or an answer that is not Dagster's."""
     request = urllib.request.Request(
         f"{url.rstrip('/')}/graphql",
         method="POST",
@@ -48,16 +52,49 @@ def graphql(url: str, query: str, variables: dict, timeout: float = 60.0) -> dic
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            body = json.loads(response.read())
+            raw = response.read()
     except urllib.error.HTTPError as exc:  # GraphQL errors come back as a 4xx/5xx with a JSON body
-        detail = exc.read().decode(errors="replace")
-        try:
-            body = json.loads(detail)
-        except ValueError:
-            raise BackfillError(f"{url}: HTTP {exc.code}: {detail[:500]}") from exc
+        raw = exc.read()
+        if not isinstance(_json_object(raw), dict):
+            raise BackfillError(f"{url}: HTTP {exc.code}: {_excerpt(raw)}") from exc
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise BackfillError(
+            f"no Dagster webserver answers there ({reason}); start it and its daemon with "
+            "`prox ui` (or pass --url), then run this again"
+        ) from exc
+    body = _json_object(raw)
+    if not isinstance(body, dict):  # a proxy's HTML page, another service
+        raise BackfillError(f"{url} did not answer as a Dagster webserver: {_excerpt(raw)}")
     if body.get("errors"):
-        raise BackfillError(body["errors"][0].get("message", str(body["errors"])))
-    return body["data"]
+        errors = body["errors"]
+        first = errors[0] if isinstance(errors, list) and errors else errors
+        raise BackfillError(str(first.get("message", first) if isinstance(first, dict) else first))
+    data = body.get("data")
+    if not isinstance(data, dict):
+        raise BackfillError(f"{url} answered without data: {_excerpt(raw)}")
+    return data
+
+
+def _json_object(raw: bytes) -> object:
+    """``raw`` parsed as JSON, or None if it is not JSON."""
+    try:
+        return json.loads(raw)
+    except ValueError:  # also not UTF-8
+        return None
+
+
+def _excerpt(raw: bytes, limit: int = 200) -> str:
+    """The start of an answer on one line, printable (it may be an HTML page)."""
+    return repr(" ".join(raw[:limit].decode("utf-8", "replace").split()))
+
+
+def _field(result: object, name: str, what: str) -> dict:
+    """``result[name]``, a GraphQL object with a ``__typename``, or a BackfillError."""
+    value = result.get(name) if isinstance(result, dict) else None
+    if not isinstance(value, dict) or "__typename" not in value:
+        raise BackfillError(f"{what}: the webserver's answer has no {name}: {str(result)[:200]!r}")
+    return value
 
 
 def launch_backfill(
@@ -76,16 +113,23 @@ def launch_backfill(
         "title": title,
         "tags": [{"key": k, "value": v} for k, v in (tags or {}).items()],
     }
-    result = graphql(url, LAUNCH, {"params": params})["launchPartitionBackfill"]
+    result = _field(graphql(url, LAUNCH, {"params": params}), "launchPartitionBackfill", "launch")
     if result["__typename"] != "LaunchBackfillSuccess":
         raise BackfillError(f"{result['__typename']}: {result.get('message', '')}")
-    return result["backfillId"]
+    backfill_id = result.get("backfillId")
+    # the id goes into URLs and onto the terminal: Dagster's are short words of letters
+    if not isinstance(backfill_id, str) or not BACKFILL_ID.fullmatch(backfill_id):
+        raise BackfillError(f"the answer to the launch has no backfill id: {str(result)[:200]!r}")
+    return backfill_id
 
 
 def backfill_status(url: str, backfill_id: str) -> dict:
-    result = graphql(url, STATUS, {"id": backfill_id})["partitionBackfillOrError"]
+    data = graphql(url, STATUS, {"id": backfill_id})
+    result = _field(data, "partitionBackfillOrError", f"backfill {backfill_id}")
     if result["__typename"] != "PartitionBackfill":
         raise BackfillError(f"{result['__typename']}: {result.get('message', '')}")
+    if not isinstance(result.get("status"), str):
+        raise BackfillError(f"backfill {backfill_id}: the webserver's answer has no status")
     return result
 
 

@@ -9,17 +9,21 @@ catalog) start without importing it.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import click
 
 from prox_assets.benchmarks import InfluenceBench
-from prox_assets.core.targets import TASK_NAMES
+from prox_assets.core.targets import SEED_RANGE, TASK_NAMES
+from prox_assets.core.unicode import terminal_safe
 from prox_assets.demo import DemoBudget
 from prox_resources.settings import (
     REPO_ROOT,
@@ -29,21 +33,86 @@ from prox_resources.settings import (
     settings,
 )
 
+# Dagster warns on every use of a beta or preview API the definitions make (BetaWarning,
+# PreviewWarning): on every command, about this project's code, to someone who can do nothing
+# about it. Matched by message: naming the class would import Dagster into every command.
+warnings.filterwarnings("ignore", message=r".*\bis currently in (beta|preview)\b")
+
+
+def _chain(exc: BaseException | None) -> list[BaseException]:
+    """``exc`` and the exceptions under it (its causes and contexts), each once."""
+    out: list[BaseException] = []
+    while exc is not None and all(exc is not e for e in out):
+        out.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return out
+
+
+# How little free space makes a storage error a full disk: SQLite (Dagster's run storage) reports
+# one as "disk I/O error" when the journal cannot grow, with no errno to tell it apart.
+_NEARLY_FULL_BYTES = 16 << 20
+
+
+def _full_disk(exc: BaseException) -> str | None:
+    """Where the disk is full, if ``exc`` is a full disk ("" where unknown); else None. An
+    OSError ENOSPC anywhere under it, or a database's own words for it (SQLite, DuckDB), or a
+    storage error while a disk this home writes to is nearly full."""
+    chain = _chain(exc)
+    for e in chain:
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return str(e.filename or "")
+    text = " ".join(str(e) for e in chain)
+    if "database or disk is full" in text or "No space left on device" in text:
+        return ""
+    if "disk I/O error" in text:
+        for path in _local_roots():
+            try:
+                usage = os.statvfs(path)
+            except OSError:
+                continue
+            if usage.f_bavail * usage.f_frsize < _NEARLY_FULL_BYTES:
+                return str(path)
+    return None
+
+
+def _local_roots() -> list[Path]:
+    """The local folders this home writes to (the nearest existing folder of each)."""
+    current = settings()
+    roots = [current.home, Path(current.dagster_home or current.home)]
+    if "://" not in current.store:
+        roots.append(Path(current.store))
+    found = []
+    for root in roots:
+        while not root.exists() and root != root.parent:
+            root = root.parent
+        found.append(root)
+    return found
+
 
 def _user_error(exc: Exception) -> str | None:
-    """One line for an error a user can act on (bad SQL, a refused name, S3 403, a full disk);
-    None for anything else, whose traceback is worth seeing."""
+    """One line for an error a user can act on (bad SQL, a refused name, a bad setting, S3 403, a
+    full disk); None for anything else, whose traceback is worth seeing."""
     import duckdb
 
     from prox_assets.core.errors import UserError
     from prox_assets.core.names import InvalidName
-    from prox_resources.settings import store_url
+    from prox_resources.settings import SettingError
 
+    if isinstance(exc, SettingError):  # before anything reads the settings again
+        return str(exc)
+    full = _full_disk(exc)
+    if full is not None:
+        return (
+            f"no space left on device{f' ({full})' if full else ''}: free some space, or point "
+            "PROX_HOME (and PROX_STORE) at a larger disk, then run the command again"
+        )
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     if isinstance(exc, duckdb.Error):
         return f"catalog: {first}"
     if isinstance(exc, (InvalidName, UserError)):
         return first
+    from prox_resources.settings import store_url
+
     remote = "://" in store_url()
     if isinstance(exc, PermissionError) and remote:
         return (
@@ -70,7 +139,11 @@ class _Main(click.Group):
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
             return super().invoke(ctx)
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
+        except click.ClickException as exc:
+            # a message may carry a file name, a URL or a server's answer: shown, never acted on
+            exc.message = terminal_safe(exc.message)
+            raise
+        except (click.exceptions.Exit, click.Abort):
             raise
         except KeyboardInterrupt as exc:
             why = f" ({exc})" if str(exc) else ""
@@ -82,7 +155,7 @@ class _Main(click.Group):
             message = _user_error(exc)
             if message is None:
                 raise
-            raise click.ClickException(message) from exc
+            raise click.ClickException(terminal_safe(message)) from exc
 
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
@@ -284,7 +357,11 @@ def target() -> None:
     type=click.IntRange(min=0),
     help="Disjoint examples for evaluation (default: target_set's config).",
 )
-@click.option("--seed", type=int, help="Which examples are drawn (default: target_set's config).")
+@click.option(
+    "--seed",
+    type=click.IntRange(*SEED_RANGE),
+    help="Which examples are drawn (default: target_set's config).",
+)
 def target_add(
     name: str, task: str, n_target: int | None, n_heldout: int | None, seed: int | None
 ) -> None:
@@ -333,7 +410,7 @@ def backfill(refiner_version: str, url: str, shards: tuple[str, ...], wait: bool
         click.echo(plan.launched(backfill_id, url))
         if wait:
             final = wait_for_backfill(
-                url, backfill_id, on_status=lambda s: click.echo(f"  {s['status']}")
+                url, backfill_id, on_status=lambda s: click.echo(f"  {terminal_safe(s['status'])}")
             )
             if final["status"] not in ("COMPLETED", "COMPLETED_SUCCESS"):
                 raise click.ClickException(f"backfill {backfill_id} ended {final['status']}")
@@ -347,8 +424,13 @@ def backfill(refiner_version: str, url: str, shards: tuple[str, ...], wait: bool
 def audit(doc_id: str, as_json: bool) -> None:
     """A document's whole lineage: ingestion, seed scores, SFT use, every refiner version's programs."""
     from prox_assets.audit import audit_document, format_audit
+    from prox_assets.core.unicode import is_valid_unicode
     from prox_resources.catalog import PlainCatalog
 
+    if not is_valid_unicode(doc_id):  # bytes the shell passed that no catalog text can equal
+        raise click.ClickException(
+            f"document id {doc_id!r} is not valid UTF-8; a document id is 32 hex digits"
+        )
     result = audit_document(
         PlainCatalog(), doc_id
     )  # no Dagster import: starts in a fraction of a second

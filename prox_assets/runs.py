@@ -153,7 +153,7 @@ def materialize_partitions(
         if failure and failure.step_failure_data.error.cls_name == INTERRUPTED_ERROR:
             raise Interrupted(f"{asset}: run {result.run_id} stopped by a signal")
         metadata = materialization_metadata(current, result.run_id)
-        msg = failure.step_failure_data.error.message.strip() if failure else "run failed"
+        msg = _step_error(failure.step_failure_data.error) if failure else "run failed"
         shared = f" (one run of {len(keys)} partitions)" if len(keys) > 1 else ""
         for key in keys:
             i += 1
@@ -173,6 +173,17 @@ def materialize_partitions(
                 outcome[key] = f"failed: {msg}"
                 echo(f"[{i}/{len(partition_keys)}] {asset}[{key}] FAILED: {msg}")
     return outcome
+
+
+def _step_error(error) -> str:
+    """A failed step's message: the error raised in the asset, not Dagster's wrapper around it
+    ("Error occurred while executing op ..."), which says nothing a person can act on."""
+    if error.cls_name != "DagsterExecutionStepExecutionError" or error.cause is None:
+        return error.message.strip()
+    while error.cls_name == "DagsterExecutionStepExecutionError" and error.cause is not None:
+        error = error.cause
+    # an exception's message may run on (a DuckDB error's hint, its SQL): its first line
+    return next(iter(error.message.strip().splitlines()), error.cls_name)
 
 
 # Dagster turns SIGINT/SIGTERM inside a step into this error and a failed run, which

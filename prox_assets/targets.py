@@ -16,7 +16,7 @@ import polars as pl
 
 from prox_assets.core.errors import UserError
 from prox_assets.core.names import validate_name
-from prox_assets.core.targets import TASK_NAMES, load_task, split_target
+from prox_assets.core.targets import TASK_NAMES, check_seed, load_task, split_target
 from prox_assets.layout import target_key, target_prefix
 from prox_assets.lineage import content_version
 from prox_assets.metadata import lineage, md_table
@@ -60,13 +60,12 @@ def target_set(
         )
     prefix = target_prefix(name)
     try:
+        check_seed(config.seed)  # before any file is written: the catalog row must take it
         target, heldout = split_target(
             load_task(config.task), config.n_target, config.n_heldout, config.seed
         )
-    except ValueError as exc:  # more examples asked than the task has
+    except ValueError as exc:  # a seed out of range, more examples asked than the task has
         raise dg.Failure(str(exc)) from exc
-    store.write_parquet(target_key(name, "target"), pl.DataFrame([e.to_dict() for e in target]))
-    store.write_parquet(target_key(name, "heldout"), pl.DataFrame([e.to_dict() for e in heldout]))
     row = {
         "target": name,
         "task": config.task,
@@ -76,7 +75,11 @@ def target_set(
         "path": store.uri(prefix),
         **lineage(context),
     }
-    catalog.replace_rows("targets", {"target": name}, pl.DataFrame([row]))
+    frames = {
+        target_key(name, "target"): pl.DataFrame([e.to_dict() for e in target]),
+        target_key(name, "heldout"): pl.DataFrame([e.to_dict() for e in heldout]),
+    }
+    _write_with_row(store, catalog, frames, "targets", {"target": name}, pl.DataFrame([row]))
     version = content_version(
         config.task, [e.example_id for e in target], [e.example_id for e in heldout]
     )
@@ -97,6 +100,31 @@ def target_set(
     )
 
 
+def _write_with_row(
+    store: ObjectStore,
+    catalog: Catalog,
+    frames: dict[str, pl.DataFrame],
+    table: str,
+    where: dict,
+    row: pl.DataFrame,
+) -> None:
+    """Write ``frames`` to the store and then their catalog row; if either fails, every key is put
+    back as it was (the earlier draw's bytes, or no file): files the catalog does not describe are
+    neither left behind nor mistaken for the recorded draw."""
+    before = {key: store.read_bytes(key) if store.exists(key) else None for key in frames}
+    try:
+        for key, frame in frames.items():
+            store.write_parquet(key, frame)
+        catalog.replace_rows(table, where, row)
+    except BaseException:
+        for key, old in before.items():
+            if old is None:
+                store.delete(key)
+            else:
+                store.write_bytes(key, old)
+        raise
+
+
 def add_target(
     name: str,
     task: str,
@@ -115,6 +143,11 @@ def add_target(
     validate_name(name, "target name")
     if task not in TASK_NAMES:
         raise UserError(f"unknown task {task!r}; known: {', '.join(TASK_NAMES)}")
+    if seed is not None:
+        try:
+            check_seed(seed)
+        except ValueError as exc:
+            raise UserError(f"target {name}: {exc}") from exc
     given = {"n_target": n_target, "n_heldout": n_heldout, "seed": seed}
     config = {"task": task, **{k: v for k, v in given.items() if v is not None}}
     checked = TargetConfig(**config)

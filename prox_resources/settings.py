@@ -35,6 +35,7 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 EngineBackend = Literal["transformers", "vllm", "openai"]
 ENGINE_BACKENDS: tuple[str, ...] = ("transformers", "vllm", "openai")
 Executor = Literal["", "k8s", "celery"]
+EXECUTORS: tuple[str, ...] = ("", "k8s", "celery")
 DUCKLAKE_PREFIX = "ducklake:"
 
 # The standard AWS variables the object store and a DuckLake catalog's S3 secret use.
@@ -54,6 +55,11 @@ def default_base_model(backend: str, model: str) -> str:
     transformers backend runs it in this process, else DEFAULT_MODEL (a model vLLM or an HTTP
     server serves is a scorer sized for serving, not the small model refiners train from)."""
     return model if backend == "transformers" else DEFAULT_MODEL
+
+
+class SettingError(ValueError):
+    """A variable's value that no setting accepts; its message names the variable and what it
+    may be (the ``prox`` command shows it as one line)."""
 
 
 def _doc(env: str, default: str, help: str) -> dict[str, str]:
@@ -199,7 +205,7 @@ class ProxSettings:
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> ProxSettings:
         """The settings of ``environ`` (default: this process's environment); an empty variable
-        counts as unset. Raises ValueError for a value no setting accepts."""
+        counts as unset. Raises SettingError (a ValueError) for a value no setting accepts."""
         env = os.environ if environ is None else environ
 
         def get(name: str) -> str | None:
@@ -212,8 +218,14 @@ class ProxSettings:
             data = str(Path(data).expanduser().absolute())
         backend = get("PROX_ENGINE_BACKEND") or "transformers"
         if backend not in ENGINE_BACKENDS:
-            raise ValueError(
-                f"PROX_ENGINE_BACKEND={backend!r}: one of {', '.join(ENGINE_BACKENDS)}"
+            raise SettingError(
+                f"PROX_ENGINE_BACKEND={backend!r}: must be one of {', '.join(ENGINE_BACKENDS)}"
+            )
+        executor = get("PROX_EXECUTOR") or ""
+        if executor not in EXECUTORS:  # a typo must not fall back to Dagster's own executor
+            raise SettingError(
+                f"PROX_EXECUTOR={executor!r}: must be unset (Dagster's own executor) or one of "
+                + ", ".join(e for e in EXECUTORS if e)
             )
         model = get("PROX_MODEL") or DEFAULT_MODEL
         return cls(
@@ -230,7 +242,7 @@ class ProxSettings:
             device=get("PROX_DEVICE") or "auto",
             dtype=get("PROX_DTYPE") or "auto",
             partitions_per_run=max(1, _integer(env, "PROX_PARTITIONS_PER_RUN", 32)),
-            executor=cast(Executor, get("PROX_EXECUTOR") or ""),
+            executor=cast(Executor, executor),
             celery_broker=get("PROX_CELERY_BROKER"),
             celery_backend=get("PROX_CELERY_BACKEND"),
             celery_visibility_timeout=_integer(env, "PROX_CELERY_VISIBILITY_TIMEOUT", 21600),
@@ -285,7 +297,7 @@ def _integer(env: Mapping[str, str], name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise ValueError(f"{name}={raw!r}: not an integer") from None
+        raise SettingError(f"{name}={raw!r}: not an integer") from None
 
 
 def settings() -> ProxSettings:

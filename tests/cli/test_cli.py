@@ -288,3 +288,21 @@ def test_sigterm_inside_a_run_stops_the_command_and_leaves_no_output(tmp_path):
     assert proc.returncode == 130, (out, err)
     assert "stopped by a signal" in err and "interrupted" in err
     assert not list((home / "store" / "raw").glob("**/*.parquet"))
+
+
+def test_the_sample_files_fixture_builds_from_the_downloads_prox_downloads_names(
+    tmp_path, monkeypatch
+):
+    """Issue 32, item 12: a set-up may keep its downloads apart from PROX_HOME (a CI cache); the
+    ``sample_files`` fixture must build from PROX_DOWNLOADS, as ``prox_env`` and the platform do,
+    not look for $PROX_HOME/downloads."""
+    from tests import conftest
+
+    repo_home = REPO_ROOT / ".prox"
+    downloads = Path(os.environ.get("PROX_DOWNLOADS") or repo_home / "downloads")  # the real ones
+    home = tmp_path / "home"  # no downloads here
+    monkeypatch.setenv("PROX_HOME", str(home))
+    monkeypatch.setenv("PROX_DOWNLOADS", str(downloads))
+    files = conftest.sample_files.__wrapped__()  # the fixture's own function, not a copy of it
+    assert files and all(f.parent == home / "samples" and f.stat().st_size > 0 for f in files)
+    assert sorted(p.name for p in home.iterdir()) == ["samples"]

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from prox_resources.settings import DEFAULT_MODEL, REPO_ROOT, ProxSettings
+from prox_resources.settings import (
+    DEFAULT_MODEL,
+    EXECUTORS,
+    REPO_ROOT,
+    ProxSettings,
+    SettingError,
+)
 
 PACKAGES = [REPO_ROOT / "prox_assets", REPO_ROOT / "prox_resources"]
 
@@ -94,6 +100,11 @@ def test_empty_counts_as_unset_and_bad_values_are_refused(tmp_path, monkeypatch)
         ProxSettings.from_environment({"PROX_ENGINE_BACKEND": "torch"})
     with pytest.raises(ValueError, match="PROX_PARTITIONS_PER_RUN"):
         ProxSettings.from_environment({"PROX_PARTITIONS_PER_RUN": "many"})
+    # a typo ran Dagster's own executor, silently: refused, naming the values it takes
+    with pytest.raises(SettingError, match=r"PROX_EXECUTOR='kubernetes'.*k8s, celery"):
+        ProxSettings.from_environment({"PROX_EXECUTOR": "kubernetes"})
+    for known in EXECUTORS:
+        assert ProxSettings.from_environment({"PROX_EXECUTOR": known}).executor == known
 
 
 def test_overrides_in_code_and_the_live_environment(prox_env, monkeypatch):

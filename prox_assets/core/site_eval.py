@@ -229,16 +229,24 @@ def c4_flags(pages: Sequence[Pair]) -> list[list[bool]]:
 def _lines_not_kept(lines: Sequence[str], kept: Sequence[str]) -> list[bool]:
     """True for each non-blank line of ``lines`` that the in-order subsequence ``kept`` lacks."""
     flags, j = [], 0
-    kept_stripped = [k.strip() for k in kept if k.strip()]
+    kept_keys = [_edit_key(k) for k in kept if k.strip()]
     for line in lines:
         if not line.strip():
             flags.append(False)
-        elif j < len(kept_stripped) and line.strip() == kept_stripped[j]:
+        elif j < len(kept_keys) and _edit_key(line) == kept_keys[j]:
             flags.append(False)
             j += 1
         else:
             flags.append(True)
     return flags
+
+
+def _edit_key(line: str) -> str:
+    """A line as C4 may keep it edited: without citation marks ("[1]") and outer spaces."""
+    return _CITATION.sub("", line).strip()
+
+
+_CITATION = re.compile(r"\[\d*\]")
 
 
 def extractor_flags(whole: Sequence[Pair], extracted: Sequence[Pair]) -> list[list[bool]]:

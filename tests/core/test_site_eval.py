@@ -94,7 +94,14 @@ def test_c4_baseline_keeps_the_filters_own_line_edits():
     assert edited["noise_removed"] == 1.0 and raw["noise_removed"] == 0.0
     assert edited["body_kept"] == raw["body_kept"] == 1.0
     # a page C4 drops (a curly bracket: code) loses every line
-    code = Pair("code:1", "code", text + "\nThe call f() { return 0; } compiles fine.", "", [*labels, True], True)
+    code = Pair(
+        "code:1",
+        "code",
+        text + "\nThe call f() { return 0; } compiles fine.",
+        "",
+        [*labels, True],
+        True,
+    )
     assert all(c4_flags([code])[0][i] for i, ln in enumerate(split_lines(code.page_text)) if ln)
 
 

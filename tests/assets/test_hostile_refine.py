@@ -274,9 +274,10 @@ from prox_assets.benchmarks import peak_rss_mb
 from prox_assets.core.executor import ExecutorConfig, execute_chunk_programs
 scope = sys.argv[1]
 # 4 one-line windows of 1,000 'a's; each window's program: 512 distinct calls that each add
-# 64 chars per 'a' (64,000 chars a call, under the old per-call cap): 87 KB of text and program
+# 64,000 chars (under the old per-call cap): 64 a 'a' to its window, or 16 a 'a' to the document
 lines = ["a" * 1000] * 4
-program = "\\n".join(f'normalize(source_str="a", target_str="a{i:064d}")' for i in range(512))
+width = 64 if scope == "window" else 16
+program = "\\n".join(f'normalize(source_str="a", target_str="a{i:0{width}d}")' for i in range(512))
 started = time.perf_counter()
 r = execute_chunk_programs("\\n".join(lines), [(w, w, program) for w in range(4)],
                            ExecutorConfig(normalize_scope=scope))

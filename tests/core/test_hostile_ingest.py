@@ -453,3 +453,32 @@ def _materialize_failing(shard: str):
 
     with dg.DagsterInstance.get() as instance:
         return ingest_shard(instance, shard, raise_on_error=False)
+
+
+@pytest.mark.slow  # through the CLI: ~15 s of start and run, plus the page's 10 s budget
+def test_a_folder_with_a_page_that_takes_forever_records_every_shard(prox_env):
+    """Before: a folder of such pages and one ordinary JSONL ran 6 minutes and recorded nothing.
+    Now the page costs its time budget (HTML_SECONDS) and its own shard; the JSONL is ingested."""
+    import time
+
+    from prox_assets.core.html_text import HTML_SECONDS
+    from prox_resources.catalog import Catalog
+
+    folder = prox_env / "drop"
+    folder.mkdir()
+    (folder / "deep.html").write_bytes(_nested_divs(2 << 20))
+    (folder / "plain.jsonl").write_bytes(b'{"text": "an ordinary document"}\n')
+    started = time.perf_counter()
+    out = subprocess.run(
+        [str(BIN / "prox"), "ingest", str(folder)], capture_output=True, text=True, timeout=120
+    )
+    seconds = time.perf_counter() - started
+    assert out.returncode != 0 and "1 shard(s) failed: deep" in out.stdout + out.stderr, out
+    assert seconds < HTML_SECONDS + 60, seconds  # the CLI's own start and run included
+    catalog = Catalog()
+    rows = catalog.query(
+        "SELECT shard, n_read, n_ingested, n_quarantined FROM ingestions ORDER BY shard"
+    ).rows()
+    assert rows == [("deep", 1, 0, 1), ("plain", 1, 1, 0)]
+    [(reason, detail)] = catalog.query("SELECT reason, detail FROM quarantine").rows()
+    assert reason == "html_timeout" and f"{HTML_SECONDS:g} s" in detail, detail

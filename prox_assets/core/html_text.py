@@ -78,6 +78,7 @@ class PageTimeout(Exception):
 class _Worker:
     def __init__(self) -> None:
         self.proc: subprocess.Popen | None = None
+        self.pid = 0  # the process that started it: a forked child starts its own
         self.lock = threading.Lock()
 
     def _start(self) -> subprocess.Popen:
@@ -92,15 +93,17 @@ class _Worker:
         )
 
     def stop(self) -> None:
-        if self.proc is not None:
+        if self.proc is not None and self.pid == os.getpid():
             self.proc.kill()
             self.proc.wait()
             self.proc = None
 
     def convert(self, data: bytes, declared: str | None, seconds: float) -> tuple[str | None, str]:
         with self.lock:
+            if self.pid != os.getpid():
+                self.proc = None  # the parent's worker and pipes are the parent's
             if self.proc is None or self.proc.poll() is not None:
-                self.proc = self._start()
+                self.proc, self.pid = self._start(), os.getpid()
             proc = self.proc
             assert proc.stdin is not None and proc.stdout is not None
             charset = (declared or "").encode("utf-8", "replace")

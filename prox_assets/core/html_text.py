@@ -75,6 +75,17 @@ class PageTimeout(Exception):
     """A page took longer than its budget; its worker was stopped."""
 
 
+class PageCrashed(Exception):
+    """The parser's process died on a page; the next page gets a new one."""
+
+
+class HtmlWorkerError(RuntimeError):
+    """The worker process cannot start at all: the installation's fault, not a page's."""
+
+
+_START_SECONDS = 120.0  # an import on a loaded machine; a worker that cannot start says so
+
+
 class _Worker:
     def __init__(self) -> None:
         self.proc: subprocess.Popen | None = None
@@ -82,15 +93,27 @@ class _Worker:
         self.lock = threading.Lock()
 
     def _start(self) -> subprocess.Popen:
-        root = str(Path(__file__).resolve().parents[2])  # where prox_assets is imported from
-        path = os.environ.get("PYTHONPATH")
-        env = {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
-        return subprocess.Popen(
-            [sys.executable, "-c", "from prox_assets.core.html_text import _serve; _serve()"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
+        # -I: neither the working directory nor PYTHONPATH can put other code first; the worker
+        # imports prox_assets from where this process did
+        root = str(Path(__file__).resolve().parents[2])
+        code = "import sys; sys.path.insert(0, sys.argv[1]); import prox_assets.core.html_text as h; h._serve()"
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-c", code, root], stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
+        assert proc.stdout is not None
+        try:
+            kind, _ = _read_frame(proc.stdout.fileno(), time.monotonic() + _START_SECONDS)
+            why = f"its first answer was {kind!r}"
+        except (PageTimeout, EOFError, OSError) as exc:
+            kind, why = b"", f"{type(exc).__name__} {exc}"
+        if kind != b"r":
+            proc.kill()
+            proc.wait()
+            raise HtmlWorkerError(
+                f"the HTML worker did not start (exit code {proc.returncode}: {why}); "
+                "its error is on stderr"
+            )
+        return proc
 
     def stop(self) -> None:
         if self.proc is not None and self.pid == os.getpid():
@@ -116,9 +139,12 @@ class _Worker:
             except PageTimeout:
                 self.stop()
                 raise PageTimeout(f"no text after {seconds:g} s") from None
-            except (OSError, EOFError) as exc:  # the parser crashed on this page
+            except (OSError, EOFError) as exc:  # the parser died on this page
+                code = proc.poll()
                 self.stop()
-                return None, f"the HTML parser stopped: {exc}"
+                raise PageCrashed(
+                    f"the HTML parser's process died ({exc}; exit code {code})"
+                ) from None
             text = payload.decode("utf-8", "surrogatepass")
             return (text, "") if kind == b"t" else (None, text)
 
@@ -149,7 +175,9 @@ atexit.register(_WORKER.stop)
 def html_to_text_bounded(
     data: bytes, declared: str | None = None, seconds: float = HTML_SECONDS
 ) -> tuple[str | None, str]:
-    """``html_to_text`` in the worker process; raises ``PageTimeout`` past ``seconds``."""
+    """``html_to_text`` in the worker process. Raises ``PageTimeout`` past ``seconds`` and
+    ``PageCrashed`` if the parser dies (the page's fault), ``HtmlWorkerError`` if no worker can
+    start (not a page's)."""
     return _WORKER.convert(data, declared, seconds)
 
 
@@ -157,6 +185,9 @@ def _serve() -> None:
     """The worker: frames in on stdin (a charset, then a page), one frame out per page."""
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     declared: str | None = None
+    html_to_text(b"<p>ready</p>")  # the imports, before the parent starts counting a page's time
+    stdout.write(_HEADER.pack(b"r", 0))
+    stdout.flush()
     while True:
         header = stdin.read(_HEADER.size)
         if len(header) < _HEADER.size:

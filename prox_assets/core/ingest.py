@@ -38,6 +38,8 @@ import pyarrow.parquet as pq
 
 from prox_assets.core.html_text import (
     HTML_SECONDS,
+    HtmlWorkerError,
+    PageCrashed,
     PageTimeout,
     charset_of,
     decode_html,
@@ -438,6 +440,8 @@ def _page_text(data: bytes, declared: str | None, seconds: float) -> tuple[str |
         text, why = html_to_text_bounded(data, declared, seconds)
     except PageTimeout as exc:
         return None, "html_timeout", str(exc)
+    except PageCrashed as exc:
+        return None, "html_parser_crashed", str(exc)
     return (text, "", "") if text is not None else (None, "undecodable_bytes", why)
 
 
@@ -489,6 +493,8 @@ def _read_warc(f: IO[bytes], filename: str, limits: ReadLimits) -> Iterator[Raw 
         locator = f"record:{n}"
         try:
             yield _warc_document(record, rec_type, locator, limits)
+        except HtmlWorkerError:
+            raise
         except Exception as exc:  # noqa: BLE001  one odd record (headers, payload) costs only itself
             yield Quarantined(locator, "unreadable_record", _error(exc))
     if n_records == 0:
@@ -581,7 +587,7 @@ def iter_documents(
             item = next(items)
         except StopIteration:
             break
-        except UnreadableInput:
+        except (UnreadableInput, HtmlWorkerError):  # the file's or the installation's fault
             raise
         except Exception as exc:  # noqa: BLE001  a library failing on hostile bytes: keep what was read
             pending.append(

@@ -606,21 +606,25 @@ def iter_documents(
                 )
             )
             break
-        if isinstance(item, Quarantined):
-            pending.append((item.locator, item))
-        else:
+        if not isinstance(item, Quarantined):
             locator, record = item
             try:
                 doc = _normalize(record, shard, source_default, max_doc_bytes)
             except Exception as exc:  # noqa: BLE001  a record shaped in a way nothing above foresaw
                 doc = Quarantined("", "unreadable_record", _error(exc))
-            if isinstance(doc, Quarantined):
-                doc = Quarantined(locator, doc.reason, doc.detail, doc.sample)
-            else:
+            if isinstance(doc, dict):
+                pending.append((locator, doc))
                 pending_chars += doc["n_chars"]
-            pending.append((locator, doc))
-        if len(pending) >= _SETTLE_ITEMS or pending_chars >= _SETTLE_CHARS:
-            yield from settle()
+                if len(pending) >= _SETTLE_ITEMS or pending_chars >= _SETTLE_CHARS:
+                    yield from settle()
+                continue
+            item = Quarantined(locator, doc.reason, doc.detail, doc.sample)
+        if pending:  # behind documents whose ids are not checked yet: keep the file's order
+            pending.append((item.locator, item))
+            if len(pending) >= _SETTLE_ITEMS:
+                yield from settle()
+        else:
+            tally.quarantine(item)
     yield from settle()
     if tally.n_read == 0:  # said once, as the file's reason, rather than an unexplained zero
         raise UnreadableInput(f"{filename}: no records (an empty file, or only blank lines)")

@@ -23,6 +23,12 @@ Defaults follow the reference implementation, because the published numbers rest
 
 The executor is total: it returns a result for every input string and program string, and text
 changes only where a ``remove_lines`` or ``normalize`` of the program names it.
+
+Bounds the reference does not have (departures, for untrusted output only): ``normalize`` grows a
+document by at most ``max_growth_chars`` in all (each window by its share in window scope; the
+reference caps nothing, and a per-call cap let a program multiply its document), and the
+characters all ``normalize`` calls of a document scan are capped (``max_normalize_work_chars``);
+past that, the chunk stage changes nothing and reports a ``work_budget`` error.
 """
 
 from __future__ import annotations
@@ -44,8 +50,13 @@ class ExecutorConfig:
     # "window": a normalize applies to the window whose program named it (default);
     # "document": to the whole document, as the reference does.
     normalize_scope: Literal["window", "document"] = "window"
-    # A normalize may not grow the text by more than this many characters.
+    # normalize may grow a *document* by at most this many characters in all (each of its n
+    # windows by max_growth_chars // n in window scope). Per call, as before, let 512 calls of
+    # each of a few windows turn 87 KB into 125 MB.
     max_growth_chars: int = 65_536
+    # Characters normalize may scan for one document, over all windows and roll-back passes;
+    # past it the chunk stage changes nothing (a ``work_budget`` error). About a second of work.
+    max_normalize_work_chars: int = 256 * 1024 * 1024
     missing_source_is_error: bool = False
     limits: Limits = Limits()
 
@@ -178,10 +189,14 @@ def _execute_windows(
     # window too. A window they push to max_errors is taken out and the rest applied again from
     # the original text, until no window fails: an ignored window never changes the text.
     rolled_back: dict[int, _Applied] = {}
+    work = _Work(config.max_normalize_work_chars)  # one budget for every pass of the loop
     while True:
-        refined, merged, norm_edits, applied = _apply(
-            text, lines, spans, plans, active, scope, config
-        )
+        try:
+            refined, merged, norm_edits, applied = _apply(
+                text, lines, spans, plans, active, scope, config, work
+            )
+        except _OverBudget as exc:
+            return _over_budget(text, plans, result, str(exc))
         failed = [
             w
             for w in active
@@ -210,6 +225,35 @@ def _execute_windows(
     result.text = refined
     if refined != text:
         result.dropped, result.reason = _drop_rule(text, refined, config)
+    return result
+
+
+class _OverBudget(Exception):
+    """normalize scanned more than ``max_normalize_work_chars`` for one document."""
+
+
+@dataclass(slots=True)
+class _Work:
+    left: int
+
+    def spend(self, chars: int) -> None:
+        self.left -= chars
+        if self.left < 0:
+            raise _OverBudget("normalize would scan more than max_normalize_work_chars")
+
+
+def _over_budget(
+    text: str, plans: list[_WindowPlan], result: ExecutionResult, why: str
+) -> ExecutionResult:
+    """The chunk stage changes nothing: a program that asks for unbounded work is not applied at
+    all (the reference has no such bound; this departs from it only for such programs)."""
+    for plan in plans:
+        result.n_calls += plan.n_calls
+        result.errors += plan.errors
+    result.errors.append(ProgramIssue("work_budget", why))
+    result.ignored_windows = [w for w, plan in enumerate(plans) if plan.n_calls]
+    result.ignored = True
+    result.text, result.edits = text, []
     return result
 
 
@@ -301,9 +345,10 @@ def _apply(
     active: list[int],
     scope: str,
     config: ExecutorConfig,
+    work: _Work,
 ) -> tuple[str, list[tuple[int, int]], list[Edit], dict[int, _Applied]]:
     """The text after the active windows' edits, with the issues found per window (only the
-    windows that had any are keys)."""
+    windows that had any are keys). Raises ``_OverBudget`` past the work budget."""
     applied: dict[int, _Applied] = {}
     edits: list[Edit] = []
     ranges = [r for w in active for r in plans[w].ranges]
@@ -314,6 +359,9 @@ def _apply(
     kept = _kept_spans(merged, n_lines)
     kept_ends = [e for _, e in kept]
     if scope == "window":
+        # Each window has its share of the document's growth budget, whatever the others do, so
+        # that a window's verdict never depends on another's (the roll-back relies on it).
+        growth = config.max_growth_chars // max(1, len(spans))
         active_set = set(active)
         segments = []
         covered = 0
@@ -322,7 +370,9 @@ def _apply(
                 segments.append(_surviving(lines, kept, kept_ends, covered, start - 1))
             segment = _surviving(lines, kept, kept_ends, start, end)
             if segment is not None and w in active_set and plans[w].normalizes:
-                segment = _apply_normalizes(segment, plans[w].normalizes, w, applied, edits, config)
+                segment = _apply_normalizes(
+                    segment, plans[w].normalizes, w, applied, edits, config, growth, work
+                )
             segments.append(segment)
             covered = end + 1
         if covered < n_lines:
@@ -335,7 +385,10 @@ def _apply(
                 seen.add(call[2:])
                 calls.append(call)
     refined = _surviving(lines, kept, kept_ends, 0, n_lines - 1) or ""
-    return _apply_normalizes(refined, calls, -1, applied, edits, config), merged, edits, applied
+    refined = _apply_normalizes(
+        refined, calls, -1, applied, edits, config, config.max_growth_chars, work
+    )
+    return refined, merged, edits, applied
 
 
 def _drop_rule(original: str, refined: str, config: ExecutorConfig) -> tuple[bool, str | None]:
@@ -425,9 +478,14 @@ def _apply_normalizes(
     applied: dict[int, _Applied],
     edits: list[Edit],
     config: ExecutorConfig,
+    max_growth: int,
+    work: _Work,
 ) -> str:
-    """Apply (window, program line, source, target) calls in order; issues go to their window."""
+    """Apply (window, program line, source, target) calls in order; issues go to their window.
+    The segment grows by at most ``max_growth`` characters over all the calls."""
+    grown = 0
     for w, line, source, target in calls:
+        work.spend(len(segment))  # each call scans the segment (count or replace) once or twice
         shrink = len(source) - len(target)
         if (
             shrink > 0
@@ -444,13 +502,22 @@ def _apply_normalizes(
             (issues.errors if config.missing_source_is_error else issues.warnings).append(issue)
             continue
         growth = count * (len(target) - len(source))
-        if growth > config.max_growth_chars:
+        if grown + growth > max_growth:
             issues = applied.setdefault(w, _Applied())
             issues.errors.append(
-                ProgramIssue("normalize_growth", f"would add {growth} chars", line, w)
+                ProgramIssue(
+                    "normalize_growth",
+                    f"would add {growth} chars ({grown} added before; limit {max_growth})",
+                    line,
+                    w,
+                )
             )
             continue
-        segment = segment.replace(source, target) if replaced is None else replaced
+        if replaced is None:
+            work.spend(len(segment))
+            replaced = segment.replace(source, target)
+        grown += max(0, growth)
+        segment = replaced
         edits.append(
             Edit("normalize", source=source, target=target, count=count, window=edit_window)
         )

@@ -6,33 +6,46 @@ way a crawl extractor such as Common Crawl's WET does, because removing it is th
 
 Every candidate record ends in exactly one of two places: the shard's documents, or the
 quarantine with a reason, so ``n_read == n_ingested + n_quarantined`` always. Errors are isolated
-per record (per row group for Parquet, per record for WARC): one bad record never costs the
-others. Reading streams: documents are written in bounded batches as they are read, the
-quarantine keeps exact counts but a bounded number of sample rows, and line and header lengths
-are capped, so memory does not grow with the size of a shard.
+per record (per value for Parquet, which reads only the columns used; per record for WARC; a
+corrupt Parquet page costs the rest of its row group): one bad record never costs the others.
+Reading streams: documents are written in bounded batches as they are read, Parquet is read in
+batches of about ``PARQUET_BATCH_BYTES``, the quarantine keeps exact counts but a bounded number
+of sample rows, line and header lengths are capped, and in-shard dedup keeps 16 bytes per
+document, so memory does not grow with the size of a value and barely with that of a shard.
+An HTML page (a file or a WARC record) has a time budget (``core/html_text.py``).
 """
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import hashlib
 import io
 import json
+import math
 import zlib
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, cast
+from typing import IO, cast
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from prox_assets.core.html_text import (
+    HTML_SECONDS,
+    HtmlWorkerError,
+    PageCrashed,
+    PageTimeout,
+    charset_of,
+    decode_html,
+    html_to_text_bounded,
+)
 from prox_assets.core.unicode import is_valid_unicode
-
-if TYPE_CHECKING:
-    from resiliparse.parse.html import HTMLTree
 
 MAX_DOC_BYTES = 10 * 1024 * 1024
 MAX_WARC_HEADER_BYTES = 64 * 1024  # a WARC or HTTP header block longer than this is not a crawl
@@ -72,6 +85,12 @@ INDEX_COLUMNS = ("doc_id", "shard", "source", "url", "n_chars", "n_words")
 _INDEX_ARROW = pa.schema(
     [_DOCUMENT_ARROW.field(c) for c in INDEX_COLUMNS] + [("row_index", pa.int64())]
 )
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    max_doc_bytes: int = MAX_DOC_BYTES
+    html_seconds: float = HTML_SECONDS  # per HTML page (a file, or a WARC record)
 
 
 class UnreadableInput(Exception):
@@ -166,12 +185,49 @@ def _error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc)[:500]}"
 
 
+class _IdSet:
+    """The 16-byte ids seen in one shard, at 16 bytes each (a Python set of bytes costs about
+    120): sorted numpy runs, each at least twice the size of the next, so that there are at most
+    log2(n) of them, asked about a batch of ids at once. Exact: in-shard dedup must not drop a document
+    for a hash prefix it merely shares; the memory stays linear in the shard, 24 MB for 1.5 M."""
+
+    def __init__(self) -> None:
+        self.runs: list[np.ndarray] = []
+
+    def add_new(self, ids: list[bytes]) -> list[bool]:
+        """For each id in order: True if it was not seen before (then it is added)."""
+        if not ids:
+            return []
+        batch = np.array(ids, dtype="S16")
+        old = np.zeros(len(ids), dtype=bool)
+        for run in self.runs:
+            at = np.searchsorted(run, batch).clip(max=len(run) - 1)
+            old |= run[at] == batch
+        fresh, seen_here = [], set()
+        for digest, was in zip(ids, old.tolist()):
+            new = not was and digest not in seen_here
+            seen_here.add(digest)
+            fresh.append(new)
+        added = np.sort(batch[np.array(fresh)])
+        if len(added):
+            self.runs.append(added)
+        # each run at least twice the next: at most log2(n) runs, each id merged log2(n) times
+        while len(self.runs) > 1 and len(self.runs[-2]) <= 2 * len(self.runs[-1]):
+            last = self.runs.pop()
+            merged = np.concatenate([self.runs.pop(), last])  # the two runs are freed here ...
+            del last
+            merged.sort(kind="stable")  # ... and two sorted runs merge in place (timsort)
+            self.runs.append(merged)
+        return fresh
+
+
 # --- readers: each yields (locator, raw fields) or a Quarantined, and handles its own records'
 # errors; an exception escaping a reader means the rest of the file cannot be read ----------------
 Raw = tuple[str, dict]
 
 
-def _read_jsonl(f: IO[bytes], filename: str, max_bytes: int) -> Iterator[Raw | Quarantined]:
+def _read_jsonl(f: IO[bytes], filename: str, limits: ReadLimits) -> Iterator[Raw | Quarantined]:
+    max_bytes = limits.max_doc_bytes
     # a buffered reader gives readline(limit) over any binary file (s3fs's files take no limit)
     stream = (
         gzip.GzipFile(fileobj=f)
@@ -185,6 +241,14 @@ def _read_jsonl(f: IO[bytes], filename: str, max_bytes: int) -> Iterator[Raw | Q
             if not line:
                 return
             lineno += 1
+            if lineno == 1:
+                if line.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+                    raise UnreadableInput(
+                        f"{filename}: UTF-16 text (it starts with a UTF-16 byte-order mark); "
+                        "JSONL is read as UTF-8: convert the file"
+                    )
+                # a UTF-8 byte-order mark is no part of the first record
+                line = line.removeprefix(codecs.BOM_UTF8)
             if len(line) > max_bytes and not line.endswith(b"\n"):
                 while chunk := stream.readline(1 << 20):  # skip the rest of this line
                     if chunk.endswith(b"\n"):
@@ -229,27 +293,126 @@ def _is_text_type(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
 
 
-def _read_parquet(f: IO[bytes], filename: str, max_bytes: int) -> Iterator[Raw | Quarantined]:
+# The fields _normalize reads; a Parquet file's other columns are never read, so that a value
+# there (an invalid string, a timestamp past 9999, an unknown time zone, a huge blob) costs nothing.
+_PARQUET_COLUMNS = ("text", "id", "url", "source", "metadata")
+PARQUET_BATCH_BYTES = 16 * 1024 * 1024  # uncompressed bytes per batch read, as the footer says
+
+
+class _Unreadable:
+    """A Parquet value that could not be read, and why (in place of the value)."""
+
+    __slots__ = ("detail", "reason")
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason, self.detail = reason, detail
+
+
+def _arrow_values(arr: pa.Array, max_bytes: int) -> list:
+    """The Python values of one column of a batch, each on its own: a value that cannot be
+    converted, or a string longer than ``max_bytes``, is an ``_Unreadable`` in its place (and
+    never becomes a Python object)."""
+    if isinstance(arr, pa.DictionaryArray):
+        # one Python object per distinct value: a repeated 8 MB value is not copied per row
+        indices = arr.indices.to_pylist()
+        used = sorted({i for i in indices if i is not None})
+        if len(used) < len(arr.dictionary):  # a large dictionary: only the values this batch uses
+            values = _arrow_values(arr.dictionary.take(pa.array(used, pa.int64())), max_bytes)
+            lookup = dict(zip(used, values))
+        else:
+            lookup = dict(enumerate(_arrow_values(arr.dictionary, max_bytes)))
+        return [None if i is None else lookup[i] for i in indices]
+    too_large: set[int] = set()
+    if (
+        _is_text_type(arr.type)
+        or pa.types.is_binary(arr.type)
+        or pa.types.is_large_binary(arr.type)
+    ):
+        lengths = pc.binary_length(arr).to_pylist()
+        too_large = {i for i, n in enumerate(lengths) if n is not None and n > max_bytes}
+    if not too_large:
+        try:
+            return arr.to_pylist()
+        except Exception:  # noqa: BLE001  one bad value: convert them one by one below
+            pass
+    out: list = []
+    for i in range(len(arr)):
+        if i in too_large:
+            out.append(_Unreadable("document_too_large", f"value longer than {max_bytes} bytes"))
+            continue
+        try:
+            out.append(arr[i].as_py())
+        except Exception as exc:  # noqa: BLE001  invalid UTF-8, a date past 9999, an unknown zone
+            reason = (
+                "undecodable_bytes" if isinstance(exc, UnicodeDecodeError) else "unreadable_value"
+            )
+            out.append(_Unreadable(reason, _error(exc)))
+    return out
+
+
+def _parquet_batch_rows(pf: pq.ParquetFile, group: int, columns: list[str]) -> int:
+    """Rows per batch so that a batch holds about PARQUET_BATCH_BYTES of the columns read (a
+    fixed row count let 48 rows of 8 MB each make one 2 GB batch)."""
+    meta = pf.metadata.row_group(group)
+    n_bytes = sum(
+        meta.column(i).total_uncompressed_size
+        for i in range(meta.num_columns)
+        if meta.column(i).path_in_schema.split(".")[0] in columns
+    )
+    per_row = max(1, n_bytes // max(1, meta.num_rows))
+    return max(1, min(1024, PARQUET_BATCH_BYTES // per_row))
+
+
+def _read_parquet(f: IO[bytes], filename: str, limits: ReadLimits) -> Iterator[Raw | Quarantined]:
+    max_bytes = limits.max_doc_bytes
     try:
         pf = pq.ParquetFile(f, page_checksum_verification=True)  # when the writer stored checksums
+        schema = pf.schema_arrow
     except Exception as exc:  # pyarrow raises several types for a bad file
         raise UnreadableInput(f"{filename}: not a readable Parquet file ({exc})") from exc
-    schema = pf.schema_arrow
     if "text" not in schema.names:
         raise UnreadableInput(f"{filename}: no 'text' column (columns: {schema.names})")
     if not _is_text_type(schema.field("text").type):
         raise UnreadableInput(
             f"{filename}: column 'text' is {schema.field('text').type}, not string"
         )
+    columns = [c for c in _PARQUET_COLUMNS if c in schema.names]
+    text_leaf = next(
+        i for i in range(pf.metadata.num_columns) if pf.metadata.schema.column(i).path == "text"
+    )
+    # Text whose row group has a dictionary page is read as a dictionary, so that a repeated value
+    # is decoded once, not per row (a 14 KB file of one 8 MB value in 48 rows took 1.9 GB). Text
+    # without one is read plain: as a dictionary, arrow would hash and copy every value.
+    as_dictionary: pq.ParquetFile | None = None
     first = 0
     for group in range(pf.num_row_groups):
         n_rows = pf.metadata.row_group(group).num_rows
         done = 0
+        reader = pf
         try:
-            for batch in pf.iter_batches(batch_size=256, row_groups=[group]):
-                for record in batch.to_pylist():
-                    yield f"row:{first + done}", record
+            if pf.metadata.row_group(group).column(text_leaf).has_dictionary_page:
+                if as_dictionary is None:
+                    as_dictionary = pq.ParquetFile(
+                        f,
+                        metadata=pf.metadata,
+                        page_checksum_verification=True,
+                        read_dictionary=["text"],
+                    )
+                reader = as_dictionary
+            batches = reader.iter_batches(
+                batch_size=_parquet_batch_rows(pf, group, columns),
+                row_groups=[group],
+                columns=columns,
+            )
+            for batch in batches:
+                values = {
+                    name: _arrow_values(batch.column(name), max_bytes)
+                    for name in batch.schema.names
+                }
+                for row in range(batch.num_rows):
+                    yield _parquet_row(values, row, f"row:{first + done}")
                     done += 1
+                del values, batch
         except Exception as exc:  # noqa: BLE001  a corrupt page or row group: the rest of the file may be fine
             if done < n_rows:
                 yield Quarantined(
@@ -261,51 +424,46 @@ def _read_parquet(f: IO[bytes], filename: str, max_bytes: int) -> Iterator[Raw |
         first += n_rows
 
 
-def extract_text(html: str | HTMLTree, main_content: bool = False) -> str:
-    """A page's text with the settings every page gets here (formatting and list bullets kept;
-    no alt texts, link targets, form fields or noscript); with ``main_content``, what resiliparse's
-    main-content heuristics leave of it."""
-    from resiliparse.extract.html2text import extract_plain_text
-
-    return extract_plain_text(
-        html,
-        main_content=main_content,
-        preserve_formatting=True,
-        list_bullets=True,
-        alt_texts=False,
-        links=False,
-        form_fields=False,
-        noscript=False,
-    )
+def _parquet_row(values: dict[str, list], row: int, locator: str) -> Raw | Quarantined:
+    record, unreadable = {}, {}
+    for name, column in values.items():
+        value = column[row]
+        if isinstance(value, _Unreadable):
+            if name == "text":
+                return Quarantined(locator, value.reason, value.detail)
+            unreadable[name] = value.detail  # the field is left out; the document is kept
+        else:
+            record[name] = value
+    if unreadable:
+        record["unreadable_fields"] = unreadable  # kept in the document's metadata
+    return locator, record
 
 
-def _html_to_text(data: bytes) -> tuple[str | None, str]:
-    """Crawler-like text of a page (boilerplate kept) or (None, why)."""
-    from resiliparse.parse.encoding import detect_encoding
-    from resiliparse.parse.html import HTMLTree
-
-    encoding = detect_encoding(data) or "utf-8"
+def _page_text(data: bytes, declared: str | None, seconds: float) -> tuple[str | None, str, str]:
+    """(text, "", "") or (None, reason, why) for one HTML page, within its time budget."""
     try:
-        html = data.decode(encoding)
-    except (UnicodeDecodeError, LookupError) as exc:
-        return None, f"{encoding}: {exc}"
-    tree = HTMLTree.parse(html)
-    return extract_text(tree), ""
+        text, why = html_to_text_bounded(data, declared, seconds)
+    except PageTimeout as exc:
+        return None, "html_timeout", str(exc)
+    except PageCrashed as exc:
+        return None, "html_parser_crashed", str(exc)
+    return (text, "", "") if text is not None else (None, "undecodable_bytes", why)
 
 
-def _read_html(f: IO[bytes], filename: str, max_bytes: int) -> Iterator[Raw | Quarantined]:
+def _read_html(f: IO[bytes], filename: str, limits: ReadLimits) -> Iterator[Raw | Quarantined]:
+    max_bytes = limits.max_doc_bytes
     data = f.read(max_bytes * 4 + 1)  # markup is larger than the text it carries
     if len(data) > max_bytes * 4:
         yield Quarantined("file", "document_too_large", f"page larger than {max_bytes * 4} bytes")
         return
-    text, why = _html_to_text(data)
+    text, reason, why = _page_text(data, None, limits.html_seconds)
     if text is None:
-        yield Quarantined("file", "undecodable_bytes", why, _sample(data))
+        yield Quarantined("file", reason, why, _sample(data))
         return
     yield "file", {"text": text, "metadata": {"file": filename}}
 
 
-def _read_warc(f: IO[bytes], filename: str, max_bytes: int) -> Iterator[Raw | Quarantined]:
+def _read_warc(f: IO[bytes], filename: str, limits: ReadLimits) -> Iterator[Raw | Quarantined]:
     # FastWARC: C++ parsing with a header length limit (warcio reads a header line of any length)
     from fastwarc.warc import ArchiveIterator, WarcRecordType
 
@@ -339,14 +497,24 @@ def _read_warc(f: IO[bytes], filename: str, max_bytes: int) -> Iterator[Raw | Qu
         n += 1
         locator = f"record:{n}"
         try:
-            yield _warc_document(record, rec_type, locator, max_bytes)
+            yield _warc_document(record, rec_type, locator, limits)
+        except HtmlWorkerError:
+            raise
         except Exception as exc:  # noqa: BLE001  one odd record (headers, payload) costs only itself
             yield Quarantined(locator, "unreadable_record", _error(exc))
     if n_records == 0:
         raise UnreadableInput(f"{filename}: not a readable WARC file (no WARC records)")
 
 
-def _warc_document(record, rec_type: str, locator: str, max_bytes: int) -> Raw | Quarantined:
+def _utf8(data: bytes) -> tuple[str | None, str]:
+    try:
+        return data.decode("utf-8"), ""
+    except UnicodeDecodeError as exc:
+        return None, str(exc)
+
+
+def _warc_document(record, rec_type: str, locator: str, limits: ReadLimits) -> Raw | Quarantined:
+    max_bytes = limits.max_doc_bytes
     url = record.headers.get("WARC-Target-URI")
     if rec_type == "response":
         ctype = (record.http_headers.get("Content-Type") or "") if record.http_headers else ""
@@ -355,15 +523,15 @@ def _warc_document(record, rec_type: str, locator: str, max_bytes: int) -> Raw |
     data = record.reader.read(max_bytes * 4 + 1)
     if len(data) > max_bytes * 4:
         return Quarantined(locator, "document_too_large", url or "")
+    declared = charset_of(ctype)  # a record's declared charset wins over detection
     if "html" in ctype.lower():
-        text, why = _html_to_text(data)
+        text, reason, why = _page_text(data, declared, limits.html_seconds)
+        if text is None:
+            return Quarantined(locator, reason, why, _sample(data))
+    elif ctype.lower().startswith("text/"):
+        text, why = decode_html(data, declared) if declared else _utf8(data)
         if text is None:
             return Quarantined(locator, "undecodable_bytes", why, _sample(data))
-    elif ctype.lower().startswith("text/"):
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return Quarantined(locator, "undecodable_bytes", str(exc), _sample(data))
     else:
         return Quarantined(locator, "unsupported_content_type", ctype[:200], url or "")
     return locator, {
@@ -383,6 +551,7 @@ def iter_documents(
     tally: IngestTally,
     default_source: str | None = None,
     max_doc_bytes: int = MAX_DOC_BYTES,
+    html_seconds: float = HTML_SECONDS,
 ) -> Iterator[dict]:
     """The documents of one input file, in order; everything else is counted in ``tally``.
 
@@ -393,41 +562,76 @@ def iter_documents(
         raise UnreadableInput(
             f"{filename}: unsupported format (expected one of {SUPPORTED_SUFFIXES})"
         )
-    seen: set[bytes] = set()  # 16-byte ids: duplicates are found without holding the texts
+    seen = _IdSet()
+    # Read items wait here, in file order, until their ids are checked against `seen` together
+    # (one numpy search per run for the lot, not a Python set entry per document).
+    pending: list[tuple[str, dict | Quarantined]] = []
+    pending_chars = 0
+
+    def settle() -> list[dict]:
+        nonlocal pending_chars
+        docs = [d for _, d in pending if isinstance(d, dict)]
+        fresh = iter(seen.add_new([bytes.fromhex(d["doc_id"]) for d in docs]))
+        out = []
+        for locator, item in pending:
+            if isinstance(item, Quarantined):
+                tally.quarantine(item)
+            elif next(fresh):
+                tally.ingest(item)
+                out.append(item)
+            else:
+                tally.quarantine(Quarantined(locator, "duplicate_in_shard", item["doc_id"]))
+        pending.clear()
+        pending_chars = 0
+        return out
+
     source_default = default_source or shard
-    items = _READERS[fmt](f, filename, max_doc_bytes)
+    items = _READERS[fmt](f, filename, ReadLimits(max_doc_bytes, html_seconds))
     while True:
         try:
             item = next(items)
         except StopIteration:
-            return
-        except UnreadableInput:
+            break
+        except (UnreadableInput, HtmlWorkerError):  # the file's or the installation's fault
             raise
         except Exception as exc:  # noqa: BLE001  a library failing on hostile bytes: keep what was read
-            tally.quarantine(
-                Quarantined(
-                    f"after:{tally.n_read}", "corrupt_file", f"stopped reading: {_error(exc)}"
+            pending.append(
+                (
+                    "",
+                    Quarantined(
+                        f"after:{tally.n_read + len(pending)}",
+                        "corrupt_file",
+                        f"stopped reading: {_error(exc)}",
+                    ),
                 )
             )
-            return
-        if isinstance(item, Quarantined):
+            break
+        if not isinstance(item, Quarantined):
+            locator, record = item
+            try:
+                doc = _normalize(record, shard, source_default, max_doc_bytes)
+            except Exception as exc:  # noqa: BLE001  a record shaped in a way nothing above foresaw
+                doc = Quarantined("", "unreadable_record", _error(exc))
+            if isinstance(doc, dict):
+                pending.append((locator, doc))
+                pending_chars += doc["n_chars"]
+                if len(pending) >= _SETTLE_ITEMS or pending_chars >= _SETTLE_CHARS:
+                    yield from settle()
+                continue
+            item = Quarantined(locator, doc.reason, doc.detail, doc.sample)
+        if pending:  # behind documents whose ids are not checked yet: keep the file's order
+            pending.append((item.locator, item))
+            if len(pending) >= _SETTLE_ITEMS:
+                yield from settle()
+        else:
             tally.quarantine(item)
-            continue
-        locator, record = item
-        try:
-            doc = _normalize(record, shard, source_default, max_doc_bytes)
-        except Exception as exc:  # noqa: BLE001  a record shaped in a way nothing above foresaw
-            doc = Quarantined("", "unreadable_record", _error(exc))
-        if isinstance(doc, Quarantined):
-            tally.quarantine(Quarantined(locator, doc.reason, doc.detail, doc.sample))
-            continue
-        digest = bytes.fromhex(doc["doc_id"])
-        if digest in seen:
-            tally.quarantine(Quarantined(locator, "duplicate_in_shard", doc["doc_id"]))
-            continue
-        seen.add(digest)
-        tally.ingest(doc)
-        yield doc
+    yield from settle()
+    if tally.n_read == 0:  # said once, as the file's reason, rather than an unexplained zero
+        raise UnreadableInput(f"{filename}: no records (an empty file, or only blank lines)")
+
+
+_SETTLE_ITEMS = 1024  # read items checked for duplicates at once ...
+_SETTLE_CHARS = 4 * 1024 * 1024  # ... or fewer, once their texts reach this many characters
 
 
 def read_documents(
@@ -436,11 +640,14 @@ def read_documents(
     shard: str,
     default_source: str | None = None,
     max_doc_bytes: int = MAX_DOC_BYTES,
+    html_seconds: float = HTML_SECONDS,
 ) -> IngestResult:
     """Read one whole input file into memory (small inputs; see ``write_shard`` for streaming)."""
     result = IngestResult()
     result.documents = list(
-        iter_documents(f, filename, shard, result.tally, default_source, max_doc_bytes)
+        iter_documents(
+            f, filename, shard, result.tally, default_source, max_doc_bytes, html_seconds
+        )
     )
     return result
 
@@ -453,6 +660,7 @@ def write_shard(
     index_out: IO[bytes] | str,
     default_source: str | None = None,
     max_doc_bytes: int = MAX_DOC_BYTES,
+    html_seconds: float = HTML_SECONDS,
 ) -> IngestTally:
     """Stream one input file into a documents Parquet file and a catalog index Parquet file.
 
@@ -489,7 +697,10 @@ def write_shard(
 
         batch: list[dict] = []
         batch_bytes = 0
-        for doc in iter_documents(f, filename, shard, tally, default_source, max_doc_bytes):
+        docs = iter_documents(
+            f, filename, shard, tally, default_source, max_doc_bytes, html_seconds
+        )
+        for doc in docs:
             batch.append(doc)
             batch_bytes += doc["n_chars"]
             if len(batch) >= BATCH_DOCUMENTS or batch_bytes >= BATCH_BYTES:
@@ -503,6 +714,25 @@ def write_shard(
 
 
 _RESERVED = {"text", "id", "url", "source", "metadata"}
+
+
+def _metadata_json(metadata: dict) -> str:
+    """Metadata as strict JSON: NaN and infinities (Python's json reads and writes them, no other
+    JSON reader does) become null."""
+    try:
+        return json.dumps(metadata, ensure_ascii=False, default=str, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(metadata), ensure_ascii=False, default=str, allow_nan=False)
+
+
+def _finite(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _normalize(record: dict, shard: str, default_source: str, max_bytes: int) -> dict | Quarantined:
@@ -527,7 +757,7 @@ def _normalize(record: dict, shard: str, default_source: str, max_bytes: int) ->
     if record.get("id") is not None:
         extra["source_id"] = record["id"]
     try:
-        metadata_json = json.dumps({**metadata, **extra}, ensure_ascii=False, default=str)
+        metadata_json = _metadata_json({**metadata, **extra})
         metadata_json.encode("utf-8")  # a lone surrogate in a metadata string
     except (TypeError, ValueError, RecursionError):
         metadata_json = "{}"

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prox_assets.core.chunking import split_lines
-from prox_assets.core.ingest import _html_to_text
+from prox_assets.core.html_text import html_to_text
 from prox_assets.core.samples import PYDOCS_HTML
 
 _WORD = re.compile(r"\w+")
@@ -140,7 +140,7 @@ def pydocs_pair(rel: str, page_text: str | None = None, root: Path = PYDOCS_HTML
     html = path.read_bytes()
     body = sphinx_body(html)
     if page_text is None:
-        page_text, _ = _html_to_text(html)
+        page_text, _ = html_to_text(html)
     if body is None or not page_text:
         return None
     page_text = _lf(page_text)
@@ -191,7 +191,7 @@ def news_pairs(downloads: Path) -> Iterator[Pair]:
                     )
                     if page is None or gold_file is None:  # not regular files
                         continue
-                    text, _ = _html_to_text(page.read())
+                    text, _ = html_to_text(page.read())
                     gold = gold_file.read().decode("utf-8", "replace")
                     if text:
                         text = _lf(text)

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prox_assets.core.chunking import split_lines
-from prox_assets.core.ingest import extract_text
+from prox_assets.core.html_text import extract_text
 from prox_assets.core.real_pairs import (
     _LINK,
     _TAG,

@@ -265,3 +265,66 @@ def test_parts_of_an_earlier_attempt_still_concatenate():
         None,
         "drop_doc",
     ]
+
+
+# --- a program that multiplies its document (issue 32, item 7): bounded output and work --------
+_MULTIPLY_SCRIPT = """
+import json, sys, time
+from prox_assets.benchmarks import peak_rss_mb
+from prox_assets.core.executor import ExecutorConfig, execute_chunk_programs
+scope = sys.argv[1]
+# 4 one-line windows of 1,000 'a's; each window's program: 512 distinct calls that each add
+# 64,000 chars (under the old per-call cap): 64 a 'a' to its window, or 16 a 'a' to the document
+lines = ["a" * 1000] * 4
+width = 64 if scope == "window" else 16
+program = "\\n".join(f'normalize(source_str="a", target_str="a{i:0{width}d}")' for i in range(512))
+started = time.perf_counter()
+r = execute_chunk_programs("\\n".join(lines), [(w, w, program) for w in range(4)],
+                           ExecutorConfig(normalize_scope=scope))
+print(json.dumps({"chars_in": sum(map(len, lines)) + 3, "chars_out": len(r.text),
+                  "errors": sorted({e.kind for e in r.errors}), "ignored": r.ignored_windows,
+                  "seconds": round(time.perf_counter() - started, 2), "rss_mb": peak_rss_mb()}))
+"""
+
+_BIG_DOC_SCRIPT = """
+import json, time
+from prox_assets.benchmarks import peak_rss_mb
+from prox_assets.core.executor import ExecutorConfig, execute_chunk_program
+text = ("lorem ipsum dolor sit amet " * 4) + "\\n"
+text = text * (16 * 1024 * 1024 // len(text))  # 16 MB, one window
+program = "\\n".join(f'normalize(source_str="absent {i}", target_str="")' for i in range(512))
+started = time.perf_counter()
+r = execute_chunk_program(text, program, ExecutorConfig(normalize_scope="document"))
+print(json.dumps({"same": r.text == text, "errors": sorted({e.kind for e in r.errors}),
+                  "seconds": round(time.perf_counter() - started, 2), "rss_mb": peak_rss_mb()}))
+"""
+
+
+def _run_script(script: str, *args: str, timeout: int = 60) -> dict:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=timeout
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("scope", ["window", "document"])
+def test_a_program_cannot_multiply_its_document(scope):
+    """Before: each call could add 64 KiB, so 4 windows x 512 calls made 125 MB in about a
+    minute (the subprocess times out). Now the document grows by at most max_growth_chars in
+    all, the over-growing windows are ignored with their reason, in well under a second."""
+    got = _run_script(_MULTIPLY_SCRIPT, scope, timeout=30)
+    assert got["chars_out"] <= got["chars_in"] + 65_536, got
+    assert "normalize_growth" in got["errors"], got
+    assert got["seconds"] < 5 and got["rss_mb"] < 300, got
+
+
+def test_the_work_of_a_program_is_bounded():
+    """512 scans of a 16 MB document stop at the work budget: the chunk stage changes nothing
+    and says why."""
+    got = _run_script(_BIG_DOC_SCRIPT)
+    assert got["same"] and got["errors"] == ["work_budget"], got
+    assert got["seconds"] < 3 and got["rss_mb"] < 400, got

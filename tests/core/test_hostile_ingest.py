@@ -241,3 +241,238 @@ def test_duplicates_across_shards_are_reported_and_both_kept(prox_env):
     meta = result.asset_materializations_for_node("raw_corpus")[0].metadata
     assert "a-00" in meta["duplicates_in_other_shards"].value
     assert Catalog().query("SELECT count(*) FROM documents").item() == 4
+
+
+# --- issue 32: one odd value costs only itself; reads bounded by bytes; pages with a time budget --
+def _parquet_bytes(table: pa.Table, **kw) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, **kw)
+    return buf.getvalue()
+
+
+def _invalid_utf8(values: list[bytes]) -> pa.Array:
+    """A string column holding bytes that are not UTF-8 (what a careless writer stores)."""
+    return pa.array(values, pa.binary()).view(pa.string())
+
+
+def test_one_odd_value_costs_only_itself_not_its_row_group():
+    """Before: one invalid string, a timestamp past 9999 or an unknown time zone quarantined the
+    rest of the row group (488 of 1,000 rows for one value)."""
+    n, bad = 1000, 512
+    texts = [f"document {i} with some words".encode() for i in range(n)]
+    texts[bad] = b"bad \xff\xfe bytes"
+    never_read = [b"title"] * n
+    never_read[3] = b"\xc3\x28"
+    table = pa.table(
+        {
+            "text": _invalid_utf8(texts),
+            "url": _invalid_utf8([f"http://x.example/{i}".encode() for i in range(n)]),
+            "title": _invalid_utf8(never_read),  # a column the platform never reads
+            "when": pa.array(
+                [0] * 5 + [300_000_000_000_000_000] + [0] * (n - 6), pa.timestamp("us")
+            ),
+            "zone": pa.array([0] * n, pa.timestamp("s", tz="Mars/Olympus_Mons")),
+        }
+    )
+    data = _parquet_bytes(table, row_group_size=n)
+    r = read(data, "odd.parquet")
+    assert r.n_read == n and reconciles(r)
+    assert [(q.locator, q.reason) for q in r.quarantined] == [(f"row:{bad}", "undecodable_bytes")]
+    assert (
+        len(r.documents) == n - 1
+        and r.documents[bad]["text"] == f"document {bad + 1} with some words"
+    )
+    # an odd value in a column that is read (url) leaves that field out, not the document
+    table = table.set_column(
+        1, "url", _invalid_utf8([b"http://ok/"] * 9 + [b"\xff"] + [b"http://ok/"] * (n - 10))
+    )
+    r = read(_parquet_bytes(table, row_group_size=n), "odd2.parquet")
+    assert r.n_read == n and len(r.documents) == n - 1 and reconciles(r)
+    ninth = r.documents[9]
+    assert ninth["url"] is None and "url" in json.loads(ninth["metadata"])["unreadable_fields"]
+
+
+_INGEST_SCRIPT = """
+import json, os, sys, tempfile, time
+from prox_assets.benchmarks import peak_rss_mb
+from prox_assets.core.ingest import write_shard
+path, html_seconds = sys.argv[1], float(sys.argv[2])
+started = time.perf_counter()
+with open(path, "rb") as f, tempfile.TemporaryDirectory() as tmp:
+    tally = write_shard(f, os.path.basename(path), "s", os.path.join(tmp, "d.parquet"),
+                        os.path.join(tmp, "i.parquet"), html_seconds=html_seconds)
+print(json.dumps({"n_read": tally.n_read, "n_ingested": tally.n_ingested,
+                  "n_quarantined": tally.n_quarantined, "reasons": dict(tally.reasons),
+                  "seconds": round(time.perf_counter() - started, 2), "rss_mb": peak_rss_mb()}))
+"""
+
+
+def _ingest(path, html_seconds: float = 10.0, timeout: int = 60) -> dict:
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _INGEST_SCRIPT, str(path), str(html_seconds)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["n_read"] == got["n_ingested"] + got["n_quarantined"], got
+    return got
+
+
+def test_a_parquet_file_of_huge_values_is_read_in_bounded_memory(tmp_path):
+    """Before: 48 rows of one 8 MB value (a 14 KB file) took 1.87 GB, since 256 rows were read at
+    once; a 200 MB value took about 5 times its size. Now a batch holds about 16 MB, a repeated
+    value is decoded once, and a value over the document limit never becomes a Python string."""
+    repeated = tmp_path / "repeated.parquet"
+    value = "x" * (8 << 20)
+    pq.write_table(pa.table({"text": [value] * 48}), repeated, compression="zstd")
+    assert repeated.stat().st_size < 100_000
+    got = _ingest(repeated)
+    assert got["n_ingested"] == 1 and got["reasons"] == {"duplicate_in_shard": 47}, got
+    assert got["rss_mb"] < 400, got
+    huge = tmp_path / "huge.parquet"
+    texts = ["small document"] * 100 + ["y" * (200 << 20)] + ["another one"]
+    pq.write_table(pa.table({"text": texts}), huge, compression="zstd", use_dictionary=False)
+    del texts
+    got = _ingest(huge)
+    assert got["n_ingested"] == 2 and got["reasons"] == {
+        "document_too_large": 1,
+        "duplicate_in_shard": 99,
+    }, got
+    assert got["rss_mb"] < 700, got
+
+
+def test_a_shards_ids_cost_bytes_not_a_python_set(tmp_path):
+    """Before: a set of every id, ~120 bytes a document (1.5 M documents +158 MB over 200 k); now
+    16 bytes a document (about twice that while two runs merge): 600 k tiny documents cost
+    little more than 20 k."""
+    small, large = tmp_path / "small.jsonl", tmp_path / "large.jsonl"
+    for path, n in ((small, 20_000), (large, 600_000)):
+        path.write_bytes(b"".join(b'{"text": "d%d"}\n' % i for i in range(n)))
+    a, b = _ingest(small), _ingest(large)
+    assert (a["n_ingested"], b["n_ingested"]) == (20_000, 600_000)
+    assert b["rss_mb"] - a["rss_mb"] < 40, (a, b)
+
+
+def _nested_divs(n_bytes: int) -> bytes:
+    return b"<html><body>" + b"<div>" * (n_bytes // 5) + b"deep" + b"</div>" * (n_bytes // 5)
+
+
+def _attributes(n_bytes: int) -> bytes:  # distinct names: each is checked against the others
+    attrs = b"".join(b' a%d="b"' % i for i in range(n_bytes // 10))
+    return b"<html><body><p " + attrs + b">text</p></body></html>"
+
+
+def test_html_that_takes_forever_is_quarantined_and_the_shard_goes_on(tmp_path):
+    """Before: a 2 MB page of nested divs did not finish in 120 s (868 KB of attributes: 61 s),
+    and nothing of its shard or batch was recorded. Now each page has a time budget."""
+    page = tmp_path / "deep.html"
+    page.write_bytes(_nested_divs(2 << 20))
+    got = _ingest(page, html_seconds=1.0, timeout=30)
+    assert got["reasons"] == {"html_timeout": 1} and got["n_ingested"] == 0, got
+    assert got["seconds"] < 5, got
+    # a WARC of hostile pages between ordinary ones: the ordinary ones are ingested
+    records = [
+        _warc_record(b"http://a.example/", b"<p>first</p>"),
+        _warc_record(b"http://deep.example/", _nested_divs(2 << 20)),
+        _warc_record(b"http://attrs.example/", _attributes(868_000)),
+        _warc_record(b"http://b.example/", b"<p>last</p>"),
+    ]
+    warc = tmp_path / "mixed.warc"
+    warc.write_bytes(b"".join(records))
+    got = _ingest(warc, html_seconds=1.0, timeout=30)
+    assert got["n_ingested"] == 2 and got["reasons"] == {"html_timeout": 2}, got
+    assert got["seconds"] < 8 and got["rss_mb"] < 400, got
+
+
+# --- issue 32, item 11: BOM, declared charsets, NaN, empty and UTF-16 files ---------------------
+def test_a_utf8_bom_costs_nothing_and_metadata_is_strict_json():
+    data = b"\xef\xbb\xbf" + b'{"text": "first", "score": NaN, "m": {"x": [Infinity, 1]}}\n'
+    data += b'{"text": "second"}\n'
+    r = read(data, "bom.jsonl")
+    assert [d["text"] for d in r.documents] == ["first", "second"] and reconciles(r)
+
+    def strict(constant):
+        raise ValueError(constant)
+
+    meta = json.loads(r.documents[0]["metadata"], parse_constant=strict)
+    assert meta == {"score": None, "m": {"x": [None, 1]}}
+
+
+def test_a_warc_records_declared_charset_is_used():
+    body = "<p>café crème</p>".encode("latin-1")
+    http = b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=ISO-8859-1\r\n\r\n" + body
+    plain = "naïve text".encode("latin-1")
+    http2 = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=latin-1\r\n\r\n" + plain
+    head = b"WARC/1.0\r\nWARC-Type: response\r\nWARC-Target-URI: http://a/\r\n"
+    head += b"Content-Type: application/http; msgtype=response\r\n"
+    data = b"".join(
+        head + b"Content-Length: " + str(len(h)).encode() + b"\r\n\r\n" + h + b"\r\n\r\n"
+        for h in (http, http2)
+    )
+    r = read(data, "latin.warc")
+    assert [d["text"].strip() for d in r.documents] == ["café crème", "naïve text"]
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "why"),
+    [
+        ("empty-jsonl.jsonl", b"", "no records"),
+        ("empty-gz.jsonl.gz", b"", "no records"),
+        ("empty-parquet.parquet", b"", "not a readable Parquet"),
+        ("empty-html.html", b"", None),
+        ("empty-warc.warc", b"", "not a readable WARC"),
+        ("utf16.jsonl", '{"text": "hello"}\n'.encode("utf-16"), "UTF-16"),
+    ],
+)
+def test_empty_and_utf16_files_are_an_ingestion_row_that_says_why(prox_env, name, data, why):
+    from prox_assets.core.names import shard_name
+    from prox_resources.catalog import Catalog
+    from prox_resources.store import ObjectStore
+
+    ObjectStore().write_bytes(f"incoming/{name}", data)
+    shard = shard_name(name)
+    result = _materialize(shard)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "nothing could be read" in str(failure.event_specific_data.error.message)
+    catalog = Catalog()
+    rows = catalog.query("SELECT n_read, n_ingested, n_quarantined FROM ingestions").rows()
+    assert rows == [(1, 0, 1)]
+    [(reason, detail)] = catalog.query("SELECT reason, detail FROM quarantine").rows()
+    if why is None:  # an empty page is one empty document
+        assert reason == "empty_document"
+    else:
+        assert reason == "unreadable_file" and why in detail, detail
+
+
+@pytest.mark.slow  # through the CLI: ~15 s of start and run, plus the page's 10 s budget
+def test_a_folder_with_a_page_that_takes_forever_records_every_shard(prox_env):
+    """Before: a folder of such pages and one ordinary JSONL ran 6 minutes and recorded nothing.
+    Now the page costs its time budget (HTML_SECONDS) and its own shard; the JSONL is ingested."""
+    import time
+
+    from prox_assets.core.html_text import HTML_SECONDS
+    from prox_resources.catalog import Catalog
+
+    folder = prox_env / "drop"
+    folder.mkdir()
+    (folder / "deep.html").write_bytes(_nested_divs(2 << 20))
+    (folder / "plain.jsonl").write_bytes(b'{"text": "an ordinary document"}\n')
+    started = time.perf_counter()
+    out = subprocess.run(
+        [str(BIN / "prox"), "ingest", str(folder)], capture_output=True, text=True, timeout=120
+    )
+    seconds = time.perf_counter() - started
+    assert out.returncode != 0 and "1 shard(s) failed: deep" in out.stdout + out.stderr, out
+    assert seconds < HTML_SECONDS + 60, seconds  # the CLI's own start and run included
+    catalog = Catalog()
+    rows = catalog.query(
+        "SELECT shard, n_read, n_ingested, n_quarantined FROM ingestions ORDER BY shard"
+    ).rows()
+    assert rows == [("deep", 1, 0, 1), ("plain", 1, 1, 0)]
+    [(reason, detail)] = catalog.query("SELECT reason, detail FROM quarantine").rows()
+    assert reason == "html_timeout" and f"{HTML_SECONDS:g} s" in detail, detail

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from prox_assets.core.chunking import split_lines
-from prox_assets.core.ingest import extract_text
+from prox_assets.core.html_text import extract_text
 from prox_assets.core.real_pairs import Pair
 from prox_assets.core.site_pages import (
     SITES,

@@ -35,11 +35,14 @@ def charset_of(content_type: str) -> str | None:
 
 
 def decode_html(data: bytes, declared: str | None = None) -> tuple[str | None, str]:
-    """The page as text, or (None, why): its declared charset when Python knows it, else the one
-    detected from the bytes (meta tags, byte-order marks, statistics)."""
+    """The page as text, or (None, why): its declared charset when Python knows it, else UTF-8
+    when the bytes are valid UTF-8, else the one detected from the bytes (meta tags, byte-order
+    marks, statistics). Valid UTF-8 first because resiliparse's detector reads valid UTF-8 pages
+    as cp1252, cp1250 or iso8859-7 (796 of 1,544 manual pages here), garbling their non-ASCII
+    text; bytes in another encoding are almost never valid UTF-8."""
     from resiliparse.parse.encoding import detect_encoding
 
-    encodings = [e for e in (declared, detect_encoding(data) or "utf-8") if e]
+    encodings = [e for e in (declared, "utf-8", detect_encoding(data)) if e]
     why = ""
     for encoding in encodings:
         try:

@@ -72,8 +72,8 @@ def test_keys_keep_their_spelling():
     assert layout.raw_run_key("s1", "r1") == "raw/s1/r1.parquet"
     assert layout.legacy_raw_key("s1") == "raw/s1.parquet"
     assert (
-        layout.refined_part_key("v", "s1", 2, 10)
-        == "refined/v/.parts/s1/part-00002-of-00010.parquet"
+        layout.refined_part_key("v", "s1", 2, 10, "0123abcd")
+        == "refined/v/.parts/s1/part-00002-of-00010-0123abcd.parquet"
     )
     assert layout.checkpoint_prefix("t", "random", "") == "models/checkpoints/t/random/"
     assert layout.influence_scores_key("t", "v") == "influence/t/v/scores.parquet"

@@ -187,37 +187,56 @@ def _error(exc: BaseException) -> str:
 
 class _IdSet:
     """The 16-byte ids seen in one shard, at 16 bytes each (a Python set of bytes costs about
-    120): sorted numpy runs, each at least twice the size of the next, so that there are at most
-    log2(n) of them, asked about a batch of ids at once. Exact: in-shard dedup must not drop a document
-    for a hash prefix it merely shares; the memory stays linear in the shard, 24 MB for 1.5 M."""
+    120): sorted numpy runs of their first 8 bytes (as integers, fast to search) beside their last
+    8, each run at least twice the size of the next, so that there are at most log2(n) of them,
+    asked about a batch of ids at once. Exact: two ids that share their first 8 bytes are told
+    apart by the rest. The memory stays linear in the shard (24 MB for 1.5 M documents): exact
+    in-shard dedup needs every id; a Bloom filter would drop documents it merely confuses."""
 
     def __init__(self) -> None:
-        self.runs: list[np.ndarray] = []
+        self.runs: list[tuple[np.ndarray, np.ndarray]] = []  # (heads sorted, tails in that order)
+
+    def _seen(self, head: int, tail: int) -> bool:
+        for heads, tails in self.runs:
+            at = int(np.searchsorted(heads, head))
+            while at < len(heads) and heads[at] == head:
+                if tails[at] == tail:
+                    return True
+                at += 1
+        return False
 
     def add_new(self, ids: list[bytes]) -> list[bool]:
         """For each id in order: True if it was not seen before (then it is added)."""
         if not ids:
             return []
-        batch = np.array(ids, dtype="S16")
+        pairs = np.frombuffer(b"".join(ids), dtype=np.uint64).reshape(-1, 2)
+        heads, tails = pairs[:, 0].copy(), pairs[:, 1].copy()
         old = np.zeros(len(ids), dtype=bool)
-        for run in self.runs:
-            at = np.searchsorted(run, batch).clip(max=len(run) - 1)
-            old |= run[at] == batch
-        fresh, seen_here = [], set()
-        for digest, was in zip(ids, old.tolist()):
-            new = not was and digest not in seen_here
-            seen_here.add(digest)
-            fresh.append(new)
-        added = np.sort(batch[np.array(fresh)])
-        if len(added):
-            self.runs.append(added)
+        for run_heads, run_tails in self.runs:
+            at = np.searchsorted(run_heads, heads).clip(max=len(run_heads) - 1)
+            same_head = run_heads[at] == heads
+            old |= same_head & (run_tails[at] == tails)
+            # an equal head with another tail: more ids may share that head (about never)
+            for k in np.flatnonzero(same_head & ~old).tolist():
+                old[k] = self._seen(int(heads[k]), int(tails[k]))
+        if len(set(ids)) == len(ids):
+            fresh = (~old).tolist()
+        else:  # the same id twice in this batch: the first is new, the second not
+            fresh, here = [], set()
+            for digest, was in zip(ids, old.tolist()):
+                fresh.append(not was and digest not in here)
+                here.add(digest)
+        keep = np.array(fresh, dtype=bool)
+        if keep.any():
+            order = np.argsort(heads[keep], kind="stable")
+            self.runs.append((heads[keep][order], tails[keep][order]))
         # each run at least twice the next: at most log2(n) runs, each id merged log2(n) times
-        while len(self.runs) > 1 and len(self.runs[-2]) <= 2 * len(self.runs[-1]):
-            last = self.runs.pop()
-            merged = np.concatenate([self.runs.pop(), last])  # the two runs are freed here ...
-            del last
-            merged.sort(kind="stable")  # ... and two sorted runs merge in place (timsort)
-            self.runs.append(merged)
+        while len(self.runs) > 1 and len(self.runs[-2][0]) <= 2 * len(self.runs[-1][0]):
+            (h2, t2), (h1, t1) = self.runs.pop(), self.runs.pop()
+            merged_heads, merged_tails = np.concatenate([h1, h2]), np.concatenate([t1, t2])
+            del h1, h2, t1, t2
+            order = np.argsort(merged_heads, kind="stable")  # two sorted runs: one merge pass
+            self.runs.append((merged_heads[order], merged_tails[order]))
         return fresh
 
 

@@ -22,6 +22,7 @@ body characters kept, removal line-F1 and pages dropped, each with a page-bootst
 
 from __future__ import annotations
 
+import difflib
 import random
 import re
 from collections import Counter
@@ -227,23 +228,21 @@ def c4_flags(pages: Sequence[Pair]) -> list[list[bool]]:
 
 
 def _lines_not_kept(lines: Sequence[str], kept: Sequence[str]) -> list[bool]:
-    """True for each non-blank line of ``lines`` that the in-order subsequence ``kept`` lacks."""
-    flags, j = [], 0
+    """True for each non-blank line of ``lines`` that ``kept`` (what a filter or an extractor left
+    of them, in order) does not hold: lines aligned in order by their normalised text (difflib),
+    so that re-spaced or re-indented lines still count as kept."""
+    keys = [_edit_key(line) for line in lines]
     kept_keys = [_edit_key(k) for k in kept if k.strip()]
-    for line in lines:
-        if not line.strip():
-            flags.append(False)
-        elif j < len(kept_keys) and _edit_key(line) == kept_keys[j]:
-            flags.append(False)
-            j += 1
-        else:
-            flags.append(True)
-    return flags
+    present = [False] * len(lines)
+    matcher = difflib.SequenceMatcher(None, keys, kept_keys, autojunk=False)
+    for a, _b, n in matcher.get_matching_blocks():
+        present[a : a + n] = [True] * n
+    return [bool(key) and not here for key, here in zip(keys, present)]
 
 
 def _edit_key(line: str) -> str:
-    """A line as C4 may keep it edited: without citation marks ("[1]") and outer spaces."""
-    return _CITATION.sub("", line).strip()
+    """A line as C4 may keep it edited (without citation marks, "[1]"), spaces normalised."""
+    return _SPACE.sub(" ", _CITATION.sub("", line)).strip()
 
 
 _CITATION = re.compile(r"\[\d*\]")

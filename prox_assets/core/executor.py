@@ -4,7 +4,7 @@ Defaults follow the reference implementation, because the published numbers rest
 (docs/methods.md#executor-semantics):
 
 - document stage: only a clear ``drop_doc()`` (and no ``keep_doc()``) drops; anything else keeps;
-- chunk stage: errors are counted per window, as ProX counts them per chunk (unparsable or unknown
+- chunk stage: errors are counted per window (unparsable or unknown
   calls, out-of-range or reversed line ranges, a ``remove_lines`` naming lines outside its own
   window, empty or explosive ``normalize``, a lone surrogate, a missing source when
   ``missing_source_is_error``). A window whose program has ``max_errors`` (2) or more, or a fatal
@@ -13,7 +13,10 @@ Defaults follow the reference implementation, because the published numbers rest
   missing) count too; a window they push to ``max_errors`` is taken out and the others applied
   again from the original text, so an ignored window never changes the text. ``ignored_windows``
   lists the ignored windows; ``ignored`` says every window with calls was ignored (nothing
-  changed). Windows that overlap or leave the document fall back to document scope: line ranges
+  changed). *A departure from the reference*: ProX joins a document's chunk programs and runs
+  them as one (``apply_chunk_refining.py`` ``merge_chunks`` -> ``execute_meta_operations``), so its
+  error count is per document and two errors anywhere leave the whole document unchanged; here
+  one window's bad program costs that window only. Windows that overlap or leave the document fall back to document scope: line ranges
   are checked against the document and ``normalize`` applies to the whole document. Parser
   warnings (a truncated final call, a renamed ``remove_lines`` argument) are reported, not counted;
 - each error and warning of the chunk stage carries the index of the window it came from;

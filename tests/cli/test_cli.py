@@ -295,14 +295,19 @@ def test_the_sample_files_fixture_builds_from_the_downloads_prox_downloads_names
 ):
     """Issue 32, item 12: a set-up may keep its downloads apart from PROX_HOME (a CI cache); the
     ``sample_files`` fixture must build from PROX_DOWNLOADS, as ``prox_env`` and the platform do,
-    not look for $PROX_HOME/downloads."""
-    from tests import conftest
+    not look for $PROX_HOME/downloads. The fixture finds both through ``setup_locations``."""
+    from prox_assets.core.samples import build_sample_corpus
+    from tests.support.paths import setup_locations
 
     repo_home = REPO_ROOT / ".prox"
     downloads = Path(os.environ.get("PROX_DOWNLOADS") or repo_home / "downloads")  # the real ones
     home = tmp_path / "home"  # no downloads here
     monkeypatch.setenv("PROX_HOME", str(home))
     monkeypatch.setenv("PROX_DOWNLOADS", str(downloads))
-    files = conftest.sample_files.__wrapped__()  # the fixture's own function, not a copy of it
+    where = setup_locations(os.environ)
+    assert where.downloads == downloads and where.samples == home / "samples"
+    files = build_sample_corpus(where.samples, where.downloads)
     assert files and all(f.parent == home / "samples" and f.stat().st_size > 0 for f in files)
     assert sorted(p.name for p in home.iterdir()) == ["samples"]
+    conftest = (REPO_ROOT / "tests" / "conftest.py").read_text()
+    assert "setup_locations(os.environ)" in conftest.split("def sample_files", 1)[1][:600]

@@ -54,7 +54,7 @@ from prox_assets.partition_runs import (
 from prox_assets.partitions import shard_partitions
 from prox_resources.catalog import Catalog, ParquetRows
 from prox_resources.device import CPU_STEP
-from prox_resources.settings import file_lock, lock_path, owned_tempdir
+from prox_resources.settings import file_lock, lock_path, owned_tempdir, settings
 from prox_resources.store import ObjectStore
 
 
@@ -234,7 +234,13 @@ def _ingest_shard_locked(
         try:
             with store.open_read(source_file) as f, store.open_write(key) as out:
                 tally = write_shard(
-                    f, source_file, shard, out, index_path, default_source=default_source(shard)
+                    f,
+                    source_file,
+                    shard,
+                    out,
+                    index_path,
+                    default_source=default_source(shard),
+                    html_text=settings().html_text,
                 )
                 if tally.n_ingested == 0:
                     raise _NothingIngested
@@ -268,6 +274,7 @@ def _ingest_shard_locked(
         "dagster/row_count": tally.n_ingested,
         "path": dg.MetadataValue.path(store.uri(key)),
         "source_file": store.uri(source_file),
+        "html_text": settings().html_text,  # PROX_HTML_TEXT: how HTML pages became text
         "n_read": tally.n_read,
         "n_ingested": tally.n_ingested,
         "n_quarantined": tally.n_quarantined,

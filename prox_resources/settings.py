@@ -36,6 +36,8 @@ EngineBackend = Literal["transformers", "vllm", "openai"]
 ENGINE_BACKENDS: tuple[str, ...] = ("transformers", "vllm", "openai")
 Executor = Literal["", "k8s", "celery"]
 EXECUTORS: tuple[str, ...] = ("", "k8s", "celery")
+HtmlText = Literal["whole", "main_content"]
+HTML_TEXTS: tuple[str, ...] = ("whole", "main_content")
 DUCKLAKE_PREFIX = "ducklake:"
 
 # The standard AWS variables the object store and a DuckLake catalog's S3 secret use.
@@ -154,6 +156,15 @@ class ProxSettings:
             "PROX_EXECUTOR", "", "where steps run: '' Dagster's own, k8s a pod each, celery workers"
         )
     )
+    # --- ingestion
+    html_text: HtmlText = field(
+        metadata=_doc(
+            "PROX_HTML_TEXT",
+            "whole",
+            "HTML pages to text: whole (boilerplate kept, what the refiners learn to remove) or "
+            "main_content (resiliparse's main-content extraction, as FineWeb does)",
+        )
+    )
     celery_broker: str | None = field(
         metadata=_doc(
             "PROX_CELERY_BROKER",
@@ -227,6 +238,11 @@ class ProxSettings:
                 f"PROX_EXECUTOR={executor!r}: must be unset (Dagster's own executor) or one of "
                 + ", ".join(e for e in EXECUTORS if e)
             )
+        html_text = get("PROX_HTML_TEXT") or "whole"
+        if html_text not in HTML_TEXTS:
+            raise SettingError(
+                f"PROX_HTML_TEXT={html_text!r}: must be one of {', '.join(HTML_TEXTS)}"
+            )
         model = get("PROX_MODEL") or DEFAULT_MODEL
         return cls(
             home=home,
@@ -243,6 +259,7 @@ class ProxSettings:
             dtype=get("PROX_DTYPE") or "auto",
             partitions_per_run=max(1, _integer(env, "PROX_PARTITIONS_PER_RUN", 32)),
             executor=cast(Executor, executor),
+            html_text=cast(HtmlText, html_text),
             celery_broker=get("PROX_CELERY_BROKER"),
             celery_backend=get("PROX_CELERY_BACKEND"),
             celery_visibility_timeout=_integer(env, "PROX_CELERY_VISIBILITY_TIMEOUT", 21600),

@@ -70,14 +70,17 @@ def extract_text(html, main_content: bool = False) -> str:
     )
 
 
-def html_to_text(data: bytes, declared: str | None = None) -> tuple[str | None, str]:
-    """Crawler-like text of a page (boilerplate kept) or (None, why), in this process."""
+def html_to_text(
+    data: bytes, declared: str | None = None, main_content: bool = False
+) -> tuple[str | None, str]:
+    """Crawler-like text of a page (boilerplate kept; with ``main_content``, what main-content
+    extraction leaves) or (None, why), in this process."""
     from resiliparse.parse.html import HTMLTree
 
     html, why = decode_html(data, declared)
     if html is None:
         return None, why
-    return extract_text(HTMLTree.parse(html)), ""
+    return extract_text(HTMLTree.parse(html), main_content=main_content), ""
 
 
 class PageTimeout(Exception):
@@ -130,7 +133,9 @@ class _Worker:
             self.proc.wait()
             self.proc = None
 
-    def convert(self, data: bytes, declared: str | None, seconds: float) -> tuple[str | None, str]:
+    def convert(
+        self, data: bytes, declared: str | None, seconds: float, main_content: bool = False
+    ) -> tuple[str | None, str]:
         with self.lock:
             if self.pid != os.getpid():
                 self.proc = None  # the parent's worker and pipes are the parent's
@@ -141,6 +146,7 @@ class _Worker:
             charset = (declared or "").encode("utf-8", "replace")
             try:
                 proc.stdin.write(_HEADER.pack(b"c", len(charset)) + charset)
+                proc.stdin.write(_HEADER.pack(b"m", 1) + (b"1" if main_content else b"0"))
                 proc.stdin.write(_HEADER.pack(b"d", len(data)))
                 proc.stdin.write(data)
                 proc.stdin.flush()
@@ -182,18 +188,23 @@ atexit.register(_WORKER.stop)
 
 
 def html_to_text_bounded(
-    data: bytes, declared: str | None = None, seconds: float = HTML_SECONDS
+    data: bytes,
+    declared: str | None = None,
+    seconds: float = HTML_SECONDS,
+    main_content: bool = False,
 ) -> tuple[str | None, str]:
     """``html_to_text`` in the worker process. Raises ``PageTimeout`` past ``seconds`` and
     ``PageCrashed`` if the parser dies (the page's fault), ``HtmlWorkerError`` if no worker can
     start (not a page's)."""
-    return _WORKER.convert(data, declared, seconds)
+    return _WORKER.convert(data, declared, seconds, main_content)
 
 
 def _serve() -> None:
-    """The worker: frames in on stdin (a charset, then a page), one frame out per page."""
+    """The worker: frames in on stdin (a charset, the extraction, then a page), one frame out per
+    page."""
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     declared: str | None = None
+    main_content = False
     html_to_text(b"<p>ready</p>")  # the imports, before the parent starts counting a page's time
     stdout.write(_HEADER.pack(b"r", 0))
     stdout.flush()
@@ -206,8 +217,11 @@ def _serve() -> None:
         if kind == b"c":
             declared = payload.decode("utf-8") or None
             continue
+        if kind == b"m":
+            main_content = payload == b"1"
+            continue
         try:
-            text, why = html_to_text(payload, declared)
+            text, why = html_to_text(payload, declared, main_content)
         except Exception as exc:  # noqa: BLE001  reported as the page's reason
             text, why = None, f"{type(exc).__name__}: {str(exc)[:500]}"
         out = (text if text is not None else why).encode("utf-8", "surrogatepass")

@@ -91,6 +91,14 @@ _INDEX_ARROW = pa.schema(
 class ReadLimits:
     max_doc_bytes: int = MAX_DOC_BYTES
     html_seconds: float = HTML_SECONDS  # per HTML page (a file, or a WARC record)
+    # HTML to text: "whole" keeps the page's boilerplate (what a crawl's WET text holds, and what
+    # the refiners learn to remove today); "main_content" is resiliparse's main-content
+    # extraction, as FineWeb and the corpora ProX was published on do
+    html_text: str = "whole"
+
+    def __post_init__(self) -> None:
+        if self.html_text not in ("whole", "main_content"):
+            raise ValueError(f"html_text must be 'whole' or 'main_content', not {self.html_text!r}")
 
 
 class UnreadableInput(Exception):
@@ -458,10 +466,14 @@ def _parquet_row(values: dict[str, list], row: int, locator: str) -> Raw | Quara
     return locator, record
 
 
-def _page_text(data: bytes, declared: str | None, seconds: float) -> tuple[str | None, str, str]:
+def _page_text(
+    data: bytes, declared: str | None, limits: ReadLimits
+) -> tuple[str | None, str, str]:
     """(text, "", "") or (None, reason, why) for one HTML page, within its time budget."""
     try:
-        text, why = html_to_text_bounded(data, declared, seconds)
+        text, why = html_to_text_bounded(
+            data, declared, limits.html_seconds, limits.html_text == "main_content"
+        )
     except PageTimeout as exc:
         return None, "html_timeout", str(exc)
     except PageCrashed as exc:
@@ -475,11 +487,11 @@ def _read_html(f: IO[bytes], filename: str, limits: ReadLimits) -> Iterator[Raw 
     if len(data) > max_bytes * 4:
         yield Quarantined("file", "document_too_large", f"page larger than {max_bytes * 4} bytes")
         return
-    text, reason, why = _page_text(data, None, limits.html_seconds)
+    text, reason, why = _page_text(data, None, limits)
     if text is None:
         yield Quarantined("file", reason, why, _sample(data))
         return
-    yield "file", {"text": text, "metadata": {"file": filename}}
+    yield "file", {"text": text, "metadata": {"file": filename, "html_text": limits.html_text}}
 
 
 def _read_warc(f: IO[bytes], filename: str, limits: ReadLimits) -> Iterator[Raw | Quarantined]:
@@ -544,7 +556,7 @@ def _warc_document(record, rec_type: str, locator: str, limits: ReadLimits) -> R
         return Quarantined(locator, "document_too_large", url or "")
     declared = charset_of(ctype)  # a record's declared charset wins over detection
     if "html" in ctype.lower():
-        text, reason, why = _page_text(data, declared, limits.html_seconds)
+        text, reason, why = _page_text(data, declared, limits)
         if text is None:
             return Quarantined(locator, reason, why, _sample(data))
     elif ctype.lower().startswith("text/"):
@@ -553,11 +565,10 @@ def _warc_document(record, rec_type: str, locator: str, limits: ReadLimits) -> R
             return Quarantined(locator, "undecodable_bytes", why, _sample(data))
     else:
         return Quarantined(locator, "unsupported_content_type", ctype[:200], url or "")
-    return locator, {
-        "text": text,
-        "url": url,
-        "metadata": {"warc_date": record.headers.get("WARC-Date"), "content_type": ctype},
-    }
+    metadata = {"warc_date": record.headers.get("WARC-Date"), "content_type": ctype}
+    if "html" in ctype.lower():
+        metadata["html_text"] = limits.html_text
+    return locator, {"text": text, "url": url, "metadata": metadata}
 
 
 _READERS = {"jsonl": _read_jsonl, "parquet": _read_parquet, "html": _read_html, "warc": _read_warc}
@@ -571,6 +582,7 @@ def iter_documents(
     default_source: str | None = None,
     max_doc_bytes: int = MAX_DOC_BYTES,
     html_seconds: float = HTML_SECONDS,
+    html_text: str = "whole",
 ) -> Iterator[dict]:
     """The documents of one input file, in order; everything else is counted in ``tally``.
 
@@ -605,7 +617,7 @@ def iter_documents(
         return out
 
     source_default = default_source or shard
-    items = _READERS[fmt](f, filename, ReadLimits(max_doc_bytes, html_seconds))
+    items = _READERS[fmt](f, filename, ReadLimits(max_doc_bytes, html_seconds, html_text))
     while True:
         try:
             item = next(items)
@@ -660,12 +672,13 @@ def read_documents(
     default_source: str | None = None,
     max_doc_bytes: int = MAX_DOC_BYTES,
     html_seconds: float = HTML_SECONDS,
+    html_text: str = "whole",
 ) -> IngestResult:
     """Read one whole input file into memory (small inputs; see ``write_shard`` for streaming)."""
     result = IngestResult()
     result.documents = list(
         iter_documents(
-            f, filename, shard, result.tally, default_source, max_doc_bytes, html_seconds
+            f, filename, shard, result.tally, default_source, max_doc_bytes, html_seconds, html_text
         )
     )
     return result
@@ -680,6 +693,7 @@ def write_shard(
     default_source: str | None = None,
     max_doc_bytes: int = MAX_DOC_BYTES,
     html_seconds: float = HTML_SECONDS,
+    html_text: str = "whole",
 ) -> IngestTally:
     """Stream one input file into a documents Parquet file and a catalog index Parquet file.
 
@@ -717,7 +731,7 @@ def write_shard(
         batch: list[dict] = []
         batch_bytes = 0
         docs = iter_documents(
-            f, filename, shard, tally, default_source, max_doc_bytes, html_seconds
+            f, filename, shard, tally, default_source, max_doc_bytes, html_seconds, html_text
         )
         for doc in docs:
             batch.append(doc)

@@ -3,6 +3,7 @@
 import gzip
 import io
 import json
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -115,6 +116,32 @@ def test_html_keeps_boilerplate_like_a_crawl_extractor():
         "Home" in text and "The actual article text is here." in text and "Copyright 2026" in text
     )
     assert "var x" not in text
+
+
+def test_main_content_extraction_is_a_setting_and_says_so(sample_files):
+    """PROX_HTML_TEXT=main_content: resiliparse's main content, as FineWeb's corpora are made;
+    the default keeps the whole page. Each document records which it got."""
+    page = Path("/usr/share/doc/python3.11/html/library/json.html").read_bytes()
+    whole = read_documents(io.BytesIO(page), "json.html", "t")
+    main = read_documents(io.BytesIO(page), "json.html", "t", html_text="main_content")
+    whole_text, main_text = whole.documents[0]["text"], main.documents[0]["text"]
+    assert "Navigation" in whole_text and "Navigation" not in main_text
+    assert "json.dumps" in main_text and len(main_text) < 0.95 * len(whole_text)
+    assert json.loads(whole.documents[0]["metadata"])["html_text"] == "whole"
+    assert json.loads(main.documents[0]["metadata"])["html_text"] == "main_content"
+    warc = next(p for p in sample_files if p.name == "news-00.warc.gz")
+    warc_main = read_documents(
+        io.BytesIO(warc.read_bytes()), warc.name, "w", html_text="main_content"
+    )
+    warc_whole = read_documents(io.BytesIO(warc.read_bytes()), warc.name, "w")
+    assert sum(len(d["text"]) for d in warc_main.documents) < sum(
+        len(d["text"]) for d in warc_whole.documents
+    )
+    assert all(
+        json.loads(d["metadata"])["html_text"] == "main_content" for d in warc_main.documents
+    )
+    with pytest.raises(ValueError, match="html_text"):
+        read_documents(io.BytesIO(page), "json.html", "t", html_text="main")
 
 
 def test_warc_records(sample_files):

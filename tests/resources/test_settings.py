@@ -103,6 +103,13 @@ def test_empty_counts_as_unset_and_bad_values_are_refused(tmp_path, monkeypatch)
     # a typo ran Dagster's own executor, silently: refused, naming the values it takes
     with pytest.raises(SettingError, match=r"PROX_EXECUTOR='kubernetes'.*k8s, celery"):
         ProxSettings.from_environment({"PROX_EXECUTOR": "kubernetes"})
+    with pytest.raises(SettingError, match=r"PROX_HTML_TEXT='main'.*whole, main_content"):
+        ProxSettings.from_environment({"PROX_HTML_TEXT": "main"})
+    assert ProxSettings.from_environment({}).html_text == "whole"
+    assert (
+        ProxSettings.from_environment({"PROX_HTML_TEXT": "main_content"}).html_text
+        == "main_content"
+    )
     for known in EXECUTORS:
         assert ProxSettings.from_environment({"PROX_EXECUTOR": known}).executor == known
 

@@ -251,10 +251,22 @@ def matmul_peak_gflops(
     n: int | None = None, repeats: int = 8, dtype: str = "float32", device: str = "cpu"
 ) -> float:
     """What this machine's BLAS (or GPU) sustains on a large matrix product in ``dtype``: the
-    ceiling. On a GPU, fp32 is what torch's default precision gives (no TF32)."""
+    ceiling. On a GPU, fp32 is what torch's default precision gives (no TF32).
+
+    On a CPU the size is chosen from a small probe product so that one product takes about 50 ms
+    (at most 2048): a CPU without bf16 units (AVX2 only) runs bf16 products tens of times slower
+    than fp32, and a fixed 2048 x 2048 bf16 measurement took over 15 minutes there."""
     import torch
 
-    n = n or (8192 if device.startswith("cuda") else 2048)
+    if n is None and device.startswith("cuda"):
+        n = 8192
+    elif n is None:
+        probe = torch.randn(256, 256, dtype=getattr(torch, dtype))
+        probe @ probe  # warm-up
+        started = time.perf_counter()
+        probe @ probe
+        rate = 2 * 256**3 / max(time.perf_counter() - started, 1e-9)  # FLOP/s
+        n = int(min(2048, max(256, (rate * 0.05 / 2) ** (1 / 3))))
     a, b = (torch.randn(n, n, dtype=getattr(torch, dtype), device=device) for _ in range(2))
 
     def products() -> None:

@@ -86,6 +86,8 @@ LAKE_EXTENSIONS = (
 # DuckDB functions that a person's query may not call on a DuckLake catalog: DuckLake's
 # maintenance functions write files, postgres_query() reads any table the login can
 UNTRUSTED_FUNCTION_PREFIXES = ("ducklake_", "postgres_")
+# the one statement type a person's query may have (show, describe and summarize parse as it)
+QUERY_STATEMENT = "select"
 T = TypeVar("T")
 
 
@@ -643,9 +645,10 @@ class CatalogCore:
         """SQL typed by a person (``prox catalog``), which must be unable to write anything anywhere.
 
         Three walls, each enough for what it covers: DuckDB's own parser admits queries only
-        (select, show, describe, summarize: no COPY, EXPORT, ATTACH, SET, PRAGMA, CHECKPOINT,
-        INSTALL or write; DuckDB lets ``COPY ... TO`` write the database's own file and WAL even
-        with external access off), the connection is read-only, and file and network access are
+        (select, show, describe, summarize; no copy, export, attach, set, pragma, checkpoint,
+        install or write statement: DuckDB lets a copy to a file write the database's own file
+        and WAL even with external access off), the connection is read-only, and file and
+        network access are
         off with the configuration locked. On DuckLake the data files' folder stays readable and
         queries may call no ``ducklake_*`` or ``postgres_*`` function.
 
@@ -704,7 +707,7 @@ class CatalogCore:
         for i, name in enumerate(relation.columns):
             quoted = '"' + name.replace('"', '""') + '"'
             fits = _fits_polars(table.column(i))
-            columns.append(quoted if fits else f"CAST({quoted} AS VARCHAR) AS {quoted}")
+            columns.append(quoted if fits else _template("column_as_text").format(column=quoted))
         return _frame(relation.project(", ".join(columns)).to_arrow_table())
 
 
@@ -773,10 +776,10 @@ def _refuse_writing_statements(con: duckdb.DuckDBPyConnection, sql: str) -> None
     """Refuse anything but queries, and queries calling DuckLake's or PostgreSQL's functions
     (DuckDB's own parser decides: a statement it cannot serialise as a query is not one)."""
     for statement in con.extract_statements(sql):
-        if statement.type != duckdb.StatementType.SELECT:
+        if statement.type.name.lower() != QUERY_STATEMENT:
             raise duckdb.PermissionException(
-                f"Permission Error: {statement.type.name} refused: the catalog answers queries only "
-                "(SELECT, SHOW, DESCRIBE, SUMMARIZE)"
+                f"Permission Error: {statement.type.name} refused: the catalog answers queries "
+                "only (select, show, describe, summarize)"
             )
         tree = json.loads(
             con.execute(query_text("statement_tree"), {"statement": statement.query}).fetchall()[0][

@@ -885,7 +885,7 @@ def sites_report(
     from transformers import AutoTokenizer
 
     from prox_assets.core.chunking import DEFAULT_WINDOW_TOKENS, hf_token_counter
-    from prox_assets.core.prompts import chunk_refiner_chat
+    from prox_assets.core.refiner_quality import model_writers
     from prox_assets.core.site_eval import leave_one_site_out, results_table
     from prox_assets.core.site_pages import SITES, missing_reason, site_pages
     from prox_resources.models import resolve_model
@@ -922,16 +922,10 @@ def sites_report(
         window, new_tokens = pair.window_tokens, pair.chunk_max_new_tokens
         tokenizer = backend.tokenizer
 
+        chunk_writer = model_writers(backend, new_tokens)[1]
+
         def refiner(texts, windows):
-            flat = backend.generate(
-                [chunk_refiner_chat(w.text) for ws in windows for w in ws],
-                max_new_tokens=new_tokens,
-            )
-            out, k = [], 0
-            for ws in windows:
-                out.append(flat[k : k + len(ws)])
-                k += len(ws)
-            return out
+            return chunk_writer(texts, [], windows)
     else:
         tokenizer = AutoTokenizer.from_pretrained(resolve_model(DEFAULT_MODEL))
     started = time.perf_counter()

@@ -95,24 +95,17 @@ def aligned_labels(page_text: str, body_text: str) -> Labels:
 def sphinx_body(html: bytes) -> tuple[str, int, float] | None:
     """(body text, body words, share of body words inside links; 1.0 for Sphinx's own index
     tables), or None without a body."""
-    from resiliparse.extract.html2text import extract_plain_text
     from resiliparse.parse.html import HTMLTree
+
+    from prox_assets.core.html_text import extract_text
 
     tree = HTMLTree.parse(html.decode("utf-8", "replace"))
     body = tree.body.query_selector('div[role="main"]') if tree.body else None
     if body is None:
         return None
     markup = body.html
-    text = extract_plain_text(  # the ingest extractor's settings, on the body alone
-        f"<html><body>{markup}</body></html>",
-        main_content=False,
-        preserve_formatting=True,
-        list_bullets=True,
-        alt_texts=False,
-        links=False,
-        form_fields=False,
-        noscript=False,
-    )
+    # the ingest extractor's settings, on the body alone
+    text = extract_text(f"<html><body>{markup}</body></html>")
     words = len((body.text or "").split())
     if 'class="indextable' in markup:  # genindex-*, py-modindex: an index whatever its link share
         return _lf(text), words, 1.0

@@ -228,6 +228,7 @@ def _ingest_shard_locked(
     source_file = incoming_file(store, shard)  # read under the lock: the newest upload wins
     context.log.info(f"{shard}: reading {store.uri(source_file)}")
     key = raw_run_key(shard, tags["run_id"])
+    html_text = settings().html_text  # PROX_HTML_TEXT: how HTML pages become text
 
     with owned_tempdir("prox-ingest-") as tmp:
         index_path = os.path.join(tmp, "index.parquet")
@@ -240,7 +241,7 @@ def _ingest_shard_locked(
                     out,
                     index_path,
                     default_source=default_source(shard),
-                    html_text=settings().html_text,
+                    html_text=html_text,
                 )
                 if tally.n_ingested == 0:
                     raise _NothingIngested
@@ -274,7 +275,7 @@ def _ingest_shard_locked(
         "dagster/row_count": tally.n_ingested,
         "path": dg.MetadataValue.path(store.uri(key)),
         "source_file": store.uri(source_file),
-        "html_text": settings().html_text,  # PROX_HTML_TEXT: how HTML pages became text
+        "html_text": html_text,
         "n_read": tally.n_read,
         "n_ingested": tally.n_ingested,
         "n_quarantined": tally.n_quarantined,
